@@ -1,0 +1,107 @@
+//! The command line, defined once: parsing, `--help`, and the completion
+//! scripts of `tandem completions` all come from these types.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+use tandem_version::Version;
+
+/// Keep a stateful service available on a cluster of Linux nodes, and
+/// upgrade it without downtime.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about,
+    long_about = "tandem keeps a stateful network service (a mail relay, a gateway, \
+a firewall) running on a pair or cluster of Linux nodes. One node is active and \
+owns the service address; the others stand by with the service's data \
+replicated, and take over in well under a second when the active node fails. \
+tandem also upgrades the whole cluster's \"firmware\" (the service's release) \
+one node at a time, along a supported version path, without clients noticing.",
+    after_help = "Exit status: 0 success; 1 the answer is no (for example, no supported \
+upgrade path); 2 bad invocation or unreadable input.\n\
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=tandem=debug) for fine control."
+)]
+pub struct Cli {
+    /// Print machine-readable JSON on stdout instead of text, where the
+    /// command prints data.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log more: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Log less: -q errors only, -qq nothing.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for journald, jq and log shippers.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan the supported upgrade path between two releases.
+    ///
+    /// Reads a release catalog and prints the fewest hops from the running
+    /// release to the target, with the rule that allows each hop. Exits 1
+    /// when no supported path exists and says which rule or release blocks it.
+    Path(PathArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    ///
+    /// For example: tandem completions bash > /etc/bash_completion.d/tandem
+    Completions(CompletionsArgs),
+}
+
+/// Arguments of `tandem path`.
+#[derive(Debug, Args)]
+pub struct PathArgs {
+    /// The release catalog (TOML); see catalogs/ for examples.
+    #[arg(long, value_name = "FILE")]
+    pub catalog: PathBuf,
+
+    /// The release the cluster runs now, e.g. 7.0(1) or 6.2.0.
+    #[arg(long, value_name = "VERSION")]
+    pub from: Version,
+
+    /// The release to upgrade to.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Version,
+}
+
+/// Arguments of `tandem completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand. Each exposes `run(args, ...) -> Result<ExitCode>`
+//! and prints its own output: tables and sentences for people, one JSON
+//! document on stdout with `--json`.
+
+pub mod completions;
+pub mod path;
