@@ -66,6 +66,10 @@ pub enum Command {
     /// when no supported path exists and says which rule or release blocks it.
     Path(PathArgs),
 
+    /// Build, sign and verify firmware images (the service's releases).
+    #[command(subcommand)]
+    Image(ImageCommand),
+
     /// Print a shell completion script (bash, zsh, fish, ...).
     ///
     /// For example: tandem completions bash > /etc/bash_completion.d/tandem
@@ -86,6 +90,69 @@ pub struct PathArgs {
     /// The release to upgrade to.
     #[arg(long, value_name = "VERSION")]
     pub to: Version,
+}
+
+/// `tandem image ...`: the signed release images a node installs into its
+/// A/B slots.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Make an ed25519 signing key pair in minisign's formats.
+    ///
+    /// The secret key is written with mode 0600 and never overwritten;
+    /// unencrypted unless --password-env names a variable holding a password.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, value_name = "FILE")]
+        secret: PathBuf,
+        /// Where to write the public key (give it to the nodes' trusted_keys).
+        #[arg(long, value_name = "FILE")]
+        public: PathBuf,
+        /// Encrypt the secret key with the password in this environment variable.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+    },
+
+    /// Build an image from a manifest and a directory of files.
+    Build {
+        /// The image's manifest.toml (name, version, entrypoint, health, ...).
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// The release's files; the entrypoint is relative to this directory.
+        #[arg(long, value_name = "DIR")]
+        files: PathBuf,
+        /// The image file to write.
+        #[arg(short, long, value_name = "IMAGE")]
+        output: PathBuf,
+        /// Compress with gzip instead of zstd.
+        #[arg(long)]
+        gzip: bool,
+    },
+
+    /// Sign an image, writing IMAGE.minisig (checkable with `minisign -V`).
+    Sign {
+        /// The secret key.
+        #[arg(long, value_name = "FILE")]
+        secret: PathBuf,
+        /// Read the secret key's password from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// The image to sign.
+        image: PathBuf,
+    },
+
+    /// Check an image's signature and contents; exit 1 with the reason if
+    /// anything is wrong.
+    ///
+    /// Checks the minisign signature (IMAGE.minisig) against the public key,
+    /// then every archive entry: a manifest that parses, no absolute paths,
+    /// no '..', no links or devices escaping the root, size and entry limits.
+    Verify {
+        /// The trusted public key (minisign format).
+        #[arg(long, value_name = "FILE")]
+        public: PathBuf,
+        /// The image to check.
+        image: PathBuf,
+    },
 }
 
 /// Arguments of `tandem completions`.

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     logging::init(cli.verbose, cli.quiet, cli.log_format);
     let result = match cli.command {
         Command::Path(args) => commands::path::run(&args, cli.json),
+        Command::Image(command) => commands::image::run(command, cli.json),
         Command::Completions(args) => commands::completions::run(&args),
     };
     result.unwrap_or_else(|error| {

@@ -267,3 +267,94 @@ fn json_logs_are_json_lines() {
     ]);
     assert_eq!(quiet, "", "info is below the default level");
 }
+
+#[test]
+fn image_keygen_build_sign_verify() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::create_dir_all(dir.path().join("files/bin")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("files/bin/relay"), "#!/bin/sh\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("manifest.toml"),
+        "name = \"relay\"\nversion = \"6.2.5\"\nentrypoint = [\"bin/relay\"]\ndata_format = 1\nprotocol = [1]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let (code, _, err) = tandem(&[
+        "image",
+        "keygen",
+        "--secret",
+        &p("k.key"),
+        "--public",
+        &p("k.pub"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(&[
+        "image",
+        "build",
+        "--manifest",
+        &p("manifest.toml"),
+        "--files",
+        &p("files"),
+        "-o",
+        &p("relay.tandem"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, _, err) = tandem(&[
+        "image",
+        "verify",
+        "--public",
+        &p("k.pub"),
+        &p("relay.tandem"),
+    ]);
+    assert_eq!(code, 1, "unsigned images are refused");
+    assert!(
+        err.contains("REFUSED") && err.contains("no signature"),
+        "{err}"
+    );
+
+    let (code, _, err) = tandem(&["image", "sign", "--secret", &p("k.key"), &p("relay.tandem")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = tandem(&[
+        "--json",
+        "image",
+        "verify",
+        "--public",
+        &p("k.pub"),
+        &p("relay.tandem"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let verified = json(&out);
+    assert_eq!(verified["manifest"]["version"], "6.2.5");
+    assert_eq!(verified["compression"], "zstd");
+
+    let mut bytes = std::fs::read(p("relay.tandem")).unwrap_or_else(|e| panic!("{e}"));
+    bytes[20] ^= 1;
+    std::fs::write(p("relay.tandem"), bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = tandem(&[
+        "image",
+        "verify",
+        "--public",
+        &p("k.pub"),
+        &p("relay.tandem"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not match its signature"), "{err}");
+
+    let (code, _, err) = tandem(&[
+        "image",
+        "sign",
+        "--secret",
+        &p("k.key"),
+        "--password-env",
+        "TANDEM_NO_SUCH_VAR",
+        &p("relay.tandem"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("TANDEM_NO_SUCH_VAR: the variable is not set"),
+        "{err}"
+    );
+}

@@ -3,4 +3,5 @@
 //! document on stdout with `--json`.
 
 pub mod completions;
+pub mod image;
 pub mod path;
