@@ -1,0 +1,4 @@
+//! tandem-core's integration tests, one binary (link once, run fast).
+
+mod common;
+
