@@ -451,9 +451,15 @@ struct GroupState {
     reported: EffectiveRole,
     /// Why `active` last changed, for the next event.
     change_reason: Option<Reason>,
-    /// Gave the group to this peer (operator or handover); do not claim it
-    /// back while that peer is eligible, and do not advertise preemption.
+    /// Gave the group to this peer (operator or handover): do not advertise
+    /// preemption while that peer is eligible.
     yielded_to: Option<String>,
+    /// Until then, do not claim the group even if no active is seen: the
+    /// peer we yielded to is already active (make-before-break), but its
+    /// heartbeat saying so may still be on the way. After that, a yield no
+    /// longer blocks claiming an orphaned group (else a yielded node and a
+    /// restarted peer could each wait for the other).
+    yield_guard_until: Option<Millis>,
     /// Claimed on request: until then another active is expected to release,
     /// not a split brain.
     grace_until: Option<Millis>,
@@ -708,6 +714,7 @@ impl Node {
         for g in &self.groups {
             candidates.extend(g.handover.as_ref().map(|h| h.deadline));
             candidates.extend(g.grace_until);
+            candidates.extend(g.yield_guard_until);
         }
         candidates
             .into_iter()
@@ -1026,9 +1033,12 @@ impl Node {
         };
         let g = &mut self.groups[gi];
         g.last_active = Some(from.to_owned());
-        g.yielded_to = Some(from.to_owned());
         g.grace_until = None;
         if g.active {
+            // Only the node that gives the group up yields it; a standby
+            // that merely hears of the takeover keeps its preemption.
+            g.yielded_to = Some(from.to_owned());
+            g.yield_guard_until = Some(cx.now.plus(self.hold));
             let reason = match g.handover.take() {
                 Some(h) if h.to == from => Reason::HandedOver {
                     to: from.to_owned(),
@@ -1287,6 +1297,7 @@ impl Node {
             return;
         };
         g.yielded_to = Some(to.clone());
+        g.yield_guard_until = Some(deadline);
         g.handover = Some(PendingHandover {
             to: to.clone(),
             cause,
@@ -1415,6 +1426,8 @@ impl Node {
         g.change_reason = Some(reason);
         if active {
             g.last_active = Some(self.config.name.clone());
+            g.yielded_to = None;
+            g.yield_guard_until = None;
         } else {
             g.grace_until = None;
             g.handover = None;
@@ -1628,6 +1641,7 @@ impl Node {
         if let Some(h) = self.groups[gi].handover.clone() {
             if actives.contains(&h.to) {
                 self.groups[gi].yielded_to = Some(h.to.clone());
+                self.groups[gi].yield_guard_until = Some(now.plus(self.hold));
                 let reason = Reason::HandedOver {
                     to: h.to,
                     cause: h.cause,
@@ -1718,10 +1732,11 @@ impl Node {
             return;
         }
         if let Some(y) = self.groups[gi].yielded_to.clone() {
-            if self.peers.get(&y).is_some_and(|p| p.eligible()) {
+            if !self.peers.get(&y).is_some_and(|p| p.eligible()) {
+                self.groups[gi].yielded_to = None;
+            } else if self.groups[gi].yield_guard_until.is_some_and(|t| t > now) {
                 return;
             }
-            self.groups[gi].yielded_to = None;
         }
         let me = self.self_rank(gi);
         if self.best_eligible_peer(gi).is_some_and(|(_, r)| r > me) {
@@ -1753,6 +1768,7 @@ impl GroupState {
             reported: EffectiveRole::Standby,
             change_reason: None,
             yielded_to: None,
+            yield_guard_until: None,
             grace_until: None,
             handover: None,
             split_brain_with: BTreeSet::new(),

@@ -226,7 +226,10 @@ impl Sim {
     }
 
     fn deliver(&mut self, p: Packet) {
-        if self.cuts.contains(&(p.from.clone(), p.to.clone(), p.link.0)) {
+        if self
+            .cuts
+            .contains(&(p.from.clone(), p.to.clone(), p.link.0))
+        {
             return;
         }
         if self.loss_permille > 0 && self.random_permille() < self.loss_permille {

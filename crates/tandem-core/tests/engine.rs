@@ -4,7 +4,13 @@
 use crate::common::*;
 use tandem_core::*;
 
-fn hb(from: &str, seq: u64, priority: u8, configured: ConfiguredRole, role: EffectiveRole) -> Input {
+fn hb(
+    from: &str,
+    seq: u64,
+    priority: u8,
+    configured: ConfiguredRole,
+    role: EffectiveRole,
+) -> Input {
     Input::Received {
         link: LinkId(0),
         envelope: Envelope {
@@ -82,7 +88,10 @@ fn a_standby_never_claims_while_the_active_is_heard() {
     let mut b = node(pair_configs().remove(1));
     b.step(Millis(0), hb("a", 1, 200, ConfiguredRole::Primary, Active));
     for (i, t) in (200..=2000).step_by(200).enumerate() {
-        let out = b.step(Millis(t), hb("a", i as u64 + 2, 200, ConfiguredRole::Primary, Active));
+        let out = b.step(
+            Millis(t),
+            hb("a", i as u64 + 2, 200, ConfiguredRole::Primary, Active),
+        );
         assert_eq!(actions(&out), vec![], "at {t} ms");
     }
 }
@@ -125,7 +134,10 @@ fn a_peer_is_dead_only_when_every_link_is_silent() {
     // hb0 silent for 700 ms, hb1 heard 200 ms ago: the peer is alive.
     assert_eq!(actions(&b.step(Millis(700), Input::Tick)), vec![]);
     let links = &b.status(Millis(700)).peers[0].links;
-    assert_eq!((links[0].up, links[0].last_heard_ms_ago), (false, Some(700)));
+    assert_eq!(
+        (links[0].up, links[0].last_heard_ms_ago),
+        (false, Some(700))
+    );
     assert_eq!((links[1].up, links[1].last_heard_ms_ago), (true, Some(200)));
     // Hold time is 3 × 200 ms: dead after more than 600 ms of silence on both.
     assert_eq!(actions(&b.step(Millis(1100), Input::Tick)), vec![]);
@@ -150,7 +162,10 @@ fn split_brain_on_heal_the_worse_ranked_steps_down_at_once() {
     b.step(Millis(600), Input::Tick);
     assert!(b.is_active(GroupId(0)));
     // The partition heals: a is active too.
-    let out = b.step(Millis(1000), hb("a", 1, 200, ConfiguredRole::Primary, Active));
+    let out = b.step(
+        Millis(1000),
+        hb("a", 1, 200, ConfiguredRole::Primary, Active),
+    );
     assert_eq!(
         actions(&out),
         vec![
@@ -169,7 +184,10 @@ fn split_brain_on_heal_the_worse_ranked_steps_down_at_once() {
     // a, the better-ranked, keeps the role and counts the event too.
     let mut a = node(pair_configs().remove(0));
     a.step(Millis(600), Input::Tick);
-    let out = a.step(Millis(1000), hb("b", 1, 100, ConfiguredRole::Secondary, Active));
+    let out = a.step(
+        Millis(1000),
+        hb("b", 1, 100, ConfiguredRole::Secondary, Active),
+    );
     assert_eq!(
         actions(&out),
         vec![
@@ -186,7 +204,10 @@ fn split_brain_on_heal_the_worse_ranked_steps_down_at_once() {
 #[test]
 fn messages_from_unknown_nodes_are_counted_and_ignored() {
     let mut b = node(pair_configs().remove(1));
-    let out = b.step(Millis(10), hb("mallory", 1, 255, ConfiguredRole::Primary, Active));
+    let out = b.step(
+        Millis(10),
+        hb("mallory", 1, 255, ConfiguredRole::Primary, Active),
+    );
     assert_eq!(actions(&out), vec![]);
     let rejected = b.status(Millis(10)).counters.rejected;
     assert_eq!(rejected.get(&wire::RejectReason::UnknownPeer), Some(&1));
@@ -237,10 +258,16 @@ fn holdoff_longer_than_the_maximum_is_refused() {
 fn invalid_configurations_are_refused() {
     let mut c = pair_configs().remove(0);
     c.mode = Mode::ActiveActive;
-    assert!(matches!(Node::new(c, None, Millis(0)), Err(Error::InvalidConfig(_))));
+    assert!(matches!(
+        Node::new(c, None, Millis(0)),
+        Err(Error::InvalidConfig(_))
+    ));
     let mut c = pair_configs().remove(0);
     c.peers.push("a".into());
-    assert!(matches!(Node::new(c, None, Millis(0)), Err(Error::InvalidConfig(_))));
+    assert!(matches!(
+        Node::new(c, None, Millis(0)),
+        Err(Error::InvalidConfig(_))
+    ));
     let mut c = pair_configs().remove(0);
     c.lost_threshold = 0;
     assert!(c.validate().is_err());

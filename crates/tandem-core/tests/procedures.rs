@@ -13,11 +13,17 @@ fn ms(n: u64) -> Duration {
 }
 
 /// Role-change reasons logged by `node` since `since`.
-fn role_changes(sim: &Sim, node: &str, since: Millis) -> Vec<(EffectiveRole, EffectiveRole, Reason)> {
+fn role_changes(
+    sim: &Sim,
+    node: &str,
+    since: Millis,
+) -> Vec<(EffectiveRole, EffectiveRole, Reason)> {
     events(&sim.outputs_since(node, since))
         .into_iter()
         .filter_map(|e| match e {
-            Event::RoleChanged { from, to, reason, .. } => Some((from, to, reason)),
+            Event::RoleChanged {
+                from, to, reason, ..
+            } => Some((from, to, reason)),
             _ => None,
         })
         .collect()
@@ -52,7 +58,10 @@ fn asa_zero_downtime_upgrade_of_an_active_standby_pair() {
     // keeps serving throughout.
     reboot(&mut sim, "b", Duration::from_secs(30));
     assert_eq!(sim.holders(G0), ["a"]);
-    assert_eq!(sim.node("b").unwrap().effective_role(sim.now), EffectiveRole::Standby);
+    assert_eq!(
+        sim.node("b").unwrap().effective_role(sim.now),
+        EffectiveRole::Standby
+    );
 
     // Step 3: `failover active` on the standby once it is standby-ready.
     let t = sim.now;
@@ -90,7 +99,14 @@ fn asa_zero_downtime_upgrade_of_an_active_standby_pair() {
     reboot(&mut sim, "a", Duration::from_secs(30));
     sim.run_for(Duration::from_secs(10));
     assert_eq!(sim.holders(G0), ["b"]);
-    assert_eq!(sim.node("b").unwrap().status(sim.now).counters.split_brain_events, 0);
+    assert_eq!(
+        sim.node("b")
+            .unwrap()
+            .status(sim.now)
+            .counters
+            .split_brain_events,
+        0
+    );
 }
 
 #[test]
@@ -118,7 +134,10 @@ fn huawei_disable_preemption_upgrade_then_reenable() {
     // A switchover too early is refused: b came back 3 s ago (preempt_delay 5 s).
     sim.run_for(Duration::from_secs(1));
     let out = sim.command("b", Command::FailoverActive);
-    assert!(matches!(refusal(&out), Some(Refusal::PreemptDelayRunning { .. })));
+    assert!(matches!(
+        refusal(&out),
+        Some(Refusal::PreemptDelayRunning { .. })
+    ));
 
     // Step 6: switch over, from the active (make-before-break).
     sim.run_for(Duration::from_secs(3));
@@ -204,7 +223,10 @@ fn fortimail_holdoff_while_the_primary_reboots_into_new_firmware() {
     sim.restart("a");
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.holders(G0), ["a"]);
-    assert_eq!(sim.node("b").unwrap().effective_role(sim.now), EffectiveRole::Standby);
+    assert_eq!(
+        sim.node("b").unwrap().effective_role(sim.now),
+        EffectiveRole::Standby
+    );
 }
 
 #[test]
@@ -228,7 +250,11 @@ fn a_hung_active_is_replaced_within_the_hold_time() {
     let t = sim.now;
     sim.hang("a");
     sim.run_for(ms(600 + 200));
-    assert_eq!(sim.holders(G0), ["a", "b"], "a is frozen, still holding its VIP");
+    assert_eq!(
+        sim.holders(G0),
+        ["a", "b"],
+        "a is frozen, still holding its VIP"
+    );
     // SIGCONT: a hears b active; b ranks lower, so b steps down at once.
     sim.resume("a");
     sim.run_for(ms(20));
@@ -293,11 +319,23 @@ fn on_failure_off_stops_ha_until_ha_restart() {
     );
     sim.run_for(ms(5));
     assert_eq!(sim.holders(G0), ["b"]);
-    assert_eq!(role_changes(&sim, "b", t)[0].2, Reason::PeerStoodDown { peer: "a".into() });
+    assert_eq!(
+        role_changes(&sim, "b", t)[0].2,
+        Reason::PeerStoodDown { peer: "a".into() }
+    );
     // Fixed, but HA stays off until the operator restarts it.
-    sim.input("a", Input::LocalMonitor { healthy: true, detail: String::new() });
+    sim.input(
+        "a",
+        Input::LocalMonitor {
+            healthy: true,
+            detail: String::new(),
+        },
+    );
     sim.run_for(Duration::from_secs(5));
-    assert_eq!(sim.node("a").unwrap().effective_role(sim.now), EffectiveRole::Off);
+    assert_eq!(
+        sim.node("a").unwrap().effective_role(sim.now),
+        EffectiveRole::Off
+    );
     let out = sim.command("a", Command::FailoverActive);
     assert_eq!(refusal(&out), Some(Refusal::HaStopped));
     sim.command("a", Command::HaRestart);
@@ -309,11 +347,26 @@ fn on_failure_off_stops_ha_until_ha_restart() {
 #[test]
 fn on_failure_become_secondary_stays_standby_until_restore() {
     let mut sim = settled_pair(pair_configs());
-    sim.input("a", Input::LocalMonitor { healthy: false, detail: "down".into() });
+    sim.input(
+        "a",
+        Input::LocalMonitor {
+            healthy: false,
+            detail: "down".into(),
+        },
+    );
     sim.run_for(ms(5));
     assert_eq!(sim.holders(G0), ["b"]);
-    assert_eq!(sim.node("a").unwrap().effective_role(sim.now), EffectiveRole::Failed);
-    sim.input("a", Input::LocalMonitor { healthy: true, detail: String::new() });
+    assert_eq!(
+        sim.node("a").unwrap().effective_role(sim.now),
+        EffectiveRole::Failed
+    );
+    sim.input(
+        "a",
+        Input::LocalMonitor {
+            healthy: true,
+            detail: String::new(),
+        },
+    );
     sim.run_for(Duration::from_secs(10));
     // Preemption is on, but a failed primary comes back as secondary.
     assert_eq!(sim.holders(G0), ["b"]);
@@ -331,10 +384,22 @@ fn on_failure_restore_takes_the_role_back_even_without_preemption() {
         c.on_failure = OnFailure::Restore;
     }
     let mut sim = settled_pair(cfgs);
-    sim.input("a", Input::LocalMonitor { healthy: false, detail: "down".into() });
+    sim.input(
+        "a",
+        Input::LocalMonitor {
+            healthy: false,
+            detail: "down".into(),
+        },
+    );
     sim.run_for(ms(5));
     assert_eq!(sim.holders(G0), ["b"]);
-    sim.input("a", Input::LocalMonitor { healthy: true, detail: String::new() });
+    sim.input(
+        "a",
+        Input::LocalMonitor {
+            healthy: true,
+            detail: String::new(),
+        },
+    );
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.holders(G0), ["a"]);
 }
@@ -342,7 +407,13 @@ fn on_failure_restore_takes_the_role_back_even_without_preemption() {
 #[test]
 fn restore_is_refused_while_the_primary_is_unhealthy() {
     let mut sim = settled_pair(pair_configs());
-    sim.input("a", Input::LocalMonitor { healthy: false, detail: "down".into() });
+    sim.input(
+        "a",
+        Input::LocalMonitor {
+            healthy: false,
+            detail: "down".into(),
+        },
+    );
     sim.run_for(ms(300));
     let out = sim.command("b", Command::HaRestore);
     assert_eq!(refusal(&out), Some(Refusal::PeerUnhealthy("a".into())));
@@ -362,7 +433,10 @@ fn remote_monitor_failure_of_the_active_makes_the_standby_take_over() {
     );
     sim.run_for(ms(5));
     assert_eq!(sim.holders(G0), ["b"]);
-    assert_eq!(role_changes(&sim, "a", t)[0].2, Reason::TakenOver { by: "b".into() });
+    assert_eq!(
+        role_changes(&sim, "a", t)[0].2,
+        Reason::TakenOver { by: "b".into() }
+    );
 }
 
 #[test]
@@ -425,10 +499,19 @@ fn active_active() -> Vec<NodeConfig> {
 fn asa_active_active_groups_fail_over_independently() {
     let (g1, g2) = (GroupId(1), GroupId(2));
     let mut sim = settled_pair(active_active());
-    assert_eq!((sim.holders(g1), sim.holders(g2)), (vec!["a".into()], vec!["b".into()]));
+    assert_eq!(
+        (sim.holders(g1), sim.holders(g2)),
+        (vec!["a".into()], vec!["b".into()])
+    );
 
     // Move group 2 to a (ASA AA upgrade: both groups on one unit).
-    sim.command("a", Command::FailoverGroup { group: g2, active: true });
+    sim.command(
+        "a",
+        Command::FailoverGroup {
+            group: g2,
+            active: true,
+        },
+    );
     sim.run_for(ms(5));
     assert_eq!(sim.holders(g2), ["a"]);
     assert_eq!(sim.holders(g1), ["a"]);
@@ -440,8 +523,17 @@ fn asa_active_active_groups_fail_over_independently() {
     // A crash of a moves only group 1.
     sim.crash("a");
     sim.run_for(ms(5));
-    assert_eq!((sim.holders(g1), sim.holders(g2)), (vec!["b".into()], vec!["b".into()]));
-    let out = sim.command("b", Command::FailoverGroup { group: GroupId(9), active: true });
+    assert_eq!(
+        (sim.holders(g1), sim.holders(g2)),
+        (vec!["b".into()], vec!["b".into()])
+    );
+    let out = sim.command(
+        "b",
+        Command::FailoverGroup {
+            group: GroupId(9),
+            active: true,
+        },
+    );
     assert_eq!(refusal(&out), Some(Refusal::UnknownGroup(GroupId(9))));
 }
 
@@ -456,10 +548,19 @@ fn config_only_every_node_serves() {
     for n in ["a", "b"] {
         assert!(sim.nodes[n].service, "{n} serves");
         assert!(sim.nodes[n].vips.is_empty());
-        assert_eq!(sim.node(n).unwrap().effective_role(sim.now), EffectiveRole::Active);
+        assert_eq!(
+            sim.node(n).unwrap().effective_role(sim.now),
+            EffectiveRole::Active
+        );
     }
     let out = sim.command("a", Command::FailoverActive);
     assert_eq!(refusal(&out), Some(Refusal::ConfigOnlyMode));
-    sim.input("b", Input::LocalMonitor { healthy: false, detail: "down".into() });
+    sim.input(
+        "b",
+        Input::LocalMonitor {
+            healthy: false,
+            detail: "down".into(),
+        },
+    );
     assert!(!sim.nodes["b"].service);
 }

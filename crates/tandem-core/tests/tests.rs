@@ -7,7 +7,7 @@ mod engine;
 /// The seeds' procedures (ASA, Huawei, FortiMail) and other scenarios, run
 /// through the in-memory cluster.
 mod procedures;
-/// Wire format: versions, MAC, cluster id, replay, never panicking.
-mod wire;
 /// Properties over random event sequences.
 mod properties;
+/// Wire format: versions, MAC, cluster id, replay, never panicking.
+mod wire;

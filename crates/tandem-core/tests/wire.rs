@@ -52,7 +52,10 @@ fn v2_round_trip_of_every_kind() {
     for (i, m) in msgs.into_iter().enumerate() {
         let bytes = wire::encode(KEY, &header(2, i as u64), &m).unwrap();
         let env = wire::decode(KEY, "mail", &bytes).unwrap();
-        assert_eq!((env.version, env.sender.as_str(), env.epoch, env.seq), (2, "a", 7, i as u64));
+        assert_eq!(
+            (env.version, env.sender.as_str(), env.epoch, env.seq),
+            (2, "a", 7, i as u64)
+        );
         assert_eq!(env.message, m);
     }
 }
@@ -97,7 +100,10 @@ fn v1_cannot_carry_what_it_did_not_know() {
         Message::Takeover { group: GroupId(0) },
         Message::Command(Command::HaRestore),
         Message::Heartbeat(Heartbeat {
-            groups: vec![(GroupId(1), EffectiveRole::Active), (GroupId(2), EffectiveRole::Standby)],
+            groups: vec![
+                (GroupId(1), EffectiveRole::Active),
+                (GroupId(2), EffectiveRole::Standby),
+            ],
             ..match heartbeat() {
                 Message::Heartbeat(h) => h,
                 _ => unreachable!(),
@@ -127,7 +133,12 @@ fn a_node_answers_an_old_peer_in_the_old_version() {
 fn rejections_say_why() {
     let good = wire::encode(KEY, &header(2, 1), &heartbeat()).unwrap();
     let e = wire::decode(b"another key", "mail", &good).unwrap_err();
-    assert_eq!(e, Error::BadMac { claimed_sender: "a".into() });
+    assert_eq!(
+        e,
+        Error::BadMac {
+            claimed_sender: "a".into()
+        }
+    );
     assert!(e.to_string().contains("key mismatch?"));
     assert_eq!(e.reject_reason(), Some(RejectReason::BadMac));
 
@@ -137,15 +148,29 @@ fn rejections_say_why() {
     let mut flipped = good.clone();
     let last_body_byte = flipped.len() - 33;
     flipped[last_body_byte] ^= 1;
-    assert_eq!(wire::decode(KEY, "mail", &flipped).unwrap_err().reject_reason(), Some(RejectReason::BadMac));
+    assert_eq!(
+        wire::decode(KEY, "mail", &flipped)
+            .unwrap_err()
+            .reject_reason(),
+        Some(RejectReason::BadMac)
+    );
 
     let mut future = good.clone();
     future[4] = 3;
-    assert_eq!(wire::decode(KEY, "mail", &future).unwrap_err(), Error::UnsupportedVersion(3));
+    assert_eq!(
+        wire::decode(KEY, "mail", &future).unwrap_err(),
+        Error::UnsupportedVersion(3)
+    );
 
-    assert!(matches!(wire::decode(KEY, "mail", b"GET / HTTP/1.1"), Err(Error::Malformed(_))));
+    assert!(matches!(
+        wire::decode(KEY, "mail", b"GET / HTTP/1.1"),
+        Err(Error::Malformed(_))
+    ));
     for n in 0..good.len() {
-        assert!(wire::decode(KEY, "mail", &good[..n]).is_err(), "prefix of {n} bytes");
+        assert!(
+            wire::decode(KEY, "mail", &good[..n]).is_err(),
+            "prefix of {n} bytes"
+        );
     }
 }
 
@@ -221,20 +246,26 @@ fn message() -> impl Strategy<Value = Message> {
         role(),
         prop::collection::vec((any::<u8>().prop_map(GroupId), role()), 0..6),
         any::<bool>(),
-        prop::sample::select(vec![PreemptState::Disabled, PreemptState::Delaying, PreemptState::Ready]),
+        prop::sample::select(vec![
+            PreemptState::Disabled,
+            PreemptState::Delaying,
+            PreemptState::Ready,
+        ]),
         "[a-z0-9.()-]{0,64}",
     )
-        .prop_map(|(priority, configured_role, role, groups, healthy, preempt, version)| {
-            Message::Heartbeat(Heartbeat {
-                priority,
-                configured_role,
-                role,
-                groups,
-                healthy,
-                preempt,
-                version,
-            })
-        });
+        .prop_map(
+            |(priority, configured_role, role, groups, healthy, preempt, version)| {
+                Message::Heartbeat(Heartbeat {
+                    priority,
+                    configured_role,
+                    role,
+                    groups,
+                    healthy,
+                    preempt,
+                    version,
+                })
+            },
+        );
     prop_oneof![
         hb,
         any::<u32>().prop_map(|ms| Message::Holdoff {
@@ -242,11 +273,15 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         Just(Message::Goodbye),
         any::<u8>().prop_map(|g| Message::Takeover { group: GroupId(g) }),
-        (any::<u8>(), "[a-z]{1,64}", prop::sample::select(vec![
-            HandoverCause::Operator,
-            HandoverCause::Preemption,
-            HandoverCause::Restore
-        ]))
+        (
+            any::<u8>(),
+            "[a-z]{1,64}",
+            prop::sample::select(vec![
+                HandoverCause::Operator,
+                HandoverCause::Preemption,
+                HandoverCause::Restore
+            ])
+        )
             .prop_map(|(g, to, cause)| Message::Handover {
                 group: GroupId(g),
                 to,
