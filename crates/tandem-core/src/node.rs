@@ -54,7 +54,7 @@ use crate::status::{Counters, GroupStatus, HoldoffStatus, LinkStatus, PeerStatus
 use crate::time::{Millis, duration_ms};
 use crate::wire::{Envelope, Heartbeat, Message, RejectReason};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// Something that happened, for the node to react to.
@@ -409,6 +409,8 @@ struct PeerState {
     departed: Option<Departure>,
     /// The remote monitor's last verdict on its service.
     remote_ok: bool,
+    /// (epoch, id) of the forwarded commands it sent us lately.
+    commands_seen: VecDeque<(u64, u32)>,
 }
 
 impl PeerState {
@@ -530,6 +532,8 @@ pub struct Node {
     announce_holdoff_until: Option<Millis>,
     next_heartbeat: Millis,
     serving: bool,
+    /// Id of the next command this node forwards.
+    next_command_id: u32,
     counters: Counters,
 }
 
@@ -567,6 +571,7 @@ impl Node {
                     alive: false,
                     departed: None,
                     remote_ok: true,
+                    commands_seen: VecDeque::new(),
                 };
                 (p.clone(), st)
             })
@@ -590,6 +595,7 @@ impl Node {
             announce_holdoff_until: None,
             next_heartbeat: now,
             serving: false,
+            next_command_id: 1,
             counters: Counters::default(),
         };
         for gi in 0..node.groups.len() {
@@ -982,7 +988,21 @@ impl Node {
                     self.on_handover(cx, &from, group, cause);
                 }
             }
-            Message::Command(c) => self.execute(cx, c, Origin::Forwarded(from)),
+            Message::Command { id, command } => {
+                // Sent once per link: run each command once.
+                let key = (env.epoch, id);
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return;
+                };
+                if p.commands_seen.contains(&key) {
+                    return;
+                }
+                if p.commands_seen.len() >= 32 {
+                    p.commands_seen.pop_front();
+                }
+                p.commands_seen.push_back(key);
+                self.execute(cx, command, Origin::Forwarded(from));
+            }
         }
     }
 
@@ -1135,9 +1155,10 @@ impl Node {
         }
         match self.peers.get(&to) {
             Some(p) if p.alive => {
+                let message = self.command_message(command.clone());
                 cx.out.push(Output::Send {
                     to: Destination::Peer(to.clone()),
-                    message: Message::Command(command.clone()),
+                    message,
                 });
                 cx.emit(Event::CommandForwarded { to, command });
             }
@@ -1146,6 +1167,12 @@ impl Node {
                 reason: Refusal::PeerUnreachable(to),
             }),
         }
+    }
+
+    fn command_message(&mut self, command: Command) -> Message {
+        let id = self.next_command_id;
+        self.next_command_id = self.next_command_id.wrapping_add(1);
+        Message::Command { id, command }
     }
 
     fn shutdown(&mut self, cx: &mut Ctx) {
@@ -1349,9 +1376,10 @@ impl Node {
                     _ => {}
                 }
             }
+            let message = self.command_message(Command::HaRestore);
             cx.out.push(Output::Send {
                 to: Destination::All,
-                message: Message::Command(Command::HaRestore),
+                message,
             });
         }
         let window = cx.now.plus(self.hold * 3);

@@ -26,7 +26,7 @@
 //! (group id u8, role u8) each, version string (u8 length + UTF-8);
 //! holdoff = milliseconds u32; goodbye = empty; takeover = group u8;
 //! handover = group u8, cause u8, target name (u8 length + UTF-8);
-//! command = command tag u8 then its arguments.
+//! command = id u32, command tag u8, then its arguments.
 //!
 //! # Protocol version 1 (the previous one, still decoded and encoded)
 //!
@@ -121,7 +121,15 @@ pub enum Message {
         cause: HandoverCause,
     },
     /// An operator command forwarded for execution on the receiver. (v2 only.)
-    Command(Command),
+    ///
+    /// It goes out once per link, so the receiver runs each `id` of a sender
+    /// run once.
+    Command {
+        /// Numbers the sender's forwarded commands within its boot epoch.
+        id: u32,
+        /// The command.
+        command: Command,
+    },
 }
 
 /// A decoded, authenticated message with the header fields the node uses.
@@ -293,7 +301,7 @@ fn kind_of(m: &Message) -> u8 {
         Message::Goodbye => 3,
         Message::Takeover { .. } => 4,
         Message::Handover { .. } => 5,
-        Message::Command(_) => 6,
+        Message::Command { .. } => 6,
     }
 }
 
@@ -343,7 +351,10 @@ fn encode_body(version: u8, m: &Message) -> Result<Vec<u8>, Error> {
             b.extend_from_slice(&[group.0, cause_to_u8(*cause)]);
             put_str(&mut b, to)?;
         }
-        Message::Command(c) => encode_command(&mut b, c),
+        Message::Command { id, command } => {
+            b.extend_from_slice(&id.to_be_bytes());
+            encode_command(&mut b, command);
+        }
     }
     Ok(b)
 }
@@ -531,7 +542,10 @@ fn decode_body(version: u8, kind: u8, body: &[u8]) -> Result<Message, Error> {
                 cause,
             }
         }
-        6 if !v1 => Message::Command(decode_command(&mut r)?),
+        6 if !v1 => Message::Command {
+            id: r.u32()?,
+            command: decode_command(&mut r)?,
+        },
         _ => return Err(Error::Malformed("unknown message kind")),
     };
     r.end()?;

@@ -1,4 +1,4 @@
-//! tandem-core's integration tests, one binary (link once, run fast).
+//! tandem-core's integration tests, one binary `it` (link once, run fast).
 
 /// Helpers shared by the modules below.
 mod common;

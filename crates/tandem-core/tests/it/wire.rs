@@ -44,10 +44,13 @@ fn v2_round_trip_of_every_kind() {
             to: "b".into(),
             cause: HandoverCause::Restore,
         },
-        Message::Command(Command::FailoverGroup {
-            group: GroupId(1),
-            active: false,
-        }),
+        Message::Command {
+            id: 9,
+            command: Command::FailoverGroup {
+                group: GroupId(1),
+                active: false,
+            },
+        },
     ];
     for (i, m) in msgs.into_iter().enumerate() {
         let bytes = wire::encode(KEY, &header(2, i as u64), &m).unwrap();
@@ -98,7 +101,10 @@ fn v1_holdoff_is_in_whole_seconds_rounded_up() {
 fn v1_cannot_carry_what_it_did_not_know() {
     for m in [
         Message::Takeover { group: GroupId(0) },
-        Message::Command(Command::HaRestore),
+        Message::Command {
+            id: 1,
+            command: Command::HaRestore,
+        },
         Message::Heartbeat(Heartbeat {
             groups: vec![
                 (GroupId(1), EffectiveRole::Active),
@@ -287,7 +293,7 @@ fn message() -> impl Strategy<Value = Message> {
                 to,
                 cause
             }),
-        command().prop_map(Message::Command),
+        (any::<u32>(), command()).prop_map(|(id, command)| Message::Command { id, command }),
     ]
 }
 

@@ -564,3 +564,21 @@ fn config_only_every_node_serves() {
     );
     assert!(!sim.nodes["b"].service);
 }
+
+#[test]
+fn a_forwarded_command_runs_once_although_it_comes_over_every_link() {
+    // Regression: found by the random-fault property (ha restore ran twice).
+    let mut cfgs = pair_configs();
+    for c in &mut cfgs {
+        c.links = vec!["hb0".into(), "hb1".into()];
+    }
+    let mut sim = settled_pair(cfgs);
+    let t = sim.now;
+    sim.command("a", Command::HaRestore);
+    sim.run_for(ms(5));
+    let runs = events(&sim.outputs_since("b", t))
+        .into_iter()
+        .filter(|e| matches!(e, Event::CommandExecuted { .. }))
+        .count();
+    assert_eq!(runs, 1);
+}
