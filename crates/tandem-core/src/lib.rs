@@ -1,0 +1,62 @@
+//! # tandem-core
+//!
+//! The pure heart of tandem: the HA state machine of one cluster node, and the
+//! signed wire messages nodes exchange. No I/O, no clock, no threads: the
+//! agent feeds inputs with an explicit time and carries out the outputs, the
+//! way openraft's `Engine` and raft-rs's `RawNode` work. Every HA rule lives
+//! here and is tested here without sockets or sleeps.
+//!
+//! ```text
+//!  agent ──(now, Input)──► Node::step ──► Vec<Output> ──► agent does them
+//! ```
+//!
+//! # Layout
+//!
+//! - [`node`]: [`Node`], [`Input`], [`Output`], [`Event`], [`Reason`]: the
+//!   election, failover, holdoff, preemption and command rules.
+//! - [`config`]: [`NodeConfig`] and the operator's words: configured role,
+//!   mode, failover groups, on-failure.
+//! - [`role`]: [`EffectiveRole`], operator [`Command`]s and [`Refusal`]s.
+//! - [`wire`]: [`Message`]s, their HMAC-SHA256 binary encoding (protocol
+//!   version 2, and version 1 for mixed-version upgrades), [`wire::Codec`]
+//!   and [`wire::ReplayGuard`].
+//! - [`status`]: the [`Status`] snapshot for `tandem status`.
+//! - [`time`]: [`Millis`], the explicit monotonic time.
+//! - [`sim`]: an in-memory deterministic cluster (network that drops, cuts,
+//!   isolates and heals links) for tests, here and in the agent.
+//! - [`error`]: the crate's one [`Error`] type.
+//!
+//! # Example
+//!
+//! ```
+//! use tandem_core::{ConfiguredRole, GroupId, Input, Millis, Node, NodeConfig, Output};
+//!
+//! // A primary alone: after the start-up wait (one hold time) it takes over.
+//! let cfg = NodeConfig::new("a", ConfiguredRole::Primary, 200, &["b"]);
+//! let mut a = Node::new(cfg, None, Millis(0)).unwrap();
+//! a.step(Millis(0), Input::Tick);
+//! let out = a.step(Millis(600), Input::Tick);
+//! assert!(out.contains(&Output::ClaimVip { group: GroupId(0) }));
+//! assert!(a.is_active(GroupId(0)));
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod role;
+pub mod sim;
+pub mod status;
+pub mod time;
+pub mod wire;
+
+pub use config::{
+    ConfiguredRole, FailoverGroup, GroupId, LinkId, MAX_NAME_LEN, Mode, NodeConfig, OnFailure,
+};
+pub use error::Error;
+pub use node::{Destination, Event, Input, LossCause, Node, Output, PersistentState, Reason};
+pub use role::{Command, EffectiveRole, HandoverCause, PreemptState, Refusal};
+pub use status::Status;
+pub use time::Millis;
+pub use wire::{Codec, Envelope, Heartbeat, Message, ReplayGuard};

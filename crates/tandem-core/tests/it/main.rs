@@ -1,0 +1,13 @@
+//! tandem-core's integration tests, one binary `it` (link once, run fast).
+
+/// Helpers shared by the modules below.
+mod common;
+/// Single-node rules, asserting the exact outputs (openraft engine-test style).
+mod engine;
+/// The seeds' procedures (ASA, Huawei, FortiMail) and other scenarios, run
+/// through the in-memory cluster.
+mod procedures;
+/// Properties over random event sequences.
+mod properties;
+/// Wire format: versions, MAC, cluster id, replay, never panicking.
+mod wire;
