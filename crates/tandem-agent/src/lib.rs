@@ -5,11 +5,86 @@
 //! binds or releases the VIP, starts or stops the service — and feeds back
 //! what it observes. That keeps every HA rule testable without sockets.
 //!
+//! ```text
+//!  UDP links ──┐                         ┌─► send heartbeats (links)
+//!  sync conns ─┼─► driver ─► Node::step ─┼─► bind/release VIP sockets
+//!  API (axum) ─┤   (one select! loop)    ├─► start/stop service (supervisor)
+//!  supervisor ─┘                         └─► persist, log, count
+//! ```
+//!
 //! # Layout
-//! - [`supervisor`]: runs the service with the VIP's sockets, restarts it
-//!   with backoff, stops it with SIGTERM then SIGKILL, never lets it
-//!   outlive the agent.
+//! - [`config`]: the TOML config file, validated with file/line/key errors.
+//! - [`driver`]: the one loop that feeds the core and executes its outputs.
+//! - [`links`]: heartbeat links (UDP).
+//! - [`sync`]: authenticated TCP connections to peers, for instant crash
+//!   detection.
+//! - [`api`]: the HTTP/JSON control API and Prometheus `/metrics`.
+//! - [`supervisor`]: runs the service with the VIP's sockets.
 //! - [`vip`]: the VIP's listening sockets in `bind` mode.
+//! - [`state`]: the boot epoch and persisted HA state.
 
+pub mod api;
+pub mod config;
+pub mod driver;
+pub mod links;
+pub mod state;
 pub mod supervisor;
+pub mod sync;
 pub mod vip;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything that can stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file is invalid; `line` 0 means the whole file.
+    #[error("{origin}:{line}: {key}: {message}")]
+    Config {
+        /// The config file.
+        origin: String,
+        /// 1-based line, or 0.
+        line: usize,
+        /// The key at fault.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+
+    /// A socket could not be bound.
+    #[error(
+        "cannot bind the {what} on {addr}: {source} (is another agent running, or the address wrong?)"
+    )]
+    Bind {
+        /// What the socket is for.
+        what: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+
+    /// The saved HA state is unusable.
+    #[error("HA state: {0}")]
+    State(String),
+
+    /// The state machine refused its configuration.
+    #[error(transparent)]
+    Core(#[from] tandem_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

@@ -108,6 +108,14 @@ impl SupervisorHandle {
         }
     }
 
+    /// Asks the service to stop without waiting for it: the caller's loop
+    /// must not stall for the grace period. Commands are handled in order,
+    /// so a later `start` still follows this stop.
+    pub async fn request_stop(&self) {
+        let (done, _) = oneshot::channel();
+        let _ = self.tx.send(Control::Stop { done }).await;
+    }
+
     /// The running service's pid.
     pub async fn pid(&self) -> Option<u32> {
         let (reply, wait) = oneshot::channel();

@@ -1,0 +1,511 @@
+//! The agent's configuration file: one TOML file per node.
+//!
+//! Node-local settings (`[node]`: name, priority, role, addresses) are kept
+//! apart from cluster-wide ones (`[cluster]`, `[vip]`, `[service]`), which
+//! must be the same on every node — config sync will push only those. The
+//! file is validated completely before the agent starts (`tandem config
+//! check FILE` runs the same code), and every error names the file, line and
+//! key, because a mistake found at 3 a.m. by a failing failover is the most
+//! expensive kind. Every key is documented in `docs/config.md`.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tandem_core::{ConfiguredRole, FailoverGroup, GroupId, Mode, NodeConfig, OnFailure};
+use toml::Spanned;
+
+use crate::Error;
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where the file was read from (for messages).
+    pub origin: PathBuf,
+    /// This node's settings.
+    pub node: NodeSection,
+    /// Settings every node shares.
+    pub cluster: ClusterSection,
+    /// Heartbeat links, in order; peers list their address on each.
+    pub links: Vec<LinkSection>,
+    /// The other nodes.
+    pub peers: Vec<PeerSection>,
+    /// The service address.
+    pub vip: VipSection,
+    /// The protected service.
+    pub service: ServiceSection,
+    /// The HMAC key for heartbeats and the API token, read from their files.
+    pub secrets: Secrets,
+}
+
+/// `[node]`: settings of this node only; never synced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Unique name in the cluster.
+    pub name: String,
+    /// Election priority, 0–255; higher wins among nodes of one role.
+    pub priority: u8,
+    /// `primary`, `secondary`, `config-only` or `off`.
+    pub role: RoleName,
+    /// Where the agent keeps its state (persisted HA state, slots, journal).
+    pub state_dir: PathBuf,
+    /// The management API's address (HTTP).
+    pub api: SocketAddr,
+    /// Where this node accepts peers' crash-detection connections (TCP).
+    pub sync: SocketAddr,
+    /// File holding the API's bearer token (mode 0600).
+    pub token_file: PathBuf,
+    /// The software version this node runs, shown in status.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The configured role, as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleName {
+    /// Preferred active.
+    Primary,
+    /// Standby by preference.
+    Secondary,
+    /// Serves always; only config is shared.
+    ConfigOnly,
+    /// Takes no part in HA.
+    Off,
+}
+
+/// `[cluster]`: the same on every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The cluster's name; heartbeats of other clusters are dropped.
+    pub name: String,
+    /// File holding the shared HMAC key (at least 16 bytes).
+    pub key_file: PathBuf,
+    /// `active-passive`, `config-only` or `active-active`.
+    #[serde(default = "default_mode")]
+    pub mode: ModeName,
+    /// Heartbeat interval.
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Missed heartbeats (on every link) before a peer is dead.
+    #[serde(default = "default_lost_threshold")]
+    pub lost_threshold: u32,
+    /// Whether a better-ranked node takes the service back.
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// How long a node must be healthy before it preempts.
+    #[serde(default, deserialize_with = "duration")]
+    pub preempt_delay: Duration,
+    /// The longest holdoff honoured.
+    #[serde(default = "default_holdoff_max", deserialize_with = "duration")]
+    pub holdoff_max: Duration,
+    /// What a failing local monitor does: `off`, `restore`, `become-secondary`.
+    #[serde(default = "default_on_failure")]
+    pub on_failure: OnFailureName,
+    /// Failover groups in active-active mode, by preferred node.
+    #[serde(default)]
+    pub groups: Vec<GroupSection>,
+}
+
+/// The mode, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeName {
+    /// One active, the rest standby.
+    ActivePassive,
+    /// All serve; only config is shared.
+    ConfigOnly,
+    /// Two or more failover groups.
+    ActiveActive,
+}
+
+/// `on_failure`, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailureName {
+    /// Stop HA until `ha restart`.
+    Off,
+    /// Fail, then take back the configured role on recovery.
+    Restore,
+    /// Fail, then stay standby on recovery.
+    BecomeSecondary,
+}
+
+/// `[[cluster.groups]]`: one failover group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// The node that should hold the group.
+    pub preferred: Option<String>,
+}
+
+/// `[[link]]`: one heartbeat link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    /// Its name, for status.
+    pub name: String,
+    /// Where this node listens for heartbeats on this link (UDP).
+    pub listen: SocketAddr,
+}
+
+/// `[[peer]]`: another node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Its name.
+    pub name: String,
+    /// Its heartbeat address on each link, in `[[link]]` order.
+    pub links: Vec<SocketAddr>,
+    /// Its crash-detection (sync) address.
+    pub sync: SocketAddr,
+    /// Its management API.
+    pub api: SocketAddr,
+}
+
+/// `[vip]`: the address clients use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSection {
+    /// `bind`: the active node binds these addresses and passes the
+    /// sockets to the service.
+    #[serde(default = "default_vip_mode")]
+    pub mode: String,
+    /// The listening addresses.
+    pub listen: Vec<SocketAddr>,
+}
+
+/// `[service]`: what to run on the active node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Time from SIGTERM to SIGKILL on stop.
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub grace: Duration,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+/// Secrets read from the files the config names.
+#[derive(Clone)]
+pub struct Secrets {
+    /// The heartbeat HMAC key.
+    pub cluster_key: Vec<u8>,
+    /// The API bearer token.
+    pub api_token: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+fn default_mode() -> ModeName {
+    ModeName::ActivePassive
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_lost_threshold() -> u32 {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_holdoff_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_on_failure() -> OnFailureName {
+    OnFailureName::BecomeSecondary
+}
+fn default_vip_mode() -> String {
+    "bind".into()
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// `"500ms"`, `"10s"`, `"2m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration: write e.g. \"200ms\", \"5s\" or \"2m\"")
+    })?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{text:?}: the unit must be ms, s or m")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: Spanned<NodeSection>,
+    cluster: Spanned<ClusterSection>,
+    #[serde(default, rename = "link")]
+    links: Vec<LinkSection>,
+    #[serde(default, rename = "peer")]
+    peers: Vec<Spanned<PeerSection>>,
+    vip: Spanned<VipSection>,
+    service: Spanned<ServiceSection>,
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file, and reads the key and
+    /// token files it names.
+    pub fn load(path: &Path) -> Result<AgentConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            origin: path.display().to_string(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let config = Self::parse(&text, path)?;
+        let secrets = Secrets {
+            cluster_key: read_secret(&config, &config.cluster.key_file, "cluster.key_file", 16)?,
+            api_token: String::from_utf8_lossy(&read_secret(
+                &config,
+                &config.node.token_file,
+                "node.token_file",
+                16,
+            )?)
+            .trim()
+            .to_string(),
+        };
+        Ok(AgentConfig { secrets, ..config })
+    }
+
+    /// Parses and validates config text; secrets are left empty.
+    pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Error> {
+        let error = |span: Range<usize>, key: &str, message: String| Error::Config {
+            origin: origin.display().to_string(),
+            line: text[..span.start.min(text.len())].matches('\n').count() + 1,
+            key: key.to_string(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let key = key_on_line(text, span.start);
+            error(span, &key, e.message().trim().to_string())
+        })?;
+
+        let node_span = raw.node.span();
+        let node = raw.node.into_inner();
+        if node.name.is_empty() || node.name.len() > tandem_core::MAX_NAME_LEN {
+            return Err(error(
+                node_span,
+                "node.name",
+                format!("must be 1 to {} bytes", tandem_core::MAX_NAME_LEN),
+            ));
+        }
+        let cluster_span = raw.cluster.span();
+        let cluster = raw.cluster.into_inner();
+        if raw.links.is_empty() {
+            return Err(error(
+                0..0,
+                "link",
+                "at least one [[link]] (a heartbeat address) is needed".into(),
+            ));
+        }
+        let mut peers = Vec::new();
+        for (i, peer) in raw.peers.into_iter().enumerate() {
+            let span = peer.span();
+            let peer = peer.into_inner();
+            if peer.name == node.name {
+                return Err(error(
+                    span,
+                    &format!("peer[{i}].name"),
+                    format!("{:?} is this node's own name", peer.name),
+                ));
+            }
+            if peer.links.len() != raw.links.len() {
+                return Err(error(
+                    span,
+                    &format!("peer[{i}].links"),
+                    format!(
+                        "lists {} addresses but there are {} [[link]] tables: give the peer's address on each link, in order",
+                        peer.links.len(),
+                        raw.links.len()
+                    ),
+                ));
+            }
+            if peers.iter().any(|p: &PeerSection| p.name == peer.name) {
+                return Err(error(
+                    span,
+                    &format!("peer[{i}].name"),
+                    format!("{:?} is listed twice", peer.name),
+                ));
+            }
+            peers.push(peer);
+        }
+        if peers.is_empty() {
+            return Err(error(
+                0..0,
+                "peer",
+                "at least one [[peer]] is needed: tandem runs a cluster".into(),
+            ));
+        }
+        let vip_span = raw.vip.span();
+        let vip = raw.vip.into_inner();
+        if vip.mode != "bind" {
+            return Err(error(
+                vip_span,
+                "vip.mode",
+                format!(
+                    "{:?} is not supported by this build: use \"bind\"",
+                    vip.mode
+                ),
+            ));
+        }
+        if vip.listen.is_empty() {
+            return Err(error(
+                vip_span,
+                "vip.listen",
+                "name at least one address".into(),
+            ));
+        }
+        let service_span = raw.service.span();
+        let service = raw.service.into_inner();
+        if service.command.is_empty() {
+            return Err(error(
+                service_span,
+                "service.command",
+                "name the program to run".into(),
+            ));
+        }
+        let mode_groups = match cluster.mode {
+            ModeName::ActiveActive => cluster.groups.len(),
+            _ => 1,
+        };
+        if cluster.mode == ModeName::ActiveActive && mode_groups < 2 {
+            return Err(error(
+                cluster_span,
+                "cluster.groups",
+                "active-active mode needs two or more [[cluster.groups]]".into(),
+            ));
+        }
+        if cluster.mode == ModeName::ActiveActive && vip.listen.len() != mode_groups {
+            return Err(error(
+                vip_span,
+                "vip.listen",
+                format!("active-active mode needs one address per failover group ({mode_groups})"),
+            ));
+        }
+
+        let config = AgentConfig {
+            origin: origin.to_path_buf(),
+            node,
+            cluster,
+            links: raw.links,
+            peers,
+            vip,
+            service,
+            secrets: Secrets {
+                cluster_key: Vec::new(),
+                api_token: String::new(),
+            },
+        };
+        config
+            .node_config()
+            .validate()
+            .map_err(|e| error(0..0, "config", e.to_string()))?;
+        Ok(config)
+    }
+
+    /// The state machine's view of this config.
+    pub fn node_config(&self) -> NodeConfig {
+        let role = match self.node.role {
+            RoleName::Primary => ConfiguredRole::Primary,
+            RoleName::Secondary => ConfiguredRole::Secondary,
+            RoleName::ConfigOnly => ConfiguredRole::ConfigOnly,
+            RoleName::Off => ConfiguredRole::Off,
+        };
+        let peers: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
+        let mut config = NodeConfig::new(&self.node.name, role, self.node.priority, &peers);
+        config.mode = match self.cluster.mode {
+            ModeName::ActivePassive => Mode::ActivePassive,
+            ModeName::ConfigOnly => Mode::ConfigOnly,
+            ModeName::ActiveActive => Mode::ActiveActive,
+        };
+        if config.mode == Mode::ActiveActive {
+            config.groups = self
+                .cluster
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| FailoverGroup {
+                    id: GroupId(u8::try_from(i).unwrap_or(u8::MAX)),
+                    preferred: g.preferred.clone(),
+                })
+                .collect();
+        }
+        config.links = self.links.iter().map(|l| l.name.clone()).collect();
+        config.interval = self.cluster.interval;
+        config.lost_threshold = self.cluster.lost_threshold;
+        config.preempt = self.cluster.preempt;
+        config.preempt_delay = self.cluster.preempt_delay;
+        config.holdoff_max = self.cluster.holdoff_max;
+        config.on_failure = match self.cluster.on_failure {
+            OnFailureName::Off => OnFailure::Off,
+            OnFailureName::Restore => OnFailure::Restore,
+            OnFailureName::BecomeSecondary => OnFailure::BecomeSecondary,
+        };
+        config.version = self.node.version.clone();
+        config
+    }
+}
+
+fn read_secret(
+    config: &AgentConfig,
+    path: &Path,
+    key: &str,
+    min_len: usize,
+) -> Result<Vec<u8>, Error> {
+    let fail = |message: String| Error::Config {
+        origin: config.origin.display().to_string(),
+        line: 0,
+        key: key.to_string(),
+        message,
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.len() < min_len {
+        return Err(fail(format!(
+            "{} holds {} bytes; at least {min_len} are needed (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
+            path.display(),
+            trimmed.len(),
+            path.display()
+        )));
+    }
+    Ok(trimmed.to_vec())
+}
+
+fn key_on_line(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    match line.split_once('=') {
+        Some((key, _)) if !line.starts_with('[') => key.trim().to_string(),
+        _ if line.is_empty() => "config".to_string(),
+        _ => line.to_string(),
+    }
+}

@@ -1,0 +1,588 @@
+//! The driver: one `select!` loop that owns the state machine, feeds it
+//! everything the agent observes, and carries out what it decides.
+//!
+//! Nothing else touches the [`Node`]: links, crash detection, the API and
+//! the supervisor all talk to this loop over channels, so the core sees one
+//! ordered stream of inputs, as in its tests. The loop must never block:
+//! a stalled loop stops heartbeats and the peer would take over. So the
+//! service is stopped asynchronously (the supervisor escalates on its own
+//! time) and every send is fire-and-forget.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_core::{Codec, Command, Destination, Event, GroupId, Input, Millis, Mode, Node, Output};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::api::{self, ApiRequest, CommandReply};
+use crate::config::{AgentConfig, ModeName};
+use crate::links::{Datagram, HeartbeatLinks};
+use crate::state::{self, SavedState};
+use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
+use crate::sync::{self, Identity, PeerLinkEvent};
+use crate::{Error, vip};
+
+/// How long the service must go without failing before the local monitor
+/// reports it healthy again.
+const RECOVERY_QUIET: Duration = Duration::from_secs(30);
+
+/// Runs the agent until `shutdown` resolves, then leaves the cluster
+/// cleanly: the peers are told goodbye, the VIP and the service released.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let mut agent = Agent::start(config).await?;
+    tokio::pin!(shutdown);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = watchdog_interval();
+    let mut watchdog_at = Instant::now();
+
+    loop {
+        let deadline = agent
+            .clock
+            .instant(agent.node.next_deadline(agent.clock.now()));
+        let recover_at = agent.recover_at;
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep_until(deadline) => { agent.step(Input::Tick).await; }
+            Some(datagram) = agent.inbox.recv() => agent.receive(datagram).await,
+            Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
+            Some(request) = agent.api.recv() => agent.api_request(request).await,
+            Some(event) = agent.service_events.recv() => agent.service_event(event).await,
+            () = tokio::time::sleep_until(recover_at.unwrap_or_else(Instant::now)), if recover_at.is_some() => {
+                agent.recover_at = None;
+                let detail = format!("no service failure for {} s", RECOVERY_QUIET.as_secs());
+                agent.step(Input::LocalMonitor { healthy: true, detail }).await;
+            }
+        }
+        if let Some(every) = watchdog
+            && watchdog_at.elapsed() >= every
+        {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            watchdog_at = Instant::now();
+        }
+    }
+
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("shutting down: saying goodbye and releasing the service");
+    agent.step(Input::Shutdown).await;
+    agent.supervisor.stop().await;
+    Ok(())
+}
+
+/// Monotonic time since the agent started, as the core counts it.
+struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    fn now(&self) -> Millis {
+        Millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn instant(&self, at: Millis) -> Instant {
+        self.start + Duration::from_millis(at.0)
+    }
+}
+
+/// Counters the core does not keep.
+#[derive(Default)]
+struct AgentCounters {
+    service_starts: u64,
+    service_crashes: u64,
+    peer_connections_closed: u64,
+}
+
+struct Agent {
+    config: AgentConfig,
+    clock: Clock,
+    node: Node,
+    codec: Codec,
+    saved: SavedState,
+    links: HeartbeatLinks,
+    inbox: mpsc::Receiver<Datagram>,
+    peer_events: mpsc::Receiver<PeerLinkEvent>,
+    api: mpsc::Receiver<ApiRequest>,
+    service_events: mpsc::Receiver<ServiceEvent>,
+    supervisor: SupervisorHandle,
+    service_running: bool,
+    /// The VIP sockets this node holds, per group.
+    vip: BTreeMap<GroupId, Vec<(SocketAddr, Arc<OwnedFd>)>>,
+    /// When to report the local service healthy again after a failure.
+    recover_at: Option<Instant>,
+    counters: AgentCounters,
+}
+
+impl Agent {
+    async fn start(config: AgentConfig) -> Result<Agent, Error> {
+        let clock = Clock {
+            start: Instant::now(),
+        };
+        let saved = state::start(&config.node.state_dir)?;
+        let node = Node::new(config.node_config(), saved.core, clock.now())?;
+        let codec = Codec::new(
+            &config.secrets.cluster_key,
+            &config.cluster.name,
+            &config.node.name,
+            saved.epoch,
+        );
+        vip::enable_request_migration();
+
+        let (datagrams, inbox) = mpsc::channel(256);
+        let links = HeartbeatLinks::bind(&config, datagrams).await?;
+        let (peer_tx, peer_events) = mpsc::channel(64);
+        let identity = Identity {
+            cluster: config.cluster.name.clone(),
+            name: config.node.name.clone(),
+            epoch: saved.epoch,
+            key: config.secrets.cluster_key.clone(),
+        };
+        let sync_peers = config
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.sync))
+            .collect();
+        sync::start(config.node.sync, identity, sync_peers, peer_tx).await?;
+        let (api_tx, api) = mpsc::channel(64);
+        let api_peers = config
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.api))
+            .collect();
+        api::serve(
+            config.node.api,
+            config.secrets.api_token.clone(),
+            api_peers,
+            api_tx,
+        )
+        .await?;
+        let (service_tx, service_events) = mpsc::channel(64);
+        let supervisor = supervisor::spawn(service_tx);
+        tracing::info!(
+            node = %config.node.name,
+            epoch = saved.epoch,
+            api = %config.node.api,
+            "agent started"
+        );
+        Ok(Agent {
+            config,
+            clock,
+            node,
+            codec,
+            saved,
+            links,
+            inbox,
+            peer_events,
+            api,
+            service_events,
+            supervisor,
+            service_running: false,
+            vip: BTreeMap::new(),
+            recover_at: None,
+            counters: AgentCounters::default(),
+        })
+    }
+
+    /// Feeds one input to the core and carries out its outputs; returns
+    /// the outputs for callers that report them (the API).
+    async fn step(&mut self, input: Input) -> Vec<Output> {
+        let outputs = self.node.step(self.clock.now(), input);
+        for output in &outputs {
+            self.execute(output).await;
+        }
+        outputs
+    }
+
+    async fn execute(&mut self, output: &Output) {
+        match output {
+            Output::Send { to, message } => {
+                let peers: Vec<String> = match to {
+                    Destination::All => self.links.peer_names().map(str::to_string).collect(),
+                    Destination::Peer(p) => vec![p.clone()],
+                };
+                for peer in peers {
+                    let codec = &mut self.codec;
+                    self.links
+                        .send(&peer, || match codec.seal_for(&peer, message) {
+                            Ok(bytes) => Some(bytes),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot encode a message");
+                                None
+                            }
+                        })
+                        .await;
+                }
+            }
+            Output::ClaimVip { group } => self.claim_vip(*group).await,
+            Output::ReleaseVip { group } => {
+                if self.vip.remove(group).is_some() {
+                    tracing::info!(group = group.0, "VIP released");
+                }
+            }
+            Output::StartService => {
+                self.service_running = true;
+                self.supervisor
+                    .start(self.service_spec(), self.vip_sockets())
+                    .await;
+            }
+            Output::StopService => {
+                self.service_running = false;
+                self.supervisor.request_stop().await;
+            }
+            Output::Persist(core) => {
+                self.saved.core = Some(*core);
+                if let Err(e) = state::save(&self.config.node.state_dir, &self.saved) {
+                    tracing::error!(error = %e, "cannot persist HA state");
+                }
+            }
+            Output::Event(event) => log_event(event),
+            Output::Refused { command, reason } => {
+                tracing::warn!(%command, %reason, "command refused");
+            }
+        }
+    }
+
+    /// Binds the group's VIP addresses. In active-passive mode every listen
+    /// address belongs to the one group; in active-active, group N owns the
+    /// N-th address.
+    async fn claim_vip(&mut self, group: GroupId) {
+        let addrs: Vec<SocketAddr> = match self.config.cluster.mode {
+            ModeName::ActiveActive => self
+                .config
+                .vip
+                .listen
+                .get(usize::from(group.0))
+                .copied()
+                .into_iter()
+                .collect(),
+            _ => self.config.vip.listen.clone(),
+        };
+        let mut sockets = Vec::new();
+        for addr in addrs {
+            match vip::bind(addr) {
+                Ok(fd) => sockets.push((addr, fd)),
+                Err(e) => tracing::error!(%addr, error = %e, "cannot bind the VIP"),
+            }
+        }
+        tracing::info!(group = group.0, addrs = ?sockets.iter().map(|(a, _)| a).collect::<Vec<_>>(), "VIP claimed");
+        self.vip.insert(group, sockets);
+        // A service already running (another group of active-active) must
+        // get the new socket too.
+        if self.service_running && self.node.config().mode == Mode::ActiveActive {
+            self.supervisor.request_stop().await;
+            self.supervisor
+                .start(self.service_spec(), self.vip_sockets())
+                .await;
+        }
+    }
+
+    fn vip_sockets(&self) -> Vec<Arc<OwnedFd>> {
+        self.vip
+            .values()
+            .flatten()
+            .map(|(_, fd)| fd.clone())
+            .collect()
+    }
+
+    fn service_spec(&self) -> ServiceSpec {
+        ServiceSpec {
+            argv: self.config.service.command.clone(),
+            cwd: self.config.service.cwd.clone(),
+            env: vec![("TANDEM_NODE".into(), self.config.node.name.clone())],
+            grace: self.config.service.grace,
+        }
+    }
+
+    async fn receive(&mut self, datagram: Datagram) {
+        let input = match self.codec.open(&datagram.bytes) {
+            Ok(envelope) => Input::Received {
+                link: datagram.link,
+                envelope,
+            },
+            Err(e) => {
+                tracing::debug!(from = %datagram.from, error = %e, "datagram rejected");
+                match e.reject_reason() {
+                    Some(reason) => Input::Rejected {
+                        link: datagram.link,
+                        reason,
+                    },
+                    None => return,
+                }
+            }
+        };
+        self.step(input).await;
+    }
+
+    async fn peer_event(&mut self, event: PeerLinkEvent) {
+        match event {
+            PeerLinkEvent::Connected { peer, epoch } => {
+                tracing::info!(%peer, epoch, "crash-detection connection up");
+            }
+            PeerLinkEvent::Closed { peer } => {
+                self.counters.peer_connections_closed += 1;
+                tracing::info!(%peer, "crash-detection connection closed");
+                self.step(Input::PeerConnectionClosed { peer }).await;
+            }
+        }
+    }
+
+    async fn service_event(&mut self, event: ServiceEvent) {
+        match event {
+            ServiceEvent::Started { pid } => {
+                self.counters.service_starts += 1;
+                tracing::info!(pid, "service running");
+            }
+            ServiceEvent::Crashed { status, restart_in } => {
+                self.counters.service_crashes += 1;
+                tracing::warn!(%status, restart_in_ms = restart_in.as_millis() as u64, "service crashed");
+            }
+            ServiceEvent::CrashLoop | ServiceEvent::SpawnFailed { .. } => {
+                let detail = match event {
+                    ServiceEvent::SpawnFailed { error } => error,
+                    _ => "the service is crash-looping".to_string(),
+                };
+                self.recover_at = Some(Instant::now() + RECOVERY_QUIET);
+                self.step(Input::LocalMonitor {
+                    healthy: false,
+                    detail,
+                })
+                .await;
+            }
+            ServiceEvent::Stopped => tracing::info!("service stopped"),
+        }
+    }
+
+    async fn api_request(&mut self, request: ApiRequest) {
+        match request {
+            ApiRequest::Status { reply } => {
+                let _ = reply.send(self.report());
+            }
+            ApiRequest::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
+            ApiRequest::Command {
+                command,
+                node,
+                caller,
+                reply,
+            } => {
+                let answer = self.command(command, node, &caller).await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        node: Option<String>,
+        caller: &str,
+    ) -> CommandReply {
+        let me = self.config.node.name.clone();
+        let target = node.unwrap_or_else(|| me.clone());
+        if target != me && !self.config.peers.iter().any(|p| p.name == target) {
+            return CommandReply {
+                node: target.clone(),
+                outcome: "refused".into(),
+                reason: Some(format!("{target:?} is not a node of this cluster")),
+                events: vec![],
+            };
+        }
+        let forwarded = target != me;
+        let input = if forwarded {
+            Input::Forward {
+                to: target.clone(),
+                command,
+            }
+        } else {
+            Input::Command(command)
+        };
+        let outputs = self.step(input).await;
+        let mut reply = CommandReply {
+            node: target,
+            outcome: if forwarded { "forwarded" } else { "done" }.into(),
+            reason: None,
+            events: vec![],
+        };
+        for output in outputs {
+            match output {
+                Output::Refused { reason, .. } => {
+                    reply.outcome = "refused".into();
+                    reply.reason = Some(reason.to_string());
+                }
+                Output::Event(event) => reply.events.push(describe(&event)),
+                _ => {}
+            }
+        }
+        tracing::info!(caller, outcome = %reply.outcome, reason = ?reply.reason, "command handled");
+        reply
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let now = self.clock.now();
+        let status = self.node.status(now);
+        let vip: Vec<String> = self
+            .vip
+            .values()
+            .flatten()
+            .map(|(a, _)| a.to_string())
+            .collect();
+        serde_json::json!({
+            "node": status,
+            "agent": {
+                "pid": std::process::id(),
+                "epoch": self.saved.epoch,
+                "uptime_ms": now.0,
+                "api": self.config.node.api,
+                "config": self.config.origin,
+                "vip_bound": vip,
+                "service_running": self.service_running,
+                "service_starts": self.counters.service_starts,
+                "service_crashes": self.counters.service_crashes,
+                "peer_connections_closed": self.counters.peer_connections_closed,
+            }
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let status = self.node.status(self.clock.now());
+        let node = &self.config.node.name;
+        let mut out = String::new();
+        let mut metric = |help: &str, kind: &str, name: &str, samples: Vec<(String, String)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{{node=\"{node}\"{labels}}} {value}\n"));
+            }
+        };
+        let role = status.effective_role.to_string();
+        metric(
+            "Effective role of this node (1 for the current one).",
+            "gauge",
+            "tandem_role",
+            [
+                "active",
+                "standby",
+                "held-off",
+                "failed",
+                "off",
+                "syncing",
+                "disconnected",
+            ]
+            .iter()
+            .map(|r| (format!(",role=\"{r}\""), u8::from(role == *r).to_string()))
+            .collect(),
+        );
+        metric(
+            "Role transitions since start.",
+            "counter",
+            "tandem_role_transitions_total",
+            vec![(String::new(), status.counters.transitions.to_string())],
+        );
+        metric(
+            "Heartbeats sent.",
+            "counter",
+            "tandem_heartbeats_sent_total",
+            vec![(String::new(), status.counters.heartbeats_sent.to_string())],
+        );
+        metric(
+            "Heartbeats received and accepted.",
+            "counter",
+            "tandem_heartbeats_received_total",
+            vec![(
+                String::new(),
+                status.counters.heartbeats_received.to_string(),
+            )],
+        );
+        metric(
+            "Datagrams rejected, by reason.",
+            "counter",
+            "tandem_heartbeats_rejected_total",
+            status
+                .counters
+                .rejected
+                .iter()
+                .map(|(reason, n)| {
+                    (
+                        format!(",reason=\"{}\"", reason_label(*reason)),
+                        n.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "Split-brain events resolved.",
+            "counter",
+            "tandem_split_brain_events_total",
+            vec![(
+                String::new(),
+                status.counters.split_brain_events.to_string(),
+            )],
+        );
+        metric(
+            "Whether each peer is alive.",
+            "gauge",
+            "tandem_peer_up",
+            status
+                .peers
+                .iter()
+                .map(|p| {
+                    (
+                        format!(",peer=\"{}\"", p.name),
+                        u8::from(p.alive).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "Service starts.",
+            "counter",
+            "tandem_service_starts_total",
+            vec![(String::new(), self.counters.service_starts.to_string())],
+        );
+        metric(
+            "Service crashes.",
+            "counter",
+            "tandem_service_crashes_total",
+            vec![(String::new(), self.counters.service_crashes.to_string())],
+        );
+        out
+    }
+}
+
+fn reason_label(reason: tandem_core::wire::RejectReason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{reason:?}"))
+}
+
+/// An event as one JSON value, for logs and API replies.
+fn describe(event: &Event) -> serde_json::Value {
+    serde_json::to_value(event).unwrap_or_else(|_| serde_json::Value::String(format!("{event:?}")))
+}
+
+fn log_event(event: &Event) {
+    let record = describe(event);
+    match event {
+        Event::RoleChanged { .. } | Event::SplitBrain { .. } | Event::PeerLost { .. } => {
+            tracing::warn!(event = %record, "HA event");
+        }
+        _ => tracing::info!(event = %record, "HA event"),
+    }
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    // Without NOTIFY_SOCKET (not under systemd) this is a no-op.
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Half of systemd's WatchdogSec, if the unit sets one.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    Some(Duration::from_micros(usec / 2))
+}
