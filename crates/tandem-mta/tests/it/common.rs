@@ -198,9 +198,13 @@ impl ChildRelay {
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
-            .expect("child relay did not start in 20 s")
-            .parse()
-            .expect("address");
+            .ok()
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child relay did not start in 20 s");
+        };
         ChildRelay { child, addr }
     }
 

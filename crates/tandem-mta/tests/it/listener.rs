@@ -77,3 +77,65 @@ async fn suspend_with_no_session_returns_at_once() {
     assert_eq!(c.cmd("QUIT").await.0, 221);
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_serves_the_inherited_socket() {
+    let name = "socket_activation_serves_the_inherited_socket";
+    let Some(activate) = tool("systemd-socket-activate", name) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(&cfg, TEST_TOML).expect("config");
+    let sink = sink().await;
+    let port = free_port();
+    // `--listen` names another address: the inherited socket must win.
+    let args = serde_json::json!([
+        "serve",
+        "--listen",
+        "127.0.0.1:1",
+        "--spool",
+        dir.path().join("spool"),
+        "--relay-to",
+        sink.local_addr().await.to_string(),
+        "--config",
+        cfg
+    ]);
+    let mut child = std::process::Command::new(activate)
+        .arg("-l")
+        .arg(port.to_string())
+        .arg("-E")
+        .arg(format!("TANDEM_MTA_CHILD_ARGS={args}"))
+        .arg(std::env::current_exe().expect("exe"))
+        .args([
+            "child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn systemd-socket-activate");
+    // The socket exists once systemd-socket-activate listens; the first
+    // connection starts the relay, which accepts it from the inherited socket.
+    let mut connected = None;
+    for _ in 0..500 {
+        if let Ok(s) = tokio::net::TcpStream::connect(port).await {
+            connected = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(connected);
+    let mut c = Raw::connect(port).await;
+    assert_eq!(c.cmd("EHLO t").await.0, 250);
+    let (code, text) = c
+        .mail("a@b", &["c@d"], "X-Tandem-Id: activated\r\n\r\nx\r\n")
+        .await;
+    let got = sink.run_until(Some(1), Duration::from_secs(20), None).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(got.distinct_ids, 1, "{got:?}");
+}
