@@ -238,3 +238,67 @@ fn print_sink(r: &SinkReport, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `tandem bench relay` arguments (wired by the binary, not under `mta`).
+#[derive(Debug, Args)]
+pub struct BenchRelayArgs {
+    /// Parallel client sessions.
+    #[arg(long, default_value_t = 20)]
+    pub sessions: usize,
+    /// Messages per relay.
+    #[arg(long, default_value_t = 5000)]
+    pub messages: u64,
+    /// Message size in octets.
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+    /// Measure tandem only.
+    #[arg(long)]
+    pub no_postfix: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `tandem bench relay`. `relay_command` starts tandem's relay as its
+/// own process (e.g. `[path/to/tandem, mta, serve]`), so its memory is
+/// measured apart from the load generator; None runs it in this process.
+pub async fn bench_relay(
+    args: BenchRelayArgs,
+    json: bool,
+    relay_command: Option<Vec<std::ffi::OsString>>,
+) -> Result<()> {
+    let report = crate::bench::bench_relay(crate::bench::BenchOptions {
+        sessions: args.sessions,
+        messages: args.messages,
+        size: args.size,
+        postfix: !args.no_postfix,
+        relay_command,
+    })
+    .await?;
+    if json || args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let row = |name: &str, s: &crate::bench::BenchSide| {
+        let rss = s
+            .rss_kib
+            .map(|r| format!("{r} KiB"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{name:8} {:>9.0} msg/s  p99 {:>7.1} ms  end-to-end {:>7.0} msg/s  rss {rss:>10}  acked {}  missing {}  duplicates {}",
+            s.msgs_per_s,
+            s.p99_ms,
+            s.end_to_end_msgs_per_s,
+            s.acknowledged,
+            s.missing,
+            s.duplicates
+        );
+    };
+    row("tandem", &report.tandem);
+    match (&report.postfix, &report.postfix_skipped) {
+        (Some(p), _) => row("postfix", p),
+        (None, Some(why)) => println!("postfix  skipped: {why}"),
+        (None, None) => {}
+    }
+    Ok(())
+}

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod activation;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod command;

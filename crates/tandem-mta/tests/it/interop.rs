@@ -198,3 +198,33 @@ async fn smtp_source_to_relay_to_postfix_smtp_sink_exactly_once() {
     assert_eq!(per_rcpt.len(), 200, "distinct recipients at smtp-sink");
     assert!(dups.is_empty(), "duplicates: {dups:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_relay_runs_both_sides_with_nothing_lost() {
+    let postfix = tool(
+        "postfix",
+        "bench_relay_runs_both_sides_with_nothing_lost (postfix side)",
+    )
+    .is_some();
+    let report = tandem_mta::bench::bench_relay(tandem_mta::bench::BenchOptions {
+        sessions: 4,
+        messages: 200,
+        size: 1024,
+        postfix,
+        relay_command: None,
+    })
+    .await
+    .expect("bench");
+    eprintln!(
+        "bench (smoke size, not a measurement): {}",
+        serde_json::to_string(&report).unwrap_or_default()
+    );
+    assert_eq!(report.tandem.acknowledged, 200);
+    assert_eq!(report.tandem.missing, 0);
+    if postfix {
+        match &report.postfix {
+            Some(p) => assert_eq!((p.acknowledged, p.missing), (200, 0), "{p:?}"),
+            None => eprintln!("SKIPPED postfix side: {:?}", report.postfix_skipped),
+        }
+    }
+}
