@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Name used in the greeting, EHLO reply and `Received:`-free hop to the next relay.
+    /// Our name: in the greeting, the EHLO reply, the `Received:` header, and our EHLO to the next hop.
     pub hostname: String,
     /// Protocol limits of the SMTP server.
     pub limits: Limits,
@@ -238,6 +238,16 @@ mod tests {
             Config::from_toml("hostname = \"x\"\n\n[limits]\nmax_recipientz = 3\n").unwrap_err();
         assert_eq!(line, 4);
         assert!(msg.contains("max_recipientz"), "{msg}");
+    }
+
+    #[test]
+    fn file_errors_name_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "[delivery]\nconcurrency = 4\nretry_bse = \"1s\"\n").unwrap();
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.starts_with(&format!("{}:3:", path.display())), "{msg}");
+        assert!(msg.contains("retry_bse"), "{msg}");
     }
 
     #[test]

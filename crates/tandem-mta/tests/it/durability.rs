@@ -208,3 +208,71 @@ async fn disk_full_answers_452_and_loses_nothing_acknowledged() {
     assert_eq!(got.messages, report.acknowledged, "{got:?}");
     relay.shutdown().await;
 }
+
+/// A hook that records what it was given and fails when told to.
+struct TestHook {
+    seen: std::sync::Mutex<Vec<std::path::PathBuf>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl tandem_mta::CommitHook for TestHook {
+    fn commit<'a>(&'a self, paths: &'a [std::path::PathBuf]) -> tandem_mta::HookFuture<'a> {
+        Box::pin(async move {
+            // The file must already be durable in queue/ when the hook runs.
+            for p in paths {
+                assert!(p.exists(), "{} not on disk before the hook", p.display());
+            }
+            self.seen
+                .lock()
+                .expect("lock")
+                .extend(paths.iter().cloned());
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(tandem_mta::Error::Hook("standby unreachable".into()))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_hook_runs_before_250_and_its_failure_means_452() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = std::sync::Arc::new(TestHook {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mut o = tandem_mta::RelayOptions::new(
+        Listen::Bind(vec![loopback0()]),
+        dir.path(),
+        free_port().to_string(),
+    );
+    o.config = test_config();
+    o.hook = hook.clone();
+    let relay = tandem_mta::relay::start(o).await.expect("relay");
+    let mut c = Raw::connect(addr(&relay).await).await;
+    assert_eq!(c.cmd("EHLO t").await.0, 250);
+    let (code, text) = c.mail("a@b", &["c@d"], "x\r\n").await;
+    assert_eq!(code, 250, "{text}");
+    let id = text.trim().rsplit(' ').next().expect("id").to_string();
+    assert_eq!(
+        *hook.seen.lock().expect("lock"),
+        vec![relay.spool().queue_dir().join(&id)]
+    );
+    hook.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (code, text) = c.mail("a@b", &["c@d"], "y\r\n").await;
+    assert_eq!(code, 452, "{text}");
+    assert!(text.contains("4.3.1"), "{text}");
+    // Refused means not kept: the client's retry will be the only copy.
+    assert_eq!(relay.spool().recover().expect("recover"), vec![id]);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn load_refuses_non_loopback_targets() {
+    // Checked before any socket is opened.
+    let err = load(load_opts("192.0.2.1:25".parse().expect("addr"), 1, 10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
