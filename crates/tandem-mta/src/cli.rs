@@ -203,11 +203,12 @@ fn print_load(r: &LoadReport, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(r)?);
     } else {
         println!(
-            "sent {}  acknowledged {}  rejected {}  failed sessions {}  {:.1} s  {:.0} msg/s  latency p50 {:.1} ms  p99 {:.1} ms",
+            "sent {}  acknowledged {}  rejected {}  failed sessions {}  connect failures {}  {:.1} s  {:.0} msg/s  latency p50 {:.1} ms  p99 {:.1} ms",
             r.sent,
             r.acknowledged,
             r.rejected,
             r.failed_sessions,
+            r.connect_failures,
             r.elapsed_s,
             r.msgs_per_s,
             r.latency.p50_ms,

@@ -56,8 +56,11 @@ pub struct LoadReport {
     pub acknowledged: u64,
     /// Messages the server refused (4xx/5xx).
     pub rejected: u64,
-    /// Sessions that broke (connect failure, reset, timeout).
+    /// Sessions that broke after connecting (reset, timeout, protocol error).
     pub failed_sessions: u64,
+    /// Connection attempts that failed (refused, timed out); the message
+    /// that would have been sent counts as not sent.
+    pub connect_failures: u64,
     /// Wall-clock seconds.
     pub elapsed_s: f64,
     /// Acknowledged messages per second.
@@ -103,6 +106,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport> {
             total.sent += t.sent;
             total.rejected += t.rejected;
             total.failed_sessions += t.failed_sessions;
+            total.connect_failures += t.connect_failures;
             total.acked.extend(t.acked);
         }
     }
@@ -123,6 +127,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport> {
         acknowledged,
         rejected: total.rejected,
         failed_sessions: total.failed_sessions,
+        connect_failures: total.connect_failures,
         elapsed_s: elapsed,
         msgs_per_s: if elapsed > 0.0 {
             acknowledged as f64 / elapsed
@@ -143,6 +148,7 @@ struct SessionTally {
     sent: u64,
     rejected: u64,
     failed_sessions: u64,
+    connect_failures: u64,
     /// (id, latency in microseconds)
     acked: Vec<(String, u64)>,
 }
@@ -175,7 +181,7 @@ async fn session(
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::debug!(error = %e, "load: connect failed");
-                    tally.failed_sessions += 1;
+                    tally.connect_failures += 1;
                     // Do not spin through the remaining messages in a burst
                     // of refused connections; the count stays bounded anyway.
                     tokio::time::sleep(Duration::from_millis(20)).await;
