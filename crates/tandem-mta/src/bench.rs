@@ -121,7 +121,10 @@ async fn bench_tandem(opts: &BenchOptions, dir: &Path) -> Result<BenchSide> {
             );
             o.config.hostname = "tandem-bench.localdomain".into();
             let relay = crate::relay::start(o).await?;
-            let addr = relay.listener().local_addrs().await[0];
+            let Some(addr) = relay.listener().local_addrs().await.first().copied() else {
+                relay.shutdown().await;
+                return Err(Error::Invalid("relay has no listening address".into()));
+            };
             let side = measure(opts, addr, sink, None).await;
             relay.shutdown().await;
             side
