@@ -1,0 +1,305 @@
+//! `tandem mta …`: the command-line face of this crate.
+//!
+//! The `tandem` binary owns the runtime, tracing and exit codes; it embeds
+//! [`MtaCommand`] as a subcommand and calls [`run`]. Arguments are checked
+//! here and turned into the library calls ([`crate::relay::start`],
+//! [`crate::load::load`], [`crate::sink::sink`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::config::{Config, parse_duration};
+use crate::error::{Error, Result};
+use crate::load::{LoadOptions, LoadReport, load};
+use crate::relay::{RelayOptions, start};
+use crate::server::Listen;
+use crate::sink::{SinkOptions, SinkReport, sink};
+
+/// The mail relay and its test tools.
+#[derive(Debug, Subcommand)]
+pub enum MtaCommand {
+    /// Run the relay: accept mail, spool it durably, deliver it to the next hop.
+    Serve(ServeArgs),
+    /// Send a bounded load of uniquely identified messages (loopback only).
+    Load(LoadArgs),
+    /// Accept and count messages by id; report duplicates and missing ids.
+    Sink(SinkArgs),
+}
+
+/// `serve` arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; ignored when sockets are inherited (LISTEN_FDS).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    pub listen: Vec<SocketAddr>,
+    /// Spool directory (created if missing).
+    #[arg(long)]
+    pub spool: PathBuf,
+    /// Next hop, HOST:PORT.
+    #[arg(long)]
+    pub relay_to: String,
+    /// TOML file with limits, timeouts and delivery tuning.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `load` arguments.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The relay to load (loopback only).
+    #[arg(long)]
+    pub to: SocketAddr,
+    /// Number of messages.
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+    /// Parallel sessions.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Message size in octets.
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+    /// Stop after this long at most (e.g. 60s).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Write the ids of acknowledged messages here, one per line.
+    #[arg(long)]
+    pub acked_out: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sink` arguments.
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:2526")]
+    pub listen: SocketAddr,
+    /// Stop after this long at most.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stop once this many distinct ids arrived.
+    #[arg(long)]
+    pub exit_after: Option<u64>,
+    /// File of ids that must arrive (e.g. `load --acked-out`); stops when all did.
+    #[arg(long)]
+    pub expect: Option<PathBuf>,
+    /// Answer 451 to the first N messages (exercises the relay's retries).
+    #[arg(long, default_value_t = 0)]
+    pub tempfail_first: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs one `tandem mta` subcommand. `json` is the binary's global flag.
+pub async fn run(cmd: MtaCommand, json: bool) -> Result<()> {
+    match cmd {
+        MtaCommand::Serve(a) => serve(a, json).await,
+        MtaCommand::Load(a) => {
+            let json = json || a.json;
+            let report = load(LoadOptions {
+                to: a.to,
+                messages: a.messages,
+                concurrency: a.concurrency,
+                size: a.size,
+                timeout: a.timeout,
+            })
+            .await?;
+            if let Some(path) = &a.acked_out {
+                let mut text = report.acked_ids.join("\n");
+                text.push('\n');
+                std::fs::write(path, text).map_err(|e| Error::path(path, e))?;
+            }
+            print_load(&report, json)
+        }
+        MtaCommand::Sink(a) => {
+            let json = json || a.json;
+            let expect = match &a.expect {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| Error::path(path, e))?;
+                    Some(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .map(String::from)
+                            .collect(),
+                    )
+                }
+                None => None,
+            };
+            let report = sink(SinkOptions {
+                listen: a.listen,
+                duration: a.duration,
+                exit_after: a.exit_after,
+                expect,
+                tempfail_first: a.tempfail_first,
+            })
+            .await?;
+            print_sink(&report, json)
+        }
+    }
+}
+
+/// Runs the relay until SIGINT/SIGTERM; SIGUSR1 suspends the listener
+/// (with the configured drain timeout), SIGUSR2 resumes it.
+async fn serve(a: ServeArgs, json: bool) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let config = match &a.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let listen = match crate::activation::inherited_listeners()? {
+        Some(ls) => Listen::Inherited(ls),
+        None => Listen::Bind(a.listen.clone()),
+    };
+    let mut opts = RelayOptions::new(listen, a.spool.clone(), a.relay_to.clone());
+    opts.config = config;
+    let relay = start(opts).await?;
+    let addrs = relay.listener().local_addrs().await;
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "listening", "addrs": addrs})
+        );
+    } else {
+        println!("tandem-mta: listening on {}", addrs.join(" "));
+    }
+    let sig = |k| signal(k).map_err(Error::Io);
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut usr1 = sig(SignalKind::user_defined1())?;
+    let mut usr2 = sig(SignalKind::user_defined2())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = usr1.recv() => {
+                let control = relay.listener().clone();
+                tokio::spawn(async move {
+                    let report = control.suspend(control.default_drain_timeout()).await;
+                    tracing::info!(?report, "listener suspended and drained");
+                });
+            }
+            _ = usr2.recv() => {
+                if let Err(e) = relay.listener().resume().await {
+                    tracing::error!(error = %e, "resume failed");
+                }
+            }
+        }
+    }
+    let stats = relay.queue_stats();
+    relay.shutdown().await;
+    tracing::info!(?stats, "relay stopped");
+    Ok(())
+}
+
+fn print_load(r: &LoadReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!(
+            "sent {}  acknowledged {}  rejected {}  failed sessions {}  connect failures {}  {:.1} s  {:.0} msg/s  latency p50 {:.1} ms  p99 {:.1} ms",
+            r.sent,
+            r.acknowledged,
+            r.rejected,
+            r.failed_sessions,
+            r.connect_failures,
+            r.elapsed_s,
+            r.msgs_per_s,
+            r.latency.p50_ms,
+            r.latency.p99_ms
+        );
+    }
+    Ok(())
+}
+
+fn print_sink(r: &SinkReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        let missing = match (r.expected, r.missing) {
+            (Some(e), Some(m)) => format!("  expected {e}  missing {m}"),
+            _ => String::new(),
+        };
+        println!(
+            "messages {}  distinct ids {}  duplicates {}{}",
+            r.messages, r.distinct_ids, r.duplicates, missing
+        );
+        for id in &r.missing_ids {
+            println!("missing: {id}");
+        }
+        for id in &r.duplicate_ids {
+            println!("duplicate: {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `tandem bench relay` arguments (wired by the binary, not under `mta`).
+#[derive(Debug, Args)]
+pub struct BenchRelayArgs {
+    /// Parallel client sessions.
+    #[arg(long, default_value_t = 20)]
+    pub sessions: usize,
+    /// Messages per relay.
+    #[arg(long, default_value_t = 5000)]
+    pub messages: u64,
+    /// Message size in octets.
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+    /// Measure tandem only.
+    #[arg(long)]
+    pub no_postfix: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `tandem bench relay`. `relay_command` starts tandem's relay as its
+/// own process (e.g. `[path/to/tandem, mta, serve]`), so its memory is
+/// measured apart from the load generator; None runs it in this process.
+pub async fn bench_relay(
+    args: BenchRelayArgs,
+    json: bool,
+    relay_command: Option<Vec<std::ffi::OsString>>,
+) -> Result<()> {
+    let report = crate::bench::bench_relay(crate::bench::BenchOptions {
+        sessions: args.sessions,
+        messages: args.messages,
+        size: args.size,
+        postfix: !args.no_postfix,
+        relay_command,
+    })
+    .await?;
+    if json || args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let row = |name: &str, s: &crate::bench::BenchSide| {
+        let rss = s
+            .rss_kib
+            .map(|r| format!("{r} KiB"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{name:8} {:>9.0} msg/s  p99 {:>7.1} ms  end-to-end {:>7.0} msg/s  rss {rss:>10}  acked {}  missing {}  duplicates {}",
+            s.msgs_per_s,
+            s.p99_ms,
+            s.end_to_end_msgs_per_s,
+            s.acknowledged,
+            s.missing,
+            s.duplicates
+        );
+    };
+    row("tandem", &report.tandem);
+    match (&report.postfix, &report.postfix_skipped) {
+        (Some(p), _) => row("postfix", p),
+        (None, Some(why)) => println!("postfix  skipped: {why}"),
+        (None, None) => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! The durable spool: a message is acknowledged only once it is on disk.
+//!
+//! Layout under the spool directory:
+//!
+//! ```text
+//! tmp/     files being written; anything here after a crash is garbage and is
+//!          removed at start (a half-written message is never delivered)
+//! queue/   complete, fsync'd messages waiting for delivery
+//! failed/  messages the next hop refused for good (5xx), with a `.reason` file
+//! ```
+//!
+//! Storing a message: write `tmp/ID`, fsync it, rename it to `queue/ID`, fsync
+//! `queue/` (so the rename itself survives a power cut), then run the
+//! [`CommitHook`] (the cluster fsync of the HA layer) — and only then may the
+//! session answer `250`. The rename is the commit point: `queue/` never holds
+//! a partial file, so recovery is "deliver everything in `queue/`".
+//!
+//! A spool file is a small text header followed by the message:
+//!
+//! ```text
+//! TANDEM-SPOOL 1
+//! size 1234            <- length of the message, checked on load
+//! from sender@example  <- empty after "from " for the null sender
+//! rcpt a@example
+//! rcpt b@example
+//!                      <- empty line
+//! <message, CRLF line endings, not dot-stuffed>
+//! ```
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+
+const MAGIC: &str = "TANDEM-SPOOL 1";
+
+/// The future a [`CommitHook`] returns.
+pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// Called after a message is durable on the local disk and before the client
+/// gets its `250`. This is where the HA layer makes the message durable on
+/// the standby too (`POST /v1/sync/commit`, DESIGN.md "Data durability").
+///
+/// An error makes the session answer `452 4.3.1` and the local copy is
+/// removed, so the client's retry cannot cause a duplicate.
+pub trait CommitHook: Send + Sync + 'static {
+    /// `paths` are the files that were just made durable (the queue file).
+    fn commit<'a>(&'a self, paths: &'a [PathBuf]) -> HookFuture<'a>;
+}
+
+/// The default hook: local durability only.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopHook;
+
+impl CommitHook for NoopHook {
+    fn commit<'a>(&'a self, _paths: &'a [PathBuf]) -> HookFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Sender and recipients of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Reverse path; empty for the null sender.
+    pub from: String,
+    /// Forward paths, at least one.
+    pub rcpts: Vec<String>,
+}
+
+/// A message read back from `queue/`.
+#[derive(Debug, Clone)]
+pub struct SpooledMessage {
+    /// Spool id (also the file name).
+    pub id: String,
+    /// Envelope as received.
+    pub envelope: Envelope,
+    /// The message, CRLF line endings, not dot-stuffed.
+    pub body: Vec<u8>,
+}
+
+/// A handle on a spool directory. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tmp: PathBuf,
+    queue: PathBuf,
+    failed: PathBuf,
+    hook: Arc<dyn CommitHook>,
+    /// Random per process: ids stay unique across restarts even if the clock
+    /// goes back, because a rename onto an existing id would lose a message.
+    nonce: u32,
+    /// Per-process sequence number, part of every id.
+    counter: AtomicU64,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root` and empties `tmp/`.
+    pub fn open(root: &Path, hook: Arc<dyn CommitHook>) -> Result<Spool> {
+        let tmp = root.join("tmp");
+        let queue = root.join("queue");
+        let failed = root.join("failed");
+        for d in [root, &tmp, &queue, &failed] {
+            fs::create_dir_all(d).map_err(|e| Error::path(d, e))?;
+        }
+        // Whatever is in tmp/ was never acknowledged: drop it.
+        for entry in fs::read_dir(&tmp).map_err(|e| Error::path(&tmp, e))? {
+            let path = entry.map_err(|e| Error::path(&tmp, e))?.path();
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove stale tmp file");
+            }
+        }
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                tmp,
+                queue,
+                failed,
+                hook,
+                nonce: random_u32(),
+                counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The `queue/` directory.
+    pub fn queue_dir(&self) -> &Path {
+        &self.inner.queue
+    }
+
+    /// The `failed/` directory.
+    pub fn failed_dir(&self) -> &Path {
+        &self.inner.failed
+    }
+
+    /// A fresh, unique message id (hex: time, process nonce, sequence).
+    pub fn new_id(&self) -> String {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let seq = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{micros:013X}{:08X}{:05X}",
+            self.inner.nonce,
+            seq & 0xF_FFFF
+        )
+    }
+
+    /// Makes a message durable under `id` and runs the commit hook.
+    /// Returns only once it is safe to answer `250`.
+    pub async fn store(&self, id: &str, envelope: &Envelope, body: Vec<u8>) -> Result<()> {
+        let inner = self.inner.clone();
+        let id2 = id.to_string();
+        let env = envelope.clone();
+        let final_path = spawn_blocking(move || inner.write_durable(&id2, &env, &body)).await?;
+        let paths = [final_path];
+        if let Err(e) = self.inner.hook.commit(&paths).await {
+            // Not acknowledged: remove it so the client's retry is the only copy.
+            let [path] = paths;
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Ids of every message in `queue/`, oldest first (ids start with the time).
+    pub fn recover(&self) -> Result<Vec<String>> {
+        let q = &self.inner.queue;
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(q).map_err(|e| Error::path(q, e))? {
+            let entry = entry.map_err(|e| Error::path(q, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                ids.push(name.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads a queued message back.
+    pub async fn load(&self, id: &str) -> Result<SpooledMessage> {
+        let path = self.inner.queue.join(id);
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Error::path(&path, e))?;
+        let (envelope, body) = decode(&bytes).map_err(|message| Error::CorruptSpool {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(SpooledMessage {
+            id: id.to_string(),
+            envelope,
+            body,
+        })
+    }
+
+    /// Delivery finished for some recipients. `remaining` still need a retry
+    /// (empty: the message is done and its file removed); `refused` were
+    /// refused for good and a copy goes to `failed/` with the reasons.
+    pub async fn finish(
+        &self,
+        msg: &SpooledMessage,
+        remaining: Vec<String>,
+        refused: Vec<(String, String)>,
+    ) -> Result<()> {
+        let inner = self.inner.clone();
+        let msg = msg.clone();
+        spawn_blocking(move || inner.finish(&msg, remaining, refused)).await
+    }
+
+    /// Moves an unreadable queue file to `failed/` so it stops being retried.
+    pub fn quarantine(&self, id: &str, reason: &str) -> Result<()> {
+        let from = self.inner.queue.join(id);
+        let to = self.inner.failed.join(id);
+        fs::rename(&from, &to).map_err(|e| Error::path(&from, e))?;
+        let reason_path = self.inner.failed.join(format!("{id}.reason"));
+        fs::write(&reason_path, format!("{reason}\n")).map_err(|e| Error::path(&reason_path, e))
+    }
+}
+
+impl Inner {
+    fn write_durable(&self, id: &str, env: &Envelope, body: &[u8]) -> Result<PathBuf> {
+        let tmp = self.tmp.join(id);
+        let dst = self.queue.join(id);
+        let result = (|| {
+            write_synced(&tmp, &encode_header(env, body.len()), body)?;
+            fs::rename(&tmp, &dst).map_err(|e| Error::path(&dst, e))?;
+            sync_dir(&self.queue)
+        })();
+        if result.is_err() {
+            // Disk full or similar: leave nothing behind that could be delivered.
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&dst);
+        }
+        result.map(|()| dst)
+    }
+
+    fn finish(
+        &self,
+        msg: &SpooledMessage,
+        remaining: Vec<String>,
+        refused: Vec<(String, String)>,
+    ) -> Result<()> {
+        let src = self.queue.join(&msg.id);
+        if !refused.is_empty() {
+            let failed_env = Envelope {
+                from: msg.envelope.from.clone(),
+                rcpts: refused.iter().map(|(r, _)| r.clone()).collect(),
+            };
+            let dst = self.failed.join(&msg.id);
+            write_synced(&dst, &encode_header(&failed_env, msg.body.len()), &msg.body)?;
+            let reason = self.failed.join(format!("{}.reason", msg.id));
+            let text: String = refused
+                .iter()
+                .map(|(r, why)| format!("{r}: {why}\n"))
+                .collect();
+            write_synced(&reason, text.as_bytes(), b"")?;
+            sync_dir(&self.failed)?;
+        }
+        if remaining.is_empty() {
+            // After the next hop's 250: removing is safe. Not fsyncing the
+            // directory here means a crash may resurrect the file and deliver
+            // it twice — at-least-once, never lost.
+            fs::remove_file(&src).map_err(|e| Error::path(&src, e))
+        } else if remaining.len() != msg.envelope.rcpts.len() {
+            let env = Envelope {
+                from: msg.envelope.from.clone(),
+                rcpts: remaining,
+            };
+            self.write_durable(&msg.id, &env, &msg.body).map(|_| ())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Writes header + body to `path` (created or truncated) and fsyncs it.
+fn write_synced(path: &Path, header: &[u8], body: &[u8]) -> Result<()> {
+    let err = |e| Error::path(path, e);
+    let mut f = File::create(path).map_err(err)?;
+    f.write_all(header).map_err(err)?;
+    f.write_all(body).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+/// fsyncs a directory, making renames and creations in it durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::path(dir, e))
+}
+
+fn encode_header(env: &Envelope, size: usize) -> Vec<u8> {
+    let mut h = format!("{MAGIC}\nsize {size}\nfrom {}\n", env.from);
+    for r in &env.rcpts {
+        h.push_str("rcpt ");
+        h.push_str(r);
+        h.push('\n');
+    }
+    h.push('\n');
+    h.into_bytes()
+}
+
+/// Parses a spool file; the error says what is wrong.
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(Envelope, Vec<u8>), String> {
+    let end = bytes
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .ok_or("no end of header")?;
+    let header = std::str::from_utf8(&bytes[..end]).map_err(|_| "header is not UTF-8")?;
+    let body = &bytes[end + 2..];
+    let mut lines = header.lines();
+    if lines.next() != Some(MAGIC) {
+        return Err("bad magic line".into());
+    }
+    let size: usize = lines
+        .next()
+        .and_then(|l| l.strip_prefix("size "))
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad size line")?;
+    if size != body.len() {
+        return Err(format!(
+            "truncated: header says {size} octets, file has {}",
+            body.len()
+        ));
+    }
+    let from = lines
+        .next()
+        .and_then(|l| l.strip_prefix("from "))
+        .ok_or("bad from line")?;
+    let rcpts: Vec<String> = lines
+        .map(|l| {
+            l.strip_prefix("rcpt ")
+                .map(str::to_string)
+                .ok_or("bad rcpt line")
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    if rcpts.is_empty() {
+        return Err("no recipient".into());
+    }
+    Ok((
+        Envelope {
+            from: from.to_string(),
+            rcpts,
+        },
+        body.to_vec(),
+    ))
+}
+
+async fn spawn_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
+/// A random number from the kernel, falling back to time and pid (only
+/// uniqueness matters, not unpredictability).
+fn random_u32() -> u32 {
+    let mut buf = [0u8; 4];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .is_ok()
+    {
+        return u32::from_le_bytes(buf);
+    }
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    t ^ std::process::id().rotate_left(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_load_finish_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).unwrap();
+        let env = Envelope {
+            from: String::new(),
+            rcpts: vec!["a@x".into(), "b@x".into()],
+        };
+        let id = spool.new_id();
+        spool
+            .store(&id, &env, b"Subject: hi\r\n\r\nbody\r\n".to_vec())
+            .await
+            .unwrap();
+        // A leftover in tmp/ is dropped on reopen; the queued one survives.
+        fs::write(dir.path().join("tmp/junk"), b"TANDEM-SPOOL 1\nsize 99\n").unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).unwrap();
+        assert!(!dir.path().join("tmp/junk").exists());
+        assert_eq!(spool.recover().unwrap(), vec![id.clone()]);
+        let msg = spool.load(&id).await.unwrap();
+        assert_eq!(msg.envelope, env);
+        assert_eq!(msg.body, b"Subject: hi\r\n\r\nbody\r\n");
+        // b@x refused for good, a@x to retry: the queue file keeps only a@x.
+        spool
+            .finish(
+                &msg,
+                vec!["a@x".into()],
+                vec![("b@x".into(), "550 no such user".into())],
+            )
+            .await
+            .unwrap();
+        let msg = spool.load(&id).await.unwrap();
+        assert_eq!(msg.envelope.rcpts, vec!["a@x".to_string()]);
+        assert!(dir.path().join("failed").join(&id).exists());
+        spool.finish(&msg, vec![], vec![]).await.unwrap();
+        assert!(spool.recover().unwrap().is_empty());
+    }
+
+    #[test]
+    fn truncated_file_is_corrupt() {
+        let env = Envelope {
+            from: "f@x".into(),
+            rcpts: vec!["a@x".into()],
+        };
+        let mut bytes = encode_header(&env, 10);
+        bytes.extend_from_slice(b"12345");
+        assert!(decode(&bytes).unwrap_err().contains("truncated"));
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).unwrap();
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| spool.new_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}
