@@ -410,6 +410,17 @@ impl AgentConfig {
             ));
         }
 
+        // Relative paths are relative to the config file, so a config and
+        // its key files can move together.
+        let base = origin.parent().unwrap_or(Path::new("."));
+        let mut node = node;
+        let mut cluster = cluster;
+        let mut service = service;
+        node.state_dir = base.join(&node.state_dir);
+        node.token_file = base.join(&node.token_file);
+        cluster.key_file = base.join(&cluster.key_file);
+        service.cwd = service.cwd.map(|cwd| base.join(cwd));
+
         let config = AgentConfig {
             origin: origin.to_path_buf(),
             node,

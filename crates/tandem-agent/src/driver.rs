@@ -35,6 +35,10 @@ const RECOVERY_QUIET: Duration = Duration::from_secs(30);
 /// cleanly: the peers are told goodbye, the VIP and the service released.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut agent = Agent::start(config).await?;
+    // The first heartbeat is due at once; the peers learn of this node
+    // before its start-up wait ends, so a pair starting together does not
+    // elect two actives.
+    agent.step(Input::Tick).await;
     tokio::pin!(shutdown);
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_interval();

@@ -39,7 +39,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The config file is invalid; `line` 0 means the whole file.
-    #[error("{origin}:{line}: {key}: {message}")]
+    #[error("{origin}{}: {key}: {message}", if *line > 0 { format!(":{line}") } else { String::new() })]
     Config {
         /// The config file.
         origin: String,

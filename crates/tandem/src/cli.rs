@@ -66,6 +66,49 @@ pub enum Command {
     /// when no supported path exists and says which rule or release blocks it.
     Path(PathArgs),
 
+    /// Run the agent: the HA daemon of this node.
+    ///
+    /// Joins the cluster described by the config file, elects an active
+    /// node with the peers, owns the VIP and runs the service while this
+    /// node is active. Stops cleanly (goodbye to the peers, service
+    /// stopped, VIP released) on SIGTERM or Ctrl-C. Notifies systemd
+    /// (Type=notify, WatchdogSec) when run under it.
+    Agent {
+        /// The node's config file (see docs/config.md).
+        #[arg(long, value_name = "FILE", env = "TANDEM_CONFIG")]
+        config: PathBuf,
+    },
+
+    /// Check an agent config file and exit (0 valid, 2 invalid).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// The whole cluster at a glance: roles, versions, links, VIP, service.
+    Status {
+        /// How to reach an agent.
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+
+    /// HA processes and preferences (FortiMail `set system ha ...`).
+    #[command(subcommand)]
+    Ha(HaCommand),
+
+    /// Move the service between nodes (ASA `failover ...`).
+    #[command(subcommand)]
+    Failover(FailoverCommand),
+
+    /// The reference payload: a durable SMTP relay, its load generator and sink.
+    #[command(subcommand)]
+    Mta(tandem_mta::cli::MtaCommand),
+
+    /// Benchmarks that print their figures (compare ratios, not absolutes).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+
     /// Build, sign and verify firmware images (the service's releases).
     #[command(subcommand)]
     Image(ImageCommand),
@@ -153,6 +196,96 @@ pub enum ImageCommand {
         /// The image to check.
         image: PathBuf,
     },
+}
+
+/// `tandem config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file: every error names the file, line and key.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+/// Where the agent's API is and how to authenticate; taken from the
+/// config file when given, else from --api and --token-file.
+#[derive(Debug, Args, Clone)]
+pub struct ApiTarget {
+    /// Read the API address and token file from this agent config.
+    #[arg(long, value_name = "FILE", env = "TANDEM_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// The agent's API address.
+    #[arg(long, value_name = "ADDR", env = "TANDEM_API", global = true)]
+    pub api: Option<std::net::SocketAddr>,
+    /// The file holding the API token.
+    #[arg(long, value_name = "FILE", env = "TANDEM_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Aim the command at this node (any node answers for the cluster).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub node: Option<String>,
+}
+
+/// `tandem ha ...`.
+#[derive(Debug, Subcommand)]
+pub enum HaCommand {
+    /// Restart HA on a node that a monitor stopped (on_failure = "off").
+    Restart {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Return every node to its configured role.
+    Restore {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Turn preemption on or off (Huawei upgrade steps 4 and 10).
+    Preempt {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Ask the peers not to take over for SECS seconds (a planned restart).
+    Holdoff {
+        /// Seconds, at most the cluster's holdoff_max.
+        secs: u64,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+}
+
+/// `tandem failover ...`.
+#[derive(Debug, Subcommand)]
+pub enum FailoverCommand {
+    /// Make this node (or --node) active: take over the service.
+    Active {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Hand the service over to the peer (ASA `no failover active`).
+    Standby {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Move one failover group (active-active mode).
+    Group {
+        /// The group number.
+        group: u8,
+        /// active or standby.
+        #[arg(value_parser = ["active", "standby"])]
+        state: String,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+}
+
+/// `tandem bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// tandem's relay against postfix, same load and next hop, in one run.
+    Relay(tandem_mta::cli::BenchRelayArgs),
 }
 
 /// Arguments of `tandem completions`.

@@ -2,6 +2,9 @@
 //! and prints its own output: tables and sentences for people, one JSON
 //! document on stdout with `--json`.
 
+pub mod agent;
+pub mod cluster;
 pub mod completions;
 pub mod image;
+pub mod mta;
 pub mod path;

@@ -1,0 +1,309 @@
+//! `tandem status`, `tandem ha ...`, `tandem failover ...`: thin clients of
+//! an agent's API. Any node answers for the whole cluster; `--node` aims a
+//! command at another one, and the agent forwards it.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tandem_core::{Command, GroupId};
+
+use crate::cli::{ApiTarget, FailoverCommand, HaCommand};
+
+/// An agent's API, ready to call.
+struct ApiClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    fn new(target: &ApiTarget) -> anyhow::Result<ApiClient> {
+        let (api, token_file) = match &target.config {
+            Some(path) => {
+                let config = tandem_agent::config::AgentConfig::parse(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                    path,
+                )?;
+                (
+                    target.api.unwrap_or(config.node.api),
+                    target.token_file.clone().unwrap_or(config.node.token_file),
+                )
+            }
+            None => match (target.api, &target.token_file) {
+                (Some(api), Some(file)) => (api, file.clone()),
+                _ => bail!(
+                    "say which agent to ask: --config FILE, or --api ADDR with --token-file FILE"
+                ),
+            },
+        };
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read the API token from {}", token_file.display()))?
+            .trim()
+            .to_string();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(ApiClient {
+            base: format!("http://{api}"),
+            token,
+            http,
+        })
+    }
+
+    fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!(
+                "agent at {} answered {status}: {}",
+                self.addr(),
+                body["error"].as_str().unwrap_or("")
+            );
+        }
+        Ok(body)
+    }
+
+    async fn command(&self, command: Command, node: Option<String>) -> anyhow::Result<Value> {
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let response = self
+            .http
+            .post(format!("{}/v1/command", self.base))
+            .bearer_auth(&self.token)
+            .header("x-tandem-user", user)
+            .json(&serde_json::json!({"command": command, "node": node}))
+            .send()
+            .await
+            .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+            Ok(body)
+        } else {
+            bail!(
+                "agent at {} answered {status}: {}",
+                self.addr(),
+                body["error"].as_str().unwrap_or("")
+            )
+        }
+    }
+}
+
+/// `tandem status`: one table for the whole cluster.
+pub async fn status(target: &ApiTarget, watch: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(target)?;
+    loop {
+        let cluster = client.get("/v1/cluster").await?;
+        if json {
+            println!("{cluster}");
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", table(&cluster));
+            let _ = std::io::stdout().flush();
+        }
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Renders `/v1/cluster` as the status table. The first report is the
+/// answering node's, whose view of its peers gives the heartbeat ages.
+fn table(cluster: &Value) -> String {
+    let empty = Vec::new();
+    let nodes = cluster["nodes"].as_array().unwrap_or(&empty);
+    let local_peers = nodes.first().map(|n| &n["node"]["peers"]);
+    let mut rows = vec![
+        [
+            "NODE",
+            "CONFIGURED",
+            "EFFECTIVE",
+            "PRIO",
+            "VERSION",
+            "LINKS",
+            "HEARD",
+            "VIP",
+            "SERVICE",
+        ]
+        .map(String::from),
+    ];
+    let mut notes = Vec::new();
+    for (index, report) in nodes.iter().enumerate() {
+        let node = &report["node"];
+        let name = node["node"].as_str().unwrap_or("?").to_string();
+        if let Some(error) = report["error"].as_str() {
+            rows.push([
+                name,
+                "?".into(),
+                "unreachable".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]);
+            notes.push(error.to_string());
+            continue;
+        }
+        let peer_view = local_peers
+            .and_then(|peers| peers.as_array())
+            .and_then(|peers| peers.iter().find(|p| p["name"] == name));
+        let (links, heard) = match (index, peer_view) {
+            (0, _) => ("-".to_string(), "-".to_string()),
+            (_, Some(peer)) => link_summary(peer),
+            (_, None) => ("?".into(), "?".into()),
+        };
+        let agent = &report["agent"];
+        let vip = agent["vip_bound"].as_array().map(|a| a.len()).unwrap_or(0);
+        let holdoff = node["holdoff"]["from"]
+            .as_str()
+            .map(|f| format!(" (held off by {f})"))
+            .unwrap_or_default();
+        rows.push([
+            name,
+            text(&node["configured_role"]),
+            format!("{}{holdoff}", text(&node["effective_role"])),
+            text(&node["priority"]),
+            text(&node["version"]),
+            links,
+            heard,
+            if vip > 0 { "owner".into() } else { "-".into() },
+            if agent["service_running"] == true {
+                "running".into()
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for note in notes {
+        out.push_str(&format!("! {note}\n"));
+    }
+    out
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// "hb0 up, hb1 down" and the freshest heartbeat age.
+fn link_summary(peer: &Value) -> (String, String) {
+    let empty = Vec::new();
+    let links = peer["links"].as_array().unwrap_or(&empty);
+    let summary: Vec<String> = links
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                text(&l["link"]),
+                if l["up"] == true { "up" } else { "down" }
+            )
+        })
+        .collect();
+    let freshest = links
+        .iter()
+        .filter_map(|l| l["last_heard_ms_ago"].as_u64())
+        .min();
+    (
+        summary.join(", "),
+        freshest.map_or_else(|| "never".into(), |ms| format!("{ms}ms")),
+    )
+}
+
+/// `tandem ha ...`.
+pub async fn ha(command: HaCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let (command, target) = match command {
+        HaCommand::Restart { target } => (Command::HaRestart, target),
+        HaCommand::Restore { target } => (Command::HaRestore, target),
+        HaCommand::Preempt { state, target } => (Command::HaPreempt(state == "on"), target),
+        HaCommand::Holdoff { secs, target } => {
+            (Command::HaHoldoff(Duration::from_secs(secs)), target)
+        }
+    };
+    send(command, &target, json).await
+}
+
+/// `tandem failover ...`.
+pub async fn failover(command: FailoverCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let (command, target) = match command {
+        FailoverCommand::Active { target } => (Command::FailoverActive, target),
+        FailoverCommand::Standby { target } => (Command::FailoverStandby, target),
+        FailoverCommand::Group {
+            group,
+            state,
+            target,
+        } => (
+            Command::FailoverGroup {
+                group: GroupId(group),
+                active: state == "active",
+            },
+            target,
+        ),
+    };
+    send(command, &target, json).await
+}
+
+/// Sends one command; a refusal prints why and exits 1.
+async fn send(command: Command, target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(target)?;
+    let what = command.to_string();
+    let reply = client.command(command, target.node.clone()).await?;
+    if json {
+        println!("{reply}");
+    }
+    let node = text(&reply["node"]);
+    match reply["outcome"].as_str() {
+        Some("refused") => {
+            eprintln!(
+                "tandem: {what} refused on {node}: {}",
+                text(&reply["reason"])
+            );
+            Ok(ExitCode::from(1))
+        }
+        Some(outcome) => {
+            if !json {
+                println!("{what}: {outcome} on {node}");
+                for event in reply["events"].as_array().into_iter().flatten() {
+                    println!("  {event}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => bail!("unexpected answer from the agent: {reply}"),
+    }
+}
