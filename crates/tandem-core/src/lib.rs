@@ -26,6 +26,41 @@
 //!   isolates and heals links) for tests, here and in the agent.
 //! - [`error`]: the crate's one [`Error`] type.
 //!
+//! # Driving a node (what the agent does)
+//!
+//! ```text
+//! let persisted = read_persisted_state();            // last Output::Persist, if any
+//! let mut node  = Node::new(config, persisted, now())?;
+//! let mut codec = Codec::new(key, cluster_id, name, boot_epoch); // epoch grows every start
+//! loop {
+//!     let input = select! {
+//!         _ = sleep_until(node.next_deadline(now())) => Input::Tick,
+//!         (link, bytes) = udp_recv() => match codec.open(&bytes) {
+//!             Ok(envelope) => Input::Received { link, envelope },
+//!             Err(e) => Input::Rejected { link, reason: e.reject_reason()? },
+//!         },
+//!         peer = sync_connection_closed() => Input::PeerConnectionClosed { peer },
+//!         (healthy, detail) = lservice() => Input::LocalMonitor { healthy, detail },
+//!         command = api() => Input::Command(command),   // or Input::Forward { to, command }
+//!         _ = shutdown => Input::Shutdown,
+//!     };
+//!     for output in node.step(now(), input) {       // in order
+//!         match output {
+//!             Output::Send { to, message } => for each peer in `to`, for each link:
+//!                 udp_send(link, peer, codec.seal_for(peer, &message)?),  // one seal per datagram
+//!             Output::ClaimVip { group } | Output::ReleaseVip { group } => vip(group, ..),
+//!             Output::StartService | Output::StopService => supervisor(..),
+//!             Output::Persist(state) => write_and_fsync(state),
+//!             Output::Event(event) => log_and_count(event),
+//!             Output::Refused { command, reason } => answer_operator(command, reason),
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! `now()` is a monotonic clock (milliseconds since the agent started, as
+//! [`Millis`]). [`Node::status`] gives the snapshot for `tandem status`.
+//!
 //! # Example
 //!
 //! ```

@@ -462,9 +462,12 @@ struct GroupState {
     /// longer blocks claiming an orphaned group (else a yielded node and a
     /// restarted peer could each wait for the other).
     yield_guard_until: Option<Millis>,
-    /// Claimed on request: until then another active is expected to release,
-    /// not a split brain.
+    /// Claimed on request: until then the nodes in `grace_from` (the
+    /// actives when we claimed) are expected to release; seeing them active
+    /// is not a split brain. Any other active still is.
     grace_until: Option<Millis>,
+    /// See `grace_until`.
+    grace_from: BTreeSet<String>,
     /// Asked a peer to take the group over.
     handover: Option<PendingHandover>,
     /// Peers seen active at the same time as us (each counted once).
@@ -1085,7 +1088,7 @@ impl Node {
                 from: from.to_owned(),
                 cause,
             };
-            self.claim_on_request(cx, gi, reason);
+            self.claim_on_request(cx, gi, reason, Some(from));
         } else {
             cx.out.push(Output::Send {
                 to: Destination::All,
@@ -1097,9 +1100,18 @@ impl Node {
     /// Claims a group by request (operator, handover, remote monitor): a
     /// grace period during which the old active is expected to release, and
     /// a `Takeover` so that it does.
-    fn claim_on_request(&mut self, cx: &mut Ctx, gi: usize, reason: Reason) {
+    fn claim_on_request(&mut self, cx: &mut Ctx, gi: usize, reason: Reason, from: Option<&str>) {
+        let id = self.groups[gi].id;
+        let mut releasers: BTreeSet<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.active_in(id))
+            .map(|(n, _)| n.clone())
+            .collect();
+        releasers.extend(from.map(str::to_owned));
         let g = &mut self.groups[gi];
         g.grace_until = Some(cx.now.plus(self.hold));
+        g.grace_from = releasers;
         g.yielded_to = None;
         g.handover = None;
         if let Some(group) = g.id {
@@ -1278,7 +1290,7 @@ impl Node {
         }
         self.demoted = false;
         for gi in todo {
-            self.claim_on_request(cx, gi, Reason::OperatorTakeover);
+            self.claim_on_request(cx, gi, Reason::OperatorTakeover, None);
         }
         Ok(())
     }
@@ -1688,27 +1700,30 @@ impl Node {
         let in_grace = self.groups[gi].grace_until.is_some_and(|t| t > now);
         if !in_grace {
             self.groups[gi].grace_until = None;
+            self.groups[gi].grace_from.clear();
         }
+        // Actives other than those expected to release after our claim.
+        let grace_from = &self.groups[gi].grace_from;
+        let contenders: Vec<String> = actives
+            .iter()
+            .filter(|p| !(in_grace && grace_from.contains(*p)))
+            .cloned()
+            .collect();
         // Split brain: count each peer once per episode.
         let g = &mut self.groups[gi];
-        g.split_brain_with.retain(|p| actives.contains(p));
+        g.split_brain_with.retain(|p| contenders.contains(p));
         let mut fresh = Vec::new();
-        if !in_grace {
-            for p in actives {
-                if g.split_brain_with.insert(p.clone()) {
-                    fresh.push(p.clone());
-                }
+        for p in &contenders {
+            if g.split_brain_with.insert(p.clone()) {
+                fresh.push(p.clone());
             }
         }
         for peer in fresh {
             self.counters.split_brain_events += 1;
             cx.emit(Event::SplitBrain { group: id, peer });
         }
-        if in_grace {
-            return;
-        }
         let me = self.self_rank(gi);
-        let better = actives
+        let better = contenders
             .iter()
             .filter_map(|n| {
                 let p = self.peers.get(n)?;
@@ -1720,7 +1735,7 @@ impl Node {
             return self.set_active(cx, gi, false, Reason::SplitBrain { peer });
         }
         // Preemption: hand over to a better-ranked peer that is ready.
-        if self.groups[gi].handover.is_none() && actives.is_empty() {
+        if self.groups[gi].handover.is_none() && actives.is_empty() && !in_grace {
             let ready = self
                 .peers
                 .iter()
@@ -1771,7 +1786,13 @@ impl Node {
             return;
         }
         if let Some(peer) = failed_active {
-            return self.claim_on_request(cx, gi, Reason::RemoteMonitorFailed { peer });
+            let from = peer.clone();
+            return self.claim_on_request(
+                cx,
+                gi,
+                Reason::RemoteMonitorFailed { peer },
+                Some(&from),
+            );
         }
         let reason = match self.groups[gi].last_active.clone() {
             Some(p) if p != self.config.name => {
@@ -1798,6 +1819,7 @@ impl GroupState {
             yielded_to: None,
             yield_guard_until: None,
             grace_until: None,
+            grace_from: BTreeSet::new(),
             handover: None,
             split_brain_with: BTreeSet::new(),
             last_active: None,

@@ -741,6 +741,12 @@ impl Codec {
     }
 
     /// Seals `message` for `peer` in the version it speaks.
+    ///
+    /// Fails with [`Error::NotEncodable`] when a version-1 peer cannot take
+    /// the message (takeover, handover, forwarded command, several groups):
+    /// the agent skips that datagram and logs it. Planned switchovers with a
+    /// v1 peer therefore fall back to its own v1 behaviour (crash-style
+    /// takeover); upgrade the standby first, as every seed does.
     pub fn seal_for(&mut self, peer: &str, message: &Message) -> Result<Vec<u8>, Error> {
         let v = self.version_for(peer);
         self.seal(message, v)

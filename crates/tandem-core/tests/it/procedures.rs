@@ -582,3 +582,26 @@ fn a_forwarded_command_runs_once_although_it_comes_over_every_link() {
         .count();
     assert_eq!(runs, 1);
 }
+
+#[test]
+fn a_node_that_just_took_over_on_request_still_yields_to_a_better_active() {
+    // Regression (found by the random-fault property): c accepted a
+    // handover from b, then the primary came back from a partition, still
+    // active. c's grace period covered only b, so c must step down at once.
+    let cfgs = vec![
+        NodeConfig::new("a", ConfiguredRole::Primary, 200, &["b", "c"]),
+        NodeConfig::new("b", ConfiguredRole::Secondary, 150, &["a", "c"]),
+        NodeConfig::new("c", ConfiguredRole::Secondary, 100, &["a", "b"]),
+    ];
+    let mut sim = Sim::new(cfgs, 1).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.isolate("a");
+    sim.run_for(ms(700));
+    assert_eq!(sim.holders(G0), ["a", "b"]);
+    sim.command("b", Command::FailoverStandby);
+    sim.run_for(ms(5));
+    assert_eq!(sim.holders(G0), ["a", "c"]);
+    sim.heal();
+    sim.run_for(ms(250));
+    assert_eq!(sim.holders(G0), ["a"]);
+}
