@@ -286,6 +286,21 @@ pub enum FailoverCommand {
 pub enum BenchCommand {
     /// tandem's relay against postfix, same load and next hop, in one run.
     Relay(tandem_mta::cli::BenchRelayArgs),
+
+    /// Failover gaps of a local pair on loopback: crash, hang, planned.
+    ///
+    /// Probes the VIP every 2 ms and injects each fault --runs times into
+    /// the active agent; prints p50/p99/max gap and failed connects per
+    /// fault, and the idle agent's RSS.
+    Failover {
+        /// Runs per fault.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+
+    /// The failover benchmark's service (run by the agent, not by hand).
+    #[command(hide = true)]
+    NameService,
 }
 
 /// Arguments of `tandem completions`.

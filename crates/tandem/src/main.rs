@@ -1,26 +1,13 @@
-//! `tandem`: the one binary, a command-line front end over the tandem crates.
-//!
-//! # Layout
-//! - [`cli`]: every flag and subcommand, defined once with clap; help, man
-//!   page text and shell completions all come from it.
-//! - [`logging`]: tracing to stderr, as text for people or JSON for
-//!   journald and `jq`.
-//! - [`commands`]: one module per subcommand; each turns parsed arguments
-//!   into calls on the library crates and prints the answer.
-//!
-//! Exit codes follow clap's convention: 0 success, 1 the command ran and the
-//! answer is "no" (no upgrade path, a failed check), 2 bad invocation or
-//! unreadable input.
-
-mod cli;
-mod commands;
-mod logging;
+//! `tandem`: the one binary. Everything but the dispatch lives in the
+//! library half of this crate (`lib.rs`), so the end-to-end tests can use
+//! the same local-cluster harness as the benchmarks.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{BenchCommand, Cli, Command, ConfigCommand};
+use tandem::cli::{BenchCommand, Cli, Command, ConfigCommand};
+use tandem::{commands, logging};
 
 /// The async runtime for commands that do network work: two worker threads
 /// match the machines tandem runs on and keep the agent's footprint small.
@@ -33,7 +20,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Agent { .. } | Command::Mta(_)) {
+    if !matches!(
+        cli.command,
+        Command::Agent { .. } | Command::Mta(_) | Command::Bench(BenchCommand::NameService)
+    ) {
         // A command whose output is piped into `head` should end quietly
         // when the pipe closes, like other Unix tools, not panic. Daemons
         // keep Rust's default (ignored), so a closed log pipe cannot kill
@@ -66,6 +56,10 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Relay(args)) => {
             runtime().and_then(|rt| rt.block_on(commands::mta::bench_relay(args, json)))
         }
+        Command::Bench(BenchCommand::Failover { runs }) => {
+            runtime().and_then(|rt| rt.block_on(commands::bench::failover(runs, json)))
+        }
+        Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
     };
     result.unwrap_or_else(|error| {
         eprintln!("tandem: error: {error:#}");

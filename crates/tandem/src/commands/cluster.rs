@@ -13,13 +13,25 @@ use tandem_core::{Command, GroupId};
 use crate::cli::{ApiTarget, FailoverCommand, HaCommand};
 
 /// An agent's API, ready to call.
-struct ApiClient {
+pub struct ApiClient {
     base: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl ApiClient {
+    /// A client for the agent at `api`, with the token in hand.
+    pub fn with_token(api: std::net::SocketAddr, token: String) -> anyhow::Result<ApiClient> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(ApiClient {
+            base: format!("http://{api}"),
+            token,
+            http,
+        })
+    }
+
     fn new(target: &ApiTarget) -> anyhow::Result<ApiClient> {
         let (api, token_file) = match &target.config {
             Some(path) => {
@@ -58,7 +70,8 @@ impl ApiClient {
         self.base.trim_start_matches("http://")
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    /// GET a path; non-2xx answers are errors.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -78,7 +91,8 @@ impl ApiClient {
         Ok(body)
     }
 
-    async fn command(&self, command: Command, node: Option<String>) -> anyhow::Result<Value> {
+    /// POST an HA command; a refusal is an answer, not an error.
+    pub async fn command(&self, command: Command, node: Option<String>) -> anyhow::Result<Value> {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let response = self
             .http

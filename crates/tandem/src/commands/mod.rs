@@ -3,6 +3,7 @@
 //! document on stdout with `--json`.
 
 pub mod agent;
+pub mod bench;
 pub mod cluster;
 pub mod completions;
 pub mod image;

@@ -1,0 +1,311 @@
+//! `tandem bench failover`: how long clients of the VIP wait when the active
+//! node fails, measured the way the keepalived baseline was
+//! (../shared/notes/keepalived-failover-baseline.md), so the two compare.
+//!
+//! A local pair on loopback (bind mode) runs a tiny service that answers
+//! each connection with its node's name. A prober connects to the VIP every
+//! 2 ms (50 ms timeout, overlapping) and records who answered. Each fault is
+//! injected into the active agent N times, at a random phase of the
+//! heartbeat cycle:
+//! - `crash`: kill -9 — the peer sees the crash-detection connection close;
+//! - `hang`: SIGSTOP — only the heartbeat timeout can notice;
+//! - `planned`: `failover standby` — a switchover, which should refuse no
+//!   connection at all.
+//!
+//! The gap is from the fault to the first connect answered by the new
+//! active; failed connects are probes that failed after the fault. Figures
+//! are printed, never asserted: these machines are shared and noisy.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tandem_core::Command;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::localcluster::{ClusterSpec, LocalCluster};
+
+/// One probe's outcome.
+#[derive(Clone)]
+struct Probe {
+    started: Instant,
+    finished: Instant,
+    answered_by: Option<String>,
+}
+
+/// The figures for one fault.
+#[derive(Debug, Serialize)]
+pub struct FaultResult {
+    fault: &'static str,
+    runs: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    failed_connects: u64,
+}
+
+/// The whole report, in the exact JSON shape.
+#[derive(Debug, Serialize)]
+pub struct FailoverReport {
+    interval_ms: u64,
+    lost_threshold: u32,
+    agent_idle_rss_kib: u64,
+    results: Vec<FaultResult>,
+}
+
+const INTERVAL_MS: u64 = 200;
+const LOST_THRESHOLD: u32 = 3;
+const PROBE_EVERY: Duration = Duration::from_millis(2);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a run may take before the takeover counts as failed.
+const RUN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs the benchmark and prints the report.
+pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let exe = std::env::current_exe().context("cannot find the tandem binary")?;
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service: vec![
+            exe.display().to_string(),
+            "bench".into(),
+            "name-service".into(),
+        ],
+        service_extra: String::new(),
+        interval_ms: INTERVAL_MS,
+        lost_threshold: LOST_THRESHOLD,
+        version: "bench".into(),
+        log_dir: None,
+        exe: Some(exe.clone()),
+    };
+    let mut cluster = LocalCluster::create(&spec)?;
+    cluster.start_all()?;
+    cluster.wait_for_active(0, Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = cluster.nodes[1].pid().map(rss_kib).unwrap_or(0);
+
+    let mut results = Vec::new();
+    for fault in ["crash", "hang", "planned"] {
+        let mut gaps = Vec::new();
+        let mut failed = 0u64;
+        for run in 0..runs {
+            cluster.wait_for_active(0, Duration::from_secs(15)).await?;
+            // Start at a random phase of the heartbeat cycle.
+            tokio::time::sleep(Duration::from_millis(300 + random_below(INTERVAL_MS))).await;
+            let (gap, failures) = measure(&mut cluster, fault).await?;
+            if !json {
+                eprintln!(
+                    "{fault} run {}/{runs}: gap {gap:.1} ms, {failures} failed connects",
+                    run + 1
+                );
+            }
+            gaps.push(gap);
+            failed += failures;
+            // Bring the old active back: preemption returns the service to
+            // a restarted primary; after a switchover the operator's choice
+            // stands until `ha restore`.
+            match fault {
+                "crash" => cluster.start(0)?,
+                "hang" => cluster.signal(0, libc::SIGCONT),
+                _ => {
+                    cluster.client(0)?.command(Command::HaRestore, None).await?;
+                }
+            }
+        }
+        gaps.sort_by(f64::total_cmp);
+        results.push(FaultResult {
+            fault,
+            runs,
+            p50_ms: round(percentile(&gaps, 50)),
+            p99_ms: round(percentile(&gaps, 99)),
+            max_ms: round(gaps.last().copied().unwrap_or(0.0)),
+            failed_connects: failed,
+        });
+    }
+    let report = FailoverReport {
+        interval_ms: INTERVAL_MS,
+        lost_threshold: LOST_THRESHOLD,
+        agent_idle_rss_kib: rss,
+        results,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "failover on loopback, interval {INTERVAL_MS} ms, lost_threshold {LOST_THRESHOLD}, idle agent RSS {rss} KiB"
+        );
+        println!(
+            "{:<8} {:>4} {:>9} {:>9} {:>9} {:>15}",
+            "fault", "runs", "p50 ms", "p99 ms", "max ms", "failed connects"
+        );
+        for r in &report.results {
+            println!(
+                "{:<8} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>15}",
+                r.fault, r.runs, r.p50_ms, r.p99_ms, r.max_ms, r.failed_connects
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Injects one fault into node 0 while probing; returns the gap in ms and
+/// the failed connects after the fault.
+async fn measure(cluster: &mut LocalCluster, fault: &str) -> anyhow::Result<(f64, u64)> {
+    let probes = Arc::new(Mutex::new(Vec::<Probe>::new()));
+    let running = Arc::new(AtomicBool::new(true));
+    let prober = tokio::spawn(probe_loop(cluster.vip, probes.clone(), running.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let fault_at = Instant::now();
+    match fault {
+        "crash" => cluster.kill(0),
+        "hang" => cluster.signal(0, libc::SIGSTOP),
+        _ => {
+            let reply = cluster
+                .client(0)?
+                .command(Command::FailoverStandby, None)
+                .await?;
+            if reply["outcome"] == "refused" {
+                bail!("failover standby was refused: {}", reply["reason"]);
+            }
+        }
+    }
+    let takeover = loop {
+        let first = probes
+            .lock()
+            .await
+            .iter()
+            .filter(|p| p.started >= fault_at && p.answered_by.as_deref() == Some("beta"))
+            .map(|p| p.finished)
+            .min();
+        if let Some(at) = first {
+            break at;
+        }
+        if fault_at.elapsed() > RUN_LIMIT {
+            running.store(false, Ordering::Relaxed);
+            bail!(
+                "{fault}: beta did not answer on the VIP within {} s",
+                RUN_LIMIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Keep probing a little: failures right after a takeover count too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.store(false, Ordering::Relaxed);
+    let _ = prober.await;
+    let failed = probes
+        .lock()
+        .await
+        .iter()
+        .filter(|p| p.started >= fault_at && p.answered_by.is_none())
+        .count() as u64;
+    Ok((
+        takeover.duration_since(fault_at).as_secs_f64() * 1000.0,
+        failed,
+    ))
+}
+
+async fn probe_loop(vip: SocketAddr, probes: Arc<Mutex<Vec<Probe>>>, running: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Bounded: a run never probes longer than its limit plus the tail.
+    let stop_at = Instant::now() + RUN_LIMIT + Duration::from_secs(1);
+    while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
+        tick.tick().await;
+        let probes = probes.clone();
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let answered_by = tokio::time::timeout(PROBE_TIMEOUT, ask_name(vip))
+                .await
+                .ok()
+                .flatten();
+            probes.lock().await.push(Probe {
+                started,
+                finished: Instant::now(),
+                answered_by,
+            });
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn ask_name(vip: SocketAddr) -> Option<String> {
+    let stream = tokio::net::TcpStream::connect(vip).await.ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).await.ok()?;
+    let name = line.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+fn percentile(sorted: &[f64], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Nearest rank, as in the keepalived baseline.
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn round(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
+fn random_below(n: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom(2) writes at most 8 bytes into bytes.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 8, 0) };
+    u64::from_le_bytes(bytes) % n.max(1)
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The benchmark's service: answers each connection on the socket-activated
+/// fd 3 with this node's name (`TANDEM_NODE`), then closes. Tiny on
+/// purpose, so the gap measures tandem, not the service's start-up.
+pub fn name_service() -> anyhow::Result<ExitCode> {
+    let fds: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        == Some(std::process::id());
+    if fds < 1 || !for_us {
+        bail!(
+            "name-service needs a socket by socket activation (LISTEN_FDS); the agent provides it"
+        );
+    }
+    let name = std::env::var("TANDEM_NODE").unwrap_or_else(|_| "unknown".into());
+    // SAFETY: fd 3 was handed to this process by the socket-activation
+    // protocol checked above; nothing else owns it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
+    loop {
+        let Ok((mut stream, _)) = listener.accept() else {
+            continue;
+        };
+        let _ = stream.write_all(format!("{name}\n").as_bytes());
+    }
+}

@@ -1,0 +1,334 @@
+//! A whole tandem cluster on one machine, on loopback: the ground the
+//! failover benchmark, the demo and the end-to-end tests stand on.
+//!
+//! Each node is a real `tandem agent` process with its own loopback address
+//! (127.0.0.2, 127.0.0.3, ...) for its heartbeat link, crash-detection port
+//! and API, and every node shares the VIP on 127.0.0.1 in `bind` mode —
+//! only the active one binds it. Configs, keys and state live in one
+//! directory that is removed when the cluster is dropped, and every agent
+//! is killed then too: nothing outlives the command that made it.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::commands::cluster::ApiClient;
+
+/// What to build.
+pub struct ClusterSpec {
+    /// Node names, in priority order: the first is the primary.
+    pub nodes: Vec<String>,
+    /// The service each agent runs while active.
+    pub service: Vec<String>,
+    /// Extra `[service]` lines, e.g. `cwd = "."`.
+    pub service_extra: String,
+    /// Heartbeat interval in milliseconds.
+    pub interval_ms: u64,
+    /// Missed heartbeats before a peer is dead.
+    pub lost_threshold: u32,
+    /// The version each node reports.
+    pub version: String,
+    /// Where agent logs go (one file per node); discarded when `None`.
+    pub log_dir: Option<PathBuf>,
+    /// The tandem binary to run; this process's own when `None`.
+    pub exe: Option<PathBuf>,
+}
+
+/// One node of a [`LocalCluster`].
+pub struct LocalNode {
+    /// Its name.
+    pub name: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its API address.
+    pub api: SocketAddr,
+    /// Its heartbeat link address (UDP).
+    pub link: SocketAddr,
+    process: Option<Child>,
+}
+
+impl LocalNode {
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    /// The cluster's directory (configs, keys, state).
+    pub dir: PathBuf,
+    /// The nodes, primary first.
+    pub nodes: Vec<LocalNode>,
+    /// The service address every node binds while active.
+    pub vip: SocketAddr,
+    token: String,
+    exe: PathBuf,
+    log_dir: Option<PathBuf>,
+}
+
+/// A free port on `ip`, for TCP and UDP both; the small race between
+/// releasing and reusing it is acceptable for local clusters.
+fn free_port(ip: &str) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}"))?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for both TCP and UDP on {ip}")
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    // SAFETY: getrandom(2) writes at most bytes.len() bytes into bytes.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (t >> (i % 16 * 8)) as u8 ^ i as u8);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    Ok(())
+}
+
+impl LocalCluster {
+    /// Writes the configs into a new temporary directory; starts nothing.
+    pub fn create(spec: &ClusterSpec) -> anyhow::Result<LocalCluster> {
+        let dir = std::env::temp_dir().join(format!(
+            "tandem-cluster-{}-{}",
+            std::process::id(),
+            &random_token()[..8]
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let token = random_token();
+        write_private(&dir.join("api.token"), &token)?;
+        write_private(&dir.join("cluster.key"), &random_token())?;
+        let vip = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")?));
+
+        struct Ports {
+            ip: String,
+            link: u16,
+            sync: u16,
+            api: u16,
+        }
+        let mut ports = Vec::new();
+        for i in 0..spec.nodes.len() {
+            let ip = format!("127.0.0.{}", i + 2);
+            ports.push(Ports {
+                link: free_port(&ip)?,
+                sync: free_port(&ip)?,
+                api: free_port(&ip)?,
+                ip,
+            });
+        }
+        let quote = |argv: &[String]| {
+            argv.iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut nodes = Vec::new();
+        for (i, name) in spec.nodes.iter().enumerate() {
+            let me = &ports[i];
+            let mut text = format!(
+                "[node]\nname = {name:?}\npriority = {}\nrole = {:?}\nstate_dir = \"state/{name}\"\napi = \"{}:{}\"\nsync = \"{}:{}\"\ntoken_file = \"api.token\"\nversion = {:?}\n\n\
+                 [cluster]\nname = \"local\"\nkey_file = \"cluster.key\"\ninterval = \"{}ms\"\nlost_threshold = {}\npreempt = true\n\n\
+                 [[link]]\nname = \"lo\"\nlisten = \"{}:{}\"\n\n",
+                200usize.saturating_sub(i * 10),
+                if i == 0 { "primary" } else { "secondary" },
+                me.ip,
+                me.api,
+                me.ip,
+                me.sync,
+                spec.version,
+                spec.interval_ms,
+                spec.lost_threshold,
+                me.ip,
+                me.link,
+            );
+            for (j, peer) in spec.nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+                let p = &ports[j];
+                text.push_str(&format!(
+                    "[[peer]]\nname = {peer:?}\nlinks = [\"{}:{}\"]\nsync = \"{}:{}\"\napi = \"{}:{}\"\n\n",
+                    p.ip, p.link, p.ip, p.sync, p.ip, p.api
+                ));
+            }
+            text.push_str(&format!(
+                "[vip]\nmode = \"bind\"\nlisten = [\"{vip}\"]\n\n[service]\ncommand = [{}]\ngrace = \"2s\"\n{}\n",
+                quote(&spec.service),
+                spec.service_extra
+            ));
+            let config = dir.join(format!("{name}.toml"));
+            std::fs::write(&config, text)?;
+            nodes.push(LocalNode {
+                name: name.clone(),
+                config,
+                api: format!("{}:{}", me.ip, me.api).parse()?,
+                link: format!("{}:{}", me.ip, me.link).parse()?,
+                process: None,
+            });
+        }
+        Ok(LocalCluster {
+            dir,
+            nodes,
+            vip,
+            token,
+            exe: match &spec.exe {
+                Some(exe) => exe.clone(),
+                None => std::env::current_exe().context("cannot find the tandem binary")?,
+            },
+            log_dir: spec.log_dir.clone(),
+        })
+    }
+
+    /// Starts node `i`'s agent (no-op if it runs).
+    pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        if node.process.is_some() {
+            return Ok(());
+        }
+        let log = match &self.log_dir {
+            Some(dir) => Stdio::from(std::fs::File::create(
+                dir.join(format!("{}.log", node.name)),
+            )?),
+            None => Stdio::null(),
+        };
+        let child = Command::new(&self.exe)
+            .arg("-v")
+            .arg("--log-format")
+            .arg("json")
+            .arg("agent")
+            .arg("--config")
+            .arg(&node.config)
+            .env_remove("TANDEM_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start the agent of {}", node.name))?;
+        node.process = Some(child);
+        Ok(())
+    }
+
+    /// Starts every node.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        (0..self.nodes.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// Sends `signal` to node `i`'s agent.
+    pub fn signal(&self, i: usize, signal: libc::c_int) {
+        if let Some(pid) = self.nodes[i]
+            .pid()
+            .and_then(|p| libc::pid_t::try_from(p).ok())
+        {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// kill -9 of node `i`'s agent, reaped.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to node `i`'s agent, waiting up to `timeout` before SIGKILL.
+    pub fn stop(&mut self, i: usize, timeout: Duration) {
+        self.signal(i, libc::SIGTERM);
+        if let Some(mut child) = self.nodes[i].process.take() {
+            let deadline = std::time::Instant::now() + timeout;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The API token every node accepts.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// An API client for node `i`.
+    pub fn client(&self, i: usize) -> anyhow::Result<ApiClient> {
+        ApiClient::with_token(self.nodes[i].api, self.token.clone())
+    }
+
+    /// Node `i`'s own status report, if its agent answers.
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        self.client(i).ok()?.get("/v1/status").await.ok()
+    }
+
+    /// Waits until node `active` is active and every other running node is
+    /// standby, as each reports itself; fails after `timeout`.
+    pub async fn wait_for_active(&self, active: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut settled = true;
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.process.is_none() {
+                    continue;
+                }
+                let role = self.status(i).await.map(|s| {
+                    s["node"]["effective_role"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                });
+                let want = if i == active { "active" } else { "standby" };
+                if role.as_deref() != Some(want) {
+                    settled = false;
+                }
+            }
+            if settled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the cluster did not settle with {} active within {} s",
+                    self.nodes[active].name,
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.signal(i, libc::SIGCONT);
+            self.stop(i, Duration::from_secs(3));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,379 @@
+//! The HA pair end to end: real `tandem agent` processes on loopback, a
+//! real service on the VIP, faults injected with signals, every operator
+//! command through the CLI.
+//!
+//! The clusters of this file run one at a time (a shared lock): the
+//! 600 ms hold time must not be eaten by other clusters competing for the
+//! same two cores.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::Command as Process;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tandem::localcluster::{ClusterSpec, LocalCluster};
+use tandem_core::{Codec, Message};
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn pair() -> LocalCluster {
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service: vec![EXE.into(), "bench".into(), "name-service".into()],
+        service_extra: String::new(),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: "6.2.0".into(),
+        log_dir: None,
+        exe: Some(EXE.into()),
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+}
+
+fn settle(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: usize) {
+    rt.block_on(cluster.wait_for_active(active, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Who answers on the VIP (the service writes its node's name).
+fn vip_answer(vip: SocketAddr) -> Option<String> {
+    let stream = TcpStream::connect_timeout(&vip, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line.trim().to_string())
+}
+
+/// Polls the VIP until `name` answers; bounded.
+fn wait_vip(vip: SocketAddr, name: &str) {
+    for _ in 0..200 {
+        if vip_answer(vip).as_deref() == Some(name) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{name} never answered on the VIP {vip}");
+}
+
+fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, String) {
+    let token = cluster.dir.join("api.token");
+    let out = Process::new(EXE)
+        .args(args)
+        .arg("--api")
+        .arg(cluster.nodes[node].api.to_string())
+        .arg("--token-file")
+        .arg(&token)
+        .env_remove("TANDEM_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("run tandem: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn role(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, node: usize) -> String {
+    rt.block_on(cluster.status(node))
+        .map(|s| {
+            s["node"]["effective_role"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_of_the_active_moves_the_vip_and_the_primary_comes_back() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let mut cluster = pair();
+    settle(&rt, &cluster, 0);
+    wait_vip(cluster.vip, "alpha");
+
+    cluster.kill(0);
+    settle(&rt, &cluster, 1);
+    wait_vip(cluster.vip, "beta");
+    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
+    assert_eq!(beta["node"]["peers"][0]["alive"], false, "{beta}");
+
+    // The restarted primary takes its role back (preemption is on).
+    cluster.start(0).unwrap_or_else(|e| panic!("{e:#}"));
+    settle(&rt, &cluster, 0);
+    wait_vip(cluster.vip, "alpha");
+}
+
+#[test]
+fn a_hung_active_is_replaced_and_one_active_remains_after_it_wakes() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = pair();
+    settle(&rt, &cluster, 0);
+
+    cluster.signal(0, libc::SIGSTOP);
+    let mut took_over = false;
+    for _ in 0..100 {
+        if role(&rt, &cluster, 1) == "active" {
+            took_over = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(took_over, "beta took over from the hung alpha");
+
+    cluster.signal(0, libc::SIGCONT);
+    // Split brain on heal: one steps down at once; then preemption may move
+    // the service back to the primary. Either way, one active.
+    let mut roles = (String::new(), String::new());
+    for _ in 0..100 {
+        roles = (role(&rt, &cluster, 0), role(&rt, &cluster, 1));
+        let actives = [&roles.0, &roles.1]
+            .iter()
+            .filter(|r| r.as_str() == "active")
+            .count();
+        if actives == 1 && [&roles.0, &roles.1].iter().any(|r| r.as_str() == "standby") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        (roles.0 == "active") ^ (roles.1 == "active"),
+        "exactly one active after the heal: {roles:?}"
+    );
+    let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
+    let events = alpha["node"]["counters"]["split_brain_events"].as_u64().unwrap_or(0)
+        + rt.block_on(cluster.status(1)).unwrap_or_default()["node"]["counters"]["split_brain_events"].as_u64().unwrap_or(0);
+    assert!(events >= 1, "the split brain was counted");
+}
+
+#[test]
+fn operator_commands_through_the_cli() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = pair();
+    settle(&rt, &cluster, 0);
+
+    // status: a table with both nodes, and JSON for scripts.
+    let (code, table, err) = tandem(&cluster, 1, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.starts_with("NODE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("alpha") && l.contains("active") && l.contains("owner")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("beta") && l.contains("standby")),
+        "{table}"
+    );
+    let (code, json, _) = tandem(&cluster, 1, &["--json", "status"]);
+    assert_eq!(code, 0);
+    let doc: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(2));
+
+    // A command that cannot be done says why, exit 1.
+    let (code, _, err) = tandem(&cluster, 0, &["failover", "active"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already active"), "{err}");
+
+    // failover standby hands the service to beta (ASA `no failover active`).
+    let (code, out, err) = tandem(&cluster, 0, &["failover", "standby"]);
+    assert_eq!(code, 0, "{out}{err}");
+    settle(&rt, &cluster, 1);
+    wait_vip(cluster.vip, "beta");
+
+    // A command aimed at another node is forwarded by the answering one.
+    let (code, out, err) = tandem(&cluster, 1, &["failover", "active", "--node", "alpha"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("forwarded"), "{out}");
+    settle(&rt, &cluster, 0);
+
+    // Preemption off, then a holdoff from the primary: beta shows it and
+    // would refuse to take over.
+    let (code, _, err) = tandem(&cluster, 0, &["ha", "preempt", "off"]);
+    assert_eq!(code, 0, "{err}");
+    let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
+    assert_eq!(alpha["node"]["preempt"], false, "{alpha}");
+    let (code, _, err) = tandem(&cluster, 0, &["ha", "holdoff", "30"]);
+    assert_eq!(code, 0, "{err}");
+    let mut held = false;
+    for _ in 0..40 {
+        let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
+        if beta["node"]["holdoff"]["from"] == "alpha" {
+            held = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(held, "beta reports the holdoff from alpha");
+    let (code, _, err) = tandem(&cluster, 1, &["failover", "active"]);
+    assert_eq!(code, 1, "a takeover during a holdoff is refused");
+    assert!(err.contains("holdoff"), "{err}");
+
+    // ha restore and ha restart answer too.
+    let (code, _, err) = tandem(&cluster, 0, &["ha", "restore"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(&cluster, 0, &["ha", "restart"]);
+    assert!(code == 0 || err.contains("refused"), "{err}");
+}
+
+#[test]
+fn api_needs_the_token_and_metrics_are_prometheus_text() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = pair();
+    settle(&rt, &cluster, 0);
+    let api = cluster.nodes[0].api;
+    let (code, metrics) = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let denied = http
+            .get(format!("http://{api}/v1/status"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        let wrong = http
+            .get(format!("http://{api}/v1/status"))
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        assert_eq!((denied.ok(), wrong.ok()), (Some(401), Some(401)));
+        let metrics = http.get(format!("http://{api}/metrics")).send().await;
+        match metrics {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => panic!("metrics: {e}"),
+        }
+    });
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tandem_role{node=\"alpha\",role=\"active\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_peer_up{node=\"alpha\",peer=\"beta\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE tandem_heartbeats_sent_total counter"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn foreign_keys_and_replayed_datagrams_are_rejected_and_counted() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = pair();
+    settle(&rt, &cluster, 0);
+
+    let key = std::fs::read(cluster.dir.join("cluster.key")).unwrap_or_else(|e| panic!("{e}"));
+    let key = key.trim_ascii();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let alpha_link = cluster.nodes[0].link;
+
+    // The right key, a datagram sent twice: the second is a replay.
+    let mut codec = Codec::new(key, "local", "beta", u64::MAX / 2);
+    let bytes = codec
+        .seal(
+            &Message::Holdoff {
+                duration: Duration::from_secs(1),
+            },
+            tandem_core::wire::PROTOCOL_VERSION,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..2 {
+        socket
+            .send_to(&bytes, alpha_link)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // A wrong key: a foreign or misconfigured node.
+    let mut stranger = Codec::new(b"another cluster's key, 32 bytes!", "local", "beta", 1);
+    let forged = stranger
+        .seal(&Message::Goodbye, tandem_core::wire::PROTOCOL_VERSION)
+        .unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .send_to(&forged, alpha_link)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let mut rejected = serde_json::Value::Null;
+    for _ in 0..40 {
+        let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
+        rejected = alpha["node"]["counters"]["rejected"].clone();
+        if rejected["replay"].as_u64().unwrap_or(0) >= 1
+            && rejected["bad-mac"].as_u64().unwrap_or(0) >= 1
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        rejected["replay"].as_u64().unwrap_or(0) >= 1,
+        "replay counted: {rejected}"
+    );
+    assert!(
+        rejected["bad-mac"].as_u64().unwrap_or(0) >= 1,
+        "bad MAC counted: {rejected}"
+    );
+    // The forged goodbye changed nothing.
+    assert_eq!(role(&rt, &cluster, 0), "active");
+    assert_eq!(role(&rt, &cluster, 1), "standby");
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "[node]\nname = \"a\"\npriority = 300\nrole = \"primary\"\nstate_dir = \"s\"\napi = \"127.0.0.1:1\"\nsync = \"127.0.0.1:2\"\ntoken_file = \"t\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = Process::new(EXE)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("node.toml:3: priority:"), "{err}");
+
+    let out = Process::new(EXE)
+        .args(["agent", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the agent refuses to start on a bad config"
+    );
+}
