@@ -18,6 +18,7 @@ use tandem_core::{ConfiguredRole, FailoverGroup, GroupId, Mode, NodeConfig, OnFa
 use toml::Spanned;
 
 use crate::Error;
+use crate::monitor::MonitorSection;
 
 /// A validated agent configuration.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct AgentConfig {
     pub vip: VipSection,
     /// The protected service.
     pub service: ServiceSection,
+    /// Service monitors.
+    pub monitor: MonitorSection,
     /// The HMAC key for heartbeats and the API token, read from their files.
     pub secrets: Secrets,
 }
@@ -165,6 +168,9 @@ pub struct PeerSection {
     pub sync: SocketAddr,
     /// Its management API.
     pub api: SocketAddr,
+    /// Its service's own address, probed by the rservice monitor.
+    #[serde(default)]
+    pub service: Option<SocketAddr>,
 }
 
 /// `[vip]`: the address clients use.
@@ -232,7 +238,7 @@ fn default_grace() -> Duration {
     Duration::from_secs(5)
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
@@ -266,6 +272,8 @@ struct RawConfig {
     peers: Vec<Spanned<PeerSection>>,
     vip: Spanned<VipSection>,
     service: Spanned<ServiceSection>,
+    #[serde(default)]
+    monitor: MonitorSection,
 }
 
 impl AgentConfig {
@@ -429,6 +437,7 @@ impl AgentConfig {
             peers,
             vip,
             service,
+            monitor: raw.monitor,
             secrets: Secrets {
                 cluster_key: Vec::new(),
                 api_token: String::new(),

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tandem_core::{Codec, Command, Destination, Event, GroupId, Input, Millis, Mode, Node, Output};
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use crate::api::{self, ApiRequest, CommandReply};
 use crate::config::{AgentConfig, ModeName};
 use crate::links::{Datagram, HeartbeatLinks};
+use crate::monitor::{self, Verdict};
 use crate::state::{self, SavedState};
 use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
 use crate::sync::{self, Identity, PeerLinkEvent};
@@ -56,6 +58,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
             Some(request) = agent.api.recv() => agent.api_request(request).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
+            Some(verdict) = agent.verdicts.recv() => {
+                let input = match verdict {
+                    Verdict::Local { healthy, detail } => Input::LocalMonitor { healthy, detail },
+                    Verdict::Remote { peer, healthy, detail } => Input::RemoteMonitor { peer, healthy, detail },
+                };
+                agent.step(input).await;
+            }
             () = tokio::time::sleep_until(recover_at.unwrap_or_else(Instant::now)), if recover_at.is_some() => {
                 agent.recover_at = None;
                 let detail = format!("no service failure for {} s", RECOVERY_QUIET.as_secs());
@@ -113,6 +122,9 @@ struct Agent {
     service_events: mpsc::Receiver<ServiceEvent>,
     supervisor: SupervisorHandle,
     service_running: bool,
+    /// Shared with the lservice monitor: probe only while serving.
+    serving: Arc<AtomicBool>,
+    verdicts: mpsc::Receiver<Verdict>,
     /// The VIP sockets this node holds, per group.
     vip: BTreeMap<GroupId, Vec<(SocketAddr, Arc<OwnedFd>)>>,
     /// When to report the local service healthy again after a failure.
@@ -165,6 +177,28 @@ impl Agent {
         .await?;
         let (service_tx, service_events) = mpsc::channel(64);
         let supervisor = supervisor::spawn(service_tx);
+        let (verdict_tx, verdicts) = mpsc::channel(16);
+        let serving = Arc::new(AtomicBool::new(false));
+        if config.monitor.lservice
+            && let Some(vip) = config.vip.listen.first()
+        {
+            monitor::spawn_local(
+                config.monitor.clone(),
+                *vip,
+                serving.clone(),
+                verdict_tx.clone(),
+            );
+        }
+        for peer in &config.peers {
+            if let Some(addr) = peer.service {
+                monitor::spawn_remote(
+                    config.monitor.clone(),
+                    peer.name.clone(),
+                    addr,
+                    verdict_tx.clone(),
+                );
+            }
+        }
         tracing::info!(
             node = %config.node.name,
             epoch = saved.epoch,
@@ -184,6 +218,8 @@ impl Agent {
             service_events,
             supervisor,
             service_running: false,
+            serving,
+            verdicts,
             vip: BTreeMap::new(),
             recover_at: None,
             counters: AgentCounters::default(),
@@ -228,12 +264,14 @@ impl Agent {
             }
             Output::StartService => {
                 self.service_running = true;
+                self.serving.store(true, Ordering::Relaxed);
                 self.supervisor
                     .start(self.service_spec(), self.vip_sockets())
                     .await;
             }
             Output::StopService => {
                 self.service_running = false;
+                self.serving.store(false, Ordering::Relaxed);
                 self.supervisor.request_stop().await;
             }
             Output::Persist(core) => {

@@ -19,6 +19,7 @@
 //! - [`sync`]: authenticated TCP connections to peers, for instant crash
 //!   detection.
 //! - [`api`]: the HTTP/JSON control API and Prometheus `/metrics`.
+//! - [`monitor`]: lservice and rservice probes (FortiMail's monitors).
 //! - [`supervisor`]: runs the service with the VIP's sockets.
 //! - [`vip`]: the VIP's listening sockets in `bind` mode.
 //! - [`state`]: the boot epoch and persisted HA state.
@@ -27,6 +28,7 @@ pub mod api;
 pub mod config;
 pub mod driver;
 pub mod links;
+pub mod monitor;
 pub mod state;
 pub mod supervisor;
 pub mod sync;

@@ -24,8 +24,9 @@ pub struct ClusterSpec {
     pub nodes: Vec<String>,
     /// The service each agent runs while active.
     pub service: Vec<String>,
-    /// Extra `[service]` lines, e.g. `cwd = "."`.
-    pub service_extra: String,
+    /// TOML appended after the `[service]` table: more service keys
+    /// (`cwd = "."`), then other tables (`[monitor]`).
+    pub extra_toml: String,
     /// Heartbeat interval in milliseconds.
     pub interval_ms: u64,
     /// Missed heartbeats before a peer is dead.
@@ -178,7 +179,7 @@ impl LocalCluster {
             text.push_str(&format!(
                 "[vip]\nmode = \"bind\"\nlisten = [\"{vip}\"]\n\n[service]\ncommand = [{}]\ngrace = \"2s\"\n{}\n",
                 quote(&spec.service),
-                spec.service_extra
+                spec.extra_toml
             ));
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(&config, text)?;

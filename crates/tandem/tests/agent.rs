@@ -20,10 +20,14 @@ static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
 
 fn pair() -> LocalCluster {
+    pair_with(vec![EXE.into(), "bench".into(), "name-service".into()], "")
+}
+
+fn pair_with(service: Vec<String>, extra_toml: &str) -> LocalCluster {
     let spec = ClusterSpec {
         nodes: vec!["alpha".into(), "beta".into()],
-        service: vec![EXE.into(), "bench".into(), "name-service".into()],
-        service_extra: String::new(),
+        service,
+        extra_toml: extra_toml.into(),
         interval_ms: 200,
         lost_threshold: 3,
         version: "6.2.0".into(),
@@ -346,6 +350,37 @@ fn foreign_keys_and_replayed_datagrams_are_rejected_and_counted() {
     // The forged goodbye changed nothing.
     assert_eq!(role(&rt, &cluster, 0), "active");
     assert_eq!(role(&rt, &cluster, 1), "standby");
+}
+
+#[test]
+fn a_service_that_stops_answering_fails_the_node_over() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    // alpha's service holds its socket but never answers; beta's works.
+    let script = format!(
+        "if [ \"$TANDEM_NODE\" = alpha ]; then exec sleep 600; else exec {EXE} bench name-service; fi"
+    );
+    let cluster = pair_with(
+        vec!["sh".into(), "-c".into(), script],
+        "\n[monitor]\nbanner = true\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfailures = 3\n",
+    );
+    // lservice sees no greeting three times in a row: alpha fails
+    // (on_failure = become-secondary) and beta takes the service.
+    let mut roles = (String::new(), String::new());
+    for _ in 0..200 {
+        roles = (role(&rt, &cluster, 0), role(&rt, &cluster, 1));
+        if roles.1 == "active" && roles.0 != "active" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(roles.1, "active", "beta took over: {roles:?}");
+    assert_ne!(roles.0, "active", "alpha gave up the service: {roles:?}");
+    wait_vip(cluster.vip, "beta");
+    let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
+    assert_eq!(alpha["node"]["healthy"], false, "{alpha}");
 }
 
 #[test]

@@ -81,7 +81,7 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
             "bench".into(),
             "name-service".into(),
         ],
-        service_extra: String::new(),
+        extra_toml: String::new(),
         interval_ms: INTERVAL_MS,
         lost_threshold: LOST_THRESHOLD,
         version: "bench".into(),

@@ -1,0 +1,238 @@
+//! Service monitors (FortiMail's `lservice` and `rservice`).
+//!
+//! - **lservice** probes this node's own service while it serves: a TCP
+//!   connect to the VIP. `failures` misses in a row make the node unhealthy
+//!   (the core then applies `on_failure`); one success makes it healthy
+//!   again. A process crash loop is reported by the supervisor, not here:
+//!   this catches the service that runs but no longer answers.
+//! - **rservice** probes each peer's service at the address its `[[peer]]`
+//!   gives (`service = "ADDR"`), so a peer whose service is dead while its
+//!   agent still heartbeats is taken over.
+//!
+//! Monitors only report changes of verdict; the driver turns them into
+//! core inputs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// `[monitor]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSection {
+    /// Probe the local service on the VIP while serving.
+    #[serde(default = "default_true")]
+    pub lservice: bool,
+    /// Time between probes.
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "crate::config::duration"
+    )]
+    pub interval: Duration,
+    /// A probe's timeout.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
+    pub timeout: Duration,
+    /// Misses in a row before the verdict turns to unhealthy.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// Also wait for the service's first byte (SMTP, FTP and SSH greet
+    /// first): catches a service that still holds its socket but no longer
+    /// serves, which a bare connect cannot see — the kernel completes the
+    /// handshake from the listen backlog.
+    #[serde(default)]
+    pub banner: bool,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            lservice: true,
+            interval: default_interval(),
+            timeout: default_timeout(),
+            failures: default_failures(),
+            banner: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_failures() -> u32 {
+    3
+}
+
+/// A change of a monitor's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The local service.
+    Local {
+        /// Healthy or not.
+        healthy: bool,
+        /// What the last probe saw.
+        detail: String,
+    },
+    /// A peer's service.
+    Remote {
+        /// The peer.
+        peer: String,
+        /// Healthy or not.
+        healthy: bool,
+        /// What the last probe saw.
+        detail: String,
+    },
+}
+
+/// Starts the lservice probe of `addr`; it probes only while `serving` is
+/// set (a standby has no service to probe).
+pub fn spawn_local(
+    settings: MonitorSection,
+    addr: SocketAddr,
+    serving: Arc<AtomicBool>,
+    verdicts: mpsc::Sender<Verdict>,
+) {
+    tokio::spawn(async move {
+        let mut tracker = Tracker::new(settings.failures);
+        let mut tick = tokio::time::interval(settings.interval);
+        loop {
+            tick.tick().await;
+            if !serving.load(Ordering::Relaxed) {
+                tracker.reset();
+                continue;
+            }
+            let outcome = probe(addr, settings.timeout, settings.banner).await;
+            if let Some((healthy, detail)) = tracker.observe(outcome)
+                && verdicts
+                    .send(Verdict::Local { healthy, detail })
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
+/// Starts an rservice probe of `peer`'s service at `addr`.
+pub fn spawn_remote(
+    settings: MonitorSection,
+    peer: String,
+    addr: SocketAddr,
+    verdicts: mpsc::Sender<Verdict>,
+) {
+    tokio::spawn(async move {
+        let mut tracker = Tracker::new(settings.failures);
+        let mut tick = tokio::time::interval(settings.interval);
+        loop {
+            tick.tick().await;
+            let outcome = probe(addr, settings.timeout, settings.banner).await;
+            if let Some((healthy, detail)) = tracker.observe(outcome) {
+                let verdict = Verdict::Remote {
+                    peer: peer.clone(),
+                    healthy,
+                    detail,
+                };
+                if verdicts.send(verdict).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+async fn probe(addr: SocketAddr, timeout: Duration, banner: bool) -> Result<(), String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        if banner {
+            let mut first = [0u8; 1];
+            match stream.read(&mut first).await {
+                Ok(1) => {}
+                Ok(_) => return Err(format!("{addr} closed without a greeting")),
+                Err(e) => return Err(format!("{addr}: {e}")),
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!("{addr}: no answer in {} ms", timeout.as_millis())),
+    }
+}
+
+/// Turns probe outcomes into verdict changes: `failures` misses in a row
+/// to go unhealthy, one success to come back.
+#[derive(Debug)]
+struct Tracker {
+    failures: u32,
+    misses: u32,
+    healthy: bool,
+}
+
+impl Tracker {
+    fn new(failures: u32) -> Tracker {
+        Tracker {
+            failures: failures.max(1),
+            misses: 0,
+            healthy: true,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.misses = 0;
+        self.healthy = true;
+    }
+
+    fn observe(&mut self, outcome: Result<(), String>) -> Option<(bool, String)> {
+        match outcome {
+            Ok(()) => {
+                self.misses = 0;
+                (!self.healthy).then(|| {
+                    self.healthy = true;
+                    (true, "the service answers again".to_string())
+                })
+            }
+            Err(detail) => {
+                self.misses += 1;
+                (self.healthy && self.misses >= self.failures).then(|| {
+                    self.healthy = false;
+                    (false, format!("{detail} ({} probes in a row)", self.misses))
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_changes_after_n_misses_and_one_success() {
+        let mut t = Tracker::new(3);
+        let miss = || Err("refused".to_string());
+        assert_eq!(t.observe(miss()), None);
+        assert_eq!(t.observe(miss()), None);
+        assert_eq!(t.observe(miss()).map(|v| v.0), Some(false));
+        assert_eq!(t.observe(miss()), None, "reported once");
+        assert_eq!(t.observe(Ok(())).map(|v| v.0), Some(true));
+        assert_eq!(t.observe(Ok(())), None);
+        assert_eq!(t.observe(miss()), None, "the count starts again");
+    }
+}
