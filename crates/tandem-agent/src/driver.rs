@@ -122,6 +122,8 @@ struct Agent {
     service_events: mpsc::Receiver<ServiceEvent>,
     supervisor: SupervisorHandle,
     service_running: bool,
+    /// The service's pid, while it runs.
+    service_pid: Option<u32>,
     /// Shared with the lservice monitor: probe only while serving.
     serving: Arc<AtomicBool>,
     verdicts: mpsc::Receiver<Verdict>,
@@ -218,6 +220,7 @@ impl Agent {
             service_events,
             supervisor,
             service_running: false,
+            service_pid: None,
             serving,
             verdicts,
             vip: BTreeMap::new(),
@@ -375,10 +378,12 @@ impl Agent {
         match event {
             ServiceEvent::Started { pid } => {
                 self.counters.service_starts += 1;
+                self.service_pid = Some(pid);
                 tracing::info!(pid, "service running");
             }
             ServiceEvent::Crashed { status, restart_in } => {
                 self.counters.service_crashes += 1;
+                self.service_pid = None;
                 tracing::warn!(%status, restart_in_ms = restart_in.as_millis() as u64, "service crashed");
             }
             ServiceEvent::CrashLoop | ServiceEvent::SpawnFailed { .. } => {
@@ -393,7 +398,10 @@ impl Agent {
                 })
                 .await;
             }
-            ServiceEvent::Stopped => tracing::info!("service stopped"),
+            ServiceEvent::Stopped => {
+                self.service_pid = None;
+                tracing::info!("service stopped");
+            }
         }
     }
 
@@ -482,6 +490,7 @@ impl Agent {
                 "config": self.config.origin,
                 "vip_bound": vip,
                 "service_running": self.service_running,
+                "service_pid": self.service_pid,
                 "service_starts": self.counters.service_starts,
                 "service_crashes": self.counters.service_crashes,
                 "peer_connections_closed": self.counters.peer_connections_closed,

@@ -111,8 +111,25 @@ fn kill_9_of_the_active_moves_the_vip_and_the_primary_comes_back() {
     let mut cluster = pair();
     settle(&rt, &cluster, 0);
     wait_vip(cluster.vip, "alpha");
+    let service =
+        rt.block_on(cluster.status(0)).unwrap_or_default()["agent"]["service_pid"].as_u64();
+    let Some(service) = service else {
+        panic!("alpha runs its service")
+    };
 
     cluster.kill(0);
+    // The service dies with its agent (PR_SET_PDEATHSIG): a dead agent must
+    // not leave a live service holding the address.
+    let mut gone = false;
+    for _ in 0..100 {
+        let state = std::fs::read_to_string(format!("/proc/{service}/stat")).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z ") {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(gone, "alpha's service (pid {service}) outlived its agent");
     settle(&rt, &cluster, 1);
     wait_vip(cluster.vip, "beta");
     let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
@@ -411,4 +428,54 @@ fn a_bad_config_names_file_line_and_key() {
         Some(2),
         "the agent refuses to start on a bad config"
     );
+}
+
+#[test]
+fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service: vec![EXE.into(), "bench".into(), "name-service".into()],
+        extra_toml: String::new(),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: "6.2.0".into(),
+        log_dir: None,
+        exe: Some(EXE.into()),
+    };
+    let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
+    let socket_path = cluster.dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut agent = Process::new(EXE)
+        .args(["agent", "--config"])
+        .arg(&cluster.nodes[0].config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("TANDEM_CONFIG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        match socket.recv(&mut buf) {
+            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => {
+                seen.push(format!("timeout: {e}"));
+                break;
+            }
+        }
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
 }
