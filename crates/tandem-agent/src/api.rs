@@ -15,6 +15,7 @@
 //! | GET | `/v1/status` | this node: the core's status plus the agent's |
 //! | GET | `/v1/cluster` | every node's status (peers asked over their APIs) |
 //! | POST | `/v1/command` | `{"command": ..., "node": "NAME"?}`: an HA command |
+//! | POST | `/v1/listener` | `{"action": "suspend"\|"resume", "drain_timeout_ms"?, "node"?}` |
 //! | GET | `/metrics` | Prometheus text format, no token needed |
 
 use std::net::SocketAddr;
@@ -49,6 +50,17 @@ pub enum ApiRequest {
         /// Where the answer goes.
         reply: oneshot::Sender<CommandReply>,
     },
+    /// Suspend or resume the service's listener on this node.
+    Listener {
+        /// What to do.
+        action: ListenerAction,
+        /// How long sessions in progress may take (suspend only).
+        drain_timeout: Duration,
+        /// Who asked, for the log.
+        caller: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<CommandReply>,
+    },
     /// The Prometheus text.
     Metrics {
         /// Where the answer goes.
@@ -63,6 +75,29 @@ pub struct CommandRequest {
     /// `{"ha-preempt": false}`).
     pub command: Command,
     /// The node that should execute it; the answering node when absent.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// `suspend` or `resume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerAction {
+    /// Stop accepting new connections; let sessions in progress finish.
+    Suspend,
+    /// Accept again.
+    Resume,
+}
+
+/// The body of `POST /v1/listener`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerRequest {
+    /// What to do.
+    pub action: ListenerAction,
+    /// Drain timeout for a suspend, in milliseconds (default 30 s).
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+    /// The node it is for; the answering node when absent.
     #[serde(default)]
     pub node: Option<String>,
 }
@@ -119,6 +154,7 @@ pub async fn serve(
         .route("/v1/status", get(status))
         .route("/v1/cluster", get(cluster))
         .route("/v1/command", post(command))
+        .route("/v1/listener", post(listener_command))
         .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move {
@@ -232,6 +268,68 @@ async fn command(
     let asked = ask(&state, |reply| ApiRequest::Command {
         command: request.command,
         node: request.node,
+        caller,
+        reply,
+    })
+    .await;
+    match asked {
+        Some(reply) if reply.outcome == "refused" => {
+            (StatusCode::CONFLICT, Json(reply)).into_response()
+        }
+        Some(reply) => Json(reply).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn listener_command(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<ListenerRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    let user = headers
+        .get("x-tandem-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    let caller = format!("{user}@{from}");
+    tracing::info!(caller, action = ?request.action, node = ?request.node, "listener command");
+    // Another node's listener: ask that node's API (the listener is not HA
+    // state, so it does not travel over the heartbeat links).
+    if let Some(node) = request.node.as_deref()
+        && let Some((_, addr)) = state.peers.iter().find(|(name, _)| name == node)
+    {
+        let forwarded = ListenerRequest {
+            node: None,
+            ..request
+        };
+        let answer = state
+            .client
+            .post(format!("http://{addr}/v1/listener"))
+            .bearer_auth(&state.token)
+            .header("x-tandem-user", user)
+            .json(&forwarded)
+            .send()
+            .await;
+        return match answer {
+            Ok(r) => {
+                let status = r.status();
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                (status, Json(body)).into_response()
+            }
+            Err(e) => (
+                StatusCode::BAD_GATEWAY,
+                Json(serde_json::json!({"error": format!("{node} is unreachable at {addr}: {e}")})),
+            )
+                .into_response(),
+        };
+    }
+    let drain_timeout = Duration::from_millis(request.drain_timeout_ms.unwrap_or(30_000));
+    let asked = ask(&state, |reply| ApiRequest::Listener {
+        action: request.action,
+        drain_timeout,
         caller,
         reply,
     })

@@ -196,6 +196,24 @@ pub struct ServiceSection {
     pub grace: Duration,
     /// Working directory.
     pub cwd: Option<PathBuf>,
+    /// How `tandem listener suspend|resume` reaches the service.
+    #[serde(default)]
+    pub suspend: SuspendMethod,
+}
+
+/// How the listener is suspended and resumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuspendMethod {
+    /// Works for any service: the agent shuts the VIP sockets down (new
+    /// connections are refused; sessions in progress go on) and on resume
+    /// binds fresh ones and restarts the service with them.
+    #[default]
+    Socket,
+    /// The service drains itself: SIGUSR1 suspends, SIGUSR2 resumes, the
+    /// drain timeout is left in `$TANDEM_CONTROL_DIR/drain-timeout-ms`
+    /// (`tandem mta serve` does this).
+    Signal,
 }
 
 /// Secrets read from the files the config names.

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,8 +20,8 @@ use tandem_core::{Codec, Command, Destination, Event, GroupId, Input, Millis, Mo
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::api::{self, ApiRequest, CommandReply};
-use crate::config::{AgentConfig, ModeName};
+use crate::api::{self, ApiRequest, CommandReply, ListenerAction};
+use crate::config::{AgentConfig, ModeName, SuspendMethod};
 use crate::links::{Datagram, HeartbeatLinks};
 use crate::monitor::{self, Verdict};
 use crate::state::{self, SavedState};
@@ -124,6 +124,8 @@ struct Agent {
     service_running: bool,
     /// The service's pid, while it runs.
     service_pid: Option<u32>,
+    /// `tandem listener suspend` is in force.
+    listener_suspended: bool,
     /// Shared with the lservice monitor: probe only while serving.
     serving: Arc<AtomicBool>,
     verdicts: mpsc::Receiver<Verdict>,
@@ -221,6 +223,7 @@ impl Agent {
             supervisor,
             service_running: false,
             service_pid: None,
+            listener_suspended: false,
             serving,
             verdicts,
             vip: BTreeMap::new(),
@@ -261,6 +264,7 @@ impl Agent {
             }
             Output::ClaimVip { group } => self.claim_vip(*group).await,
             Output::ReleaseVip { group } => {
+                self.listener_suspended = false;
                 if self.vip.remove(group).is_some() {
                     tracing::info!(group = group.0, "VIP released");
                 }
@@ -290,10 +294,24 @@ impl Agent {
         }
     }
 
+    /// Binds the group's VIP addresses and, in active-active mode, gives a
+    /// running service the new socket too.
+    async fn claim_vip(&mut self, group: GroupId) {
+        self.bind_vip(group);
+        // A service already running (another group of active-active) must
+        // get the new socket too.
+        if self.service_running && self.node.config().mode == Mode::ActiveActive {
+            self.supervisor.request_stop().await;
+            self.supervisor
+                .start(self.service_spec(), self.vip_sockets())
+                .await;
+        }
+    }
+
     /// Binds the group's VIP addresses. In active-passive mode every listen
     /// address belongs to the one group; in active-active, group N owns the
     /// N-th address.
-    async fn claim_vip(&mut self, group: GroupId) {
+    fn bind_vip(&mut self, group: GroupId) {
         let addrs: Vec<SocketAddr> = match self.config.cluster.mode {
             ModeName::ActiveActive => self
                 .config
@@ -314,14 +332,6 @@ impl Agent {
         }
         tracing::info!(group = group.0, addrs = ?sockets.iter().map(|(a, _)| a).collect::<Vec<_>>(), "VIP claimed");
         self.vip.insert(group, sockets);
-        // A service already running (another group of active-active) must
-        // get the new socket too.
-        if self.service_running && self.node.config().mode == Mode::ActiveActive {
-            self.supervisor.request_stop().await;
-            self.supervisor
-                .start(self.service_spec(), self.vip_sockets())
-                .await;
-        }
     }
 
     fn vip_sockets(&self) -> Vec<Arc<OwnedFd>> {
@@ -336,7 +346,13 @@ impl Agent {
         ServiceSpec {
             argv: self.config.service.command.clone(),
             cwd: self.config.service.cwd.clone(),
-            env: vec![("TANDEM_NODE".into(), self.config.node.name.clone())],
+            env: vec![
+                ("TANDEM_NODE".into(), self.config.node.name.clone()),
+                (
+                    "TANDEM_CONTROL_DIR".into(),
+                    self.control_dir().display().to_string(),
+                ),
+            ],
             grace: self.config.service.grace,
         }
     }
@@ -413,6 +429,16 @@ impl Agent {
             ApiRequest::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
+            ApiRequest::Listener {
+                action,
+                drain_timeout,
+                caller,
+                reply,
+            } => {
+                let answer = self.listener(action, drain_timeout).await;
+                tracing::info!(caller, outcome = %answer.outcome, reason = ?answer.reason, "listener command handled");
+                let _ = reply.send(answer);
+            }
             ApiRequest::Command {
                 command,
                 node,
@@ -471,6 +497,87 @@ impl Agent {
         reply
     }
 
+    /// `tandem listener suspend|resume` on this node.
+    async fn listener(&mut self, action: ListenerAction, drain_timeout: Duration) -> CommandReply {
+        let mut reply = CommandReply {
+            node: self.config.node.name.clone(),
+            outcome: "done".into(),
+            reason: None,
+            events: vec![],
+        };
+        if !self.service_running {
+            reply.outcome = "refused".into();
+            reply.reason = Some("this node does not run the service now (not active)".into());
+            return reply;
+        }
+        let suspend = action == ListenerAction::Suspend;
+        match self.config.service.suspend {
+            SuspendMethod::Signal => {
+                let Some(pid) = self.service_pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+                    reply.outcome = "refused".into();
+                    reply.reason = Some("the service is not running".into());
+                    return reply;
+                };
+                if suspend {
+                    let control = self.control_dir();
+                    let written = std::fs::create_dir_all(&control).and_then(|()| {
+                        std::fs::write(
+                            control.join("drain-timeout-ms"),
+                            drain_timeout.as_millis().to_string(),
+                        )
+                    });
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "cannot pass the drain timeout; the service uses its own");
+                    }
+                }
+                // SAFETY: kill(2) with a pid the supervisor reported as running.
+                unsafe {
+                    libc::kill(
+                        pid,
+                        if suspend {
+                            libc::SIGUSR1
+                        } else {
+                            libc::SIGUSR2
+                        },
+                    )
+                };
+            }
+            SuspendMethod::Socket if suspend => {
+                for (_, fd) in self.vip.values().flatten() {
+                    // SAFETY: shutdown(2) on a socket this agent owns. On a
+                    // listening socket it stops accepting for every process
+                    // sharing it; established sessions are separate sockets.
+                    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+                }
+            }
+            SuspendMethod::Socket => {
+                // A shut-down listener cannot listen again: bind fresh
+                // sockets and restart the service on them.
+                let groups: Vec<GroupId> = self.vip.keys().copied().collect();
+                for group in groups {
+                    self.vip.remove(&group);
+                    self.bind_vip(group);
+                }
+                self.supervisor.request_stop().await;
+                self.supervisor
+                    .start(self.service_spec(), self.vip_sockets())
+                    .await;
+            }
+        }
+        self.listener_suspended = suspend;
+        reply.events.push(serde_json::json!({
+            "listener": if suspend { "suspended" } else { "resumed" },
+            "method": format!("{:?}", self.config.service.suspend).to_lowercase(),
+            "drain_timeout_ms": drain_timeout.as_millis() as u64,
+        }));
+        reply
+    }
+
+    /// Where the agent leaves instructions for the service.
+    fn control_dir(&self) -> std::path::PathBuf {
+        self.config.node.state_dir.join("control")
+    }
+
     fn report(&self) -> serde_json::Value {
         let now = self.clock.now();
         let status = self.node.status(now);
@@ -490,6 +597,7 @@ impl Agent {
                 "config": self.config.origin,
                 "vip_bound": vip,
                 "service_running": self.service_running,
+                "listener": if self.listener_suspended { "suspended" } else { "open" },
                 "service_pid": self.service_pid,
                 "service_starts": self.counters.service_starts,
                 "service_crashes": self.counters.service_crashes,

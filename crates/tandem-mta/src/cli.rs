@@ -144,8 +144,11 @@ pub async fn run(cmd: MtaCommand, json: bool) -> Result<()> {
     }
 }
 
-/// Runs the relay until SIGINT/SIGTERM; SIGUSR1 suspends the listener
-/// (with the configured drain timeout), SIGUSR2 resumes it.
+/// Runs the relay until SIGINT/SIGTERM; SIGUSR1 suspends the listener,
+/// SIGUSR2 resumes it. The drain timeout is the configured one, unless the
+/// agent that runs the relay left another in
+/// `$TANDEM_CONTROL_DIR/drain-timeout-ms` (`tandem listener suspend
+/// --drain-timeout`).
 async fn serve(a: ServeArgs, json: bool) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let config = match &a.config {
@@ -180,8 +183,9 @@ async fn serve(a: ServeArgs, json: bool) -> Result<()> {
             _ = int.recv() => break,
             _ = usr1.recv() => {
                 let control = relay.listener().clone();
+                let drain = agent_drain_timeout().unwrap_or_else(|| control.default_drain_timeout());
                 tokio::spawn(async move {
-                    let report = control.suspend(control.default_drain_timeout()).await;
+                    let report = control.suspend(drain).await;
                     tracing::info!(?report, "listener suspended and drained");
                 });
             }
@@ -196,6 +200,16 @@ async fn serve(a: ServeArgs, json: bool) -> Result<()> {
     relay.shutdown().await;
     tracing::info!(?stats, "relay stopped");
     Ok(())
+}
+
+/// The drain timeout the supervising agent asked for, if any.
+fn agent_drain_timeout() -> Option<std::time::Duration> {
+    let dir = std::env::var_os("TANDEM_CONTROL_DIR")?;
+    let text = std::fs::read_to_string(std::path::Path::new(&dir).join("drain-timeout-ms")).ok()?;
+    text.trim()
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_millis)
 }
 
 fn print_load(r: &LoadReport, json: bool) -> Result<()> {

@@ -101,6 +101,11 @@ pub enum Command {
     #[command(subcommand)]
     Failover(FailoverCommand),
 
+    /// Stop or resume accepting new connections on a node (ESA
+    /// `suspendlistener` / `resume`); sessions in progress finish.
+    #[command(subcommand)]
+    Listener(ListenerCommand),
+
     /// The reference payload: a durable SMTP relay, its load generator and sink.
     #[command(subcommand)]
     Mta(tandem_mta::cli::MtaCommand),
@@ -279,6 +284,29 @@ pub enum FailoverCommand {
         #[command(flatten)]
         target: ApiTarget,
     },
+}
+
+/// `tandem listener ...`.
+#[derive(Debug, Subcommand)]
+pub enum ListenerCommand {
+    /// Stop accepting new connections; sessions in progress may finish.
+    Suspend {
+        /// How long sessions in progress may take (e.g. 30s); with
+        /// `suspend = "signal"` the service then answers 421 and closes them.
+        #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+        drain_timeout: std::time::Duration,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Accept new connections again.
+    Resume {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    tandem_agent::config::parse_duration(text)
 }
 
 /// `tandem bench ...`.

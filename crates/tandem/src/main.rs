@@ -50,6 +50,9 @@ fn main() -> ExitCode {
         Command::Failover(command) => {
             runtime().and_then(|rt| rt.block_on(commands::cluster::failover(command, json)))
         }
+        Command::Listener(command) => {
+            runtime().and_then(|rt| rt.block_on(commands::cluster::listener(command, json)))
+        }
         Command::Mta(command) => {
             runtime().and_then(|rt| rt.block_on(commands::mta::run(command, json)))
         }

@@ -479,3 +479,116 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
     assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
     assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
 }
+
+/// Reads one SMTP reply line, or None on timeout/close.
+fn smtp_line(reader: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line.trim_end().to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn listener_suspend_drains_and_resume_reopens_the_relay() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let next_hop = sink.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let script =
+        format!("exec {EXE} mta serve --spool \"spool-$TANDEM_NODE\" --relay-to {next_hop}");
+    let cluster = pair_with(
+        vec!["sh".into(), "-c".into(), script],
+        "cwd = \".\"\nsuspend = \"signal\"\n",
+    );
+    settle(&rt, &cluster, 0);
+
+    // A session in progress before the suspend.
+    let mut session = None;
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(cluster.vip) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut reader = BufReader::new(stream);
+            if smtp_line(&mut reader).is_some_and(|l| l.starts_with("220")) {
+                session = Some(reader);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(mut session) = session else {
+        panic!("the relay never greeted on the VIP")
+    };
+
+    let (code, out, err) = tandem(
+        &cluster,
+        1,
+        &[
+            "listener",
+            "suspend",
+            "--drain-timeout",
+            "300ms",
+            "--node",
+            "alpha",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let status = rt.block_on(cluster.status(0)).unwrap_or_default();
+    assert_eq!(status["agent"]["listener"], "suspended", "{status}");
+    // After the drain timeout the idle session is told to come back later.
+    let told = smtp_line(&mut session);
+    assert!(
+        told.as_deref().is_some_and(|l| l.starts_with("421")),
+        "{told:?}"
+    );
+    // A new connection is not greeted while suspended.
+    let fresh = TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
+    let _ = fresh.set_read_timeout(Some(Duration::from_millis(400)));
+    let mut fresh = BufReader::new(fresh);
+    assert_eq!(smtp_line(&mut fresh), None, "no greeting while suspended");
+
+    let (code, _, err) = tandem(&cluster, 0, &["listener", "resume"]);
+    assert_eq!(code, 0, "{err}");
+    let _ = fresh
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(3)));
+    let greeting = smtp_line(&mut fresh);
+    assert!(
+        greeting.as_deref().is_some_and(|l| l.starts_with("220")),
+        "greeted after resume: {greeting:?}"
+    );
+
+    // A standby has no listener to suspend.
+    let (code, _, err) = tandem(&cluster, 1, &["listener", "suspend"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not active"), "{err}");
+}
+
+#[test]
+fn socket_suspend_works_for_any_service() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = pair();
+    settle(&rt, &cluster, 0);
+    wait_vip(cluster.vip, "alpha");
+
+    let (code, _, err) = tandem(
+        &cluster,
+        0,
+        &["listener", "suspend", "--drain-timeout", "1s"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let refused = TcpStream::connect_timeout(&cluster.vip, Duration::from_millis(500));
+    assert!(
+        refused.is_err(),
+        "new connections are refused while suspended"
+    );
+
+    let (code, _, err) = tandem(&cluster, 0, &["listener", "resume"]);
+    assert_eq!(code, 0, "{err}");
+    wait_vip(cluster.vip, "alpha");
+}

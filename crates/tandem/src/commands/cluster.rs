@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tandem_core::{Command, GroupId};
 
-use crate::cli::{ApiTarget, FailoverCommand, HaCommand};
+use crate::cli::{ApiTarget, FailoverCommand, HaCommand, ListenerCommand};
 
 /// An agent's API, ready to call.
 pub struct ApiClient {
@@ -93,13 +93,22 @@ impl ApiClient {
 
     /// POST an HA command; a refusal is an answer, not an error.
     pub async fn command(&self, command: Command, node: Option<String>) -> anyhow::Result<Value> {
+        self.post(
+            "/v1/command",
+            &serde_json::json!({"command": command, "node": node}),
+        )
+        .await
+    }
+
+    /// POST a mutating call, naming the caller; 409 (refused) is an answer.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let response = self
             .http
-            .post(format!("{}/v1/command", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .header("x-tandem-user", user)
-            .json(&serde_json::json!({"command": command, "node": node}))
+            .json(body)
             .send()
             .await
             .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
@@ -292,11 +301,37 @@ pub async fn failover(command: FailoverCommand, json: bool) -> anyhow::Result<Ex
     send(command, &target, json).await
 }
 
+/// `tandem listener suspend|resume`.
+pub async fn listener(command: ListenerCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let (body, target, what) = match command {
+        ListenerCommand::Suspend {
+            drain_timeout,
+            target,
+        } => (
+            serde_json::json!({"action": "suspend", "drain_timeout_ms": drain_timeout.as_millis() as u64, "node": target.node}),
+            target,
+            "listener suspend",
+        ),
+        ListenerCommand::Resume { target } => (
+            serde_json::json!({"action": "resume", "node": target.node}),
+            target,
+            "listener resume",
+        ),
+    };
+    let reply = ApiClient::new(&target)?.post("/v1/listener", &body).await?;
+    report(what, &reply, json)
+}
+
 /// Sends one command; a refusal prints why and exits 1.
 async fn send(command: Command, target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(target)?;
     let what = command.to_string();
     let reply = client.command(command, target.node.clone()).await?;
+    report(&what, &reply, json)
+}
+
+/// Prints a command's answer; a refusal says why and exits 1.
+fn report(what: &str, reply: &Value, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{reply}");
     }
