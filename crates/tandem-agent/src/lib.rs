@@ -33,6 +33,7 @@ pub mod state;
 pub mod supervisor;
 pub mod sync;
 pub mod vip;
+pub mod vip_ip;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
