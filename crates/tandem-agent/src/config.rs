@@ -19,6 +19,7 @@ use toml::Spanned;
 
 use crate::Error;
 use crate::monitor::MonitorSection;
+use crate::vip_ip::{GarpPlan, IpVip};
 
 /// A validated agent configuration.
 #[derive(Debug, Clone)]
@@ -177,12 +178,64 @@ pub struct PeerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipSection {
-    /// `bind`: the active node binds these addresses and passes the
-    /// sockets to the service.
+    /// `bind`: the active node binds `listen` and passes the sockets to the
+    /// service (loopback-friendly). `ip`: the active node adds `address` to
+    /// `interface` and announces it with gratuitous ARP.
     #[serde(default = "default_vip_mode")]
     pub mode: String,
-    /// The listening addresses.
+    /// Sockets the agent binds (after adding the address, in `ip` mode) and
+    /// hands to the service; may be empty in `ip` mode.
+    #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// `ip` mode: the interface that carries the VIP.
+    pub interface: Option<String>,
+    /// `ip` mode: the address with its prefix, e.g. `198.18.0.100/24`; in
+    /// active-active mode, one per failover group in `addresses`.
+    pub address: Option<String>,
+    /// `ip` mode, active-active: one address per failover group.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// `ip` mode: gratuitous ARP frames sent on a claim.
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u32,
+    /// `ip` mode: time between those frames.
+    #[serde(default = "default_garp_interval", deserialize_with = "duration")]
+    pub garp_interval: Duration,
+}
+
+fn default_garp_count() -> u32 {
+    3
+}
+fn default_garp_interval() -> Duration {
+    Duration::from_millis(50)
+}
+
+impl VipSection {
+    /// The `ip` mode addresses: `addresses`, or the single `address`.
+    pub fn ip_addresses(&self) -> Vec<&str> {
+        if self.addresses.is_empty() {
+            self.address.iter().map(String::as_str).collect()
+        } else {
+            self.addresses.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The `ip` mode VIPs, one per failover group (empty in `bind` mode).
+    pub fn ip_vips(&self) -> Vec<IpVip> {
+        let (Some(interface), "ip") = (self.interface.as_deref(), self.mode.as_str()) else {
+            return Vec::new();
+        };
+        let plan = GarpPlan {
+            count: self.garp_count,
+            spacing: self.garp_interval,
+        };
+        // Validated when the config was parsed.
+        self.ip_addresses()
+            .into_iter()
+            .filter_map(|a| IpVip::parse(interface, a).ok())
+            .map(|v| v.with_garp(plan))
+            .collect()
+    }
 }
 
 /// `[service]`: what to run on the active node.
@@ -391,22 +444,44 @@ impl AgentConfig {
         }
         let vip_span = raw.vip.span();
         let vip = raw.vip.into_inner();
-        if vip.mode != "bind" {
-            return Err(error(
-                vip_span,
-                "vip.mode",
-                format!(
-                    "{:?} is not supported by this build: use \"bind\"",
-                    vip.mode
-                ),
-            ));
-        }
-        if vip.listen.is_empty() {
-            return Err(error(
-                vip_span,
-                "vip.listen",
-                "name at least one address".into(),
-            ));
+        match vip.mode.as_str() {
+            "bind" if vip.listen.is_empty() => {
+                return Err(error(
+                    vip_span,
+                    "vip.listen",
+                    "name at least one address".into(),
+                ));
+            }
+            "bind" => {}
+            "ip" => {
+                let interface = vip.interface.as_deref().ok_or_else(|| {
+                    error(
+                        vip_span.clone(),
+                        "vip.interface",
+                        "ip mode needs the interface that carries the VIP".into(),
+                    )
+                })?;
+                let addresses = vip.ip_addresses();
+                if addresses.is_empty() {
+                    return Err(error(
+                        vip_span,
+                        "vip.address",
+                        "ip mode needs the address with its prefix, e.g. \"198.18.0.100/24\""
+                            .into(),
+                    ));
+                }
+                for address in addresses {
+                    IpVip::parse(interface, address)
+                        .map_err(|e| error(vip_span.clone(), "vip.address", e.to_string()))?;
+                }
+            }
+            other => {
+                return Err(error(
+                    vip_span,
+                    "vip.mode",
+                    format!("{other:?}: use \"bind\" or \"ip\""),
+                ));
+            }
         }
         let service_span = raw.service.span();
         let service = raw.service.into_inner();
@@ -428,10 +503,19 @@ impl AgentConfig {
                 "active-active mode needs two or more [[cluster.groups]]".into(),
             ));
         }
-        if cluster.mode == ModeName::ActiveActive && vip.listen.len() != mode_groups {
+        let per_group = if vip.mode == "ip" {
+            vip.ip_addresses().len()
+        } else {
+            vip.listen.len()
+        };
+        if cluster.mode == ModeName::ActiveActive && per_group != mode_groups {
             return Err(error(
                 vip_span,
-                "vip.listen",
+                if vip.mode == "ip" {
+                    "vip.addresses"
+                } else {
+                    "vip.listen"
+                },
                 format!("active-active mode needs one address per failover group ({mode_groups})"),
             ));
         }

@@ -27,6 +27,7 @@ use crate::monitor::{self, Verdict};
 use crate::state::{self, SavedState};
 use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
 use crate::sync::{self, Identity, PeerLinkEvent};
+use crate::vip_ip::IpVip;
 use crate::{Error, vip};
 
 /// How long the service must go without failing before the local monitor
@@ -131,6 +132,8 @@ struct Agent {
     verdicts: mpsc::Receiver<Verdict>,
     /// The VIP sockets this node holds, per group.
     vip: BTreeMap<GroupId, Vec<(SocketAddr, Arc<OwnedFd>)>>,
+    /// `ip` mode: each group's address (empty in `bind` mode).
+    ip_vips: Vec<IpVip>,
     /// When to report the local service healthy again after a failure.
     recover_at: Option<Instant>,
     counters: AgentCounters,
@@ -210,7 +213,6 @@ impl Agent {
             "agent started"
         );
         Ok(Agent {
-            config,
             clock,
             node,
             codec,
@@ -227,6 +229,8 @@ impl Agent {
             serving,
             verdicts,
             vip: BTreeMap::new(),
+            ip_vips: config.vip.ip_vips(),
+            config,
             recover_at: None,
             counters: AgentCounters::default(),
         })
@@ -238,6 +242,27 @@ impl Agent {
         let outputs = self.node.step(self.clock.now(), input);
         for output in &outputs {
             self.execute(output).await;
+        }
+        // A split brain this node survived as active: the other side held
+        // the address too and its gratuitous ARP may have pointed clients
+        // away; announce again so they come back without waiting for their
+        // neighbour entries to expire.
+        for output in &outputs {
+            if let Output::Event(Event::SplitBrain {
+                group: Some(group), ..
+            }) = output
+                && self.node.is_active(*group)
+                && let Some(ip) = self.ip_vip(*group)
+            {
+                match ip.claim().await {
+                    Ok(_) => {
+                        tracing::info!(group = group.0, "VIP announced again after a split brain")
+                    }
+                    Err(e) => {
+                        tracing::error!(group = group.0, error = %e, "cannot announce the VIP")
+                    }
+                }
+            }
         }
         outputs
     }
@@ -268,6 +293,16 @@ impl Agent {
                 if self.vip.remove(group).is_some() {
                     tracing::info!(group = group.0, "VIP released");
                 }
+                if let Some(ip) = self.ip_vip(*group) {
+                    match ip.release().await {
+                        Ok(report) => {
+                            tracing::info!(group = group.0, report = ?report, "VIP address removed")
+                        }
+                        Err(e) => {
+                            tracing::error!(group = group.0, error = %e, "cannot remove the VIP address")
+                        }
+                    }
+                }
             }
             Output::StartService => {
                 self.service_running = true;
@@ -297,6 +332,18 @@ impl Agent {
     /// Binds the group's VIP addresses and, in active-active mode, gives a
     /// running service the new socket too.
     async fn claim_vip(&mut self, group: GroupId) {
+        // In ip mode the address goes on the interface first: sockets can
+        // only bind to an address the host has.
+        if let Some(ip) = self.ip_vip(group) {
+            match ip.claim().await {
+                Ok(report) => {
+                    tracing::info!(group = group.0, report = ?report, "VIP address added")
+                }
+                Err(e) => {
+                    tracing::error!(group = group.0, error = %e, "cannot add the VIP address")
+                }
+            }
+        }
         self.bind_vip(group);
         // A service already running (another group of active-active) must
         // get the new socket too.
@@ -332,6 +379,12 @@ impl Agent {
         }
         tracing::info!(group = group.0, addrs = ?sockets.iter().map(|(a, _)| a).collect::<Vec<_>>(), "VIP claimed");
         self.vip.insert(group, sockets);
+    }
+
+    /// The `ip` mode address of a group: group N has the N-th address
+    /// (active-passive has one group and one address).
+    fn ip_vip(&self, group: GroupId) -> Option<&IpVip> {
+        self.ip_vips.get(usize::from(group.0))
     }
 
     fn vip_sockets(&self) -> Vec<Arc<OwnedFd>> {
