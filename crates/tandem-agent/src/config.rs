@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub secrets: Secrets,
 }
 
+/// The name of the extra link `remote_as_heartbeat` adds; it is the last.
+pub const SERVICE_LINK: &str = "service";
+
 /// `[node]`: settings of this node only; never synced.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +116,11 @@ pub struct ClusterSection {
     /// Failover groups in active-active mode, by preferred node.
     #[serde(default)]
     pub groups: Vec<GroupSection>,
+    /// Count each peer's service port (its `[[peer]] service`) as one more
+    /// heartbeat link: a peer whose heartbeats are lost but whose service
+    /// answers is not declared dead (FortiMail's remote-as-heartbeat).
+    #[serde(default)]
+    pub remote_as_heartbeat: bool,
 }
 
 /// The mode, as written.
@@ -435,6 +443,18 @@ impl AgentConfig {
             }
             peers.push(peer);
         }
+        if cluster.remote_as_heartbeat
+            && let Some(peer) = peers.iter().find(|p| p.service.is_none())
+        {
+            return Err(error(
+                cluster_span.clone(),
+                "cluster.remote_as_heartbeat",
+                format!(
+                    "needs every peer's service address; peer {:?} has no `service`",
+                    peer.name
+                ),
+            ));
+        }
         if peers.is_empty() {
             return Err(error(
                 0..0,
@@ -580,6 +600,9 @@ impl AgentConfig {
                 .collect();
         }
         config.links = self.links.iter().map(|l| l.name.clone()).collect();
+        if self.cluster.remote_as_heartbeat {
+            config.links.push(SERVICE_LINK.to_string());
+        }
         config.interval = self.cluster.interval;
         config.lost_threshold = self.cluster.lost_threshold;
         config.preempt = self.cluster.preempt;

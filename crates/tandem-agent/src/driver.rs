@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tandem_core::{Codec, Command, Destination, Event, GroupId, Input, Millis, Mode, Node, Output};
+use tandem_core::{
+    Codec, Command, Destination, Event, GroupId, Input, LinkId, Millis, Mode, Node, Output,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -61,6 +63,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
             Some(verdict) = agent.verdicts.recv() => {
                 let input = match verdict {
+                    Verdict::Answered { peer } => {
+                        let link = LinkId(u8::try_from(agent.config.links.len()).unwrap_or(u8::MAX));
+                        Input::ServiceAnswered { peer, link }
+                    }
                     Verdict::Local { healthy, detail } => Input::LocalMonitor { healthy, detail },
                     Verdict::Remote { peer, healthy, detail } => Input::RemoteMonitor { peer, healthy, detail },
                 };
@@ -204,6 +210,15 @@ impl Agent {
                     addr,
                     verdict_tx.clone(),
                 );
+                if config.cluster.remote_as_heartbeat {
+                    let interval = config.cluster.interval;
+                    monitor::spawn_heartbeat_probe(
+                        peer.name.clone(),
+                        addr,
+                        interval,
+                        verdict_tx.clone(),
+                    );
+                }
             }
         }
         tracing::info!(

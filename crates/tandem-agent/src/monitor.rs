@@ -87,6 +87,11 @@ pub enum Verdict {
         /// What the last probe saw.
         detail: String,
     },
+    /// A peer's service answered a heartbeat probe (`remote_as_heartbeat`).
+    Answered {
+        /// The peer.
+        peer: String,
+    },
     /// A peer's service.
     Remote {
         /// The peer.
@@ -150,6 +155,30 @@ pub fn spawn_remote(
                 if verdicts.send(verdict).await.is_err() {
                     return;
                 }
+            }
+        }
+    });
+}
+
+/// Probes `peer`'s service port every `interval` for `remote_as_heartbeat`;
+/// each answer counts as traffic on the service link.
+pub fn spawn_heartbeat_probe(
+    peer: String,
+    addr: SocketAddr,
+    interval: Duration,
+    verdicts: mpsc::Sender<Verdict>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            if probe(addr, interval, false).await.is_ok()
+                && verdicts
+                    .send(Verdict::Answered { peer: peer.clone() })
+                    .await
+                    .is_err()
+            {
+                return;
             }
         }
     });

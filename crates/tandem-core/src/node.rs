@@ -86,6 +86,17 @@ pub enum Input {
         /// The peer's name.
         peer: String,
     },
+    /// The peer's service port answered a probe (`remote_as_heartbeat`,
+    /// FortiMail's "remote service as heartbeat"): it counts as traffic on
+    /// `link`, so a known peer whose heartbeats are lost but whose service
+    /// still answers is not declared dead. It never introduces a peer: the
+    /// peer's state comes from its heartbeats.
+    ServiceAnswered {
+        /// The peer probed.
+        peer: String,
+        /// The link slot that stands for its service port.
+        link: LinkId,
+    },
     /// The local service monitor (lservice) changed its verdict (the agent
     /// applies its failure count before reporting a failure).
     LocalMonitor {
@@ -626,6 +637,14 @@ impl Node {
         match input {
             Input::Tick => {}
             Input::Received { link, envelope } => self.on_received(&mut cx, link, envelope),
+            Input::ServiceAnswered { peer, link } => {
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.alive
+                    && let Some(slot) = p.links.get_mut(usize::from(link.0))
+                {
+                    *slot = Some(cx.now);
+                }
+            }
             Input::Rejected { reason, .. } => self.counters.reject(reason),
             Input::PeerConnectionClosed { peer } => {
                 let epoch = self.peers.get(&peer).and_then(|p| p.epoch);

@@ -37,6 +37,8 @@ pub struct ClusterSpec {
     pub log_dir: Option<PathBuf>,
     /// The tandem binary to run; this process's own when `None`.
     pub exe: Option<PathBuf>,
+    /// Count the peers' service (the shared VIP) as a heartbeat link.
+    pub remote_as_heartbeat: bool,
 }
 
 /// One node of a [`LocalCluster`].
@@ -155,7 +157,7 @@ impl LocalCluster {
             let me = &ports[i];
             let mut text = format!(
                 "[node]\nname = {name:?}\npriority = {}\nrole = {:?}\nstate_dir = \"state/{name}\"\napi = \"{}:{}\"\nsync = \"{}:{}\"\ntoken_file = \"api.token\"\nversion = {:?}\n\n\
-                 [cluster]\nname = \"local\"\nkey_file = \"cluster.key\"\ninterval = \"{}ms\"\nlost_threshold = {}\npreempt = true\n\n\
+                 [cluster]\nname = \"local\"\nkey_file = \"cluster.key\"\ninterval = \"{}ms\"\nlost_threshold = {}\npreempt = true\nremote_as_heartbeat = {}\n\n\
                  [[link]]\nname = \"lo\"\nlisten = \"{}:{}\"\n\n",
                 200usize.saturating_sub(i * 10),
                 if i == 0 { "primary" } else { "secondary" },
@@ -166,15 +168,21 @@ impl LocalCluster {
                 spec.version,
                 spec.interval_ms,
                 spec.lost_threshold,
+                spec.remote_as_heartbeat,
                 me.ip,
                 me.link,
             );
             for (j, peer) in spec.nodes.iter().enumerate().filter(|(j, _)| *j != i) {
                 let p = &ports[j];
                 text.push_str(&format!(
-                    "[[peer]]\nname = {peer:?}\nlinks = [\"{}:{}\"]\nsync = \"{}:{}\"\napi = \"{}:{}\"\n\n",
+                    "[[peer]]\nname = {peer:?}\nlinks = [\"{}:{}\"]\nsync = \"{}:{}\"\napi = \"{}:{}\"\n",
                     p.ip, p.link, p.ip, p.sync, p.ip, p.api
                 ));
+                if spec.remote_as_heartbeat {
+                    // On loopback every node serves on the shared VIP.
+                    text.push_str(&format!("service = \"{vip}\"\n"));
+                }
+                text.push('\n');
             }
             text.push_str(&format!(
                 "[vip]\nmode = \"bind\"\nlisten = [\"{vip}\"]\n\n[service]\ncommand = [{}]\ngrace = \"2s\"\n{}\n",

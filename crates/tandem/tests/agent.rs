@@ -24,6 +24,10 @@ fn pair() -> LocalCluster {
 }
 
 fn pair_with(service: Vec<String>, extra_toml: &str) -> LocalCluster {
+    build_pair(service, extra_toml, false)
+}
+
+fn build_pair(service: Vec<String>, extra_toml: &str, remote_as_heartbeat: bool) -> LocalCluster {
     let spec = ClusterSpec {
         nodes: vec!["alpha".into(), "beta".into()],
         service,
@@ -33,6 +37,7 @@ fn pair_with(service: Vec<String>, extra_toml: &str) -> LocalCluster {
         version: "6.2.0".into(),
         log_dir: None,
         exe: Some(EXE.into()),
+        remote_as_heartbeat,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
@@ -184,6 +189,40 @@ fn a_hung_active_is_replaced_and_one_active_remains_after_it_wakes() {
     let events = alpha["node"]["counters"]["split_brain_events"].as_u64().unwrap_or(0)
         + rt.block_on(cluster.status(1)).unwrap_or_default()["node"]["counters"]["split_brain_events"].as_u64().unwrap_or(0);
     assert!(events >= 1, "the split brain was counted");
+}
+
+#[test]
+fn remote_as_heartbeat_keeps_a_peer_whose_service_answers() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = build_pair(
+        vec![EXE.into(), "bench".into(), "name-service".into()],
+        "",
+        true,
+    );
+    settle(&rt, &cluster, 0);
+    // alpha's agent hangs, but its service keeps answering on the VIP: with
+    // the service port counted as a link, beta does not take over.
+    cluster.signal(0, libc::SIGSTOP);
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            role(&rt, &cluster, 1),
+            "standby",
+            "beta must not take over from a serving peer"
+        );
+    }
+    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
+    let links = &beta["node"]["peers"][0]["links"];
+    assert_eq!(links[0]["up"], false, "heartbeats are lost: {links}");
+    assert_eq!(links[1]["link"], "service");
+    assert_eq!(
+        links[1]["up"], true,
+        "the service link carries the peer: {links}"
+    );
+    cluster.signal(0, libc::SIGCONT);
 }
 
 #[test]
@@ -364,6 +403,12 @@ fn foreign_keys_and_replayed_datagrams_are_rejected_and_counted() {
         rejected["bad-mac"].as_u64().unwrap_or(0) >= 1,
         "bad MAC counted: {rejected}"
     );
+    let (code, table, _) = tandem(&cluster, 0, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("rejected (bad-mac): peer unauthenticated: cluster key mismatch?"),
+        "{table}"
+    );
     // The forged goodbye changed nothing.
     assert_eq!(role(&rt, &cluster, 0), "active");
     assert_eq!(role(&rt, &cluster, 1), "standby");
@@ -445,6 +490,7 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
         version: "6.2.0".into(),
         log_dir: None,
         exe: Some(EXE.into()),
+        remote_as_heartbeat: false,
     };
     let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
     let socket_path = cluster.dir.join("notify.sock");

@@ -156,6 +156,39 @@ fn a_peer_is_dead_only_when_every_link_is_silent() {
 }
 
 #[test]
+fn a_peer_whose_service_answers_stays_alive_without_heartbeats() {
+    // remote_as_heartbeat: link 1 stands for the peer's service port.
+    let mut cfg = pair_configs().remove(1);
+    cfg.links = vec!["hb0".into(), "service".into()];
+    let mut b = node(cfg);
+    let answered = || Input::ServiceAnswered {
+        peer: "a".into(),
+        link: LinkId(1),
+    };
+    // A probe cannot introduce a peer that was never heard.
+    b.step(Millis(10), answered());
+    assert!(!b.status(Millis(10)).peers[0].alive);
+    b.step(Millis(20), hb("a", 1, 200, ConfiguredRole::Primary, Active));
+    // Heartbeats stop; the service keeps answering every 200 ms.
+    for t in (200..=2000).step_by(200) {
+        b.step(Millis(t), answered());
+        assert_eq!(
+            actions(&b.step(Millis(t + 1), Input::Tick)),
+            vec![],
+            "at {t} ms"
+        );
+    }
+    assert!(b.status(Millis(2001)).peers[0].alive);
+    // The service stops answering too: dead one hold time later.
+    assert_eq!(actions(&b.step(Millis(2600), Input::Tick)), vec![]);
+    let out = actions(&b.step(Millis(2601), Input::Tick));
+    assert!(
+        out.contains(&Output::ClaimVip { group: GroupId(0) }),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn split_brain_on_heal_the_worse_ranked_steps_down_at_once() {
     // b never heard a: after its start-up wait it serves alone.
     let mut b = node(pair_configs().remove(1));

@@ -87,6 +87,7 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
         version: "bench".into(),
         log_dir: None,
         exe: Some(exe.clone()),
+        remote_as_heartbeat: false,
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.start_all()?;

@@ -229,6 +229,29 @@ fn table(cluster: &Value) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for report in nodes {
+        let rejected = &report["node"]["counters"]["rejected"];
+        let name = text(&report["node"]["node"]);
+        for (reason, hint) in [
+            ("bad-mac", "peer unauthenticated: cluster key mismatch?"),
+            (
+                "foreign-cluster",
+                "heartbeats from another cluster on this link: cluster name mismatch?",
+            ),
+            (
+                "unknown-peer",
+                "heartbeats from a node not in this config: a [[peer]] missing?",
+            ),
+            (
+                "unsupported-version",
+                "a peer speaks a protocol this node does not: upgrade it",
+            ),
+        ] {
+            if let Some(n) = rejected[reason].as_u64().filter(|n| *n > 0) {
+                notes.push(format!("{name}: {n} datagrams rejected ({reason}): {hint}"));
+            }
+        }
+    }
     for note in notes {
         out.push_str(&format!("! {note}\n"));
     }
