@@ -39,6 +39,10 @@ pub struct ClusterSpec {
     pub exe: Option<PathBuf>,
     /// Count the peers' service (the shared VIP) as a heartbeat link.
     pub remote_as_heartbeat: bool,
+    /// Failover groups: 0 or 1 for active-passive; 2 or more for
+    /// active-active, group N preferring node N modulo the node count and
+    /// served on its own VIP.
+    pub groups: usize,
 }
 
 /// One node of a [`LocalCluster`].
@@ -67,8 +71,10 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     /// The nodes, primary first.
     pub nodes: Vec<LocalNode>,
-    /// The service address every node binds while active.
+    /// The service address every node binds while active (group 0's).
     pub vip: SocketAddr,
+    /// Every group's service address (one in active-passive).
+    pub vips: Vec<SocketAddr>,
     token: String,
     exe: PathBuf,
     log_dir: Option<PathBuf>,
@@ -128,7 +134,23 @@ impl LocalCluster {
         let token = random_token();
         write_private(&dir.join("api.token"), &token)?;
         write_private(&dir.join("cluster.key"), &random_token())?;
-        let vip = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")?));
+        let vips = (0..spec.groups.max(1))
+            .map(|_| free_port("127.0.0.1").map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let vip = vips[0];
+        let active_active = spec.groups >= 2;
+        let groups_toml: String = if active_active {
+            (0..spec.groups)
+                .map(|g| {
+                    format!(
+                        "[[cluster.groups]]\npreferred = {:?}\n",
+                        spec.nodes[g % spec.nodes.len()]
+                    )
+                })
+                .collect()
+        } else {
+            String::new()
+        };
 
         struct Ports {
             ip: String,
@@ -157,7 +179,7 @@ impl LocalCluster {
             let me = &ports[i];
             let mut text = format!(
                 "[node]\nname = {name:?}\npriority = {}\nrole = {:?}\nstate_dir = \"state/{name}\"\napi = \"{}:{}\"\nsync = \"{}:{}\"\ntoken_file = \"api.token\"\nversion = {:?}\n\n\
-                 [cluster]\nname = \"local\"\nkey_file = \"cluster.key\"\ninterval = \"{}ms\"\nlost_threshold = {}\npreempt = true\nremote_as_heartbeat = {}\n\n\
+                 [cluster]\nname = \"local\"\nkey_file = \"cluster.key\"\nmode = \"{}\"\ninterval = \"{}ms\"\nlost_threshold = {}\npreempt = true\nremote_as_heartbeat = {}\n{}\n\
                  [[link]]\nname = \"lo\"\nlisten = \"{}:{}\"\n\n",
                 200usize.saturating_sub(i * 10),
                 if i == 0 { "primary" } else { "secondary" },
@@ -166,9 +188,15 @@ impl LocalCluster {
                 me.ip,
                 me.sync,
                 spec.version,
+                if active_active {
+                    "active-active"
+                } else {
+                    "active-passive"
+                },
                 spec.interval_ms,
                 spec.lost_threshold,
                 spec.remote_as_heartbeat,
+                groups_toml,
                 me.ip,
                 me.link,
             );
@@ -185,7 +213,8 @@ impl LocalCluster {
                 text.push('\n');
             }
             text.push_str(&format!(
-                "[vip]\nmode = \"bind\"\nlisten = [\"{vip}\"]\n\n[service]\ncommand = [{}]\ngrace = \"2s\"\n{}\n",
+                "[vip]\nmode = \"bind\"\nlisten = [{}]\n\n[service]\ncommand = [{}]\ngrace = \"2s\"\n{}\n",
+                vips.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", "),
                 quote(&spec.service),
                 spec.extra_toml
             ));
@@ -203,6 +232,7 @@ impl LocalCluster {
             dir,
             nodes,
             vip,
+            vips,
             token,
             exe: match &spec.exe {
                 Some(exe) => exe.clone(),

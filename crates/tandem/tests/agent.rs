@@ -24,10 +24,15 @@ fn pair() -> LocalCluster {
 }
 
 fn pair_with(service: Vec<String>, extra_toml: &str) -> LocalCluster {
-    build_pair(service, extra_toml, false)
+    build_pair(service, extra_toml, false, 1)
 }
 
-fn build_pair(service: Vec<String>, extra_toml: &str, remote_as_heartbeat: bool) -> LocalCluster {
+fn build_pair(
+    service: Vec<String>,
+    extra_toml: &str,
+    remote_as_heartbeat: bool,
+    groups: usize,
+) -> LocalCluster {
     let spec = ClusterSpec {
         nodes: vec!["alpha".into(), "beta".into()],
         service,
@@ -38,6 +43,7 @@ fn build_pair(service: Vec<String>, extra_toml: &str, remote_as_heartbeat: bool)
         log_dir: None,
         exe: Some(EXE.into()),
         remote_as_heartbeat,
+        groups,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
@@ -201,6 +207,7 @@ fn remote_as_heartbeat_keeps_a_peer_whose_service_answers() {
         vec![EXE.into(), "bench".into(), "name-service".into()],
         "",
         true,
+        1,
     );
     settle(&rt, &cluster, 0);
     // alpha's agent hangs, but its service keeps answering on the VIP: with
@@ -223,6 +230,37 @@ fn remote_as_heartbeat_keeps_a_peer_whose_service_answers() {
         "the service link carries the peer: {links}"
     );
     cluster.signal(0, libc::SIGCONT);
+}
+
+#[test]
+fn active_active_groups_fail_over_independently() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut cluster = build_pair(
+        vec![EXE.into(), "bench".into(), "name-service".into()],
+        "",
+        false,
+        2,
+    );
+    let (vip0, vip1) = (cluster.vips[0], cluster.vips[1]);
+    // Each group on its preferred node (ASA failover groups).
+    wait_vip(vip0, "alpha");
+    wait_vip(vip1, "beta");
+
+    // Move group 1 to alpha; group 0 does not move.
+    let (code, out, err) = tandem(&cluster, 0, &["failover", "group", "1", "active"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_vip(vip1, "alpha");
+    assert_eq!(vip_answer(vip0).as_deref(), Some("alpha"));
+
+    // Give it back, then lose alpha: beta serves both groups.
+    let (code, out, err) = tandem(&cluster, 0, &["failover", "group", "1", "standby"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_vip(vip1, "beta");
+    cluster.kill(0);
+    wait_vip(vip0, "beta");
+    wait_vip(vip1, "beta");
 }
 
 #[test]
@@ -491,6 +529,7 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
         log_dir: None,
         exe: Some(EXE.into()),
         remote_as_heartbeat: false,
+        groups: 1,
     };
     let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
     let socket_path = cluster.dir.join("notify.sock");

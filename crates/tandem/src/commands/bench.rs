@@ -88,6 +88,7 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
         log_dir: None,
         exe: Some(exe.clone()),
         remote_as_heartbeat: false,
+        groups: 1,
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.start_all()?;
@@ -282,9 +283,10 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The benchmark's service: answers each connection on the socket-activated
-/// fd 3 with this node's name (`TANDEM_NODE`), then closes. Tiny on
-/// purpose, so the gap measures tandem, not the service's start-up.
+/// The benchmark's service: answers each connection on its socket-activated
+/// sockets (fd 3 and up, one thread each) with this node's name
+/// (`TANDEM_NODE`), then closes. Tiny on purpose, so the gap measures
+/// tandem, not the service's start-up.
 pub fn name_service() -> anyhow::Result<ExitCode> {
     let fds: i32 = std::env::var("LISTEN_FDS")
         .ok()
@@ -300,13 +302,22 @@ pub fn name_service() -> anyhow::Result<ExitCode> {
         );
     }
     let name = std::env::var("TANDEM_NODE").unwrap_or_else(|_| "unknown".into());
-    // SAFETY: fd 3 was handed to this process by the socket-activation
-    // protocol checked above; nothing else owns it.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
-    loop {
-        let Ok((mut stream, _)) = listener.accept() else {
-            continue;
-        };
-        let _ = stream.write_all(format!("{name}\n").as_bytes());
+    let answer = format!("{name}\n");
+    let serve = move |fd: i32| -> () {
+        // SAFETY: fds 3.. were handed to this process by the
+        // socket-activation protocol checked above; nothing else owns them.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        loop {
+            let Ok((mut stream, _)) = listener.accept() else {
+                continue;
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    };
+    for fd in 4..3 + fds {
+        let serve = serve.clone();
+        std::thread::spawn(move || serve(fd));
     }
+    serve(3);
+    Ok(ExitCode::SUCCESS)
 }
