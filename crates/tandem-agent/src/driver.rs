@@ -258,23 +258,25 @@ impl Agent {
         for output in &outputs {
             self.execute(output).await;
         }
-        // A split brain this node survived as active: the other side held
-        // the address too and its gratuitous ARP may have pointed clients
-        // away; announce again so they come back without waiting for their
-        // neighbour entries to expire.
-        for output in &outputs {
-            if let Output::Event(Event::SplitBrain {
-                group: Some(group), ..
-            }) = output
-                && self.node.is_active(*group)
-                && let Some(ip) = self.ip_vip(*group)
-            {
-                match ip.claim().await {
-                    Ok(_) => {
-                        tracing::info!(group = group.0, "VIP announced again after a split brain")
-                    }
-                    Err(e) => {
-                        tracing::error!(group = group.0, error = %e, "cannot announce the VIP")
+        // After a split brain this node survived as active, or when a peer
+        // comes back (a partition healing), the other side may have held the
+        // address and pointed clients at itself with its own gratuitous ARP:
+        // announce again so they return without waiting for their neighbour
+        // entries to expire.
+        let reannounce = outputs.iter().any(|o| {
+            matches!(
+                o,
+                Output::Event(Event::SplitBrain { .. } | Event::PeerFound { .. })
+            )
+        });
+        if reannounce {
+            for group in self.node.active_groups() {
+                if let Some(ip) = self.ip_vip(group) {
+                    match ip.claim().await {
+                        Ok(_) => tracing::info!(group = group.0, "VIP announced again"),
+                        Err(e) => {
+                            tracing::error!(group = group.0, error = %e, "cannot announce the VIP")
+                        }
                     }
                 }
             }
