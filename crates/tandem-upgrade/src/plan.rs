@@ -943,9 +943,10 @@ impl<'a> Planner<'a> {
             vec![to.to_string()],
             "the node is healthy and in sync",
         );
+        let from = self.names(|n| n.name != to && n.configured.serves_groups());
         self.last(
             ClientImpact::Failover {
-                from: format!("the other node(s) to {to}"),
+                from: from.join(", "),
             },
             None,
         );

@@ -670,10 +670,7 @@ impl std::fmt::Display for Step {
                 if *rollback { "rolls back to" } else { "boots" }
             ),
             StepKind::WaitReady { version } => {
-                write!(
-                    f,
-                    "wait until {nodes} is ready on {version} with data in sync"
-                )
+                write!(f, "wait for {nodes} to be ready on {version}, data in sync")
             }
             StepKind::Switchover { version } => write!(
                 f,
