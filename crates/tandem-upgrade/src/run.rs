@@ -366,7 +366,7 @@ impl UpgradeRun {
                 .iter()
                 .position(|r| !matches!(r.state, StepState::Done | StepState::Skipped))
             else {
-                self.finish(now_ms);
+                self.finish();
                 continue;
             };
             let (Some(step), Some(record)) = (track.plan.steps.get(i), track.records.get_mut(i))
@@ -490,8 +490,7 @@ impl UpgradeRun {
     }
 
     /// Every step of the current track is done or skipped.
-    fn finish(&mut self, now_ms: u64) {
-        let _ = now_ms;
+    fn finish(&mut self) {
         self.status = match &self.status {
             RunStatus::Aborting => RunStatus::Stopped {
                 message: format!(
