@@ -612,7 +612,9 @@ impl<'a> Planner<'a> {
             .cluster
             .nodes
             .iter()
-            .filter(|n| self.running(&n.name) == Some(hop.from))
+            // A hop from a release to itself (a rollback with nothing
+            // left to roll back) needs no node.
+            .filter(|n| hop.from != hop.to && self.running(&n.name) == Some(hop.from))
             .collect();
         nodes.sort_by_key(|n| rank(n));
         nodes

@@ -451,17 +451,26 @@ impl Step {
                 rollback: false,
                 ..
             }
-            | StepKind::WaitReady { version } => self
-                .nodes
-                .iter()
-                .filter_map(|n| cluster.node(n))
-                .find(|n| n.boot_failed(version))
-                .map(|n| {
-                    Failure::Health(format!(
-                        "{} failed its health check on {version} and fell back to {}",
-                        n.name, n.running
-                    ))
-                }),
+            | StepKind::WaitReady { version } => {
+                let nodes: Vec<&NodeState> =
+                    self.nodes.iter().filter_map(|n| cluster.node(n)).collect();
+                // Roll back only once every boot of the step has ended one
+                // way or the other: a rollback planned while a batch-mate
+                // is still coming up could not know which release it will
+                // run, and would leave it behind.
+                let settled = nodes.iter().all(|n| {
+                    n.boot_failed(version) || (n.healthy && n.effective != EffectiveRole::Off)
+                });
+                nodes
+                    .iter()
+                    .find(|n| settled && n.boot_failed(version))
+                    .map(|n| {
+                        Failure::Health(format!(
+                            "{} failed its health check on {version} and fell back to {}",
+                            n.name, n.running
+                        ))
+                    })
+            }
             StepKind::Preflight { versions } => {
                 missing_image(cluster, versions).map(Failure::Other)
             }

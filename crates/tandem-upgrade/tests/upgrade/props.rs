@@ -83,52 +83,123 @@ proptest! {
         kind in 0u8..4, nodes in 2usize..5, batch in 1usize..4, two_hops: bool,
         seed in 1u64.., crash_percent in 0u64..25, fail in proptest::option::of((0usize..5, 0usize..2)),
     ) {
-        let (mut cluster, strategy) = scenario(kind, nodes, batch);
-        cluster.nodes[0].preempt = true;
-        let target = if two_hops { v("6.4.0") } else { v("6.2.5") };
-        let p = plan(&cluster, &target, &fortimail_catalog(), strategy, PlanOptions::default())
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let mut model = Model::new(cluster.clone());
-        // The hop whose image fails its health check on one node, if any.
-        let failing = fail.map(|(node, hop)| {
-            let hop = &p.hops[hop % p.hops.len()];
-            let name = cluster.nodes[node % cluster.nodes.len()].name.clone();
-            (name, hop.from, hop.to)
-        });
-        model.fail_on = failing.as_ref().map(|(n, _, to)| (n.clone(), *to));
-        let mut rng = Rng(seed);
-        let outcome = drive(UpgradeRun::new(p, cluster.clone()), &mut model, &mut rng, crash_percent);
+        check_run(kind, nodes, batch, two_hops, seed, crash_percent, fail)?;
+    }
+}
 
-        prop_assert!(model.max_versions <= 2, "three releases at once: {:?}", model.log);
-        prop_assert_eq!(model.unplanned_failovers, 0, "{:?}", model.log);
-        if strategy != Strategy::Holdoff {
-            prop_assert!(!model.ever_unreachable, "service unreachable: {:?}", model.log);
+/// One simulated run and every invariant over it.
+fn check_run(
+    kind: u8,
+    nodes: usize,
+    batch: usize,
+    two_hops: bool,
+    seed: u64,
+    crash_percent: u64,
+    fail: Option<(usize, usize)>,
+) -> Result<(), TestCaseError> {
+    let (mut cluster, strategy) = scenario(kind, nodes, batch);
+    cluster.nodes[0].preempt = true;
+    let target = if two_hops { v("6.4.0") } else { v("6.2.5") };
+    let p = plan(
+        &cluster,
+        &target,
+        &fortimail_catalog(),
+        strategy,
+        PlanOptions::default(),
+    )
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut model = Model::new(cluster.clone());
+    // The hop whose image fails its health check on one node, if any.
+    let failing = fail.map(|(node, hop)| {
+        let hop = &p.hops[hop % p.hops.len()];
+        let name = cluster.nodes[node % cluster.nodes.len()].name.clone();
+        (name, hop.from, hop.to)
+    });
+    model.fail_on = failing.as_ref().map(|(n, _, to)| (n.clone(), *to));
+    let mut rng = Rng(seed);
+    let outcome = drive(
+        UpgradeRun::new(p, cluster.clone()),
+        &mut model,
+        &mut rng,
+        crash_percent,
+    );
+
+    prop_assert!(
+        model.max_versions <= 2,
+        "three releases at once: {:?}",
+        model.log
+    );
+    prop_assert_eq!(model.unplanned_failovers, 0, "{:?}", model.log);
+    if strategy != Strategy::Holdoff {
+        prop_assert!(
+            !model.ever_unreachable,
+            "service unreachable: {:?}",
+            model.log
+        );
+    }
+    let running: Vec<String> = model
+        .state
+        .nodes
+        .iter()
+        .map(|n| n.running.to_string())
+        .collect();
+    match &failing {
+        None => {
+            prop_assert!(
+                matches!(outcome.last, Action::Done { .. }),
+                "{:?}",
+                outcome.last
+            );
+            prop_assert!(
+                model.state.nodes.iter().all(|n| n.running == target),
+                "{:?}",
+                running
+            );
         }
-        let running: Vec<String> = model.state.nodes.iter().map(|n| n.running.to_string()).collect();
-        match &failing {
-            None => {
-                prop_assert!(matches!(outcome.last, Action::Done { .. }), "{:?}", outcome.last);
-                prop_assert!(model.state.nodes.iter().all(|n| n.running == target), "{:?}", running);
-            }
-            Some((_, from, _)) => {
-                prop_assert!(matches!(outcome.last, Action::RolledBack { .. }), "{:?}", outcome.last);
-                prop_assert!(model.state.nodes.iter().all(|n| n.running == *from), "{:?}", running);
-            }
-        }
-        // Whatever happened, the run gives back what it changed.
-        prop_assert!(model.state.nodes[0].preempt, "preemption not restored");
-        prop_assert!(model.state.config_change_allowed().is_ok());
-        prop_assert!(model.state.nodes.iter().all(|n| n.listener == tandem_upgrade::Listener::Accepting));
-        if strategy == Strategy::Holdoff || strategy == Strategy::Switchover {
-            prop_assert_eq!(model.state.actives().len(), 1);
-        }
-        if strategy == Strategy::ActiveActive {
-            for (g, holder) in [(1u8, "a"), (2, "b")] {
-                let held = model.state.holder(tandem_core::GroupId(g)).map(|n| n.name.clone());
-                prop_assert_eq!(held.as_deref(), Some(holder));
-            }
+        Some((_, from, _)) => {
+            prop_assert!(
+                matches!(outcome.last, Action::RolledBack { .. }),
+                "{:?}",
+                outcome.last
+            );
+            prop_assert!(
+                model.state.nodes.iter().all(|n| n.running == *from),
+                "{:?}",
+                running
+            );
         }
     }
+    // Whatever happened, the run gives back what it changed.
+    prop_assert!(model.state.nodes[0].preempt, "preemption not restored");
+    prop_assert!(model.state.config_change_allowed().is_ok());
+    prop_assert!(
+        model
+            .state
+            .nodes
+            .iter()
+            .all(|n| n.listener == tandem_upgrade::Listener::Accepting)
+    );
+    if strategy == Strategy::Holdoff || strategy == Strategy::Switchover {
+        prop_assert_eq!(model.state.actives().len(), 1);
+    }
+    if strategy == Strategy::ActiveActive {
+        for (g, holder) in [(1u8, "a"), (2, "b")] {
+            let held = model
+                .state
+                .holder(tandem_core::GroupId(g))
+                .map(|n| n.name.clone());
+            prop_assert_eq!(held.as_deref(), Some(holder));
+        }
+    }
+    Ok(())
+}
+
+/// Regression (found by the property above): in a rolling batch of two, one
+/// image failed while its batch-mate was still booting; the rollback was
+/// planned before the mate came up on the new release and left it there.
+#[test]
+fn rollback_waits_for_a_batch_to_settle() -> Result<(), TestCaseError> {
+    check_run(2, 3, 2, false, 3_688_091_323_117_604_263, 0, Some((1, 0)))
 }
 
 /// Many crashes on one plan: every strategy still ends on the target, and
