@@ -1,0 +1,171 @@
+//! The crate's one error type: why a plan (or a resume) was refused.
+//!
+//! Every refusal names the node, version or rule involved and, where there
+//! is one, what the operator can do about it: the CLI prints these as they
+//! are, before anything on the cluster has changed.
+
+use tandem_core::Mode;
+use tandem_version::Version;
+
+use crate::plan::Strategy;
+
+/// Why no plan could be made, or why a journal cannot be resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The cluster state lists no node.
+    #[error("the cluster has no nodes")]
+    NoNodes,
+
+    /// The strategy does not apply to the cluster's mode.
+    #[error("strategy {strategy} does not apply to a {mode} cluster (use {suggested})")]
+    StrategyNotForMode {
+        /// The strategy asked for.
+        strategy: Strategy,
+        /// The cluster's mode, as the operator spells it.
+        mode: ModeName,
+        /// The strategy that does apply.
+        suggested: Strategy,
+    },
+
+    /// `rolling` with a batch of zero nodes.
+    #[error("a rolling batch must upgrade at least one node at a time")]
+    ZeroBatch,
+
+    /// A node is not healthy; an upgrade starts only from a healthy cluster.
+    #[error(
+        "node {node} is not healthy: repair it (or remove it from the cluster) before upgrading"
+    )]
+    Unhealthy {
+        /// The node.
+        node: String,
+    },
+
+    /// A node that needs an image does not have it.
+    #[error("node {node} has no image for {version}: copy the image to it first")]
+    ImageMissing {
+        /// The node.
+        node: String,
+        /// The release whose image is missing.
+        version: Version,
+    },
+
+    /// A node has the image but its signature has not been verified.
+    #[error("the image for {version} on node {node} is not verified: verify its signature first")]
+    ImageUnverified {
+        /// The node.
+        node: String,
+        /// The release whose image is unverified.
+        version: Version,
+    },
+
+    /// The catalog has no supported path (or does not know a version).
+    #[error("no upgrade path: {0}")]
+    NoPath(#[from] tandem_version::Error),
+
+    /// Every node already runs the target.
+    #[error("every node already runs {version}: nothing to do")]
+    AlreadyAtTarget {
+        /// The target.
+        version: Version,
+    },
+
+    /// The nodes run versions that no single path explains: more than two
+    /// releases, or a newer one that is not a hop on the path to the target.
+    #[error(
+        "the nodes run {} — not two consecutive releases of one path toward {target}: finish or roll back the earlier upgrade first",
+        list(.versions)
+    )]
+    MixedVersions {
+        /// The releases running, lowest first.
+        versions: Vec<Version>,
+        /// The target asked for.
+        target: Version,
+    },
+
+    /// The cluster's last sync report shows differences.
+    #[error(
+        "the last sync report shows configuration differences: resolve them (`tandem sync report`) before upgrading"
+    )]
+    SyncNotClean,
+
+    /// Active-passive needs exactly one active node to plan around.
+    #[error("expected exactly one active node, found {}", if .found.is_empty() { "none".to_string() } else { .found.join(", ") })]
+    ActiveNotUnique {
+        /// The nodes reporting active.
+        found: Vec<String>,
+    },
+
+    /// `holdoff` keeps roles where they are, so the primary must be active.
+    #[error(
+        "holdoff upgrades the primary last without moving roles, but {active} is active, not the primary {primary}: run `ha restore` first, or use switchover"
+    )]
+    PrimaryNotActive {
+        /// The configured primary.
+        primary: String,
+        /// The active node.
+        active: String,
+    },
+
+    /// No node is configured primary (holdoff and rolling need one to put last).
+    #[error("no node is configured primary")]
+    NoPrimary,
+
+    /// Too few nodes to keep the service up while one is upgraded.
+    #[error("{strategy} needs at least {needed} nodes able to serve, the cluster has {have}")]
+    TooFewNodes {
+        /// The strategy.
+        strategy: Strategy,
+        /// Nodes needed.
+        needed: usize,
+        /// Nodes available.
+        have: usize,
+    },
+
+    /// A failover group has no node holding it.
+    #[error("failover group {group} is held by no node")]
+    GroupUnheld {
+        /// The group.
+        group: u8,
+    },
+
+    /// A rollback needs the release to go back to in the node's other slot.
+    #[error(
+        "node {node} cannot roll back to {version}: its other slot does not hold a good {version} image"
+    )]
+    NoRollbackImage {
+        /// The node.
+        node: String,
+        /// The release to go back to.
+        version: Version,
+    },
+
+    /// The fresh cluster state given to resume a journal does not name the
+    /// same nodes as the journal's plan.
+    #[error("the journal's plan concerns node {node}, which the cluster no longer reports")]
+    JournalNodeMissing {
+        /// The node missing from the cluster state.
+        node: String,
+    },
+}
+
+/// A mode as the operator spells it (`active-passive`, …), for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModeName(pub Mode);
+
+impl std::fmt::Display for ModeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Mode::ActivePassive => "active-passive",
+            Mode::ConfigOnly => "config-only",
+            Mode::ActiveActive => "active-active",
+        })
+    }
+}
+
+fn list(versions: &[Version]) -> String {
+    versions
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,632 @@
+//! The step machine: an [`UpgradeRun`] is the journal of one upgrade, and
+//! it says what to do next from what has been observed.
+//!
+//! ```text
+//!            ┌──────────── Observation (node reports, acks, abort) ────┐
+//!            ▼                                                          │
+//!   UpgradeRun::observe ──► UpgradeRun::next(now) ──► Vec<Action> ──► agent
+//!            ▲                      │                                   │
+//!            │               persist the run (serde) before acting      │
+//!   UpgradeRun::resume(journal, fresh cluster state)  ◄── new coordinator
+//! ```
+//!
+//! The run is pure, like `tandem-core`'s node: time is the `now_ms` the
+//! caller passes (milliseconds of the coordinator's monotonic clock), and
+//! nothing happens unless the caller does it. Steps run one after another;
+//! a step starts, checks its precondition against the latest observed
+//! state, emits its actions once, then waits until the observed state shows
+//! its effect (done), shows it cannot come (failed), or its timeout passes.
+//!
+//! Why it survives the coordinator: the serialized run holds the plan and
+//! each step's state. A new coordinator deserializes it and calls
+//! [`UpgradeRun::resume`] with a fresh cluster state; the step that was
+//! running is re-derived — marked done if its effect is visible, its
+//! actions emitted again otherwise (they are idempotent). Timestamps of the
+//! old coordinator mean nothing on the new one (each agent's clock starts at
+//! its own start), so the running step's timer restarts.
+//!
+//! Failure: a node whose new image fails its health check (it fell back to
+//! its previous slot, or runs the new release but never turns healthy)
+//! starts a rollback of the current hop, standby first ([`plan_rollback`]).
+//! Any other failure, or an abort, stops at a safe point with a message
+//! saying where the cluster is and what to do.
+
+use serde::{Deserialize, Serialize};
+use tandem_core::{EffectiveRole, GroupId};
+use tandem_version::Version;
+
+use crate::cluster::{ClusterState, ConfigLink, Listener, NodeState, SlotView};
+use crate::error::PlanError;
+use crate::plan::{Restore, UpgradePlan, rollback_plan};
+use crate::step::{Action, Failure, StepId, StepKind};
+
+/// Something the agent saw, fed to [`UpgradeRun::observe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "observation")]
+pub enum Observation {
+    /// A fresh snapshot of the whole cluster.
+    Cluster(ClusterState),
+    /// A fresh snapshot of one node (its status, or heartbeat and slots).
+    Node(NodeState),
+    /// One thing one node now reports.
+    NodeReports {
+        /// The node.
+        node: String,
+        /// What changed.
+        change: NodeChange,
+    },
+    /// The sync report came back.
+    SyncReport {
+        /// Whether every node agrees on every synced file.
+        clean: bool,
+    },
+    /// A node's configuration backup is written.
+    BackupTaken {
+        /// The node.
+        node: String,
+    },
+    /// An action could not be carried out (a command refused, an install
+    /// failed); the step stops the run.
+    ActionFailed {
+        /// The step that asked for it.
+        step: StepId,
+        /// The node concerned.
+        node: String,
+        /// Why, as the node said it.
+        reason: String,
+    },
+    /// The agent's own timer for a step fired (the run also checks
+    /// timeouts against `now_ms` by itself).
+    StepTimedOut {
+        /// The step.
+        step: StepId,
+    },
+    /// The operator asked to stop (`upgrade abort`): the run stops at the
+    /// next safe point.
+    Abort,
+}
+
+/// One field of a node's state, as it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeChange {
+    /// Its effective role.
+    Role(EffectiveRole),
+    /// The release it runs.
+    Version(Version),
+    /// Its other slot.
+    OtherSlot(Option<SlotView>),
+    /// Whether its data is in sync with the active.
+    InSync(bool),
+    /// Whether its service is healthy.
+    Healthy(bool),
+    /// Whether preemption is on.
+    Preempt(bool),
+    /// The failover groups it is active for.
+    Groups(Vec<GroupId>),
+    /// Its listener.
+    Listener(Listener),
+    /// Its cluster-config membership.
+    ConfigLink(ConfigLink),
+}
+
+/// Where one step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    /// Not started.
+    Pending,
+    /// Started: its actions may have been carried out.
+    Running,
+    /// Its effect was observed.
+    Done,
+    /// It failed; see [`StepRecord::detail`].
+    Failed,
+    /// Not run: the run stopped before it.
+    Skipped,
+}
+
+/// The journal's entry for one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Where the step is.
+    pub state: StepState,
+    /// When it started, in the clock of the coordinator that started it
+    /// (reset on resume).
+    pub started_ms: Option<u64>,
+    /// When it ended, in the clock of the coordinator that ended it.
+    pub finished_ms: Option<u64>,
+    /// Whether this coordinator emitted the step's actions.
+    pub issued: bool,
+    /// Nodes that acknowledged the step's action (backups).
+    pub acks: Vec<String>,
+    /// Why it failed, or what it waited for.
+    pub detail: Option<String>,
+}
+
+impl StepRecord {
+    fn new() -> Self {
+        StepRecord {
+            state: StepState::Pending,
+            started_ms: None,
+            finished_ms: None,
+            issued: false,
+            acks: Vec::new(),
+            detail: None,
+        }
+    }
+}
+
+/// A plan and the journal of its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Track {
+    /// The plan.
+    pub plan: UpgradePlan,
+    /// One record per step of the plan, in order.
+    pub records: Vec<StepRecord>,
+}
+
+impl Track {
+    fn new(plan: UpgradePlan) -> Self {
+        let records = plan.steps.iter().map(|_| StepRecord::new()).collect();
+        Track { plan, records }
+    }
+}
+
+/// Where the run as a whole is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum RunStatus {
+    /// Upgrading.
+    Running,
+    /// An abort was asked for; going on to the next safe point.
+    Aborting,
+    /// Rolling back after an image failed its health check.
+    RollingBack {
+        /// What failed.
+        reason: String,
+    },
+    /// Every node runs the target.
+    Done,
+    /// Rolled back; every node runs the release the failed hop started from.
+    RolledBack {
+        /// What failed.
+        reason: String,
+    },
+    /// Stopped at a safe point.
+    Stopped {
+        /// Where, why, and what to do.
+        message: String,
+    },
+}
+
+impl RunStatus {
+    /// Whether the run is over.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            RunStatus::Done | RunStatus::RolledBack { .. } | RunStatus::Stopped { .. }
+        )
+    }
+}
+
+/// One upgrade in progress: what the journal stores and replicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeRun {
+    /// The upgrade.
+    pub forward: Track,
+    /// The rollback, once an image health failure started one.
+    pub rollback: Option<Track>,
+    /// Where the run is.
+    pub status: RunStatus,
+    /// The cluster as last observed (replaced on resume).
+    pub view: ClusterState,
+}
+
+impl UpgradeRun {
+    /// Starts a run of `plan` on the cluster as observed now.
+    pub fn new(plan: UpgradePlan, cluster: ClusterState) -> Self {
+        UpgradeRun {
+            forward: Track::new(plan),
+            rollback: None,
+            status: RunStatus::Running,
+            view: cluster,
+        }
+    }
+
+    /// Takes over a run from its journal on a new coordinator: `fresh` is
+    /// the cluster as this coordinator sees it now, `now_ms` its clock.
+    pub fn resume(
+        mut journal: UpgradeRun,
+        fresh: ClusterState,
+        now_ms: u64,
+    ) -> Result<UpgradeRun, PlanError> {
+        for track in std::iter::once(&journal.forward).chain(journal.rollback.as_ref()) {
+            for step in &track.plan.steps {
+                if let Some(node) = step.nodes.iter().find(|n| fresh.node(n).is_none()) {
+                    return Err(PlanError::JournalNodeMissing { node: node.clone() });
+                }
+            }
+        }
+        journal.view = fresh;
+        let track = journal.track_mut();
+        for record in &mut track.records {
+            if record.state == StepState::Running {
+                // The old coordinator's clock and its "already asked" mean
+                // nothing here: start the timer again, re-derive the action.
+                record.started_ms = Some(now_ms);
+                record.issued = false;
+            }
+        }
+        Ok(journal)
+    }
+
+    /// The plan being carried out now (the rollback's once one started).
+    pub fn current(&self) -> &Track {
+        self.rollback.as_ref().unwrap_or(&self.forward)
+    }
+
+    fn track_mut(&mut self) -> &mut Track {
+        match self.rollback.as_mut() {
+            Some(track) => track,
+            None => &mut self.forward,
+        }
+    }
+
+    /// The step running now, if any.
+    pub fn running_step(&self) -> Option<StepId> {
+        let track = self.current();
+        track
+            .records
+            .iter()
+            .position(|r| r.state == StepState::Running)
+            .and_then(|i| track.plan.steps.get(i))
+            .map(|s| s.id)
+    }
+
+    /// Takes in something the agent saw.
+    pub fn observe(&mut self, now_ms: u64, observation: Observation) {
+        match observation {
+            Observation::Cluster(cluster) => self.view = cluster,
+            Observation::Node(node) => match self.view.node_mut(&node.name) {
+                Some(old) => *old = node,
+                None => self.view.nodes.push(node),
+            },
+            Observation::NodeReports { node, change } => {
+                if let Some(n) = self.view.node_mut(&node) {
+                    apply(n, change);
+                }
+            }
+            Observation::SyncReport { clean } => self.view.sync_clean = Some(clean),
+            Observation::BackupTaken { node } => {
+                if let Some(i) = self.running_index() {
+                    let track = self.track_mut();
+                    let is_backup = track
+                        .plan
+                        .steps
+                        .get(i)
+                        .is_some_and(|s| s.kind == StepKind::Backup);
+                    if let Some(record) = track.records.get_mut(i)
+                        && is_backup
+                        && !record.acks.contains(&node)
+                    {
+                        record.acks.push(node);
+                    }
+                }
+            }
+            Observation::ActionFailed { step, node, reason } => {
+                if self.running_step() == Some(step)
+                    && let Some(i) = self.running_index()
+                {
+                    self.fail(
+                        now_ms,
+                        i,
+                        Failure::Other(format!("{node} refused or failed: {reason}")),
+                    );
+                }
+            }
+            Observation::StepTimedOut { step } => {
+                if self.running_step() == Some(step)
+                    && let Some(i) = self.running_index()
+                {
+                    let failure = self.timeout_failure(i);
+                    self.fail(now_ms, i, failure);
+                }
+            }
+            Observation::Abort => {
+                if self.status == RunStatus::Running {
+                    self.status = RunStatus::Aborting;
+                }
+                // A rollback is not aborted: stopping it half way would
+                // leave the cluster on two releases with nobody finishing.
+            }
+        }
+    }
+
+    fn running_index(&self) -> Option<usize> {
+        self.current()
+            .records
+            .iter()
+            .position(|r| r.state == StepState::Running)
+    }
+
+    /// What to do now. Call it after every observation and whenever a
+    /// [`Action::Wait`]'s `until_ms` passes; persist the run before
+    /// carrying out the actions it returns.
+    pub fn next(&mut self, now_ms: u64) -> Vec<Action> {
+        loop {
+            if let Some(action) = self.finished_action() {
+                return vec![action];
+            }
+            let aborting = self.status == RunStatus::Aborting;
+            let view = self.view.clone();
+            let track = self.track_mut();
+            let Some(i) = track
+                .records
+                .iter()
+                .position(|r| !matches!(r.state, StepState::Done | StepState::Skipped))
+            else {
+                self.finish();
+                continue;
+            };
+            let (Some(step), Some(record)) = (track.plan.steps.get(i), track.records.get_mut(i))
+            else {
+                return vec![];
+            };
+            if record.state == StepState::Failed {
+                // Only reached if a failure did not finish the run.
+                return vec![];
+            }
+            if record.state == StepState::Pending {
+                let at_safe_point = i == 0
+                    || track
+                        .plan
+                        .steps
+                        .get(i - 1)
+                        .is_some_and(|s| s.safe_point || s.finally);
+                if aborting && at_safe_point && !step.finally {
+                    for (s, r) in track.plan.steps.iter().zip(track.records.iter_mut()) {
+                        if r.state == StepState::Pending && !s.finally {
+                            r.state = StepState::Skipped;
+                        }
+                    }
+                    continue;
+                }
+                record.state = StepState::Running;
+                record.started_ms = Some(now_ms);
+                record.issued = false;
+            }
+            if let Some(failure) = step.failed(&view) {
+                self.fail(now_ms, i, failure);
+                continue;
+            }
+            if step.done(&view, &record.acks, record.issued) {
+                record.state = StepState::Done;
+                record.finished_ms = Some(now_ms);
+                record.detail = None;
+                continue;
+            }
+            let deadline = record
+                .started_ms
+                .unwrap_or(now_ms)
+                .saturating_add(step.timeout_ms);
+            if now_ms >= deadline {
+                let failure = self.timeout_failure(i);
+                self.fail(now_ms, i, failure);
+                continue;
+            }
+            let id = step.id;
+            if !record.issued {
+                if let Some(why) = step.blocked(&view) {
+                    record.detail = Some(why.clone());
+                    return vec![Action::Wait {
+                        step: id,
+                        until_ms: deadline,
+                        waiting_for: why,
+                    }];
+                }
+                let actions = step.actions(&view, &record.acks);
+                record.issued = true;
+                record.detail = None;
+                if step.kind == StepKind::SyncReport {
+                    // Only a report asked for by this step counts.
+                    self.view.sync_clean = None;
+                }
+                if !actions.is_empty() {
+                    return actions;
+                }
+                continue;
+            }
+            return vec![Action::Wait {
+                step: id,
+                until_ms: deadline,
+                waiting_for: step.waiting_for(),
+            }];
+        }
+    }
+
+    /// Lets a stopped run go on from the step that failed, after the
+    /// operator mended the cause (`upgrade run` again).
+    pub fn retry(&mut self) {
+        if !matches!(self.status, RunStatus::Stopped { .. }) {
+            return;
+        }
+        let track = self.track_mut();
+        for record in &mut track.records {
+            if matches!(record.state, StepState::Failed | StepState::Skipped) {
+                record.state = StepState::Pending;
+                record.issued = false;
+            }
+        }
+        self.status = if self.rollback.is_some() {
+            RunStatus::RollingBack {
+                reason: "retried".to_string(),
+            }
+        } else {
+            RunStatus::Running
+        };
+    }
+
+    fn finished_action(&self) -> Option<Action> {
+        match &self.status {
+            RunStatus::Done => Some(Action::Done {
+                summary: format!(
+                    "every node runs {} ({})",
+                    self.forward.plan.target,
+                    self.versions_text()
+                ),
+            }),
+            RunStatus::RolledBack { reason } => Some(Action::RolledBack {
+                message: format!(
+                    "{reason}; rolled back, standby first: {}",
+                    self.versions_text()
+                ),
+            }),
+            RunStatus::Stopped { message } => Some(Action::Stopped {
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Every step of the current track is done or skipped.
+    fn finish(&mut self) {
+        self.status = match &self.status {
+            RunStatus::Aborting => RunStatus::Stopped {
+                message: format!(
+                    "aborted at a safe point; {}; run `tandem upgrade run` again to continue, or `tandem upgrade rollback`",
+                    self.versions_text()
+                ),
+            },
+            RunStatus::RollingBack { reason } => RunStatus::RolledBack {
+                reason: reason.clone(),
+            },
+            _ => RunStatus::Done,
+        };
+    }
+
+    fn timeout_failure(&self, i: usize) -> Failure {
+        let track = self.current();
+        let Some(step) = track.plan.steps.get(i) else {
+            return Failure::Other("timed out".to_string());
+        };
+        match step.timeout_is_health(&self.view) {
+            Some(reason) => Failure::Health(reason),
+            None => Failure::Other(format!(
+                "step {} ({step}) timed out after {} s waiting for {}",
+                step.id,
+                step.timeout_ms / 1000,
+                track
+                    .records
+                    .get(i)
+                    .and_then(|r| r.detail.clone())
+                    .unwrap_or_else(|| step.waiting_for())
+            )),
+        }
+    }
+
+    /// Marks step `i` failed and decides what follows: a rollback for an
+    /// image health failure during the upgrade, a stop otherwise.
+    fn fail(&mut self, now_ms: u64, i: usize, failure: Failure) {
+        let in_rollback = self.rollback.is_some();
+        let track = self.track_mut();
+        let hop = track.plan.steps.get(i).and_then(|s| s.hop);
+        let step_text = track
+            .plan
+            .steps
+            .get(i)
+            .map(|s| format!("step {} ({s})", s.id))
+            .unwrap_or_default();
+        let (reason, health) = match failure {
+            Failure::Health(r) => (r, true),
+            Failure::Other(r) => (r, false),
+        };
+        if let Some(record) = track.records.get_mut(i) {
+            record.state = StepState::Failed;
+            record.finished_ms = Some(now_ms);
+            record.detail = Some(reason.clone());
+        }
+        let from = hop.and_then(|h| track.plan.hops.get(h)).map(|h| h.from);
+        if health
+            && !in_rollback
+            && let Some(from) = from
+        {
+            self.start_rollback(reason, from);
+            return;
+        }
+        let what_next = if in_rollback {
+            "the rollback could not finish: repair the node and run `tandem upgrade rollback`"
+        } else {
+            "fix the cause and run `tandem upgrade run` to continue from this step, or `tandem upgrade rollback`"
+        };
+        self.status = RunStatus::Stopped {
+            message: format!(
+                "stopped at {step_text}: {reason}; {}; {what_next}",
+                self.versions_text()
+            ),
+        };
+    }
+
+    fn start_rollback(&mut self, reason: String, to: Version) {
+        let plan = &self.forward.plan;
+        let mut options = crate::PlanOptions::default();
+        if let Some(step) = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.kind, StepKind::Boot { .. }))
+        {
+            options.boot_timeout_ms = step.timeout_ms;
+        }
+        // Give back what the upgrade changed before it began: preemption
+        // where it was on, groups to their holders.
+        let restore = Restore {
+            preempt_was_on: plan.preempt_was_on.clone(),
+            groups_home: plan
+                .steps
+                .iter()
+                .find_map(|s| match &s.kind {
+                    StepKind::RestoreGroups { holders } => Some(holders.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        };
+        match rollback_plan(&self.view, &to, plan.strategy, options, restore) {
+            Ok(rollback) => {
+                self.rollback = Some(Track::new(rollback));
+                self.status = RunStatus::RollingBack { reason };
+            }
+            Err(e) => {
+                self.status = RunStatus::Stopped {
+                    message: format!(
+                        "{reason}; a rollback cannot be planned: {e}; {}",
+                        self.versions_text()
+                    ),
+                };
+            }
+        }
+    }
+
+    /// "a on 6.2.5, b on 6.2.0" for messages.
+    fn versions_text(&self) -> String {
+        self.view
+            .nodes
+            .iter()
+            .map(|n| format!("{} on {}", n.name, n.running))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn apply(node: &mut NodeState, change: NodeChange) {
+    match change {
+        NodeChange::Role(r) => node.effective = r,
+        NodeChange::Version(v) => node.running = v,
+        NodeChange::OtherSlot(s) => node.other_slot = s,
+        NodeChange::InSync(b) => node.in_sync = b,
+        NodeChange::Healthy(b) => node.healthy = b,
+        NodeChange::Preempt(b) => node.preempt = b,
+        NodeChange::Groups(g) => node.groups = g,
+        NodeChange::Listener(l) => node.listener = l,
+        NodeChange::ConfigLink(c) => node.config_link = c,
+    }
+}
