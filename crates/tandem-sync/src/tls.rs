@@ -338,7 +338,7 @@ fn certificate_names(
         presented: if presented.is_empty() {
             "an unknown node".into()
         } else {
-            presented.join(", ")
+            display_names(&presented)
         },
         expected: if expected_peers.is_empty() {
             "no peer at all".into()
@@ -360,7 +360,7 @@ fn classify(label: &str, expected: &str, error: std::io::Error) -> Error {
             ..
         })) => Error::WrongPeer {
             peer: label.to_string(),
-            presented: presented.join(", "),
+            presented: display_names(&presented),
             expected: expected.to_string(),
         },
         Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
@@ -386,4 +386,17 @@ fn classify(label: &str, expected: &str, error: std::io::Error) -> Error {
             source: error,
         },
     }
+}
+
+/// rustls lists presented names as `DnsName("node-c")`; show `node-c`.
+fn display_names(presented: &[String]) -> String {
+    presented
+        .iter()
+        .map(|name| {
+            name.strip_prefix("DnsName(\"")
+                .and_then(|rest| rest.strip_suffix("\")"))
+                .unwrap_or(name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
