@@ -392,6 +392,18 @@ impl Job {
     }
 }
 
+impl PeerInner {
+    /// Records paths the peer must still be sent. Not while it is
+    /// disconnected: every connection starts with a manifest catch-up taken
+    /// after its state leaves `Disconnected`, which covers any file written
+    /// before that — so a long absence costs no memory here.
+    fn remember_missed<'a>(&mut self, paths: impl IntoIterator<Item = &'a String>) {
+        if self.state != PeerState::Disconnected {
+            self.dirty.extend(paths.into_iter().cloned());
+        }
+    }
+}
+
 impl Peer {
     fn lock(&self) -> MutexGuard<'_, PeerInner> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -423,7 +435,7 @@ impl Shared {
                 inner.not_in_sync_since = Some(Instant::now());
                 tracing::warn!(peer = %peer.name, why, "standby out of sync");
             }
-            inner.dirty.extend(paths.into_iter().cloned());
+            inner.remember_missed(paths);
             inner.last_error = Some(why.to_string());
         }
         peer.wake.notify_one();
@@ -819,7 +831,7 @@ async fn run_batch(
             }
         } else {
             // Not waited for: its task sends these when it can.
-            inner.dirty.extend(paths.iter().cloned());
+            inner.remember_missed(paths);
             let why = format!("{:?}", inner.state).to_lowercase();
             drop(inner);
             peer.wake.notify_one();
@@ -925,6 +937,10 @@ fn set_state(shared: &Shared, peer: &Peer, state: PeerState, error: Option<Strin
         }
         if state != PeerState::Syncing {
             inner.progress = None;
+        }
+        if state == PeerState::Disconnected {
+            // The catch-up that starts the next connection covers these.
+            inner.dirty.clear();
         }
         inner.state = state;
         if error.is_some() {
