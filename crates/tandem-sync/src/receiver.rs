@@ -1,0 +1,429 @@
+//! The standby side of the sync channel: accepts the active's connection
+//! and applies what it sends under this node's data dir.
+//!
+//! Every node runs one, whatever its role, because the active can move.
+//! Puts and deletes are buffered until the batch's commit, then applied in
+//! one blocking task — temporary file, fsync, rename for each put, one
+//! fsync per directory touched — and only then acked. That ack is what lets
+//! the active's `commit` return under `data_sync = "semi"`.
+//!
+//! A batch with a path that is not plainly inside the data dir (`..`, an
+//! absolute path, a symlink out) is refused whole: nothing of it is written.
+//!
+//! The receiver is also the standby's crash detector for the active:
+//! [`ReceiverEvent::Closed`] arrives the moment the active's process dies
+//! and its kernel closes the connection.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::frame::{Message, read_frame, write_frame};
+use crate::store::{DataDir, Op};
+use crate::tls::{Channel, TlsIdentity, accept};
+use crate::{Error, Progress, Result, unix_ms};
+
+/// How the receiver is set up.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// This node's TLS identity.
+    pub identity: TlsIdentity,
+    /// Where replicated data goes: the service's data dir.
+    pub data_dir: PathBuf,
+    /// Where pushed config files go.
+    pub config_dir: PathBuf,
+    /// The node names allowed to connect (the other members of the cluster).
+    pub expected_peers: Vec<String>,
+    /// Where events go (connections, config updates, journal records). With
+    /// `None`, journal records are refused: nobody would persist them.
+    pub events: Option<mpsc::Sender<ReceiverEvent>>,
+    /// Time allowed for the TLS handshake of a new connection.
+    pub handshake_timeout: Duration,
+}
+
+/// What the standby's data is, as far as this receiver knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StandbyState {
+    /// No active is connected.
+    Disconnected,
+    /// An active is connected and catching this node up: the node's
+    /// effective role is `syncing`, and it must not take over.
+    Syncing,
+    /// Caught up; every commit since was applied.
+    InSync,
+}
+
+/// A snapshot of the receiver, for status and `tandem sync report`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverStatus {
+    /// The data's state.
+    pub state: StandbyState,
+    /// The connected active, if any.
+    pub active: Option<String>,
+    /// Progress of the catch-up under way, if any.
+    pub progress: Option<Progress>,
+    /// Commit batches applied and acked.
+    pub batches_applied: u64,
+    /// When the last batch was applied (Unix ms).
+    pub last_applied_unix_ms: Option<u64>,
+    /// When the last catch-up completed (Unix ms).
+    pub last_catch_up_unix_ms: Option<u64>,
+    /// Connections refused (plaintext, unknown certificate, wrong name).
+    pub refused_connections: u64,
+    /// Why the last one was refused.
+    pub last_refused: Option<String>,
+}
+
+/// Something the agent may want to act on.
+#[derive(Debug)]
+pub enum ReceiverEvent {
+    /// An authenticated peer connected.
+    Connected {
+        /// Its node name.
+        peer: String,
+    },
+    /// Its connection closed: the peer process is gone or the link is cut.
+    Closed {
+        /// Its node name.
+        peer: String,
+        /// The error, if it was not a clean close.
+        error: Option<String>,
+    },
+    /// A connection was refused.
+    Refused {
+        /// The address it came from.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// A catch-up finished: this node's data is in sync with `peer`'s.
+    CaughtUp {
+        /// The active.
+        peer: String,
+    },
+    /// A config file was replaced by a push from the active.
+    ConfigUpdated {
+        /// Its name under the config dir.
+        name: String,
+        /// Its full path.
+        path: PathBuf,
+    },
+    /// A journal record arrived. Persist it, then answer on `ack`; the
+    /// active's `send_journal` returns only after that answer.
+    Journal {
+        /// The sender.
+        peer: String,
+        /// The opaque record.
+        record: Vec<u8>,
+        /// `Ok` once persisted, `Err(why)` if it could not be.
+        ack: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The standby side of the sync channel. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ReceiverConfig,
+    data: DataDir,
+    configs: DataDir,
+    /// Plain std mutex: held for a few field updates, never across await.
+    status: Mutex<ReceiverStatus>,
+}
+
+impl Shared {
+    fn status(&self) -> MutexGuard<'_, ReceiverStatus> {
+        // A panic while holding the lock leaves plain counters behind:
+        // still fine to use.
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn event(&self, event: ReceiverEvent) {
+        if let Some(events) = &self.config.events {
+            let _ = events.send(event).await;
+        }
+    }
+}
+
+impl Receiver {
+    /// Opens (creating if needed) the data and config dirs.
+    pub fn new(config: ReceiverConfig) -> Result<Self> {
+        let data = DataDir::open(&config.data_dir)?;
+        let configs = DataDir::open(&config.config_dir)?;
+        Ok(Receiver {
+            shared: Arc::new(Shared {
+                config,
+                data,
+                configs,
+                status: Mutex::new(ReceiverStatus {
+                    state: StandbyState::Disconnected,
+                    active: None,
+                    progress: None,
+                    batches_applied: 0,
+                    last_applied_unix_ms: None,
+                    last_catch_up_unix_ms: None,
+                    refused_connections: 0,
+                    last_refused: None,
+                }),
+            }),
+        })
+    }
+
+    /// The receiver's state now.
+    pub fn status(&self) -> ReceiverStatus {
+        self.shared.status().clone()
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes; then
+    /// every connection is closed.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let Ok((tcp, _)) = accepted else {
+                        // EMFILE and friends: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let shared = self.shared.clone();
+                    connections.spawn(async move { connection(shared, tcp).await });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        // Dropping the set aborts every connection task.
+        connections.shutdown().await;
+    }
+}
+
+/// One accepted connection, from handshake to close.
+async fn connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
+    let from = tcp
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let config = &shared.config;
+    let channel = match accept(
+        &config.identity,
+        tcp,
+        &config.expected_peers,
+        config.handshake_timeout,
+    )
+    .await
+    {
+        Ok(channel) => channel,
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(%from, %reason, "refused a sync connection");
+            {
+                let mut status = shared.status();
+                status.refused_connections += 1;
+                status.last_refused = Some(reason.clone());
+            }
+            shared.event(ReceiverEvent::Refused { from, reason }).await;
+            return;
+        }
+    };
+    let peer = channel.peer.clone();
+    tracing::info!(%peer, "sync connection from the active");
+    {
+        let mut status = shared.status();
+        status.active = Some(peer.clone());
+        // The active always starts with a catch-up; until it says so, this
+        // node cannot claim to be in sync.
+        status.state = StandbyState::Syncing;
+    }
+    shared
+        .event(ReceiverEvent::Connected { peer: peer.clone() })
+        .await;
+    let result = converse(&shared, channel).await;
+    {
+        let mut status = shared.status();
+        if status.active.as_deref() == Some(peer.as_str()) {
+            status.active = None;
+            status.state = StandbyState::Disconnected;
+            status.progress = None;
+        }
+    }
+    let error = result.err().map(|e| e.to_string());
+    if let Some(error) = &error {
+        tracing::warn!(%peer, %error, "sync connection ended");
+    }
+    shared.event(ReceiverEvent::Closed { peer, error }).await;
+}
+
+/// Reads requests and answers them until the active hangs up.
+async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
+    let peer = channel.peer.clone();
+    let net = |source: std::io::Error| Error::Network {
+        peer: peer.clone(),
+        source,
+    };
+    // Puts and deletes since the last commit; applied together.
+    let mut batch: Vec<Op> = Vec::new();
+    while let Some(frame) = read_frame(&mut channel.stream).await.map_err(net)? {
+        let reply = match frame.message {
+            Message::Put { path, mode } => {
+                batch.push(Op::Put {
+                    path,
+                    mode,
+                    content: frame.body,
+                });
+                continue;
+            }
+            Message::Delete { path } => {
+                batch.push(Op::Delete { path });
+                continue;
+            }
+            Message::Commit { seq } => {
+                let ops = std::mem::take(&mut batch);
+                let files = ops.len() as u64;
+                let bytes = ops.iter().map(Op::bytes).sum::<u64>();
+                let data = shared.data.clone();
+                match blocking(move || data.apply(&ops)).await {
+                    Ok(()) => {
+                        let mut status = shared.status();
+                        status.batches_applied += 1;
+                        status.last_applied_unix_ms = Some(unix_ms(SystemTime::now()));
+                        if let Some(progress) = status.progress.as_mut() {
+                            progress.files_done += files;
+                            progress.bytes_done += bytes;
+                        }
+                        Message::Ack { seq }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "refused a batch");
+                        Message::Nack {
+                            seq,
+                            error: e.to_string(),
+                        }
+                    }
+                }
+            }
+            Message::ManifestRequest { seq } => {
+                let data = shared.data.clone();
+                match blocking(move || data.manifest()).await {
+                    Ok(entries) => Message::Manifest { seq, entries },
+                    Err(e) => Message::Nack {
+                        seq,
+                        error: e.to_string(),
+                    },
+                }
+            }
+            Message::CatchUpBegin { files, bytes, .. } => {
+                let mut status = shared.status();
+                status.state = StandbyState::Syncing;
+                status.progress = Some(Progress {
+                    peer: peer.clone(),
+                    files_total: files,
+                    bytes_total: bytes,
+                    ..Progress::default()
+                });
+                continue;
+            }
+            Message::CatchUpEnd { seq } => {
+                {
+                    let mut status = shared.status();
+                    status.state = StandbyState::InSync;
+                    status.progress = None;
+                    status.last_catch_up_unix_ms = Some(unix_ms(SystemTime::now()));
+                }
+                shared
+                    .event(ReceiverEvent::CaughtUp { peer: peer.clone() })
+                    .await;
+                Message::Ack { seq }
+            }
+            Message::Config { seq, name, mode } => {
+                let configs = shared.configs.clone();
+                let op = Op::Put {
+                    path: name.clone(),
+                    mode,
+                    content: frame.body,
+                };
+                match blocking(move || configs.apply(&[op])).await {
+                    Ok(()) => {
+                        let path = shared.configs.full_path(&name)?;
+                        shared
+                            .event(ReceiverEvent::ConfigUpdated { name, path })
+                            .await;
+                        Message::Ack { seq }
+                    }
+                    Err(e) => Message::Nack {
+                        seq,
+                        error: e.to_string(),
+                    },
+                }
+            }
+            Message::Journal { seq } => journal(shared, &peer, seq, frame.body).await,
+            other => {
+                return Err(Error::Protocol {
+                    peer: peer.clone(),
+                    reason: format!("a standby does not expect {other:?}"),
+                });
+            }
+        };
+        write_frame(&mut channel.stream, &reply, b"")
+            .await
+            .map_err(net)?;
+        channel.stream.flush().await.map_err(net)?;
+    }
+    Ok(())
+}
+
+/// Hands a journal record to the agent and answers once it is persisted.
+async fn journal(shared: &Arc<Shared>, peer: &str, seq: u64, record: Vec<u8>) -> Message {
+    let Some(events) = &shared.config.events else {
+        return Message::Nack {
+            seq,
+            error: "this node has no journal consumer".into(),
+        };
+    };
+    let (ack, answer) = oneshot::channel();
+    let event = ReceiverEvent::Journal {
+        peer: peer.to_string(),
+        record,
+        ack,
+    };
+    if events.send(event).await.is_err() {
+        return Message::Nack {
+            seq,
+            error: "this node's agent is not taking journal records".into(),
+        };
+    }
+    match answer.await {
+        Ok(Ok(())) => Message::Ack { seq },
+        Ok(Err(error)) => Message::Nack { seq, error },
+        Err(_) => Message::Nack {
+            seq,
+            error: "the journal record was dropped unanswered".into(),
+        },
+    }
+}
+
+/// Runs blocking file work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(format!("file task failed: {e}")),
+        })?
+}
