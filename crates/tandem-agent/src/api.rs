@@ -16,21 +16,28 @@
 //! | GET | `/v1/cluster` | every node's status (peers asked over their APIs) |
 //! | POST | `/v1/command` | `{"command": ..., "node": "NAME"?}`: an HA command |
 //! | POST | `/v1/listener` | `{"action": "suspend"\|"resume", "drain_timeout_ms"?, "node"?}` |
+//! | GET | `/v1/images` | stored images (verified?, signer, slot) and the slot table |
+//! | PUT | `/v1/images/NAME` | upload an image or its `.minisig` (`x-sha256` checked) |
+//! | POST | `/v1/images/install` | `{"image": NAME}`: verify and unpack into the inactive slot |
+//! | POST | `/v1/images/boot` | `{"slot": "a"\|"b"?}`: boot a slot (default: the pending one) |
+//! | POST | `/v1/images/rollback` | back to the other slot |
 //! | GET | `/metrics` | Prometheus text format, no token needed |
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tandem_core::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
+use crate::firmware::Firmware;
+use tandem_image::slots::SlotName;
 
 /// A request from the API to the driver loop.
 pub enum ApiRequest {
@@ -60,6 +67,18 @@ pub enum ApiRequest {
         caller: String,
         /// Where the answer goes.
         reply: oneshot::Sender<CommandReply>,
+    },
+    /// Boot an image slot (the pending one when `slot` is `None`).
+    Boot {
+        /// The slot.
+        slot: Option<SlotName>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
+    /// Roll back to the other image slot.
+    Rollback {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
     },
     /// The Prometheus text.
     Metrics {
@@ -124,6 +143,7 @@ struct ApiState {
     /// `(name, API address)` of every peer.
     peers: Vec<(String, SocketAddr)>,
     client: reqwest::Client,
+    firmware: Firmware,
 }
 
 /// Binds the API and serves it until the process ends.
@@ -132,6 +152,7 @@ pub async fn serve(
     token: String,
     peers: Vec<(String, SocketAddr)>,
     driver: mpsc::Sender<ApiRequest>,
+    firmware: Firmware,
 ) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -149,12 +170,21 @@ pub async fn serve(
         driver,
         peers,
         client,
+        firmware,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/cluster", get(cluster))
         .route("/v1/command", post(command))
         .route("/v1/listener", post(listener_command))
+        .route("/v1/images", get(images_list))
+        .route(
+            "/v1/images/{name}",
+            put(image_upload).layer(DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
+        )
+        .route("/v1/images/install", post(image_install))
+        .route("/v1/images/boot", post(image_boot))
+        .route("/v1/images/rollback", post(image_rollback))
         .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move {
@@ -339,6 +369,112 @@ async fn listener_command(
             (StatusCode::CONFLICT, Json(reply)).into_response()
         }
         Some(reply) => Json(reply).into_response(),
+        None => unavailable(),
+    }
+}
+
+/// The largest image upload accepted.
+const MAX_IMAGE_BYTES: usize = 1 << 30;
+
+fn slot_answer(result: Result<serde_json::Value, String>) -> Response {
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": error})),
+        )
+            .into_response(),
+    }
+}
+
+async fn images_list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    slot_answer(state.firmware.list().await)
+}
+
+async fn image_upload(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    let sha256 = headers
+        .get("x-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    tracing::info!(%from, name, bytes = body.len(), "image upload");
+    slot_answer(
+        state
+            .firmware
+            .store_upload(&name, body.to_vec(), sha256)
+            .await,
+    )
+}
+
+/// The body of `POST /v1/images/install`.
+#[derive(Debug, Deserialize)]
+struct InstallRequest {
+    image: String,
+}
+
+async fn image_install(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<InstallRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::info!(%from, image = request.image, "image install");
+    slot_answer(state.firmware.install(&request.image).await)
+}
+
+/// The body of `POST /v1/images/boot`.
+#[derive(Debug, Default, Deserialize)]
+struct BootRequest {
+    #[serde(default)]
+    slot: Option<SlotName>,
+}
+
+async fn image_boot(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<BootRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::info!(%from, slot = ?request.slot, "image boot");
+    match ask(&state, |reply| ApiRequest::Boot {
+        slot: request.slot,
+        reply,
+    })
+    .await
+    {
+        Some(result) => slot_answer(result),
+        None => unavailable(),
+    }
+}
+
+async fn image_rollback(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::info!(%from, "image rollback");
+    match ask(&state, |reply| ApiRequest::Rollback { reply }).await {
+        Some(result) => slot_answer(result),
         None => unavailable(),
     }
 }

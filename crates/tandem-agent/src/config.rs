@@ -18,6 +18,7 @@ use tandem_core::{ConfiguredRole, FailoverGroup, GroupId, Mode, NodeConfig, OnFa
 use toml::Spanned;
 
 use crate::Error;
+use crate::firmware::ImagesSection;
 use crate::monitor::MonitorSection;
 use crate::vip_ip::{GarpPlan, IpVip};
 
@@ -40,6 +41,8 @@ pub struct AgentConfig {
     pub service: ServiceSection,
     /// Service monitors.
     pub monitor: MonitorSection,
+    /// Image trust.
+    pub images: ImagesSection,
     /// The HMAC key for heartbeats and the API token, read from their files.
     pub secrets: Secrets,
 }
@@ -257,6 +260,10 @@ pub struct ServiceSection {
     pub grace: Duration,
     /// Working directory.
     pub cwd: Option<PathBuf>,
+    /// Appended to an image's entrypoint when the service runs from an
+    /// image slot (which replaces `command`).
+    #[serde(default)]
+    pub args: Vec<String>,
     /// How `tandem listener suspend|resume` reaches the service.
     #[serde(default)]
     pub suspend: SuspendMethod,
@@ -353,6 +360,8 @@ struct RawConfig {
     service: Spanned<ServiceSection>,
     #[serde(default)]
     monitor: MonitorSection,
+    #[serde(default)]
+    images: ImagesSection,
 }
 
 impl AgentConfig {
@@ -560,6 +569,15 @@ impl AgentConfig {
             vip,
             service,
             monitor: raw.monitor,
+            images: ImagesSection {
+                trusted_keys: raw
+                    .images
+                    .trusted_keys
+                    .iter()
+                    .map(|k| base.join(k))
+                    .collect(),
+                allow_unsigned: raw.images.allow_unsigned,
+            },
             secrets: Secrets {
                 cluster_key: Vec::new(),
                 api_token: String::new(),

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::api::{self, ApiRequest, CommandReply, ListenerAction};
 use crate::config::{AgentConfig, ModeName, SuspendMethod};
+use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks};
 use crate::monitor::{self, Verdict};
 use crate::state::{self, SavedState};
@@ -31,6 +32,7 @@ use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
 use crate::sync::{self, Identity, PeerLinkEvent};
 use crate::vip_ip::IpVip;
 use crate::{Error, vip};
+use tandem_image::slots::SlotName;
 
 /// How long the service must go without failing before the local monitor
 /// reports it healthy again.
@@ -61,6 +63,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
             Some(request) = agent.api.recv() => agent.api_request(request).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
+            Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
             Some(verdict) = agent.verdicts.recv() => {
                 let input = match verdict {
                     Verdict::Answered { peer } => {
@@ -133,6 +136,12 @@ struct Agent {
     service_pid: Option<u32>,
     /// `tandem listener suspend` is in force.
     listener_suspended: bool,
+    /// The images and A/B slots.
+    firmware: Firmware,
+    boot_verdicts: mpsc::Sender<BootVerdict>,
+    boot_verdict_rx: mpsc::Receiver<BootVerdict>,
+    /// A slot booted while standby, whose service has not yet been checked.
+    unchecked_slot: Option<SlotName>,
     /// Shared with the lservice monitor: probe only while serving.
     serving: Arc<AtomicBool>,
     verdicts: mpsc::Receiver<Verdict>,
@@ -151,7 +160,17 @@ impl Agent {
             start: Instant::now(),
         };
         let saved = state::start(&config.node.state_dir)?;
-        let node = Node::new(config.node_config(), saved.core, clock.now())?;
+        let (firmware, repaired) =
+            Firmware::open(&config.node.state_dir, &config.images).map_err(Error::State)?;
+        for note in repaired {
+            tracing::warn!(note, "image slots repaired after an interrupted operation");
+        }
+        let mut node_config = config.node_config();
+        if let Some(version) = firmware.version().await {
+            node_config.version = version;
+        }
+        let node = Node::new(node_config, saved.core, clock.now())?;
+        let (boot_verdicts, boot_verdict_rx) = mpsc::channel(4);
         let codec = Codec::new(
             &config.secrets.cluster_key,
             &config.cluster.name,
@@ -186,6 +205,7 @@ impl Agent {
             config.secrets.api_token.clone(),
             api_peers,
             api_tx,
+            firmware.clone(),
         )
         .await?;
         let (service_tx, service_events) = mpsc::channel(64);
@@ -241,6 +261,10 @@ impl Agent {
             service_running: false,
             service_pid: None,
             listener_suspended: false,
+            firmware,
+            boot_verdicts,
+            boot_verdict_rx,
+            unchecked_slot: None,
             serving,
             verdicts,
             vip: BTreeMap::new(),
@@ -324,9 +348,7 @@ impl Agent {
             Output::StartService => {
                 self.service_running = true;
                 self.serving.store(true, Ordering::Relaxed);
-                self.supervisor
-                    .start(self.service_spec(), self.vip_sockets())
-                    .await;
+                self.start_service().await;
             }
             Output::StopService => {
                 self.service_running = false;
@@ -365,10 +387,7 @@ impl Agent {
         // A service already running (another group of active-active) must
         // get the new socket too.
         if self.service_running && self.node.config().mode == Mode::ActiveActive {
-            self.supervisor.request_stop().await;
-            self.supervisor
-                .start(self.service_spec(), self.vip_sockets())
-                .await;
+            self.restart_service().await;
         }
     }
 
@@ -412,17 +431,57 @@ impl Agent {
             .collect()
     }
 
-    fn service_spec(&self) -> ServiceSpec {
+    /// Starts the service (from the current image slot, if one is booted)
+    /// and, when that slot's boot awaits its health check, runs the check.
+    async fn start_service(&mut self) {
+        let spec = self.service_spec().await;
+        self.supervisor.start(spec, self.vip_sockets()).await;
+        let firmware = self.firmware.clone();
+        let verdicts = self.boot_verdicts.clone();
+        if firmware.boot_in_progress().await.is_some() {
+            tokio::spawn(async move {
+                let _ = verdicts.send(firmware.check_boot(false).await).await;
+            });
+        } else if self.unchecked_slot.take().is_some() {
+            tokio::spawn(async move {
+                let _ = verdicts.send(firmware.check_first_serve().await).await;
+            });
+        }
+    }
+
+    async fn restart_service(&mut self) {
+        self.supervisor.request_stop().await;
+        self.start_service().await;
+    }
+
+    /// The service command: the current slot's entrypoint (resolved in the
+    /// slot) followed by `[service] args`, or `[service] command` when no
+    /// image has been booted.
+    async fn service_spec(&self) -> ServiceSpec {
+        let mut env = vec![
+            ("TANDEM_NODE".into(), self.config.node.name.clone()),
+            (
+                "TANDEM_CONTROL_DIR".into(),
+                self.control_dir().display().to_string(),
+            ),
+        ];
+        let argv = match self.firmware.current().await {
+            Some((_, manifest, root)) => {
+                env.push(("TANDEM_IMAGE_ROOT".into(), root.display().to_string()));
+                env.push(("TANDEM_IMAGE_VERSION".into(), manifest.version.to_string()));
+                let mut argv: Vec<String> = manifest.entrypoint.clone();
+                if let Some(program) = argv.first_mut() {
+                    *program = root.join(&*program).display().to_string();
+                }
+                argv.extend(self.config.service.args.iter().cloned());
+                argv
+            }
+            None => self.config.service.command.clone(),
+        };
         ServiceSpec {
-            argv: self.config.service.command.clone(),
+            argv,
             cwd: self.config.service.cwd.clone(),
-            env: vec![
-                ("TANDEM_NODE".into(), self.config.node.name.clone()),
-                (
-                    "TANDEM_CONTROL_DIR".into(),
-                    self.control_dir().display().to_string(),
-                ),
-            ],
+            env,
             grace: self.config.service.grace,
         }
     }
@@ -499,6 +558,12 @@ impl Agent {
             ApiRequest::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
+            ApiRequest::Boot { slot, reply } => {
+                let _ = reply.send(self.boot(slot).await);
+            }
+            ApiRequest::Rollback { reply } => {
+                let _ = reply.send(self.rollback().await);
+            }
             ApiRequest::Listener {
                 action,
                 drain_timeout,
@@ -567,6 +632,76 @@ impl Agent {
         reply
     }
 
+    /// Boots an image slot: journal the switch, then restart the service
+    /// from it when this node serves (its health check follows). A standby
+    /// has no service to check: its boot stays open until it next serves.
+    async fn boot(&mut self, slot: Option<SlotName>) -> Result<serde_json::Value, String> {
+        let slot = self.firmware.begin_boot(slot).await?;
+        self.report_version().await;
+        let version = self.node.config().version.clone();
+        if self.service_running {
+            self.restart_service().await;
+            return Ok(
+                serde_json::json!({"booted": slot, "health": "checking", "version": version}),
+            );
+        }
+        // A standby: back as a healthy standby on the new slot is its boot
+        // check (Standby Ready); the service is checked when it next serves.
+        match self.firmware.check_boot(true).await {
+            BootVerdict::Good { .. } => {
+                self.unchecked_slot = Some(slot);
+                Ok(
+                    serde_json::json!({"booted": slot, "health": "standby ready; the service is checked when this node next serves", "version": version}),
+                )
+            }
+            verdict => {
+                self.report_version().await;
+                Err(format!("the boot of slot {slot} failed: {verdict:?}"))
+            }
+        }
+    }
+
+    /// On-demand rollback to the other slot.
+    async fn rollback(&mut self) -> Result<serde_json::Value, String> {
+        let slot = self.firmware.rollback().await?;
+        self.report_version().await;
+        if self.service_running {
+            self.restart_service().await;
+        }
+        Ok(serde_json::json!({"running": slot, "version": self.node.config().version}))
+    }
+
+    /// Carries the current slot's version into the heartbeats.
+    async fn report_version(&mut self) {
+        if let Some(version) = self.firmware.version().await
+            && let Err(e) = self.node.set_version(&version)
+        {
+            tracing::warn!(error = %e, "cannot report the new version");
+        }
+    }
+
+    async fn boot_verdict(&mut self, verdict: BootVerdict) {
+        match verdict {
+            BootVerdict::Good { slot, version } => {
+                tracing::info!(%slot, version, "image slot passed its health check: marked good");
+            }
+            BootVerdict::Retry { reason } => {
+                tracing::warn!(reason, "image slot failed its health check; trying again");
+                if self.service_running {
+                    self.restart_service().await;
+                }
+            }
+            BootVerdict::RolledBack { from, reason } => {
+                tracing::error!(%from, reason, "image slot failed every boot try: rolled back");
+                self.report_version().await;
+                if self.service_running {
+                    self.restart_service().await;
+                }
+            }
+            BootVerdict::Failed(reason) => tracing::error!(reason, "image slot check failed"),
+        }
+    }
+
     /// `tandem listener suspend|resume` on this node.
     async fn listener(&mut self, action: ListenerAction, drain_timeout: Duration) -> CommandReply {
         let mut reply = CommandReply {
@@ -628,10 +763,7 @@ impl Agent {
                     self.vip.remove(&group);
                     self.bind_vip(group);
                 }
-                self.supervisor.request_stop().await;
-                self.supervisor
-                    .start(self.service_spec(), self.vip_sockets())
-                    .await;
+                self.restart_service().await;
             }
         }
         self.listener_suspended = suspend;
@@ -668,6 +800,7 @@ impl Agent {
                 "vip_bound": vip,
                 "service_running": self.service_running,
                 "listener": if self.listener_suspended { "suspended" } else { "open" },
+                "allow_unsigned": self.config.images.allow_unsigned,
                 "service_pid": self.service_pid,
                 "service_starts": self.counters.service_starts,
                 "service_crashes": self.counters.service_crashes,

@@ -15,6 +15,8 @@
 //! # Layout
 //! - [`config`]: the TOML config file, validated with file/line/key errors.
 //! - [`driver`]: the one loop that feeds the core and executes its outputs.
+//! - [`firmware`]: the node's images and A/B slots (install, boot with a
+//!   health check, rollback).
 //! - [`links`]: heartbeat links (UDP).
 //! - [`sync`]: authenticated TCP connections to peers, for instant crash
 //!   detection.
@@ -27,6 +29,7 @@
 pub mod api;
 pub mod config;
 pub mod driver;
+pub mod firmware;
 pub mod links;
 pub mod monitor;
 pub mod state;

@@ -673,6 +673,20 @@ impl Node {
         &self.config.name
     }
 
+    /// Changes the software version this node reports, after it booted
+    /// another image slot; the next heartbeat carries it. A version longer
+    /// than [`crate::MAX_NAME_LEN`] bytes is refused, as in the config.
+    pub fn set_version(&mut self, version: &str) -> Result<(), Error> {
+        if version.len() > crate::MAX_NAME_LEN {
+            return Err(Error::InvalidConfig(format!(
+                "version string longer than {} bytes",
+                crate::MAX_NAME_LEN
+            )));
+        }
+        self.config.version = version.to_owned();
+        Ok(())
+    }
+
     /// The configuration the node runs with.
     pub fn config(&self) -> &NodeConfig {
         &self.config

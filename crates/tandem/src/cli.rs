@@ -201,6 +201,50 @@ pub enum ImageCommand {
         /// The image to check.
         image: PathBuf,
     },
+
+    /// Send an image (and its .minisig) to a node's agent, or to every node.
+    ///
+    /// The sha256 is checked on arrival; a failed upload is simply sent
+    /// again. The agent keeps images in its state directory.
+    Push {
+        /// The image file.
+        image: PathBuf,
+        /// Send to every node of the cluster.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+
+    /// The images a node holds, whether they verify, and its A/B slots.
+    List {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+
+    /// Verify a pushed image on the node and unpack it into its inactive slot.
+    Install {
+        /// The image's file name, as pushed.
+        image: String,
+        /// Install on every node.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+
+    /// Boot a node's pending slot: the service restarts from it if the node
+    /// serves, and its health check decides between good and rollback.
+    Boot {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+
+    /// Go back to the other slot on a node.
+    Rollback {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
 }
 
 /// `tandem config ...`.
@@ -271,6 +315,15 @@ pub enum FailoverCommand {
     },
     /// Hand the service over to the peer (ASA `no failover active`).
     Standby {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Boot every standby into its pending slot and wait until it is back
+    /// in standby with the new version (ASA's `failover reload-standby`).
+    ReloadStandby {
+        /// How long to wait for Standby Ready.
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
         #[command(flatten)]
         target: ApiTarget,
     },

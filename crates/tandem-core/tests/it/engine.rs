@@ -336,3 +336,14 @@ fn status_serializes_to_json() {
     assert_eq!(v["groups"][0]["holder"], "a");
     assert_eq!(v["counters"]["split_brain_events"], 0);
 }
+
+#[test]
+fn a_new_version_is_carried_by_the_next_heartbeat() {
+    let mut a = node(pair_configs().remove(0));
+    a.set_version("6.2.5").unwrap();
+    assert!(a.set_version(&"9".repeat(65)).is_err());
+    let out = a.step(Millis(200), Input::Tick);
+    let carried = out.iter().any(|o| matches!(o, Output::Send { message: Message::Heartbeat(h), .. } if h.version == "6.2.5"));
+    assert!(carried, "{out:?}");
+    assert_eq!(a.status(Millis(200)).version, "6.2.5");
+}

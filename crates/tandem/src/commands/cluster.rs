@@ -32,7 +32,9 @@ impl ApiClient {
         })
     }
 
-    fn new(target: &ApiTarget) -> anyhow::Result<ApiClient> {
+    /// A client for the agent the target names (config file, or address
+    /// and token file).
+    pub fn new(target: &ApiTarget) -> anyhow::Result<ApiClient> {
         let (api, token_file) = match &target.config {
             Some(path) => {
                 let config = tandem_agent::config::AgentConfig::parse(
@@ -68,6 +70,43 @@ impl ApiClient {
 
     fn addr(&self) -> &str {
         self.base.trim_start_matches("http://")
+    }
+
+    /// A client for another agent with the same token.
+    pub fn to(&self, api: std::net::SocketAddr) -> anyhow::Result<ApiClient> {
+        Self::with_token(api, self.token.clone())
+    }
+
+    /// PUT raw bytes (an image upload), with their sha256 when known.
+    pub async fn put(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        sha256: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(300))
+            .body(body);
+        if let Some(sha) = sha256 {
+            request = request.header("x-sha256", sha);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!(
+                "agent at {} refused the upload ({status}): {}",
+                self.addr(),
+                answer["error"].as_str().unwrap_or("")
+            );
+        }
+        Ok(answer)
     }
 
     /// GET a path; non-2xx answers are errors.
@@ -309,6 +348,9 @@ pub async fn failover(command: FailoverCommand, json: bool) -> anyhow::Result<Ex
     let (command, target) = match command {
         FailoverCommand::Active { target } => (Command::FailoverActive, target),
         FailoverCommand::Standby { target } => (Command::FailoverStandby, target),
+        FailoverCommand::ReloadStandby { timeout, target } => {
+            return reload_standby(&target, timeout, json).await;
+        }
         FailoverCommand::Group {
             group,
             state,
@@ -322,6 +364,72 @@ pub async fn failover(command: FailoverCommand, json: bool) -> anyhow::Result<Ex
         ),
     };
     send(command, &target, json).await
+}
+
+/// ASA's `failover reload-standby`: boot every standby into its pending
+/// slot and wait until each is back in standby with the new version.
+async fn reload_standby(
+    target: &ApiTarget,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let local = ApiClient::new(target)?;
+    let cluster = local.get("/v1/cluster").await?;
+    let mut standbys = Vec::new();
+    for report in cluster["nodes"].as_array().into_iter().flatten() {
+        if report["node"]["effective_role"] == "standby"
+            && let Some(api) = report["agent"]["api"].as_str().and_then(|a| a.parse().ok())
+        {
+            standbys.push((text(&report["node"]["node"]), local.to(api)?));
+        }
+    }
+    if standbys.is_empty() {
+        eprintln!("tandem: reload-standby refused: no node is standby");
+        return Ok(ExitCode::from(1));
+    }
+    let mut results = Vec::new();
+    for (name, client) in &standbys {
+        let booted = client
+            .post("/v1/images/boot", &serde_json::json!({}))
+            .await?;
+        if let Some(error) = booted["error"].as_str() {
+            eprintln!("tandem: {name}: reload refused: {error}");
+            return Ok(ExitCode::from(1));
+        }
+        let version = text(&booted["version"]);
+        if !json {
+            println!(
+                "{name}: booting slot {} ({version})",
+                text(&booted["booted"])
+            );
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = client.get("/v1/status").await.ok();
+            let ready = status.as_ref().is_some_and(|s| {
+                s["node"]["effective_role"] == "standby" && text(&s["node"]["version"]) == version
+            });
+            if ready {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                eprintln!(
+                    "tandem: {name} is not Standby Ready after {} s",
+                    timeout.as_secs()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !json {
+            println!("{name}: Standby Ready on {version}");
+        }
+        results.push(serde_json::json!({"node": name, "version": version, "ready": true}));
+    }
+    if json {
+        println!("{}", Value::Array(results));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tandem listener suspend|resume`.

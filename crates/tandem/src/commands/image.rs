@@ -8,7 +8,8 @@ use anyhow::Context;
 use tandem_image::archive::{self, Compression};
 use tandem_image::signing::{self, TrustPolicy};
 
-use crate::cli::ImageCommand;
+use crate::cli::{ApiTarget, ImageCommand};
+use crate::commands::cluster::ApiClient;
 
 /// Runs one `tandem image` subcommand.
 pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
@@ -76,8 +77,186 @@ pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
             }
         }
         ImageCommand::Verify { public, image } => return verify(&public, &image, json),
+        ImageCommand::Push { .. }
+        | ImageCommand::List { .. }
+        | ImageCommand::Install { .. }
+        | ImageCommand::Boot { .. }
+        | ImageCommand::Rollback { .. } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            return runtime.block_on(on_agents(command, json));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The subcommands that talk to agents.
+async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match command {
+        ImageCommand::Push { image, all, target } => {
+            let sha256 = signing::sha256_file(&image)?;
+            let name = image
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .context("the image path has no file name")?;
+            let bytes = std::fs::read(&image)
+                .with_context(|| format!("cannot read {}", image.display()))?;
+            let signature_path = signing::signature_path(&image);
+            let signature = std::fs::read(&signature_path).ok();
+            let mut answers = Vec::new();
+            for (node, client) in clients(&target, all).await? {
+                let stored = client
+                    .put(&format!("/v1/images/{name}"), bytes.clone(), Some(&sha256))
+                    .await?;
+                if let Some(sig) = &signature {
+                    let sig_name = format!("{name}.minisig");
+                    client
+                        .put(&format!("/v1/images/{sig_name}"), sig.clone(), None)
+                        .await?;
+                }
+                if !json {
+                    println!(
+                        "{node}: stored {name} ({} bytes, sha256 {sha256}){}",
+                        bytes.len(),
+                        if signature.is_some() {
+                            " with its signature"
+                        } else {
+                            ", unsigned"
+                        }
+                    );
+                }
+                answers.push(serde_json::json!({"node": node, "stored": stored}));
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(answers));
+            }
+        }
+        ImageCommand::List { target } => {
+            let client = ApiClient::new(&target)?;
+            let listing = client.get("/v1/images").await?;
+            if json {
+                println!("{listing}");
+            } else {
+                print!("{}", listing_table(&listing));
+            }
+        }
+        ImageCommand::Install { image, all, target } => {
+            for (node, client) in clients(&target, all).await? {
+                let answer = client
+                    .post("/v1/images/install", &serde_json::json!({"image": image}))
+                    .await?;
+                if let Some(error) = answer["error"].as_str() {
+                    eprintln!("tandem: {node}: install refused: {error}");
+                    return Ok(ExitCode::from(1));
+                }
+                if json {
+                    println!("{answer}");
+                } else {
+                    println!(
+                        "{node}: {} {} installed into slot {}",
+                        image, answer["version"], answer["slot"]
+                    );
+                }
+            }
+        }
+        ImageCommand::Boot { target } => return slot_call(&target, "/v1/images/boot", json).await,
+        ImageCommand::Rollback { target } => {
+            return slot_call(&target, "/v1/images/rollback", json).await;
+        }
+        _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The API clients of the aimed-at node(s): every node with `all`.
+async fn clients(target: &ApiTarget, all: bool) -> anyhow::Result<Vec<(String, ApiClient)>> {
+    let local = ApiClient::new(target)?;
+    if !all && target.node.is_none() {
+        return Ok(vec![("this node".into(), local)]);
+    }
+    let cluster = local.get("/v1/cluster").await?;
+    let mut out = Vec::new();
+    for report in cluster["nodes"].as_array().into_iter().flatten() {
+        let name = report["node"]["node"].as_str().unwrap_or("?").to_string();
+        if !all && target.node.as_deref() != Some(name.as_str()) {
+            continue;
+        }
+        let api: std::net::SocketAddr = report["agent"]["api"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("node {name} is unreachable: {}", report["error"]))?;
+        out.push((name, local.to(api)?));
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "no node named {:?} in this cluster",
+            target.node.as_deref().unwrap_or("")
+        );
+    }
+    Ok(out)
+}
+
+async fn slot_call(target: &ApiTarget, path: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (node, client) = clients(target, false).await?.remove(0);
+    let answer = client.post(path, &serde_json::json!({})).await?;
+    if let Some(error) = answer["error"].as_str() {
+        eprintln!("tandem: {node}: refused: {error}");
+        return Ok(ExitCode::from(1));
+    }
+    if json {
+        println!("{answer}");
+    } else {
+        let slot = answer["booted"]
+            .as_str()
+            .or(answer["running"].as_str())
+            .unwrap_or("?");
+        let health = answer["health"]
+            .as_str()
+            .map(|h| format!(", health {h}"))
+            .unwrap_or_default();
+        println!(
+            "{node}: slot {slot} ({}){health}",
+            answer["version"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn listing_table(listing: &serde_json::Value) -> String {
+    let mut out = String::from("SLOT  STATE    VERSION\n");
+    for slot in ["a", "b"] {
+        let info = &listing["slots"][slot];
+        let current = if listing["slots"]["current"] == slot {
+            " (running)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{slot}     {:<8} {}{current}\n",
+            info["state"].as_str().unwrap_or("?"),
+            info["version"].as_str().unwrap_or("-")
+        ));
+    }
+    out.push_str("\nIMAGE  VERSION  VERIFIED  SIGNER  SLOT\n");
+    for image in listing["images"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{}  {}  {}  {}  {}\n",
+            image["image"].as_str().unwrap_or("?"),
+            image["version"].as_str().unwrap_or("-"),
+            if image["verified"] == true {
+                "yes"
+            } else {
+                "NO"
+            },
+            image["signer"].as_str().unwrap_or("-"),
+            image["slot"].as_str().unwrap_or("-"),
+        ));
+        if let Some(error) = image["error"].as_str() {
+            out.push_str(&format!("  ! {error}\n"));
+        }
+    }
+    out
 }
 
 fn verify(public: &Path, image: &Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,347 @@
+//! This node's "firmware": the images it holds and the A/B slots the
+//! service runs from (the mechanics are `tandem-image`'s; this module is
+//! the agent's side of them).
+//!
+//! - Images arrive over the API (`PUT /v1/images/NAME`, with
+//!   `NAME.minisig` beside it) into `state_dir/images`, checked against the
+//!   sha256 the sender declares.
+//! - Installing verifies again against this node's trust policy
+//!   (`[images] trusted_keys`, `allow_unsigned`) and unpacks into the slot
+//!   that is not running.
+//! - Booting switches the slot pointer (journaled by the slot store). On an
+//!   active node the service restarts from the new slot and its health
+//!   check decides: good, another try, or — with no try left — back to the
+//!   previous slot. A standby has no service to check: its boot is good once
+//!   the node is back as a healthy standby (ASA's "Standby Ready"), after a
+//!   `command` health check if the manifest has one; the service-level
+//!   check then runs the first time the node serves from that slot, and a
+//!   failure there rolls the slot back too.
+//!
+//! All slot I/O is blocking (unpacking, fsync) and runs on the blocking
+//! pool, never in the driver loop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tandem_image::archive::Limits;
+use tandem_image::health;
+use tandem_image::manifest::{HealthProbe, Manifest};
+use tandem_image::signing::{self, TrustPolicy};
+use tandem_image::slots::{BootAttempt, SlotName, SlotState, SlotStore, SlotTable};
+use tokio::sync::Mutex;
+
+/// `[images]` in the config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSection {
+    /// Public keys (minisign format) whose signatures this node accepts.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Accept images without a signature (status warns).
+    #[serde(default)]
+    pub allow_unsigned: bool,
+}
+
+/// What a slot operation reports back.
+pub type Outcome = Result<serde_json::Value, String>;
+
+/// The node's images and slots.
+#[derive(Clone)]
+pub struct Firmware {
+    images: PathBuf,
+    store: Arc<Mutex<SlotStore>>,
+    trust: Arc<TrustPolicy>,
+    /// Key files, for listing.
+    allow_unsigned: bool,
+}
+
+impl Firmware {
+    /// Opens (creating) `state_dir/images` and `state_dir/slots`, repairing
+    /// what an interrupted slot operation left; returns what was repaired.
+    pub fn open(
+        state_dir: &Path,
+        section: &ImagesSection,
+    ) -> Result<(Firmware, Vec<String>), String> {
+        let images = state_dir.join("images");
+        std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
+        let (store, notes) =
+            SlotStore::open(&state_dir.join("slots")).map_err(|e| e.to_string())?;
+        let mut trusted_keys = Vec::new();
+        for path in &section.trusted_keys {
+            trusted_keys.push(signing::read_public_key(path).map_err(|e| e.to_string())?);
+        }
+        let trust = TrustPolicy {
+            trusted_keys,
+            allow_unsigned: section.allow_unsigned,
+            limits: Limits::default(),
+        };
+        Ok((
+            Firmware {
+                images,
+                store: Arc::new(Mutex::new(store)),
+                trust: Arc::new(trust),
+                allow_unsigned: section.allow_unsigned,
+            },
+            notes,
+        ))
+    }
+
+    /// The slot table as it is now.
+    pub async fn table(&self) -> SlotTable {
+        self.store.lock().await.table().clone()
+    }
+
+    /// Where an uploaded file is kept; refuses names that are not plain
+    /// file names.
+    pub fn upload_path(&self, name: &str) -> Result<PathBuf, String> {
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains('/')
+            && !name.starts_with('.')
+            && name.len() <= 200;
+        if plain {
+            Ok(self.images.join(name))
+        } else {
+            Err(format!("{name:?} is not a plain file name"))
+        }
+    }
+
+    /// Stores an uploaded file atomically, checking its sha256 when the
+    /// sender declared one.
+    pub async fn store_upload(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        sha256: Option<String>,
+    ) -> Outcome {
+        let path = self.upload_path(name)?;
+        tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("upload");
+            std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let digest = signing::sha256_file(&tmp).map_err(|e| e.to_string())?;
+            if let Some(want) = sha256
+                && !want.eq_ignore_ascii_case(&digest)
+            {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(format!(
+                    "sha256 mismatch: sent {want}, arrived {digest}; send it again"
+                ));
+            }
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(serde_json::json!({"stored": path, "sha256": digest, "size": bytes.len()}))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Every stored image with what verification says of it, and the slots.
+    pub async fn list(&self) -> Outcome {
+        let images = self.images.clone();
+        let trust = self.trust.clone();
+        let table = self.table().await;
+        let allow_unsigned = self.allow_unsigned;
+        tokio::task::spawn_blocking(move || {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&images)
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_none_or(|x| x != "minisig" && x != "upload"))
+                .collect();
+            names.sort();
+            let listed: Vec<serde_json::Value> = names
+                .iter()
+                .map(|path| {
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    match trust.verify(path) {
+                        Ok(v) => {
+                            let slot = [SlotName::A, SlotName::B]
+                                .into_iter()
+                                .find(|s| table.slot(*s).sha256.as_deref() == Some(v.sha256.as_str()));
+                            serde_json::json!({
+                                "image": name, "version": v.contents.manifest.version, "name": v.contents.manifest.name,
+                                "signer": v.signer.map(|k| k.to_string()), "verified": true, "size": v.size,
+                                "slot": slot, "sha256": v.sha256,
+                            })
+                        }
+                        Err(e) => serde_json::json!({"image": name, "verified": false, "error": e.to_string()}),
+                    }
+                })
+                .collect();
+            Ok(serde_json::json!({"images": listed, "slots": table, "allow_unsigned": allow_unsigned}))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Verifies a stored image and installs it into the inactive slot.
+    pub async fn install(&self, name: &str) -> Outcome {
+        let path = self.upload_path(name)?;
+        let trust = self.trust.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let verified = trust.verify(&path).map_err(|e| e.to_string())?;
+            let mut store = store.blocking_lock();
+            let slot = store.install(&verified, trust.limits).map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({
+                "installed": name_of(&path), "slot": slot, "version": verified.contents.manifest.version,
+                "signer": verified.signer.map(|k| k.to_string()),
+            }))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Journals a boot of `slot` (default: the pending one) and points the
+    /// service at it. The caller restarts the service if it runs.
+    pub async fn begin_boot(&self, slot: Option<SlotName>) -> Result<SlotName, String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .blocking_lock()
+                .begin_boot(slot)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// On-demand rollback to the other (good) slot.
+    pub async fn rollback(&self) -> Result<SlotName, String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.blocking_lock().rollback().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// The slot the service runs from, with its manifest and root.
+    pub async fn current(&self) -> Option<(SlotName, Manifest, PathBuf)> {
+        let store = self.store.lock().await;
+        let slot = store.table().current?;
+        let manifest = store.manifest(slot).ok()?;
+        Some((slot, manifest, store.root(slot)))
+    }
+
+    /// The boot waiting for a health check, if any.
+    pub async fn boot_in_progress(&self) -> Option<BootAttempt> {
+        self.store.lock().await.table().boot
+    }
+
+    /// Runs the current slot's health check; `standby` keeps only the
+    /// checks that need no running service (a `command`).
+    async fn run_health(&self, standby: bool) -> Result<(), String> {
+        let Some((_, manifest, root)) = self.current().await else {
+            return Err("no current slot".into());
+        };
+        match manifest.health.clone() {
+            Some(check) if !standby || matches!(check.probe, HealthProbe::Command(_)) => {
+                tokio::task::spawn_blocking(move || health::wait_healthy(&check, &root))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The service runs from a slot already marked good (booted while this
+    /// node was standby) for the first time: check it; on failure, go back
+    /// to the other slot.
+    pub async fn check_first_serve(&self) -> BootVerdict {
+        let Some((slot, _, _)) = self.current().await else {
+            return BootVerdict::Failed("no current slot".into());
+        };
+        match self.run_health(false).await {
+            Ok(()) => BootVerdict::Good {
+                slot,
+                version: self.version().await.unwrap_or_default(),
+            },
+            Err(reason) => match self.rollback().await {
+                Ok(_) => BootVerdict::RolledBack { from: slot, reason },
+                Err(e) => BootVerdict::Failed(format!("{reason}; and the rollback failed: {e}")),
+            },
+        }
+    }
+
+    /// Closes the boot in flight with the current slot's health check:
+    /// good, another try, or rolled back. On a standby only the checks
+    /// that need no service run.
+    pub async fn check_boot(&self, standby: bool) -> BootVerdict {
+        let Some((slot, manifest, _)) = self.current().await else {
+            return BootVerdict::Failed("no current slot".into());
+        };
+        let checked = self.run_health(standby).await;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.blocking_lock();
+            match checked {
+                Ok(()) => match store.mark_good() {
+                    Ok(_) => BootVerdict::Good {
+                        slot,
+                        version: manifest.version.to_string(),
+                    },
+                    Err(e) => BootVerdict::Failed(e.to_string()),
+                },
+                Err(reason) => match store.fail_try(&reason) {
+                    Ok(Some(_)) => BootVerdict::Retry { reason },
+                    Ok(None) => BootVerdict::RolledBack { from: slot, reason },
+                    Err(e) => BootVerdict::Failed(e.to_string()),
+                },
+            }
+        })
+        .await
+        .unwrap_or_else(|e| BootVerdict::Failed(e.to_string()))
+    }
+
+    /// The release the node runs: the current slot's version, if any.
+    pub async fn version(&self) -> Option<String> {
+        let table = self.table().await;
+        let slot = table.current?;
+        table.slot(slot).version.map(|v| v.to_string())
+    }
+
+    /// Whether a slot holds a release that can boot.
+    pub async fn bootable(&self, slot: SlotName) -> bool {
+        matches!(
+            self.table().await.slot(slot).state,
+            SlotState::Pending | SlotState::Good
+        )
+    }
+}
+
+/// How a health-checked boot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootVerdict {
+    /// The slot passed and is marked good.
+    Good {
+        /// The slot.
+        slot: SlotName,
+        /// Its release.
+        version: String,
+    },
+    /// It failed; a try is left: restart the service and check again.
+    Retry {
+        /// What the check saw.
+        reason: String,
+    },
+    /// No try left: the slot is marked bad and the pointer is back on the
+    /// previous slot; restart the service from there.
+    RolledBack {
+        /// The slot that failed.
+        from: SlotName,
+        /// What the check saw.
+        reason: String,
+    },
+    /// The slot store itself failed.
+    Failed(String),
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,262 @@
+//! Signed images on a running pair: push, install, boot with a health check,
+//! `failover reload-standby`, a switchover onto the new release, unsigned
+//! images refused, and an image whose health check fails rolled back by
+//! itself.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::time::Duration;
+
+use tandem::localcluster::{ClusterSpec, LocalCluster};
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, String) {
+    let out = Process::new(EXE)
+        .args(args)
+        .arg("--api")
+        .arg(cluster.nodes[node].api.to_string())
+        .arg("--token-file")
+        .arg(cluster.dir.join("api.token"))
+        .env_remove("TANDEM_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("run tandem: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn plain(args: &[&str]) {
+    let out = Process::new(EXE)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "tandem {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds (and signs, with `key`) an image whose service is the benchmark's
+/// name service and whose health check is `health` (TOML).
+fn image(dir: &Path, version: &str, health: &str, key: Option<&Path>) -> PathBuf {
+    let files = dir.join(format!("files-{version}"));
+    std::fs::create_dir_all(files.join("bin")).unwrap_or_else(|e| panic!("{e}"));
+    let script = files.join("bin/service");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {EXE} bench name-service\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = Process::new("chmod").arg("755").arg(&script).status();
+    let manifest = dir.join(format!("manifest-{version}.toml"));
+    std::fs::write(
+        &manifest,
+        format!("name = \"relay\"\nversion = \"{version}\"\nentrypoint = [\"bin/service\"]\ndata_format = 1\nprotocol = [2]\n[health]\n{health}\ntimeout = \"500ms\"\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.join(format!("relay-{version}.tandem"));
+    let (m, f, o) = (
+        manifest.display().to_string(),
+        files.display().to_string(),
+        out.display().to_string(),
+    );
+    plain(&["image", "build", "--manifest", &m, "--files", &f, "-o", &o]);
+    if let Some(key) = key {
+        plain(&["image", "sign", "--secret", &key.display().to_string(), &o]);
+    }
+    out
+}
+
+fn vip_answer(vip: SocketAddr) -> Option<String> {
+    let stream = TcpStream::connect_timeout(&vip, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line.trim().to_string())
+}
+
+fn status(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, node: usize) -> serde_json::Value {
+    rt.block_on(cluster.status(node)).unwrap_or_default()
+}
+
+/// Polls until `check` holds for node `node`'s status; bounded.
+fn wait_until(
+    rt: &tokio::runtime::Runtime,
+    cluster: &LocalCluster,
+    node: usize,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    for _ in 0..200 {
+        if check(&status(rt, cluster, node)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: {}", status(rt, cluster, node));
+}
+
+fn slots(cluster: &LocalCluster, node: usize) -> serde_json::Value {
+    let (code, out, err) = tandem(cluster, node, &["--json", "image", "list"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))["slots"].clone()
+}
+
+#[test]
+fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (secret, public) = (
+        work.path().join("release.key"),
+        work.path().join("release.pub"),
+    );
+    plain(&[
+        "image",
+        "keygen",
+        "--secret",
+        &secret.display().to_string(),
+        "--public",
+        &public.display().to_string(),
+    ]);
+
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service: vec![EXE.into(), "bench".into(), "name-service".into()],
+        extra_toml: format!(
+            "\n[images]\ntrusted_keys = [{:?}]\n",
+            public.display().to_string()
+        ),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: "unset".into(),
+        log_dir: None,
+        exe: Some(EXE.into()),
+        remote_as_heartbeat: false,
+        groups: 1,
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let vip = cluster.vip;
+    let healthy = format!("tcp = \"{vip}\"");
+
+    // 6.2.0 everywhere: push, install, boot the standby then the active.
+    let first = image(work.path(), "6.2.0", &healthy, Some(&secret));
+    let first_name = "relay-6.2.0.tandem";
+    let (code, out, err) = tandem(
+        &cluster,
+        0,
+        &["image", "push", "--all", &first.display().to_string()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("with its signature"), "{out}");
+    let (code, _, err) = tandem(&cluster, 0, &["image", "install", "--all", first_name]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = tandem(&cluster, 0, &["image", "boot", "--node", "beta"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("standby ready"),
+        "a standby checks its service when it next serves: {out}"
+    );
+    let (code, out, err) = tandem(&cluster, 0, &["image", "boot"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("checking"), "{out}");
+    // The active restarted its service from the slot; the check passes.
+    wait_until(&rt, &cluster, 0, "alpha marks its slot good", |_| {
+        slots(&cluster, 0)["a"]["state"] == "good"
+    });
+    assert_eq!(status(&rt, &cluster, 0)["node"]["version"], "6.2.0");
+    assert_eq!(vip_answer(vip).as_deref(), Some("alpha"));
+
+    // An unsigned image is refused at install, and nothing changes.
+    let unsigned = image(work.path(), "6.2.1", &healthy, None);
+    let (code, _, _) = tandem(
+        &cluster,
+        1,
+        &["image", "push", &unsigned.display().to_string()],
+    );
+    assert_eq!(code, 0, "storing is fine");
+    let (code, _, err) = tandem(&cluster, 1, &["image", "install", "relay-6.2.1.tandem"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no signature"), "{err}");
+
+    // 6.2.5: ASA's reload-standby, then a switchover onto it.
+    let second = image(work.path(), "6.2.5", &healthy, Some(&secret));
+    let (code, _, err) = tandem(
+        &cluster,
+        0,
+        &["image", "push", "--all", &second.display().to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(
+        &cluster,
+        0,
+        &["image", "install", "--all", "relay-6.2.5.tandem"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = tandem(&cluster, 0, &["failover", "reload-standby"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("beta: Standby Ready on 6.2.5"), "{out}");
+    let (code, _, err) = tandem(&cluster, 0, &["failover", "standby"]);
+    assert_eq!(code, 0, "{err}");
+    rt.block_on(cluster.wait_for_active(1, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_until(
+        &rt,
+        &cluster,
+        1,
+        "beta's 6.2.5 slot passes its check once it serves",
+        |_| slots(&cluster, 1)["b"]["state"] == "good",
+    );
+
+    // A release whose health check fails: three tries, then back to 6.2.5.
+    let broken = image(
+        work.path(),
+        "6.2.9",
+        "command = [\"sh\", \"-c\", \"exit 1\"]",
+        Some(&secret),
+    );
+    let (code, _, err) = tandem(
+        &cluster,
+        1,
+        &["image", "push", &broken.display().to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(&cluster, 1, &["image", "install", "relay-6.2.9.tandem"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(&cluster, 1, &["image", "boot"]);
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        &rt,
+        &cluster,
+        1,
+        "beta rolls the broken release back",
+        |s| s["node"]["version"] == "6.2.5" && slots(&cluster, 1)["a"]["state"] == "bad",
+    );
+    assert_eq!(slots(&cluster, 1)["current"], "b");
+    let mut answered = None;
+    for _ in 0..100 {
+        answered = vip_answer(vip);
+        if answered.as_deref() == Some("beta") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        answered.as_deref(),
+        Some("beta"),
+        "the rolled-back service answers"
+    );
+    cluster.kill(0);
+    cluster.kill(1);
+}
