@@ -21,6 +21,12 @@
 //! | POST | `/v1/images/install` | `{"image": NAME}`: verify and unpack into the inactive slot |
 //! | POST | `/v1/images/boot` | `{"slot": "a"\|"b"?}`: boot a slot (default: the pending one) |
 //! | POST | `/v1/images/rollback` | back to the other slot |
+//! | GET/POST | `/v1/upgrade` | the upgrade journal / submit an upgrade (active node) |
+//! | POST | `/v1/upgrade/plan` | the plan an upgrade would follow |
+//! | POST | `/v1/upgrade/abort` | stop at the next safe point |
+//! | PUT | `/v1/upgrade/journal` | a peer's replica of the journal |
+//! | POST | `/v1/backup` | copy config and HA state to `state_dir/backups` |
+//! | POST | `/v1/config-link` | `{"connected": bool}`: ESA's clusterconfig disconnect/reconnect |
 //! | GET | `/metrics` | Prometheus text format, no token needed |
 
 use std::net::SocketAddr;
@@ -37,7 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::firmware::Firmware;
+use crate::upgrade::{self, UpgradeRequest, Upgrades};
 use tandem_image::slots::SlotName;
+use tandem_upgrade::UpgradeRun;
 
 /// A request from the API to the driver loop.
 pub enum ApiRequest {
@@ -144,6 +152,9 @@ struct ApiState {
     peers: Vec<(String, SocketAddr)>,
     client: reqwest::Client,
     firmware: Firmware,
+    upgrades: Upgrades,
+    state_dir: std::path::PathBuf,
+    config_file: std::path::PathBuf,
 }
 
 /// Binds the API and serves it until the process ends.
@@ -153,6 +164,8 @@ pub async fn serve(
     peers: Vec<(String, SocketAddr)>,
     driver: mpsc::Sender<ApiRequest>,
     firmware: Firmware,
+    upgrades: Upgrades,
+    files: (std::path::PathBuf, std::path::PathBuf),
 ) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -171,6 +184,9 @@ pub async fn serve(
         peers,
         client,
         firmware,
+        upgrades,
+        state_dir: files.0,
+        config_file: files.1,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -185,6 +201,12 @@ pub async fn serve(
         .route("/v1/images/install", post(image_install))
         .route("/v1/images/boot", post(image_boot))
         .route("/v1/images/rollback", post(image_rollback))
+        .route("/v1/upgrade", get(upgrade_status).post(upgrade_begin))
+        .route("/v1/upgrade/plan", post(upgrade_plan))
+        .route("/v1/upgrade/abort", post(upgrade_abort))
+        .route("/v1/upgrade/journal", put(upgrade_replica))
+        .route("/v1/backup", post(backup))
+        .route("/v1/config-link", post(config_link))
         .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move {
@@ -417,10 +439,14 @@ async fn image_upload(
     )
 }
 
-/// The body of `POST /v1/images/install`.
+/// The body of `POST /v1/images/install`: an image by file name, or the
+/// verified image of a release.
 #[derive(Debug, Deserialize)]
 struct InstallRequest {
-    image: String,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
 }
 
 async fn image_install(
@@ -432,8 +458,13 @@ async fn image_install(
     if !authorized(&state, &headers) {
         return denied();
     }
-    tracing::info!(%from, image = request.image, "image install");
-    slot_answer(state.firmware.install(&request.image).await)
+    tracing::info!(%from, image = ?request.image, version = ?request.version, "image install");
+    let installed = match (&request.image, &request.version) {
+        (Some(image), _) => state.firmware.install(image).await,
+        (None, Some(version)) => state.firmware.install_version(version).await,
+        (None, None) => Err("name the image or the version to install".into()),
+    };
+    slot_answer(installed)
 }
 
 /// The body of `POST /v1/images/boot`.
@@ -477,6 +508,116 @@ async fn image_rollback(
         Some(result) => slot_answer(result),
         None => unavailable(),
     }
+}
+
+async fn upgrade_status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    let journal = state.upgrades.journal().await;
+    Json(serde_json::json!({"coordinating": state.upgrades.coordinating(), "run": journal}))
+        .into_response()
+}
+
+async fn upgrade_plan(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(request): Json<UpgradeRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    slot_answer(
+        state
+            .upgrades
+            .plan(&request)
+            .await
+            .map(|plan| serde_json::json!({"text": plan.to_string(), "plan": plan})),
+    )
+}
+
+async fn upgrade_begin(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<UpgradeRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::warn!(%from, to = request.to, strategy = ?request.strategy, rollback = request.rollback, "upgrade submitted");
+    slot_answer(
+        state
+            .upgrades
+            .begin(&request)
+            .await
+            .map(|plan| serde_json::json!({"text": plan.to_string(), "plan": plan})),
+    )
+}
+
+async fn upgrade_abort(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::warn!(%from, "upgrade abort requested");
+    slot_answer(state.upgrades.abort().await.map(
+        |()| serde_json::json!({"abort": "requested: the upgrade stops at the next safe point"}),
+    ))
+}
+
+async fn upgrade_replica(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(run): Json<UpgradeRun>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    slot_answer(
+        state
+            .upgrades
+            .store_replica(run)
+            .await
+            .map(|()| serde_json::json!({"stored": true})),
+    )
+}
+
+async fn backup(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::info!(%from, "backup");
+    slot_answer(upgrade::take_backup(&state.state_dir, &state.config_file))
+}
+
+/// The body of `POST /v1/config-link`.
+#[derive(Debug, Deserialize)]
+struct ConfigLinkRequest {
+    connected: bool,
+}
+
+async fn config_link(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<ConfigLinkRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::info!(%from, connected = request.connected, "cluster config link");
+    slot_answer(upgrade::set_config_link(
+        &state.state_dir,
+        request.connected,
+    ))
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

@@ -30,6 +30,7 @@ use crate::monitor::{self, Verdict};
 use crate::state::{self, SavedState};
 use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
 use crate::sync::{self, Identity, PeerLinkEvent};
+use crate::upgrade::{self, Upgrades};
 use crate::vip_ip::IpVip;
 use crate::{Error, vip};
 use tandem_image::slots::SlotName;
@@ -200,12 +201,22 @@ impl Agent {
             .iter()
             .map(|p| (p.name.clone(), p.api))
             .collect();
+        let upgrades = Upgrades::start(
+            &config.node.state_dir,
+            std::iter::once((config.node.name.clone(), config.node.api))
+                .chain(config.peers.iter().map(|p| (p.name.clone(), p.api)))
+                .collect(),
+            config.secrets.api_token.clone(),
+        )
+        .map_err(Error::State)?;
         api::serve(
             config.node.api,
             config.secrets.api_token.clone(),
             api_peers,
             api_tx,
             firmware.clone(),
+            upgrades,
+            (config.node.state_dir.clone(), config.origin.clone()),
         )
         .await?;
         let (service_tx, service_events) = mpsc::channel(64);
@@ -801,6 +812,7 @@ impl Agent {
                 "service_running": self.service_running,
                 "listener": if self.listener_suspended { "suspended" } else { "open" },
                 "allow_unsigned": self.config.images.allow_unsigned,
+                "config_link": upgrade::config_link(&self.config.node.state_dir),
                 "service_pid": self.service_pid,
                 "service_starts": self.counters.service_starts,
                 "service_crashes": self.counters.service_crashes,

@@ -195,6 +195,22 @@ impl Firmware {
         .map_err(|e| e.to_string())?
     }
 
+    /// Installs the verified image of `version` that this node holds.
+    pub async fn install_version(&self, version: &str) -> Outcome {
+        let listing = self.list().await?;
+        let name = listing["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["verified"] == true && i["version"].as_str() == Some(version))
+            .and_then(|i| i["image"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!("no verified image of {version} on this node: push one first")
+            })?;
+        self.install(&name).await
+    }
+
     /// Journals a boot of `slot` (default: the pending one) and points the
     /// service at it. The caller restarts the service if it runs.
     pub async fn begin_boot(&self, slot: Option<SlotName>) -> Result<SlotName, String> {

@@ -23,6 +23,8 @@
 //! - [`api`]: the HTTP/JSON control API and Prometheus `/metrics`.
 //! - [`monitor`]: lservice and rservice probes (FortiMail's monitors).
 //! - [`supervisor`]: runs the service with the VIP's sockets.
+//! - [`upgrade`]: cluster upgrades coordinated by the active node, with a
+//!   journal replicated to every peer.
 //! - [`vip`]: the VIP's listening sockets in `bind` mode.
 //! - [`state`]: the boot epoch and persisted HA state.
 
@@ -35,6 +37,7 @@ pub mod monitor;
 pub mod state;
 pub mod supervisor;
 pub mod sync;
+pub mod upgrade;
 pub mod vip;
 pub mod vip_ip;
 

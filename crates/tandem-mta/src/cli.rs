@@ -144,6 +144,11 @@ pub async fn run(cmd: MtaCommand, json: bool) -> Result<()> {
     }
 }
 
+/// On exit, how long sessions in progress may take to finish.
+const EXIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// On exit, how long the queue may take to reach the next hop.
+const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs the relay until SIGINT/SIGTERM; SIGUSR1 suspends the listener,
 /// SIGUSR2 resumes it. The drain timeout is the configured one, unless the
 /// agent that runs the relay left another in
@@ -195,6 +200,17 @@ async fn serve(a: ServeArgs, json: bool) -> Result<()> {
                 }
             }
         }
+    }
+    // Leaving (the agent stops the service at a switchover): stop taking
+    // mail, let sessions in progress finish, and give the queue a bounded
+    // moment to reach the next hop, so a planned stop strands as little as
+    // possible in this node's spool. A kill -9 skips all this; the spool
+    // is still safe, only later.
+    let report = relay.listener().suspend(EXIT_DRAIN).await;
+    tracing::info!(?report, "listener closed for exit");
+    let flush_until = tokio::time::Instant::now() + EXIT_FLUSH;
+    while relay.queue_stats().pending > 0 && tokio::time::Instant::now() < flush_until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let stats = relay.queue_stats();
     relay.shutdown().await;

@@ -101,6 +101,16 @@ pub enum Command {
     #[command(subcommand)]
     Failover(FailoverCommand),
 
+    /// The whole product on this machine: a local cluster under mail load,
+    /// upgraded from one signed release to the next while clients keep
+    /// sending; ends with a report (exit 1 if an acknowledged message was
+    /// lost).
+    Demo(DemoArgs),
+
+    /// Upgrade the whole cluster along a supported path, one node at a time.
+    #[command(subcommand)]
+    Upgrade(UpgradeCommand),
+
     /// Stop or resume accepting new connections on a node (ESA
     /// `suspendlistener` / `resume`); sessions in progress finish.
     #[command(subcommand)]
@@ -334,6 +344,112 @@ pub enum FailoverCommand {
         /// active or standby.
         #[arg(value_parser = ["active", "standby"])]
         state: String,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+}
+
+/// `tandem demo` options.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// The upgrade strategy: switchover, holdoff (active-passive).
+    #[arg(long, default_value = "switchover")]
+    pub strategy: String,
+    /// Nodes in the local cluster.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// The release the cluster starts on (a release of the example catalog).
+    #[arg(long, default_value = "6.2.0")]
+    pub from: String,
+    /// The release to upgrade to.
+    #[arg(long, default_value = "6.2.5")]
+    pub to: String,
+    /// The most messages the demo sends (it stops earlier when the upgrade
+    /// is over).
+    #[arg(long, default_value_t = 5000)]
+    pub messages: u64,
+    /// Send no mail: bring your own client (the VIP is printed).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Serve the VIP on this loopback address instead of a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Relay to this next hop (e.g. postfix's smtp-sink) instead of the
+    /// built-in counting sink; nothing is counted then.
+    #[arg(long, value_name = "ADDR")]
+    pub relay_to: Option<std::net::SocketAddr>,
+    /// Seconds of load before the upgrade starts.
+    #[arg(long, default_value_t = 1)]
+    pub start_delay: u64,
+    /// Seconds to keep serving after the upgrade ends.
+    #[arg(long, default_value_t = 1)]
+    pub linger: u64,
+}
+
+/// What an upgrade aims at: the release, the catalog, the strategy.
+#[derive(Debug, Args, Clone)]
+pub struct UpgradeTarget {
+    /// The release to reach.
+    #[arg(long, value_name = "VERSION")]
+    pub to: String,
+    /// The release catalog (TOML) whose rules give the path.
+    #[arg(long, value_name = "FILE")]
+    pub catalog: PathBuf,
+    /// switchover (active-passive default), holdoff, rolling (config-only
+    /// default) or active-active.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Nodes upgraded at once with the rolling strategy.
+    #[arg(long)]
+    pub batch: Option<usize>,
+}
+
+/// `tandem upgrade ...`.
+#[derive(Debug, Subcommand)]
+pub enum UpgradeCommand {
+    /// The steps an upgrade would take, the version path with the rule for
+    /// each hop, and the expected client impact.
+    Plan {
+        #[command(flatten)]
+        upgrade: UpgradeTarget,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Submit the upgrade to the cluster and follow it; Ctrl-C detaches,
+    /// the upgrade goes on (the active node coordinates it).
+    Run {
+        #[command(flatten)]
+        upgrade: UpgradeTarget,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Where the upgrade is: each step, its state, and the outcome.
+    Status {
+        /// Follow it until it ends.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Stop at the next safe point.
+    Abort {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Go back to an earlier release, standby first (Huawei step 7).
+    Rollback {
+        /// The release to go back to.
+        #[arg(long, value_name = "VERSION")]
+        to: String,
+        /// switchover or another strategy; the mode's default when absent.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         target: ApiTarget,
     },

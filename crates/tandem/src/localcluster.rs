@@ -39,6 +39,8 @@ pub struct ClusterSpec {
     pub exe: Option<PathBuf>,
     /// Count the peers' service (the shared VIP) as a heartbeat link.
     pub remote_as_heartbeat: bool,
+    /// The VIP of group 0; a free loopback port when `None`.
+    pub vip: Option<SocketAddr>,
     /// Failover groups: 0 or 1 for active-passive; 2 or more for
     /// active-active, group N preferring node N modulo the node count and
     /// served on its own VIP.
@@ -135,7 +137,10 @@ impl LocalCluster {
         write_private(&dir.join("api.token"), &token)?;
         write_private(&dir.join("cluster.key"), &random_token())?;
         let vips = (0..spec.groups.max(1))
-            .map(|_| free_port("127.0.0.1").map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
+            .map(|g| match (g, spec.vip) {
+                (0, Some(vip)) => Ok(vip),
+                _ => free_port("127.0.0.1").map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let vip = vips[0];
         let active_active = spec.groups >= 2;
@@ -213,7 +218,7 @@ impl LocalCluster {
                 text.push('\n');
             }
             text.push_str(&format!(
-                "[vip]\nmode = \"bind\"\nlisten = [{}]\n\n[service]\ncommand = [{}]\ngrace = \"2s\"\n{}\n",
+                "[vip]\nmode = \"bind\"\nlisten = [{}]\n\n[service]\ncommand = [{}]\ngrace = \"10s\"\n{}\n",
                 vips.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", "),
                 quote(&spec.service),
                 spec.extra_toml

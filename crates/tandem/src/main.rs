@@ -50,6 +50,12 @@ fn main() -> ExitCode {
         Command::Failover(command) => {
             runtime().and_then(|rt| rt.block_on(commands::cluster::failover(command, json)))
         }
+        Command::Demo(args) => {
+            runtime().and_then(|rt| rt.block_on(commands::demo::run(args, json)))
+        }
+        Command::Upgrade(command) => {
+            runtime().and_then(|rt| rt.block_on(commands::upgrade::run(command, json)))
+        }
         Command::Listener(command) => {
             runtime().and_then(|rt| rt.block_on(commands::cluster::listener(command, json)))
         }

@@ -44,6 +44,7 @@ fn build_pair(
         exe: Some(EXE.into()),
         remote_as_heartbeat,
         groups,
+        vip: None,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
@@ -530,6 +531,7 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
         exe: Some(EXE.into()),
         remote_as_heartbeat: false,
         groups: 1,
+        vip: None,
     };
     let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
     let socket_path = cluster.dir.join("notify.sock");

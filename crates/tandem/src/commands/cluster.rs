@@ -72,6 +72,11 @@ impl ApiClient {
         self.base.trim_start_matches("http://")
     }
 
+    /// The agent's base URL (`http://ADDR`).
+    pub fn base(&self) -> String {
+        self.base.clone()
+    }
+
     /// A client for another agent with the same token.
     pub fn to(&self, api: std::net::SocketAddr) -> anyhow::Result<ApiClient> {
         Self::with_token(api, self.token.clone())

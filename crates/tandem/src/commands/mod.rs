@@ -6,6 +6,8 @@ pub mod agent;
 pub mod bench;
 pub mod cluster;
 pub mod completions;
+pub mod demo;
 pub mod image;
 pub mod mta;
 pub mod path;
+pub mod upgrade;

@@ -1,0 +1,455 @@
+//! `tandem demo`: the whole product in one command, on this machine.
+//!
+//! Builds and signs two releases of the mail relay (a throwaway key), starts
+//! a local cluster on loopback with the relay on the VIP and a counting sink
+//! as its next hop, installs the first release everywhere, drives mail
+//! through the VIP, upgrades the cluster to the second release while the
+//! mail flows, and reports what the clients saw: every acknowledged message
+//! must reach the sink. Exit 1 if one did not.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::Value;
+use tandem_image::archive::{self, Compression};
+use tandem_image::signing;
+use tandem_mta::Listen;
+use tandem_mta::load::{LoadOptions, LoadReport, load};
+use tandem_mta::sink::Sink;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::cli::DemoArgs;
+use crate::commands::cluster::ApiClient;
+use crate::localcluster::{ClusterSpec, LocalCluster};
+
+/// The example catalog the demo upgrades along (6.2.0 → 6.2.5, FortiMail's
+/// seed), built in so the demo runs from any directory.
+const CATALOG: &str = include_str!("../../../../catalogs/fortimail-example.toml");
+
+/// The demo's report, in the JSON shape.
+#[derive(Debug, Serialize)]
+struct DemoReport {
+    strategy: String,
+    from: String,
+    to: String,
+    sent: u64,
+    acknowledged: u64,
+    delivered: u64,
+    lost: u64,
+    duplicates: u64,
+    failed_sessions: u64,
+    max_gap_ms: f64,
+    failovers: u64,
+    versions_after: serde_json::Map<String, Value>,
+    duration_s: f64,
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let say = |line: &str| {
+        if !json {
+            eprintln!("demo: {line}");
+        }
+    };
+    if args.nodes < 2 {
+        bail!("--nodes must be at least 2");
+    }
+    let exe = std::env::current_exe().context("cannot find the tandem binary")?;
+    let work = tempfile::tempdir().context("cannot make a working directory")?;
+    let dir = work.path();
+
+    // The next hop: a counting sink, or the operator's own.
+    let sink = match args.relay_to {
+        Some(_) => None,
+        None => {
+            Some(Sink::bind(Listen::Bind(vec![SocketAddr::from(([127, 0, 0, 1], 0))]), 0).await?)
+        }
+    };
+    let next_hop = match (&sink, args.relay_to) {
+        (Some(sink), _) => sink.local_addr().await,
+        (None, Some(addr)) => addr,
+        (None, None) => bail!("no next hop"),
+    };
+
+    // Two signed releases of the relay.
+    say(&format!(
+        "building and signing releases {} and {} (throwaway key)",
+        args.from, args.to
+    ));
+    let (secret, public) = (dir.join("release.key"), dir.join("release.pub"));
+    signing::keygen(&secret, &public, None)?;
+    let key = signing::read_secret_key(&secret, None)?;
+    let mut images = Vec::new();
+    for version in [&args.from, &args.to] {
+        let image = build_release(dir, &exe, version)?;
+        signing::sign(&image, &key)?;
+        images.push(image);
+    }
+
+    // The cluster: the relay on the VIP, spools per node.
+    let names: Vec<String> = ["alpha", "beta", "gamma", "delta", "epsilon"]
+        .iter()
+        .cycle()
+        .take(args.nodes)
+        .enumerate()
+        .map(|(i, n)| {
+            if i < 5 {
+                n.to_string()
+            } else {
+                format!("{n}{i}")
+            }
+        })
+        .collect();
+    let spools = dir.join("spool");
+    let bootstrap = format!(
+        "exec {:?} mta serve --spool \"{}/$TANDEM_NODE\" --relay-to {next_hop}",
+        exe.display().to_string(),
+        spools.display()
+    );
+    let spec = ClusterSpec {
+        nodes: names.clone(),
+        service: vec!["sh".into(), "-c".into(), bootstrap],
+        extra_toml: format!(
+            "args = [{:?}, \"{next_hop}\"]\nsuspend = \"signal\"\n\n[images]\ntrusted_keys = [{:?}]\n",
+            spools.display().to_string(),
+            public.display().to_string()
+        ),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: args.from.clone(),
+        log_dir: Some(dir.to_path_buf()),
+        exe: Some(exe.clone()),
+        remote_as_heartbeat: false,
+        groups: 1,
+        vip: args.listen,
+    };
+    let mut cluster = LocalCluster::create(&spec)?;
+    cluster.start_all()?;
+    cluster.wait_for_active(0, Duration::from_secs(15)).await?;
+    say(&format!(
+        "{} nodes up on loopback; VIP {} ; next hop {next_hop}",
+        names.len(),
+        cluster.vip
+    ));
+
+    // Every node runs the first release from an image slot.
+    let clients: Vec<ApiClient> = (0..names.len())
+        .map(|i| cluster.client(i))
+        .collect::<anyhow::Result<_>>()?;
+    for image in &images {
+        let name = file_name(image);
+        let bytes = std::fs::read(image)?;
+        let sha = signing::sha256_file(image)?;
+        let signature = std::fs::read(signing::signature_path(image))?;
+        for client in &clients {
+            client
+                .put(&format!("/v1/images/{name}"), bytes.clone(), Some(&sha))
+                .await?;
+            client
+                .put(
+                    &format!("/v1/images/{name}.minisig"),
+                    signature.clone(),
+                    None,
+                )
+                .await?;
+        }
+    }
+    let first = file_name(&images[0]);
+    for (i, client) in clients.iter().enumerate().rev() {
+        let installed = client
+            .post("/v1/images/install", &serde_json::json!({"image": first}))
+            .await?;
+        if let Some(e) = installed["error"].as_str() {
+            bail!("{}: install {first}: {e}", names[i]);
+        }
+        let booted = client
+            .post("/v1/images/boot", &serde_json::json!({}))
+            .await?;
+        if let Some(e) = booted["error"].as_str() {
+            bail!("{}: boot: {e}", names[i]);
+        }
+    }
+    cluster.wait_for_active(0, Duration::from_secs(15)).await?;
+    wait_serving(cluster.vip, Duration::from_secs(15)).await?;
+    say(&format!(
+        "every node runs {} from a signed image",
+        args.from
+    ));
+
+    // Mail through the VIP, and a prober timing the service, while the
+    // cluster upgrades under it.
+    let running = Arc::new(AtomicBool::new(true));
+    let loads = Arc::new(Mutex::new(Vec::<LoadReport>::new()));
+    let load_task = (!args.no_load).then(|| {
+        tokio::spawn(load_loop(
+            cluster.vip,
+            args.messages,
+            running.clone(),
+            loads.clone(),
+        ))
+    });
+    let probe = tokio::spawn(probe_loop(
+        cluster.vip,
+        clients.iter().map(ApiClient::base).collect(),
+        cluster.token().to_string(),
+        running.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(args.start_delay)).await;
+
+    say(&format!(
+        "upgrading {} → {} with the {} strategy",
+        args.from, args.to, args.strategy
+    ));
+    let coordinator = &clients[0];
+    let request = serde_json::json!({
+        "to": args.to, "catalog": CATALOG, "catalog_origin": "catalogs/fortimail-example.toml",
+        "strategy": args.strategy,
+    });
+    let begun = coordinator.post("/v1/upgrade", &request).await?;
+    if let Some(e) = begun["error"].as_str() {
+        running.store(false, Ordering::Relaxed);
+        bail!("the upgrade was refused: {e}");
+    }
+    if !json {
+        eprint!("{}", begun["text"].as_str().unwrap_or(""));
+    }
+    let outcome = crate::commands::upgrade::follow(&clients[1], true).await?;
+    tokio::time::sleep(Duration::from_secs(args.linger)).await;
+    running.store(false, Ordering::Relaxed);
+    if let Some(task) = load_task {
+        let _ = task.await;
+    }
+    let (max_gap_ms, failovers) = probe.await.unwrap_or((0.0, 0));
+
+    // Everything acknowledged must reach the next hop.
+    let loads = loads.lock().await;
+    let acked: Vec<String> = loads
+        .iter()
+        .flat_map(|r| r.acked_ids.iter().cloned())
+        .collect();
+    let mut delivered_report = None;
+    if let Some(sink) = &sink {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let report = sink.report(Some(&acked));
+            if report.missing == Some(0) || Instant::now() > deadline {
+                delivered_report = Some(report);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut versions_after = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let version = cluster
+            .status(i)
+            .await
+            .map(|s| s["node"]["version"].clone())
+            .unwrap_or(Value::Null);
+        versions_after.insert(name.clone(), version);
+    }
+    let lost = delivered_report
+        .as_ref()
+        .and_then(|r| r.missing)
+        .unwrap_or(0);
+    let report = DemoReport {
+        strategy: args.strategy.clone(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        sent: loads.iter().map(|r| r.sent).sum(),
+        acknowledged: acked.len() as u64,
+        delivered: acked.len() as u64 - lost,
+        lost,
+        duplicates: delivered_report.as_ref().map_or(0, |r| r.duplicates),
+        failed_sessions: loads
+            .iter()
+            .map(|r| r.failed_sessions + r.connect_failures)
+            .sum(),
+        max_gap_ms: (max_gap_ms * 10.0).round() / 10.0,
+        failovers,
+        versions_after,
+        duration_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("upgrade: {outcome}");
+        println!(
+            "sent {}  acknowledged {}  delivered {}  lost {}  duplicates {}  failed sessions {}",
+            report.sent,
+            report.acknowledged,
+            report.delivered,
+            report.lost,
+            report.duplicates,
+            report.failed_sessions
+        );
+        println!(
+            "longest service gap {:.1} ms  failovers {}  versions after {}  in {:.1} s",
+            report.max_gap_ms,
+            report.failovers,
+            Value::Object(report.versions_after.clone()),
+            report.duration_s
+        );
+        if let Some(r) = &delivered_report
+            && !r.missing_ids.is_empty()
+        {
+            println!("missing: {}", r.missing_ids.join(" "));
+        }
+        println!("logs and state were in {} (removed on exit)", dir.display());
+    }
+    drop(cluster);
+    Ok(if report.lost == 0 && outcome.starts_with("done") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// One release of the relay: a script that runs this binary's relay, with
+/// the spool base and the next hop as the service's `args`.
+fn build_release(
+    dir: &std::path::Path,
+    exe: &std::path::Path,
+    version: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let files = dir.join(format!("release-{version}"));
+    std::fs::create_dir_all(files.join("bin"))?;
+    let script = files.join("bin/relay");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# tandem-mta {version}\nexec {:?} mta serve --spool \"$1/$TANDEM_NODE\" --relay-to \"$2\"\n",
+            exe.display().to_string()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let manifest = dir.join(format!("manifest-{version}.toml"));
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"tandem-mta\"\nversion = \"{version}\"\nentrypoint = [\"bin/relay\"]\ndata_format = 1\nprotocol = [2]\n"
+        ),
+    )?;
+    let image = dir.join(format!("tandem-mta-{version}.tandem"));
+    archive::build(&manifest, &files, &image, Compression::Zstd)?;
+    Ok(image)
+}
+
+/// Waits until the relay greets on the VIP.
+async fn wait_serving(vip: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if greets(vip).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the relay never greeted on the VIP {vip}")
+}
+
+async fn greets(vip: SocketAddr) -> bool {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(vip).await.ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await.ok()?;
+        line.starts_with("220").then_some(())
+    };
+    tokio::time::timeout(Duration::from_millis(500), attempt)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// Sends mail in small batches until told to stop or the budget is spent:
+/// bounded in count (`budget`) and in time (each batch has a timeout).
+async fn load_loop(
+    vip: SocketAddr,
+    budget: u64,
+    running: Arc<AtomicBool>,
+    reports: Arc<Mutex<Vec<LoadReport>>>,
+) {
+    const BATCH: u64 = 50;
+    let mut sent = 0;
+    while running.load(Ordering::Relaxed) && sent < budget {
+        let options = LoadOptions {
+            to: vip,
+            messages: BATCH.min(budget - sent),
+            concurrency: 4,
+            size: 2048,
+            timeout: Duration::from_secs(20),
+        };
+        match load(options).await {
+            Ok(report) => {
+                sent += report.sent.max(1);
+                reports.lock().await.push(report);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "load batch failed");
+                sent += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Probes the VIP every 20 ms and the cluster every 200 ms: the longest gap
+/// between two greetings, and how often the active node changed.
+async fn probe_loop(
+    vip: SocketAddr,
+    apis: Vec<String>,
+    token: String,
+    running: Arc<AtomicBool>,
+) -> (f64, u64) {
+    let http = reqwest::Client::new();
+    let mut last_ok = Instant::now();
+    let mut max_gap = 0f64;
+    let mut active: Option<String> = None;
+    let mut failovers = 0;
+    let mut ticks = 0u64;
+    let stop_at = Instant::now() + Duration::from_secs(600);
+    while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
+        if greets(vip).await {
+            max_gap = max_gap.max(last_ok.elapsed().as_secs_f64() * 1000.0);
+            last_ok = Instant::now();
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            for api in &apis {
+                let answer = http
+                    .get(format!("{api}/v1/status"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                let Ok(answer) = answer else { continue };
+                let Ok(status) = answer.json::<Value>().await else {
+                    continue;
+                };
+                if status["node"]["effective_role"] == "active" {
+                    let name = status["node"]["node"].as_str().map(str::to_string);
+                    if active.is_some() && active != name {
+                        failovers += 1;
+                    }
+                    active = name;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (max_gap, failovers)
+}

@@ -1,0 +1,267 @@
+//! `tandem upgrade plan|run|status|abort|rollback`: clients of the agents'
+//! upgrade API. The cluster does the work — the active node coordinates and
+//! replicates the journal — so this command only submits and follows:
+//! Ctrl-C detaches, it never aborts.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tandem_upgrade::{RunStatus, StepState, UpgradeRun};
+
+use crate::cli::{ApiTarget, UpgradeCommand, UpgradeTarget};
+use crate::commands::cluster::ApiClient;
+
+/// Runs one `tandem upgrade` subcommand.
+pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match command {
+        UpgradeCommand::Plan { upgrade, target } => {
+            let client = ApiClient::new(&target)?;
+            let answer = client.post("/v1/upgrade/plan", &request(&upgrade)?).await?;
+            if let Some(error) = answer["error"].as_str() {
+                eprintln!("tandem: no plan: {error}");
+                return Ok(ExitCode::from(1));
+            }
+            if json {
+                println!("{}", answer["plan"]);
+            } else {
+                print!("{}", answer["text"].as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Run {
+            upgrade,
+            yes,
+            target,
+        } => submit(&target, request(&upgrade)?, yes, json).await,
+        UpgradeCommand::Rollback {
+            to,
+            strategy,
+            yes,
+            target,
+        } => {
+            let body = serde_json::json!({"to": to, "catalog": "", "strategy": strategy, "rollback": true});
+            submit(&target, body, yes, json).await
+        }
+        UpgradeCommand::Status { follow, target } => {
+            let client = ApiClient::new(&target)?;
+            if follow {
+                return follow_run(&client, json).await;
+            }
+            let answer = client.get("/v1/upgrade").await?;
+            if json {
+                println!("{answer}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            match serde_json::from_value::<UpgradeRun>(answer["run"].clone()) {
+                Ok(run) => print!("{}", describe(&run)),
+                Err(_) => println!("no upgrade has run on this cluster"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Abort { target } => {
+            let client = active_client(&ApiClient::new(&target)?).await?;
+            let answer = client
+                .post("/v1/upgrade/abort", &serde_json::json!({}))
+                .await?;
+            if let Some(error) = answer["error"].as_str() {
+                eprintln!("tandem: abort: {error}");
+                return Ok(ExitCode::from(1));
+            }
+            println!("{}", answer["abort"].as_str().unwrap_or("requested"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn request(upgrade: &UpgradeTarget) -> anyhow::Result<Value> {
+    let catalog = std::fs::read_to_string(&upgrade.catalog)
+        .with_context(|| format!("cannot read catalog {}", upgrade.catalog.display()))?;
+    Ok(serde_json::json!({
+        "to": upgrade.to, "catalog": catalog, "catalog_origin": upgrade.catalog.display().to_string(),
+        "strategy": upgrade.strategy, "batch": upgrade.batch,
+    }))
+}
+
+/// The API of the node that is active now (the coordinator).
+async fn active_client(local: &ApiClient) -> anyhow::Result<ApiClient> {
+    let cluster = local.get("/v1/cluster").await?;
+    for report in cluster["nodes"].as_array().into_iter().flatten() {
+        if report["node"]["effective_role"] == "active"
+            && let Some(api) = report["agent"]["api"].as_str().and_then(|a| a.parse().ok())
+        {
+            return local.to(api);
+        }
+    }
+    bail!("no node is active: an upgrade needs an active node to coordinate it")
+}
+
+async fn submit(
+    target: &ApiTarget,
+    body: Value,
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let local = ApiClient::new(target)?;
+    let coordinator = active_client(&local).await?;
+    let plan = coordinator.post("/v1/upgrade/plan", &body).await?;
+    if let Some(error) = plan["error"].as_str() {
+        eprintln!("tandem: no plan: {error}");
+        return Ok(ExitCode::from(1));
+    }
+    if !json {
+        print!("{}", plan["text"].as_str().unwrap_or(""));
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("not a terminal: pass --yes to run the upgrade without confirmation");
+        }
+        eprint!("Run this upgrade? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !answer.trim().eq_ignore_ascii_case("y") {
+            eprintln!("not started");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let started = coordinator.post("/v1/upgrade", &body).await?;
+    if let Some(error) = started["error"].as_str() {
+        eprintln!("tandem: upgrade refused: {error}");
+        return Ok(ExitCode::from(1));
+    }
+    follow_run(&local, json).await
+}
+
+/// Follows the replicated journal until the run ends; Ctrl-C detaches.
+async fn follow_run(client: &ApiClient, json: bool) -> anyhow::Result<ExitCode> {
+    match follow_journal(client, json).await? {
+        None => {
+            eprintln!(
+                "detached; the upgrade goes on in the cluster: tandem upgrade status --follow"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(run) => {
+            if json {
+                println!("{}", serde_json::to_string(&run)?);
+            } else {
+                print!("{}", describe(&run));
+            }
+            Ok(if run.status == RunStatus::Done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Follows an upgrade to its end, with a progress bar on stderr unless
+/// `quiet`, and returns its outcome in words (for the demo).
+pub async fn follow(client: &ApiClient, quiet: bool) -> anyhow::Result<String> {
+    match follow_journal(client, quiet).await? {
+        None => Ok("detached".into()),
+        Some(run) => Ok(status_text(&run.status)),
+    }
+}
+
+/// Polls the journal (every node has a copy) until the run is over;
+/// `None` when Ctrl-C detached.
+async fn follow_journal(client: &ApiClient, quiet: bool) -> anyhow::Result<Option<UpgradeRun>> {
+    let bar = if quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last_line = String::new();
+    // Bounded: an upgrade that runs for a day is followed with `status`.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
+    while tokio::time::Instant::now() < give_up {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                bar.abandon();
+                return Ok(None);
+            }
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        let answer = match client.get("/v1/upgrade").await {
+            Ok(a) => a,
+            Err(e) => {
+                bar.set_message(format!("(the node is unreachable: {e})"));
+                continue;
+            }
+        };
+        let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
+            continue;
+        };
+        let track = run.current();
+        let done = track
+            .records
+            .iter()
+            .filter(|r| r.state == StepState::Done)
+            .count();
+        bar.set_length(track.records.len() as u64);
+        bar.set_position(done as u64);
+        let running = run
+            .running_step()
+            .and_then(|id| track.plan.step(id))
+            .map(ToString::to_string);
+        let line = running.unwrap_or_else(|| status_text(&run.status));
+        if line != last_line {
+            if !quiet {
+                bar.println(format!("  {line}"));
+            }
+            bar.set_message(line.clone());
+            last_line = line;
+        }
+        if run.status.is_finished() {
+            bar.finish_and_clear();
+            return Ok(Some(run));
+        }
+    }
+    bail!("gave up following the upgrade after a day: see tandem upgrade status")
+}
+
+fn status_text(status: &RunStatus) -> String {
+    match status {
+        RunStatus::Running => "running".into(),
+        RunStatus::Aborting => "aborting at the next safe point".into(),
+        RunStatus::RollingBack { reason } => format!("rolling back: {reason}"),
+        RunStatus::Done => "done: every node runs the target".into(),
+        RunStatus::RolledBack { reason } => format!("rolled back: {reason}"),
+        RunStatus::Stopped { message } => format!("stopped: {message}"),
+    }
+}
+
+/// The journal as text: the outcome and every step with its state and time.
+fn describe(run: &UpgradeRun) -> String {
+    let mut out = format!("upgrade: {}\n", status_text(&run.status));
+    for (title, track) in
+        std::iter::once(("plan", &run.forward)).chain(run.rollback.iter().map(|t| ("rollback", t)))
+    {
+        out.push_str(&format!("{title} ({}):\n", track.plan.strategy));
+        for (step, record) in track.plan.steps.iter().zip(&track.records) {
+            let took = match (record.started_ms, record.finished_ms) {
+                (Some(a), Some(b)) => format!(" ({} ms)", b.saturating_sub(a)),
+                _ => String::new(),
+            };
+            let state = format!("{:?}", record.state).to_lowercase();
+            out.push_str(&format!("  {state:<8} {step}{took}\n"));
+            if let Some(detail) = &record.detail
+                && record.state == StepState::Failed
+            {
+                out.push_str(&format!("           ! {detail}\n"));
+            }
+        }
+    }
+    out
+}
