@@ -17,6 +17,7 @@
 //! | POST | `/v1/command` | `{"command": ..., "node": "NAME"?}`: an HA command |
 //! | POST | `/v1/listener` | `{"action": "suspend"\|"resume", "drain_timeout_ms"?, "node"?}` |
 //! | GET | `/metrics` | Prometheus text format, no token needed |
+//! | POST | `/v1/sync/...` | cluster fsync, resync, report: see [`crate::replication`] |
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -132,6 +133,7 @@ pub async fn serve(
     token: String,
     peers: Vec<(String, SocketAddr)>,
     driver: mpsc::Sender<ApiRequest>,
+    extra_routes: Router,
 ) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -156,7 +158,8 @@ pub async fn serve(
         .route("/v1/command", post(command))
         .route("/v1/listener", post(listener_command))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(extra_routes);
     tokio::spawn(async move {
         let served = axum::serve(
             listener,

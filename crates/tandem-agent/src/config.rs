@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub monitor: MonitorSection,
     /// The HMAC key for heartbeats and the API token, read from their files.
     pub secrets: Secrets,
+    /// `[sync]`: config and data sync; `None` when absent (no replication).
+    pub sync: Option<crate::replication::SyncSettings>,
 }
 
 /// The name of the extra link `remote_as_heartbeat` adds; it is the last.
@@ -353,6 +355,8 @@ struct RawConfig {
     service: Spanned<ServiceSection>,
     #[serde(default)]
     monitor: MonitorSection,
+    #[serde(default)]
+    sync: Option<Spanned<crate::replication::SyncSection>>,
 }
 
 impl AgentConfig {
@@ -550,6 +554,17 @@ impl AgentConfig {
         node.token_file = base.join(&node.token_file);
         cluster.key_file = base.join(&cluster.key_file);
         service.cwd = service.cwd.map(|cwd| base.join(cwd));
+        let sync = match raw.sync {
+            Some(section) => {
+                let span = section.span();
+                let settings = section
+                    .into_inner()
+                    .resolve(base)
+                    .map_err(|(key, message)| error(span, key, message))?;
+                Some(settings)
+            }
+            None => None,
+        };
 
         let config = AgentConfig {
             origin: origin.to_path_buf(),
@@ -560,6 +575,7 @@ impl AgentConfig {
             vip,
             service,
             monitor: raw.monitor,
+            sync,
             secrets: Secrets {
                 cluster_key: Vec::new(),
                 api_token: String::new(),

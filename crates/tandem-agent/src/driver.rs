@@ -26,6 +26,7 @@ use crate::api::{self, ApiRequest, CommandReply, ListenerAction};
 use crate::config::{AgentConfig, ModeName, SuspendMethod};
 use crate::links::{Datagram, HeartbeatLinks};
 use crate::monitor::{self, Verdict};
+use crate::replication::Replication;
 use crate::state::{self, SavedState};
 use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
 use crate::sync::{self, Identity, PeerLinkEvent};
@@ -59,6 +60,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             () = tokio::time::sleep_until(deadline) => { agent.step(Input::Tick).await; }
             Some(datagram) = agent.inbox.recv() => agent.receive(datagram).await,
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
+            Some(input) = agent.replication.next_input() => { agent.step(input).await; }
             Some(request) = agent.api.recv() => agent.api_request(request).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
             Some(verdict) = agent.verdicts.recv() => {
@@ -143,6 +145,8 @@ struct Agent {
     /// When to report the local service healthy again after a failure.
     recover_at: Option<Instant>,
     counters: AgentCounters,
+    /// `[sync]`: the sync receiver, and the replicator while active.
+    replication: Replication,
 }
 
 impl Agent {
@@ -174,7 +178,12 @@ impl Agent {
             .iter()
             .map(|p| (p.name.clone(), p.sync))
             .collect();
-        sync::start(config.node.sync, identity, sync_peers, peer_tx).await?;
+        // With [sync], the TLS sync channel owns the sync port and is the
+        // crash detector (see crate::replication).
+        let replication = Replication::start(&config).await?;
+        if !replication.enabled() {
+            sync::start(config.node.sync, identity, sync_peers, peer_tx).await?;
+        }
         let (api_tx, api) = mpsc::channel(64);
         let api_peers = config
             .peers
@@ -186,6 +195,7 @@ impl Agent {
             config.secrets.api_token.clone(),
             api_peers,
             api_tx,
+            replication.router(),
         )
         .await?;
         let (service_tx, service_events) = mpsc::channel(64);
@@ -248,6 +258,7 @@ impl Agent {
             config,
             recover_at: None,
             counters: AgentCounters::default(),
+            replication,
         })
     }
 
@@ -258,6 +269,7 @@ impl Agent {
         for output in &outputs {
             self.execute(output).await;
         }
+        self.replication.after_step(&self.node, self.clock.now());
         // After a split brain this node survived as active, or when a peer
         // comes back (a partition healing), the other side may have held the
         // address and pointed clients at itself with its own gratuitous ARP:
@@ -422,7 +434,10 @@ impl Agent {
                     "TANDEM_CONTROL_DIR".into(),
                     self.control_dir().display().to_string(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(self.replication.service_env(&self.config))
+            .collect(),
             grace: self.config.service.grace,
         }
     }
@@ -672,7 +687,8 @@ impl Agent {
                 "service_starts": self.counters.service_starts,
                 "service_crashes": self.counters.service_crashes,
                 "peer_connections_closed": self.counters.peer_connections_closed,
-            }
+            },
+            "sync": self.replication.status(),
         })
     }
 
