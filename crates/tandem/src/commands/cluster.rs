@@ -32,7 +32,9 @@ impl ApiClient {
         })
     }
 
-    fn new(target: &ApiTarget) -> anyhow::Result<ApiClient> {
+    /// A client for the agent `target` names (config file, or address and
+    /// token file).
+    pub fn new(target: &ApiTarget) -> anyhow::Result<ApiClient> {
         let (api, token_file) = match &target.config {
             Some(path) => {
                 let config = tandem_agent::config::AgentConfig::parse(
@@ -66,8 +68,26 @@ impl ApiClient {
         })
     }
 
-    fn addr(&self) -> &str {
+    /// The agent's address.
+    pub fn addr(&self) -> &str {
         self.base.trim_start_matches("http://")
+    }
+
+    /// The same token, another agent (`api` is `HOST:PORT`).
+    pub fn with_api(&self, api: &str) -> ApiClient {
+        ApiClient {
+            base: format!("http://{api}"),
+            token: self.token.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// A request with the token set, for callers that need the raw answer
+    /// (statuses with a meaning, streamed bodies).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 
     /// GET a path; non-2xx answers are errors.
@@ -164,6 +184,7 @@ fn table(cluster: &Value) -> String {
             "HEARD",
             "VIP",
             "SERVICE",
+            "DATA",
         ]
         .map(String::from),
     ];
@@ -176,6 +197,7 @@ fn table(cluster: &Value) -> String {
                 name,
                 "?".into(),
                 "unreachable".into(),
+                "".into(),
                 "".into(),
                 "".into(),
                 "".into(),
@@ -214,6 +236,7 @@ fn table(cluster: &Value) -> String {
             } else {
                 "-".into()
             },
+            data_sync_cell(&report["sync"], &mut notes),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -258,6 +281,46 @@ fn table(cluster: &Value) -> String {
     out
 }
 
+/// The DATA column (issue 6): `source` on the replicating active, the
+/// receiver's state on a standby (`in-sync`, `syncing`, `stale`), `-`
+/// without `[sync]`. Each standby as the active sees it (state, lag,
+/// pending files) goes to the notes.
+fn data_sync_cell(sync: &Value, notes: &mut Vec<String>) -> String {
+    if sync["enabled"] != true {
+        return "-".into();
+    }
+    if let Some(replicator) = sync.get("replicator").filter(|r| !r.is_null()) {
+        let empty = Vec::new();
+        for peer in replicator["peers"].as_array().unwrap_or(&empty) {
+            notes.push(format!(
+                "sync {} → {}: {}, lag {}, {} pending{}",
+                text(&sync["data_sync"]),
+                text(&peer["name"]),
+                text(&peer["state"]),
+                peer["lag_ms"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+                peer["pending_paths"].as_u64().unwrap_or(0),
+                peer["last_error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        return "source".into();
+    }
+    let state = text(&sync["receiver"]["state"]);
+    if sync["data_in_sync"] == false {
+        if state == "syncing" {
+            state
+        } else {
+            "stale".into()
+        }
+    } else {
+        state
+    }
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::String(s) if s.is_empty() => "-".into(),
@@ -300,6 +363,7 @@ pub async fn ha(command: HaCommand, json: bool) -> anyhow::Result<ExitCode> {
         HaCommand::Holdoff { secs, target } => {
             (Command::HaHoldoff(Duration::from_secs(secs)), target)
         }
+        HaCommand::Resync { target } => return super::sync::resync(&target, json).await,
     };
     send(command, &target, json).await
 }

@@ -4,8 +4,10 @@
 
 pub mod agent;
 pub mod bench;
+pub mod cert;
 pub mod cluster;
 pub mod completions;
 pub mod image;
 pub mod mta;
 pub mod path;
+pub mod sync;
