@@ -373,6 +373,18 @@ pub enum BenchCommand {
         runs: usize,
     },
 
+    /// Cluster fsync's cost and worth: a local pair with the relay under the
+    /// same load with data_sync = off, async and semi, then semi with a
+    /// kill -9 of the active mid-load (acknowledged mail lost, duplicates).
+    Sync {
+        /// Messages per run.
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        /// Parallel SMTP sessions.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+
     /// The failover benchmark's service (run by the agent, not by hand).
     #[command(hide = true)]
     NameService,

@@ -63,6 +63,11 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(commands::bench::failover(runs, json)))
         }
         Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
+        Command::Bench(BenchCommand::Sync {
+            messages,
+            concurrency,
+        }) => runtime()
+            .and_then(|rt| rt.block_on(commands::bench_sync::run(messages, concurrency, json))),
         Command::Sync(SyncCommand::Report { target }) => {
             runtime().and_then(|rt| rt.block_on(commands::sync::report(&target, json)))
         }

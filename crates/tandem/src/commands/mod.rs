@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_sync;
 pub mod cert;
 pub mod cluster;
 pub mod completions;
