@@ -28,6 +28,7 @@
 //! | POST | `/v1/backup` | copy config and HA state to `state_dir/backups` |
 //! | POST | `/v1/config-link` | `{"connected": bool}`: ESA's clusterconfig disconnect/reconnect |
 //! | GET | `/metrics` | Prometheus text format, no token needed |
+//! | POST | `/v1/sync/...` | cluster fsync, resync, report: see [`crate::replication`] |
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -157,16 +158,41 @@ struct ApiState {
     config_file: std::path::PathBuf,
 }
 
+/// What the API serves from.
+pub struct ApiSetup {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The bearer token.
+    pub token: String,
+    /// `(name, API address)` of every peer.
+    pub peers: Vec<(String, SocketAddr)>,
+    /// The driver loop's request channel.
+    pub driver: mpsc::Sender<ApiRequest>,
+    /// The node's images and slots.
+    pub firmware: Firmware,
+    /// The upgrade coordinator.
+    pub upgrades: Upgrades,
+    /// The node's state directory (backups, config link).
+    pub state_dir: std::path::PathBuf,
+    /// The node's config file (backups).
+    pub config_file: std::path::PathBuf,
+    /// Routes other modules serve (data sync).
+    pub extra_routes: Router,
+}
+
 /// Binds the API and serves it until the process ends.
-pub async fn serve(
-    addr: SocketAddr,
-    token: String,
-    peers: Vec<(String, SocketAddr)>,
-    driver: mpsc::Sender<ApiRequest>,
-    firmware: Firmware,
-    upgrades: Upgrades,
-    files: (std::path::PathBuf, std::path::PathBuf),
-) -> Result<(), Error> {
+pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
+    let ApiSetup {
+        addr,
+        token,
+        peers,
+        driver,
+        firmware,
+        upgrades,
+        state_dir,
+        config_file,
+        extra_routes,
+    } = setup;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Bind {
@@ -185,8 +211,8 @@ pub async fn serve(
         client,
         firmware,
         upgrades,
-        state_dir: files.0,
-        config_file: files.1,
+        state_dir,
+        config_file,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -208,7 +234,8 @@ pub async fn serve(
         .route("/v1/backup", post(backup))
         .route("/v1/config-link", post(config_link))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(extra_routes);
     tokio::spawn(async move {
         let served = axum::serve(
             listener,

@@ -45,6 +45,8 @@ pub struct AgentConfig {
     pub images: ImagesSection,
     /// The HMAC key for heartbeats and the API token, read from their files.
     pub secrets: Secrets,
+    /// `[sync]`: config and data sync; `None` when absent (no replication).
+    pub sync: Option<crate::replication::SyncSettings>,
 }
 
 /// The name of the extra link `remote_as_heartbeat` adds; it is the last.
@@ -362,6 +364,7 @@ struct RawConfig {
     monitor: MonitorSection,
     #[serde(default)]
     images: ImagesSection,
+    sync: Option<Spanned<crate::replication::SyncSection>>,
 }
 
 impl AgentConfig {
@@ -559,6 +562,17 @@ impl AgentConfig {
         node.token_file = base.join(&node.token_file);
         cluster.key_file = base.join(&cluster.key_file);
         service.cwd = service.cwd.map(|cwd| base.join(cwd));
+        let sync = match raw.sync {
+            Some(section) => {
+                let span = section.span();
+                let settings = section
+                    .into_inner()
+                    .resolve(base)
+                    .map_err(|(key, message)| error(span, key, message))?;
+                Some(settings)
+            }
+            None => None,
+        };
 
         let config = AgentConfig {
             origin: origin.to_path_buf(),
@@ -578,6 +592,7 @@ impl AgentConfig {
                     .collect(),
                 allow_unsigned: raw.images.allow_unsigned,
             },
+            sync,
             secrets: Secrets {
                 cluster_key: Vec::new(),
                 api_token: String::new(),

@@ -27,6 +27,7 @@ use crate::config::{AgentConfig, ModeName, SuspendMethod};
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks};
 use crate::monitor::{self, Verdict};
+use crate::replication::Replication;
 use crate::state::{self, SavedState};
 use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
 use crate::sync::{self, Identity, PeerLinkEvent};
@@ -62,6 +63,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             () = tokio::time::sleep_until(deadline) => { agent.step(Input::Tick).await; }
             Some(datagram) = agent.inbox.recv() => agent.receive(datagram).await,
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
+            Some(input) = agent.replication.next_input() => { agent.step(input).await; }
             Some(request) = agent.api.recv() => agent.api_request(request).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
             Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
@@ -71,7 +73,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                         let link = LinkId(u8::try_from(agent.config.links.len()).unwrap_or(u8::MAX));
                         Input::ServiceAnswered { peer, link }
                     }
-                    Verdict::Local { healthy, detail } => Input::LocalMonitor { healthy, detail },
+                    // A node that no longer serves cannot judge its service:
+                    // on a shared VIP the probe reaches whoever serves now.
+                    // Its recovery comes from the quiet-period timer.
+                    Verdict::Local { healthy: true, .. } if !agent.service_running => continue,
+                    Verdict::Local { healthy, detail } => {
+                        if !healthy {
+                            agent.recover_at = Some(Instant::now() + RECOVERY_QUIET);
+                        }
+                        Input::LocalMonitor { healthy, detail }
+                    }
                     Verdict::Remote { peer, healthy, detail } => Input::RemoteMonitor { peer, healthy, detail },
                 };
                 agent.step(input).await;
@@ -153,6 +164,8 @@ struct Agent {
     /// When to report the local service healthy again after a failure.
     recover_at: Option<Instant>,
     counters: AgentCounters,
+    /// `[sync]`: the sync receiver, and the replicator while active.
+    replication: Replication,
 }
 
 impl Agent {
@@ -194,7 +207,12 @@ impl Agent {
             .iter()
             .map(|p| (p.name.clone(), p.sync))
             .collect();
-        sync::start(config.node.sync, identity, sync_peers, peer_tx).await?;
+        // With [sync], the TLS sync channel owns the sync port and is the
+        // crash detector (see crate::replication).
+        let replication = Replication::start(&config).await?;
+        if !replication.enabled() {
+            sync::start(config.node.sync, identity, sync_peers, peer_tx).await?;
+        }
         let (api_tx, api) = mpsc::channel(64);
         let api_peers = config
             .peers
@@ -209,15 +227,17 @@ impl Agent {
             config.secrets.api_token.clone(),
         )
         .map_err(Error::State)?;
-        api::serve(
-            config.node.api,
-            config.secrets.api_token.clone(),
-            api_peers,
-            api_tx,
-            firmware.clone(),
+        api::serve(api::ApiSetup {
+            addr: config.node.api,
+            token: config.secrets.api_token.clone(),
+            peers: api_peers,
+            driver: api_tx,
+            firmware: firmware.clone(),
             upgrades,
-            (config.node.state_dir.clone(), config.origin.clone()),
-        )
+            state_dir: config.node.state_dir.clone(),
+            config_file: config.origin.clone(),
+            extra_routes: replication.router(),
+        })
         .await?;
         let (service_tx, service_events) = mpsc::channel(64);
         let supervisor = supervisor::spawn(service_tx);
@@ -283,6 +303,7 @@ impl Agent {
             config,
             recover_at: None,
             counters: AgentCounters::default(),
+            replication,
         })
     }
 
@@ -293,6 +314,7 @@ impl Agent {
         for output in &outputs {
             self.execute(output).await;
         }
+        self.replication.after_step(&self.node, self.clock.now());
         // After a split brain this node survived as active, or when a peer
         // comes back (a partition healing), the other side may have held the
         // address and pointed clients at itself with its own gratuitous ARP:
@@ -489,6 +511,7 @@ impl Agent {
             }
             None => self.config.service.command.clone(),
         };
+        env.extend(self.replication.service_env(&self.config));
         ServiceSpec {
             argv,
             cwd: self.config.service.cwd.clone(),
@@ -817,7 +840,8 @@ impl Agent {
                 "service_starts": self.counters.service_starts,
                 "service_crashes": self.counters.service_crashes,
                 "peer_connections_closed": self.counters.peer_connections_closed,
-            }
+            },
+            "sync": self.replication.status(),
         })
     }
 

@@ -20,6 +20,8 @@
 //! - [`links`]: heartbeat links (UDP).
 //! - [`sync`]: authenticated TCP connections to peers, for instant crash
 //!   detection.
+//! - [`replication`]: `[sync]`: the TLS sync receiver, the active's
+//!   replicator, cluster fsync and resync routes (issue 6).
 //! - [`api`]: the HTTP/JSON control API and Prometheus `/metrics`.
 //! - [`monitor`]: lservice and rservice probes (FortiMail's monitors).
 //! - [`supervisor`]: runs the service with the VIP's sockets.
@@ -34,6 +36,7 @@ pub mod driver;
 pub mod firmware;
 pub mod links;
 pub mod monitor;
+pub mod replication;
 pub mod state;
 pub mod supervisor;
 pub mod sync;

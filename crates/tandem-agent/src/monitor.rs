@@ -114,6 +114,7 @@ pub fn spawn_local(
     tokio::spawn(async move {
         let mut tracker = Tracker::new(settings.failures);
         let mut tick = tokio::time::interval(settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             if !serving.load(Ordering::Relaxed) {
@@ -143,6 +144,7 @@ pub fn spawn_remote(
     tokio::spawn(async move {
         let mut tracker = Tracker::new(settings.failures);
         let mut tick = tokio::time::interval(settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let outcome = probe(addr, settings.timeout, settings.banner).await;

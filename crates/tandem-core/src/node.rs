@@ -125,6 +125,16 @@ pub enum Input {
         /// The command.
         command: Command,
     },
+    /// Whether this node's replicated data is in step with the active's
+    /// (issue 6: the sync receiver's state, kept through a crash of the
+    /// active). A standby that is not in sync reports `syncing`, is not
+    /// eligible and does not take over — it would serve with data missing.
+    /// An active node ignores it: its data is the reference. The agent
+    /// always sends `in_sync: true` with `allow_stale_takeover`.
+    DataSync {
+        /// `true` once caught up; `false` while catching up or stale.
+        in_sync: bool,
+    },
     /// The agent is shutting down cleanly: release everything and say
     /// goodbye. The node ignores every later input.
     Shutdown,
@@ -262,6 +272,12 @@ pub enum Reason {
     LocalMonitorRecovered,
     /// `ha restart`.
     HaRestarted,
+    /// This node's replicated data came in step, or fell out of it
+    /// ([`Input::DataSync`]).
+    DataSync {
+        /// The new state.
+        in_sync: bool,
+    },
     /// A peer's holdoff started.
     HoldoffReceived {
         /// The peer.
@@ -434,7 +450,10 @@ impl PeerState {
             && self.info.as_ref().is_some_and(|h| {
                 h.healthy
                     && h.configured_role.serves_groups()
-                    && !matches!(h.role, EffectiveRole::Off | EffectiveRole::Failed)
+                    && !matches!(
+                        h.role,
+                        EffectiveRole::Off | EffectiveRole::Failed | EffectiveRole::Syncing
+                    )
             })
     }
     fn active_in(&self, group: Option<GroupId>) -> bool {
@@ -528,6 +547,10 @@ pub struct Node {
     ha_stopped: bool,
     shut_down: bool,
     local_healthy: bool,
+    /// [`Input::DataSync`]: whether this node's data is in step with the
+    /// active's. Starts `true`: with no active seen yet there is nothing to
+    /// be behind of.
+    data_in_sync: bool,
     local_detail: String,
     /// Since when this node could serve (healthy, running); for
     /// `preempt_delay`.
@@ -598,6 +621,7 @@ impl Node {
             startup_until: now.plus(hold),
             shut_down: false,
             local_healthy: true,
+            data_in_sync: true,
             local_detail: String::new(),
             eligible_since: None,
             demoted: false,
@@ -660,6 +684,12 @@ impl Node {
             } => self.on_remote_monitor(&mut cx, peer, healthy, detail),
             Input::Command(c) => self.execute(&mut cx, c, Origin::Operator),
             Input::Forward { to, command } => self.forward(&mut cx, to, command),
+            Input::DataSync { in_sync } => {
+                if self.data_in_sync != in_sync {
+                    self.data_in_sync = in_sync;
+                    cx.cause = Some(Reason::DataSync { in_sync });
+                }
+            }
             Input::Shutdown => self.shutdown(&mut cx),
         }
         self.reconcile(&mut cx);
@@ -853,7 +883,13 @@ impl Node {
             Mode::ConfigOnly => self.config.role != ConfiguredRole::Off,
             _ => self.config.role.serves_groups(),
         };
-        !self.shut_down && !self.ha_stopped && self.local_healthy && role_serves
+        !self.shut_down && !self.ha_stopped && self.local_healthy && role_serves && self.data_ok()
+    }
+
+    /// Stale data keeps a standby from serving; an active node's data is
+    /// the reference, so it is never stale.
+    fn data_ok(&self) -> bool {
+        self.data_in_sync || self.groups.iter().any(|g| g.active)
     }
 
     /// The role when the node cannot serve at all, if so.
@@ -862,6 +898,8 @@ impl Node {
             Some(EffectiveRole::Off)
         } else if !self.local_healthy {
             Some(EffectiveRole::Failed)
+        } else if !self.data_ok() {
+            Some(EffectiveRole::Syncing)
         } else {
             None
         }
@@ -1299,6 +1337,9 @@ impl Node {
         }
         if !self.local_healthy {
             return Err(Refusal::LocalUnhealthy);
+        }
+        if !self.data_ok() {
+            return Err(Refusal::DataNotInSync);
         }
         if let Some(h) = self.holdoff.as_ref().filter(|h| h.until > now) {
             return Err(Refusal::HoldoffActive {

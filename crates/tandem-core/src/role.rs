@@ -24,7 +24,8 @@ pub enum EffectiveRole {
     /// Not taking part in HA (configured off, stopped by `on_failure = off`,
     /// or shut down).
     Off,
-    /// Reserved: catching up on data before it can be standby (later issue).
+    /// Standby whose replicated data is not in step with the active's
+    /// (catching up, or stale since it was away): it does not take over.
     Syncing,
     /// Reserved: disconnected from cluster config during a rolling upgrade
     /// (later issue).
@@ -139,6 +140,9 @@ pub enum Refusal {
     UnknownGroup(GroupId),
     /// This node's local monitor reports its service unhealthy.
     LocalUnhealthy,
+    /// This node's data is not in step with the active's (`syncing`);
+    /// `allow_stale_takeover = true` in `[sync]` overrides.
+    DataNotInSync,
     /// A peer's holdoff forbids taking over for this much longer.
     HoldoffActive {
         /// Who sent the holdoff.
@@ -179,6 +183,9 @@ impl std::fmt::Display for Refusal {
             Refusal::ConfigOnlyMode => f.write_str("not applicable in config-only mode"),
             Refusal::UnknownGroup(g) => write!(f, "no such failover {g}"),
             Refusal::LocalUnhealthy => f.write_str("local service is unhealthy"),
+            Refusal::DataNotInSync => f.write_str(
+                "this node's data is not in sync with the active's (it would serve stale data; wait for `syncing` to end, or set allow_stale_takeover = true in [sync])",
+            ),
             Refusal::HoldoffActive { from, remaining } => write!(
                 f,
                 "holdoff from {from} active ({} s left)",

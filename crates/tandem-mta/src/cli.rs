@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -17,6 +18,7 @@ use crate::load::{LoadOptions, LoadReport, load};
 use crate::relay::{RelayOptions, start};
 use crate::server::Listen;
 use crate::sink::{SinkOptions, SinkReport, sink};
+use crate::spool::{CommitHook, NoopHook};
 
 /// The mail relay and its test tools.
 #[derive(Debug, Subcommand)]
@@ -97,8 +99,14 @@ pub struct SinkArgs {
 
 /// Runs one `tandem mta` subcommand. `json` is the binary's global flag.
 pub async fn run(cmd: MtaCommand, json: bool) -> Result<()> {
+    run_with_hook(cmd, json, Arc::new(NoopHook)).await
+}
+
+/// [`run`], with the commit hook `serve` runs before every `250` (the
+/// binary passes the agent's cluster fsync when it runs under an agent).
+pub async fn run_with_hook(cmd: MtaCommand, json: bool, hook: Arc<dyn CommitHook>) -> Result<()> {
     match cmd {
-        MtaCommand::Serve(a) => serve(a, json).await,
+        MtaCommand::Serve(a) => serve(a, json, hook).await,
         MtaCommand::Load(a) => {
             let json = json || a.json;
             let report = load(LoadOptions {
@@ -154,7 +162,7 @@ const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 /// agent that runs the relay left another in
 /// `$TANDEM_CONTROL_DIR/drain-timeout-ms` (`tandem listener suspend
 /// --drain-timeout`).
-async fn serve(a: ServeArgs, json: bool) -> Result<()> {
+async fn serve(a: ServeArgs, json: bool, hook: Arc<dyn CommitHook>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let config = match &a.config {
         Some(path) => Config::from_file(path)?,
@@ -166,6 +174,7 @@ async fn serve(a: ServeArgs, json: bool) -> Result<()> {
     };
     let mut opts = RelayOptions::new(listen, a.spool.clone(), a.relay_to.clone());
     opts.config = config;
+    opts.hook = hook;
     let relay = start(opts).await?;
     let addrs = relay.listener().local_addrs().await;
     let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();

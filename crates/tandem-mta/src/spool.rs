@@ -212,8 +212,24 @@ impl Spool {
         refused: Vec<(String, String)>,
     ) -> Result<()> {
         let inner = self.inner.clone();
-        let msg = msg.clone();
-        spawn_blocking(move || inner.finish(&msg, remaining, refused)).await
+        let done = msg.clone();
+        let mut changed = vec![self.inner.queue.join(&msg.id)];
+        if !refused.is_empty() {
+            changed.push(self.inner.failed.join(&msg.id));
+            changed.push(self.inner.failed.join(format!("{}.reason", msg.id)));
+        }
+        spawn_blocking(move || inner.finish(&done, remaining, refused)).await?;
+        // Tell the HA layer too, so the standbys drop (or update) their
+        // copy. Not awaited, and a failure only logged: a standby that
+        // missed it delivers the message again after a failover
+        // (at-least-once), it never loses one.
+        let hook = self.inner.hook.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hook.commit(&changed).await {
+                tracing::debug!(error = %e, "delivered message not replicated; a standby may deliver it again");
+            }
+        });
+        Ok(())
     }
 
     /// Moves an unreadable queue file to `failed/` so it stops being retried.

@@ -67,7 +67,7 @@ impl TlsIdentity {
     /// [`crate::cert::issue`] writes).
     pub fn load(dir: &Path, node: &str) -> Result<Self> {
         let hint = format!(
-            "run `tandem cert issue --ca CA_DIR {node} --out {}` (after `tandem cert init CA_DIR`)",
+            "run `tandem cert issue --ca CA_DIR --node {node} -o {}` (after `tandem cert init CA_DIR`)",
             dir.display()
         );
         let cert = read_required(&dir.join(format!("{node}.pem")), &hint)?;

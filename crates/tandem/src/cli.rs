@@ -128,6 +128,14 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
 
+    /// Config and data sync between the nodes: the sync report.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+
+    /// The cluster CA and node certificates of the sync channel.
+    #[command(subcommand)]
+    Cert(CertCommand),
+
     /// Print a shell completion script (bash, zsh, fish, ...).
     ///
     /// For example: tandem completions bash > /etc/bash_completion.d/tandem
@@ -306,12 +314,51 @@ pub enum HaCommand {
         #[command(flatten)]
         target: ApiTarget,
     },
+    /// Push all config and data from the active to every standby, with a
+    /// progress bar (FortiMail `set system ha resync`).
+    Resync {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
     /// Ask the peers not to take over for SECS seconds (a planned restart).
     Holdoff {
         /// Seconds, at most the cluster's holdoff_max.
         secs: u64,
         #[command(flatten)]
         target: ApiTarget,
+    },
+}
+
+/// `tandem sync ...`.
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Per file, the size and hash on every node and whether they agree;
+    /// each standby's lag and last sync. Exit 1 when anything differs.
+    Report {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+}
+
+/// `tandem cert ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make the cluster CA (ca.pem, ca.key) in DIR; keep it off the nodes.
+    Init {
+        /// The CA directory (created; an existing CA is not overwritten).
+        dir: PathBuf,
+    },
+    /// Issue NAME's certificate and key, signed by the CA, into -o DIR.
+    Issue {
+        /// The CA directory (`tandem cert init`).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The node's name, as in its `[node] name`.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// Where to write NAME.pem, NAME.key and ca.pem (the node's cert_dir).
+        #[arg(short, long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -493,6 +540,18 @@ pub enum BenchCommand {
         /// Runs per fault.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+
+    /// Cluster fsync's cost and worth: a local pair with the relay under the
+    /// same load with data_sync = off, async and semi, then semi with a
+    /// kill -9 of the active mid-load (acknowledged mail lost, duplicates).
+    Sync {
+        /// Messages per run.
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        /// Parallel SMTP sessions.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
 
     /// The failover benchmark's service (run by the agent, not by hand).

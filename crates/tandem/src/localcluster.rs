@@ -247,6 +247,33 @@ impl LocalCluster {
         })
     }
 
+    /// Turns on config and data sync (issue 6) before the agents start: a
+    /// cluster CA and every node's certificate in `certs/`, and a `[sync]`
+    /// table in every config with `data_dir = "data/NAME"` plus `keys`
+    /// (e.g. `data_sync = "semi"`). A service run with `cwd = "."` finds its
+    /// data dir at `data/$TANDEM_NODE`.
+    pub fn enable_sync(&self, keys: &str) -> anyhow::Result<()> {
+        let ca = self.dir.join("ca");
+        let certs = self.dir.join("certs");
+        tandem_sync::cert::init(&ca).context("cluster CA")?;
+        for node in &self.nodes {
+            tandem_sync::cert::issue(&ca, &node.name, &certs)
+                .with_context(|| format!("certificate of {}", node.name))?;
+            let mut text = std::fs::read_to_string(&node.config)?;
+            text.push_str(&format!(
+                "\n[sync]\ncert_dir = \"certs\"\ndata_dir = \"data/{}\"\n{keys}\n",
+                node.name
+            ));
+            std::fs::write(&node.config, text)?;
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s replicated data dir (with [`LocalCluster::enable_sync`]).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("data").join(&self.nodes[i].name)
+    }
+
     /// Starts node `i`'s agent (no-op if it runs).
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use tandem::cli::{BenchCommand, Cli, Command, ConfigCommand};
+use tandem::cli::{BenchCommand, CertCommand, Cli, Command, ConfigCommand, SyncCommand};
 use tandem::{commands, logging};
 
 /// The async runtime for commands that do network work: two worker threads
@@ -69,6 +69,18 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(commands::bench::failover(runs, json)))
         }
         Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
+        Command::Bench(BenchCommand::Sync {
+            messages,
+            concurrency,
+        }) => runtime()
+            .and_then(|rt| rt.block_on(commands::bench_sync::run(messages, concurrency, json))),
+        Command::Sync(SyncCommand::Report { target }) => {
+            runtime().and_then(|rt| rt.block_on(commands::sync::report(&target, json)))
+        }
+        Command::Cert(CertCommand::Init { dir }) => commands::cert::init(&dir, json),
+        Command::Cert(CertCommand::Issue { ca, node, out }) => {
+            commands::cert::issue(&ca, &node, &out, json)
+        }
     };
     result.unwrap_or_else(|error| {
         eprintln!("tandem: error: {error:#}");

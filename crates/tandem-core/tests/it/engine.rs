@@ -120,6 +120,70 @@ fn crash_detected_by_connection_close_means_takeover_at_once() {
     );
 }
 
+/// Issue 6: a standby still catching up on data would serve with mail
+/// missing; it reports `syncing` and stays out, even when the active crashes,
+/// and takes over as soon as it is in step again.
+#[test]
+fn a_standby_out_of_data_sync_does_not_take_over_until_in_sync() {
+    let mut b = node(pair_configs().remove(1));
+    b.step(Millis(0), hb("a", 1, 200, ConfiguredRole::Primary, Active));
+    let out = b.step(Millis(5), Input::DataSync { in_sync: false });
+    assert_eq!(
+        actions(&out),
+        vec![role_changed(
+            Standby,
+            EffectiveRole::Syncing,
+            Reason::DataSync { in_sync: false }
+        )]
+    );
+    let out = b.step(
+        Millis(10),
+        Input::PeerConnectionClosed {
+            peer: "a".to_owned(),
+        },
+    );
+    assert_eq!(
+        actions(&out),
+        vec![Output::Event(Event::PeerLost {
+            peer: "a".into(),
+            cause: LossCause::ConnectionClosed,
+        })]
+    );
+    assert_eq!(b.effective_role(Millis(10)), EffectiveRole::Syncing);
+    assert_eq!(
+        actions(&b.step(Millis(20), Input::Command(Command::FailoverActive))),
+        vec![Output::Refused {
+            command: Command::FailoverActive,
+            reason: Refusal::DataNotInSync,
+        }]
+    );
+    let out = b.step(Millis(30), Input::DataSync { in_sync: true });
+    assert_eq!(
+        actions(&out),
+        vec![
+            Output::ClaimVip { group: GroupId(0) },
+            Output::StartService,
+            // The takeover's cause is still the lost active.
+            role_changed(
+                EffectiveRole::Syncing,
+                Active,
+                Reason::PeerLost { peer: "a".into() }
+            ),
+        ]
+    );
+}
+
+/// The active's data is the reference: a stale report never demotes it.
+#[test]
+fn data_sync_state_does_not_affect_the_active() {
+    let mut a = node(pair_configs().remove(0));
+    let out = a.step(Millis(5_000), Input::Tick);
+    assert!(a.is_active(GroupId(0)), "{out:?}");
+    let out = a.step(Millis(5_010), Input::DataSync { in_sync: false });
+    assert_eq!(actions(&out), vec![]);
+    assert_eq!(a.effective_role(Millis(5_010)), Active);
+}
+
 #[test]
 fn a_peer_is_dead_only_when_every_link_is_silent() {
     let mut cfg = pair_configs().remove(1);

@@ -68,18 +68,14 @@ impl ApiClient {
         })
     }
 
-    fn addr(&self) -> &str {
+    /// The agent's address.
+    pub fn addr(&self) -> &str {
         self.base.trim_start_matches("http://")
     }
 
     /// The agent's base URL (`http://ADDR`).
     pub fn base(&self) -> String {
         self.base.clone()
-    }
-
-    /// A client for another agent with the same token.
-    pub fn to(&self, api: std::net::SocketAddr) -> anyhow::Result<ApiClient> {
-        Self::with_token(api, self.token.clone())
     }
 
     /// PUT raw bytes (an image upload), with their sha256 when known.
@@ -112,6 +108,23 @@ impl ApiClient {
             );
         }
         Ok(answer)
+    }
+
+    /// The same token, another agent (`api` is `HOST:PORT`).
+    pub fn with_api(&self, api: &str) -> ApiClient {
+        ApiClient {
+            base: format!("http://{api}"),
+            token: self.token.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// A request with the token set, for callers that need the raw answer
+    /// (statuses with a meaning, streamed bodies).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 
     /// GET a path; non-2xx answers are errors.
@@ -208,6 +221,7 @@ fn table(cluster: &Value) -> String {
             "HEARD",
             "VIP",
             "SERVICE",
+            "DATA",
         ]
         .map(String::from),
     ];
@@ -220,6 +234,7 @@ fn table(cluster: &Value) -> String {
                 name,
                 "?".into(),
                 "unreachable".into(),
+                "".into(),
                 "".into(),
                 "".into(),
                 "".into(),
@@ -258,6 +273,7 @@ fn table(cluster: &Value) -> String {
             } else {
                 "-".into()
             },
+            data_sync_cell(&report["sync"], &mut notes),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -302,6 +318,46 @@ fn table(cluster: &Value) -> String {
     out
 }
 
+/// The DATA column (issue 6): `source` on the replicating active, the
+/// receiver's state on a standby (`in-sync`, `syncing`, `stale`), `-`
+/// without `[sync]`. Each standby as the active sees it (state, lag,
+/// pending files) goes to the notes.
+fn data_sync_cell(sync: &Value, notes: &mut Vec<String>) -> String {
+    if sync["enabled"] != true {
+        return "-".into();
+    }
+    if let Some(replicator) = sync.get("replicator").filter(|r| !r.is_null()) {
+        let empty = Vec::new();
+        for peer in replicator["peers"].as_array().unwrap_or(&empty) {
+            notes.push(format!(
+                "sync {} → {}: {}, lag {}, {} pending{}",
+                text(&sync["data_sync"]),
+                text(&peer["name"]),
+                text(&peer["state"]),
+                peer["lag_ms"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
+                peer["pending_paths"].as_u64().unwrap_or(0),
+                peer["last_error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        return "source".into();
+    }
+    let state = text(&sync["receiver"]["state"]);
+    if sync["data_in_sync"] == false {
+        if state == "syncing" {
+            state
+        } else {
+            "stale".into()
+        }
+    } else {
+        state
+    }
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::String(s) if s.is_empty() => "-".into(),
@@ -344,6 +400,7 @@ pub async fn ha(command: HaCommand, json: bool) -> anyhow::Result<ExitCode> {
         HaCommand::Holdoff { secs, target } => {
             (Command::HaHoldoff(Duration::from_secs(secs)), target)
         }
+        HaCommand::Resync { target } => return super::sync::resync(&target, json).await,
     };
     send(command, &target, json).await
 }
@@ -383,9 +440,9 @@ async fn reload_standby(
     let mut standbys = Vec::new();
     for report in cluster["nodes"].as_array().into_iter().flatten() {
         if report["node"]["effective_role"] == "standby"
-            && let Some(api) = report["agent"]["api"].as_str().and_then(|a| a.parse().ok())
+            && let Some(api) = report["agent"]["api"].as_str()
         {
-            standbys.push((text(&report["node"]["node"]), local.to(api)?));
+            standbys.push((text(&report["node"]["node"]), local.with_api(api)));
         }
     }
     if standbys.is_empty() {

@@ -186,7 +186,7 @@ async fn clients(target: &ApiTarget, all: bool) -> anyhow::Result<Vec<(String, A
             .as_str()
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("node {name} is unreachable: {}", report["error"]))?;
-        out.push((name, local.to(api)?));
+        out.push((name, local.with_api(&api.to_string())));
     }
     if out.is_empty() {
         anyhow::bail!(

@@ -4,10 +4,13 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_sync;
+pub mod cert;
 pub mod cluster;
 pub mod completions;
 pub mod demo;
 pub mod image;
 pub mod mta;
 pub mod path;
+pub mod sync;
 pub mod upgrade;

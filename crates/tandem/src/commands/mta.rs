@@ -8,7 +8,9 @@ use tandem_mta::cli::{BenchRelayArgs, MtaCommand};
 
 /// Runs `tandem mta serve|load|sink`.
 pub async fn run(command: MtaCommand, json: bool) -> anyhow::Result<ExitCode> {
-    tandem_mta::cli::run(command, json).await?;
+    // Under an agent with [sync], every 250 waits for the cluster fsync.
+    let hook = super::sync::relay_hook()?;
+    tandem_mta::cli::run_with_hook(command, json, hook).await?;
     Ok(ExitCode::SUCCESS)
 }
 

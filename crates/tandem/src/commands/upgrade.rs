@@ -91,9 +91,9 @@ async fn active_client(local: &ApiClient) -> anyhow::Result<ApiClient> {
     let cluster = local.get("/v1/cluster").await?;
     for report in cluster["nodes"].as_array().into_iter().flatten() {
         if report["node"]["effective_role"] == "active"
-            && let Some(api) = report["agent"]["api"].as_str().and_then(|a| a.parse().ok())
+            && let Some(api) = report["agent"]["api"].as_str()
         {
-            return local.to(api);
+            return Ok(local.with_api(api));
         }
     }
     bail!("no node is active: an upgrade needs an active node to coordinate it")

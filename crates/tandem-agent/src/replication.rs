@@ -1,0 +1,690 @@
+//! Config and data sync in the agent (issue 6): the `[sync]` section, the
+//! sync receiver every node runs, the replicator the active node runs, and
+//! the API routes of cluster fsync, resync and the sync report.
+//!
+//! ```text
+//!   relay ─ POST /v1/sync/commit ─► commit() ─► Replicator ══TLS══► Receiver ─► data dir
+//!   CLI ─── POST /v1/sync/resync ─► resync()     (active only)       (every node)
+//!   CLI ─── GET  /v1/sync/report ─► report()                            │
+//!                                                                       ▼ events
+//!   driver ◄── next_input(): PeerConnectionClosed, DataSync{in_sync} ◄──┘
+//!   driver ──► after_step(): start / drop the Replicator on role change
+//! ```
+//!
+//! The driver keeps its narrow interface: one [`Replication`] field, one
+//! `select!` branch on [`Replication::next_input`], one call to
+//! [`Replication::after_step`] after every core step. Commits do not go
+//! through the driver loop: the API handlers hold the replicator directly,
+//! so a burst of commits never delays a heartbeat.
+//!
+//! **Crash detection.** With `[sync]`, the TLS receiver owns `node.sync`
+//! and replaces the HMAC crash detector of [`crate::sync`]: the active
+//! dials every standby, and the standby's receiver reports the close of
+//! that connection the moment the active's process dies; it becomes
+//! [`Input::PeerConnectionClosed`] at once. One connection, one port, one
+//! authentication (the cluster CA) instead of two. What is lost: the active
+//! no longer learns of a *standby's* crash instantly (heartbeat timeout
+//! instead), which changes nothing it does.
+//!
+//! **Stale standbys.** The core gets [`Input::DataSync`]: `false` while
+//! the receiver catches this node up, `true` once caught up. A close of the
+//! connection leaves the value as it was: a standby in sync when the active
+//! crashed holds every acknowledged commit (`semi`), one caught mid-catch-up
+//! does not. A node that boots while a peer is active counts as stale until
+//! that active has caught it up, so it cannot preempt with old data.
+//! `allow_stale_takeover = true` always reports `true`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tandem_core::{EffectiveRole, Input, Node};
+use tandem_sync::receiver::{Receiver, ReceiverConfig, ReceiverEvent};
+use tandem_sync::replicator::{DataSync, PeerAddr, Replicator, ReplicatorConfig, SyncMode};
+use tandem_sync::tls::TlsIdentity;
+use tokio::sync::mpsc;
+
+use crate::Error;
+use crate::config::AgentConfig;
+
+/// `[sync]` as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// `off`, `async` or `semi`.
+    #[serde(default = "default_data_sync")]
+    pub data_sync: String,
+    /// `degrade` or `strict`.
+    #[serde(default = "default_sync_mode")]
+    pub sync_mode: String,
+    /// How long a commit waits for a standby, e.g. `"2s"`.
+    #[serde(default = "default_sync_timeout")]
+    pub sync_timeout: String,
+    /// This node's certificate, key and the cluster CA (`tandem cert issue`).
+    pub cert_dir: PathBuf,
+    /// The service's data dir: what is replicated.
+    pub data_dir: PathBuf,
+    /// Where config files pushed by the active land.
+    pub config_dir: Option<PathBuf>,
+    /// Config files pushed to the standbys (by `tandem ha resync`).
+    #[serde(default)]
+    pub config: Vec<PathBuf>,
+    /// Let a standby that is not in sync take over (it may lose data).
+    #[serde(default)]
+    pub allow_stale_takeover: bool,
+}
+
+fn default_data_sync() -> String {
+    "semi".into()
+}
+fn default_sync_mode() -> String {
+    "degrade".into()
+}
+fn default_sync_timeout() -> String {
+    "2s".into()
+}
+
+/// `[sync]`, validated, with paths made absolute.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// How far a commit goes before it returns.
+    pub data_sync: DataSync,
+    /// What a commit does about a standby that does not confirm.
+    pub sync_mode: SyncMode,
+    /// How long a commit waits for a standby.
+    pub sync_timeout: Duration,
+    /// Certificates of this node.
+    pub cert_dir: PathBuf,
+    /// The replicated data dir.
+    pub data_dir: PathBuf,
+    /// Where pushed config files land.
+    pub config_dir: PathBuf,
+    /// Config files to push.
+    pub config: Vec<PathBuf>,
+    /// A stale standby may take over.
+    pub allow_stale_takeover: bool,
+}
+
+impl SyncSection {
+    /// Checks every key; relative paths are relative to `base` (the config
+    /// file's directory). On error: the key at fault and what to do.
+    pub fn resolve(self, base: &Path) -> Result<SyncSettings, (&'static str, String)> {
+        let data_sync = self.data_sync.parse().map_err(|e| ("sync.data_sync", e))?;
+        let sync_mode = self.sync_mode.parse().map_err(|e| ("sync.sync_mode", e))?;
+        let sync_timeout = crate::config::parse_duration(&self.sync_timeout)
+            .map_err(|e| ("sync.sync_timeout", e))?;
+        if sync_timeout.is_zero() || sync_timeout > Duration::from_secs(60) {
+            return Err((
+                "sync.sync_timeout",
+                format!(
+                    "{:?} is out of range: give 1ms to 60s (a commit holds the client that long at most)",
+                    self.sync_timeout
+                ),
+            ));
+        }
+        let data_dir = base.join(&self.data_dir);
+        let config_dir = match &self.config_dir {
+            Some(dir) => base.join(dir),
+            None => data_dir.with_file_name(format!(
+                "{}.config",
+                data_dir
+                    .file_name()
+                    .map_or("data".into(), |n| n.to_string_lossy())
+            )),
+        };
+        if config_dir.starts_with(&data_dir) || data_dir.starts_with(&config_dir) {
+            return Err((
+                "sync.config_dir",
+                format!(
+                    "{} and data_dir {} overlap: pushed config files would be replicated as data (or the reverse); use two separate directories",
+                    config_dir.display(),
+                    data_dir.display()
+                ),
+            ));
+        }
+        let mut config = Vec::new();
+        for file in &self.config {
+            let path = base.join(file);
+            if path.file_name().is_none() {
+                return Err((
+                    "sync.config",
+                    format!("{}: name a file, not a directory", file.display()),
+                ));
+            }
+            config.push(path);
+        }
+        Ok(SyncSettings {
+            data_sync,
+            sync_mode,
+            sync_timeout,
+            cert_dir: base.join(&self.cert_dir),
+            data_dir,
+            config_dir,
+            config,
+            allow_stale_takeover: self.allow_stale_takeover,
+        })
+    }
+}
+
+/// The agent's sync machinery; a no-op when the config has no `[sync]`.
+pub struct Replication {
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    events: mpsc::Receiver<ReceiverEvent>,
+    /// Inputs for the core, handed out by `next_input`.
+    queue: VecDeque<Input>,
+    /// What this node's data is, as last told to the core.
+    in_sync: bool,
+    /// An active has connected to this node's receiver since boot.
+    connected_since_boot: bool,
+}
+
+/// What the API handlers and the driver share.
+struct Shared {
+    node: String,
+    settings: SyncSettings,
+    identity: TlsIdentity,
+    peers: Vec<PeerAddr>,
+    /// `(name, API address)` of each peer: where to send a caller who asked
+    /// a standby for what only the active can do.
+    peer_apis: Vec<(String, SocketAddr)>,
+    token: String,
+    receiver: Receiver,
+    /// Plain std mutex: held to clone or swap the handle, never across await.
+    state: Mutex<RoleState>,
+}
+
+#[derive(Default)]
+struct RoleState {
+    /// Running while this node is active; dropped (tasks stop) when not.
+    replicator: Option<Replicator>,
+    /// The peer holding the service, when it is not this node.
+    active_peer: Option<String>,
+    /// Last `in_sync` told to the core, for status.
+    data_in_sync: bool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, RoleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn replicator(&self) -> Option<Replicator> {
+        self.state().replicator.clone()
+    }
+}
+
+impl Replication {
+    /// With `[sync]`: loads this node's certificates and serves the
+    /// receiver on `node.sync`. Without: a no-op.
+    pub async fn start(config: &AgentConfig) -> Result<Replication, Error> {
+        let Some(settings) = config.sync.clone() else {
+            return Ok(Replication { inner: None });
+        };
+        let sync_error = |e: tandem_sync::Error| Error::Config {
+            origin: config.origin.display().to_string(),
+            line: 0,
+            key: "sync".into(),
+            message: e.to_string(),
+        };
+        let identity =
+            TlsIdentity::load(&settings.cert_dir, &config.node.name).map_err(sync_error)?;
+        let (events_tx, events) = mpsc::channel(64);
+        let receiver = Receiver::new(ReceiverConfig {
+            identity: identity.clone(),
+            data_dir: settings.data_dir.clone(),
+            config_dir: settings.config_dir.clone(),
+            expected_peers: config.peers.iter().map(|p| p.name.clone()).collect(),
+            events: Some(events_tx),
+            handshake_timeout: Duration::from_secs(5),
+        })
+        .map_err(sync_error)?;
+        let addr = config.node.sync;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind {
+                what: "sync (TLS) listener".into(),
+                addr,
+                source,
+            })?;
+        let serving = receiver.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        tracing::info!(
+            %addr,
+            data_sync = ?settings.data_sync,
+            sync_mode = ?settings.sync_mode,
+            data_dir = %settings.data_dir.display(),
+            "sync receiver listening"
+        );
+        let shared = Arc::new(Shared {
+            node: config.node.name.clone(),
+            peers: config
+                .peers
+                .iter()
+                .map(|p| PeerAddr {
+                    name: p.name.clone(),
+                    addr: p.sync,
+                })
+                .collect(),
+            peer_apis: config
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.api))
+                .collect(),
+            token: config.secrets.api_token.clone(),
+            settings,
+            identity,
+            receiver,
+            state: Mutex::new(RoleState {
+                data_in_sync: true,
+                ..RoleState::default()
+            }),
+        });
+        Ok(Replication {
+            inner: Some(Inner {
+                shared,
+                events,
+                queue: VecDeque::new(),
+                in_sync: true,
+                connected_since_boot: false,
+            }),
+        })
+    }
+
+    /// Whether `[sync]` is configured (then the TLS receiver owns
+    /// `node.sync` and the HMAC crash detector must not run).
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The next input for the core: a crash seen by the sync channel, or a
+    /// change of this node's data-sync state. Never resolves when sync is
+    /// off. Cancel-safe (for `select!`).
+    pub async fn next_input(&mut self) -> Option<Input> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            if let Some(input) = inner.queue.pop_front() {
+                return Some(input);
+            }
+            let event = inner.events.recv().await?;
+            inner.on_event(event);
+        }
+    }
+
+    /// Called after every core step: starts the replicator when this node
+    /// became active, drops it when it stopped being active, and works out
+    /// whether a freshly booted standby must count as stale.
+    pub fn after_step(&mut self, node: &Node, now: tandem_core::Millis) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        let status = node.status(now);
+        let active = status.effective_role == EffectiveRole::Active;
+        let active_peer = status
+            .groups
+            .iter()
+            .filter_map(|g| g.holder.clone())
+            .find(|holder| *holder != inner.shared.node);
+        {
+            let mut state = inner.shared.state();
+            state.active_peer = active_peer.clone();
+            match (active, state.replicator.is_some()) {
+                (true, false) => match start_replicator(&inner.shared) {
+                    Ok(replicator) => {
+                        tracing::info!(data_sync = ?inner.shared.settings.data_sync, "active: replicating to the standbys");
+                        state.replicator = Some(replicator);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start replicating; commits will fail")
+                    }
+                },
+                (false, true) => {
+                    tracing::info!("no longer active: replication stopped");
+                    state.replicator = None;
+                }
+                _ => {}
+            }
+        }
+        if active {
+            // This node's data is the reference now.
+            inner.tell_core(true);
+        } else if !inner.connected_since_boot && active_peer.is_some() {
+            // Booted while another node serves: whatever this node has is
+            // older than the active's until the active has caught it up.
+            inner.tell_core(false);
+        }
+    }
+
+    /// Environment for the service: where the agent's API is and the token
+    /// file, so the relay can call `POST /v1/sync/commit`. Empty without
+    /// `[sync]`: then the relay has no reason to call.
+    pub fn service_env(&self, config: &AgentConfig) -> Vec<(String, String)> {
+        if self.inner.is_none() {
+            return Vec::new();
+        }
+        vec![
+            ("TANDEM_API".into(), config.node.api.to_string()),
+            (
+                "TANDEM_TOKEN_FILE".into(),
+                config.node.token_file.display().to_string(),
+            ),
+        ]
+    }
+
+    /// The `sync` part of `/v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let Some(inner) = &self.inner else {
+            return serde_json::json!({"enabled": false});
+        };
+        let shared = &inner.shared;
+        let state = shared.state();
+        let settings = &shared.settings;
+        serde_json::json!({
+            "enabled": true,
+            "data_sync": settings.data_sync,
+            "sync_mode": settings.sync_mode,
+            "data_dir": settings.data_dir,
+            "allow_stale_takeover": settings.allow_stale_takeover,
+            "data_in_sync": state.data_in_sync,
+            "receiver": shared.receiver.status(),
+            "replicator": state.replicator.as_ref().map(Replicator::status),
+        })
+    }
+
+    /// The sync routes, to merge into the API: `POST /v1/sync/commit`,
+    /// `POST /v1/sync/resync` and `GET /v1/sync/report`. Empty without
+    /// `[sync]` (the routes then answer 404).
+    pub fn router(&self) -> Router {
+        let Some(inner) = &self.inner else {
+            return Router::new();
+        };
+        Router::new()
+            .route("/v1/sync/commit", post(commit))
+            .route("/v1/sync/resync", post(resync))
+            .route("/v1/sync/report", get(report))
+            .with_state(inner.shared.clone())
+    }
+}
+
+impl Inner {
+    fn on_event(&mut self, event: ReceiverEvent) {
+        match event {
+            ReceiverEvent::Connected { peer } => {
+                tracing::info!(%peer, "sync connection from the active: catching up");
+                self.connected_since_boot = true;
+                self.tell_core(false);
+            }
+            ReceiverEvent::CaughtUp { peer } => {
+                tracing::info!(%peer, "data in sync with the active");
+                self.tell_core(true);
+            }
+            ReceiverEvent::Closed { peer, error } => {
+                // The data state stays what it was: in sync means every
+                // acknowledged commit is here.
+                tracing::info!(%peer, error = ?error, "sync connection closed");
+                self.queue.push_back(Input::PeerConnectionClosed { peer });
+            }
+            ReceiverEvent::Refused { from, reason } => {
+                tracing::warn!(%from, %reason, "sync connection refused");
+            }
+            ReceiverEvent::ConfigUpdated { name, path } => {
+                tracing::info!(%name, path = %path.display(), "config file updated by the active");
+            }
+            ReceiverEvent::Journal { ack, .. } => {
+                // Upgrade journals are another issue; say so rather than
+                // leave the active waiting.
+                let _ = ack.send(Err("this agent does not keep an upgrade journal yet".into()));
+            }
+        }
+    }
+
+    fn tell_core(&mut self, in_sync: bool) {
+        let in_sync = in_sync || self.shared.settings.allow_stale_takeover;
+        if in_sync != self.in_sync {
+            self.in_sync = in_sync;
+            self.shared.state().data_in_sync = in_sync;
+            self.queue.push_back(Input::DataSync { in_sync });
+        }
+    }
+}
+
+fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
+    let settings = &shared.settings;
+    let mut config = ReplicatorConfig::new(
+        shared.identity.clone(),
+        settings.data_dir.clone(),
+        shared.peers.clone(),
+    );
+    config.data_sync = settings.data_sync;
+    config.sync_mode = settings.sync_mode;
+    config.sync_timeout = settings.sync_timeout;
+    Replicator::start(config)
+}
+
+// ------------------------------------------------------------------ routes
+
+/// Constant-time bearer token check (the same rule as the rest of the API).
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|g| {
+        g.len() == shared.token.len()
+            && g.bytes()
+                .zip(shared.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn denied() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (see the node's token_file)".into(),
+    )
+}
+
+/// 409 naming the active node and its API, so a client can ask there.
+fn not_active(shared: &Shared) -> Response {
+    let active = shared.state().active_peer.clone();
+    let api = active.as_ref().and_then(|name| {
+        shared
+            .peer_apis
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| addr.to_string())
+    });
+    let message = match &active {
+        Some(name) => format!(
+            "{} is not the active node; {name} is (ask its API at {})",
+            shared.node,
+            api.as_deref().unwrap_or("?")
+        ),
+        None => format!("{} is not the active node, and no node is", shared.node),
+    };
+    (
+        StatusCode::CONFLICT,
+        Json(serde_json::json!({"error": message, "active": active, "active_api": api})),
+    )
+        .into_response()
+}
+
+/// The body of `POST /v1/sync/commit`: `{"paths": [...]}` or a bare list.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum CommitRequest {
+    /// `{"paths": ["queue/ID", ...]}`
+    Paths {
+        /// Files under the data dir, absolute or relative to it.
+        paths: Vec<PathBuf>,
+    },
+    /// `["queue/ID", ...]`
+    List(Vec<PathBuf>),
+}
+
+/// Cluster fsync. 200 with the durability reached; 503 when `strict` and
+/// a standby did not confirm (the caller must not acknowledge: the relay
+/// answers 451/452); 400 for a path outside the data dir; 409 when this
+/// node is not active (a service running here must not acknowledge).
+async fn commit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(request): Json<CommitRequest>,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return denied();
+    }
+    let paths = match request {
+        CommitRequest::Paths { paths } | CommitRequest::List(paths) => paths,
+    };
+    let Some(replicator) = shared.replicator() else {
+        return not_active(&shared);
+    };
+    match replicator.commit(&paths).await {
+        Ok(durability) => Json(durability).into_response(),
+        Err(e @ tandem_sync::Error::NotReplicated { .. }) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e @ tandem_sync::Error::BadPath { .. }) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{e} (paths must be under the data dir {})",
+                shared.settings.data_dir.display()
+            ),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `tandem ha resync`: pushes the config files, then every data file, to
+/// every standby. The answer is a stream of JSON lines: `{"progress": ...}`
+/// after each chunk, then `{"done": [outcome per peer], "config": [...]}`.
+async fn resync(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return denied();
+    }
+    let Some(replicator) = shared.replicator() else {
+        return not_active(&shared);
+    };
+    let (lines, mut rx) = mpsc::channel::<String>(64);
+    let progress_lines = lines.clone();
+    let config_files = shared.settings.config.clone();
+    tokio::spawn(async move {
+        let mut config_outcomes = Vec::new();
+        for file in &config_files {
+            let name = file
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let outcome = match tokio::fs::read(file).await {
+                Ok(content) => {
+                    let mode = file_mode(file).await;
+                    match replicator.push_config(&name, &content, mode).await {
+                        Ok(peers) => serde_json::json!({"file": name, "peers": peers}),
+                        Err(e) => serde_json::json!({"file": name, "error": e.to_string()}),
+                    }
+                }
+                Err(e) => {
+                    serde_json::json!({"file": name, "error": format!("{}: {e}", file.display())})
+                }
+            };
+            config_outcomes.push(outcome);
+        }
+        let progress: tandem_sync::replicator::ProgressFn = Arc::new(move |p| {
+            // A full channel only thins the progress bar; never block the
+            // transfer on a slow client.
+            let _ = progress_lines.try_send(serde_json::json!({ "progress": p }).to_string());
+        });
+        let outcomes = replicator.resync(Some(progress)).await;
+        let _ = lines
+            .send(serde_json::json!({"done": outcomes, "config": config_outcomes}).to_string())
+            .await;
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|line| line.map(|l| Ok::<_, std::io::Error>(format!("{l}\n"))))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::metadata(path)
+        .await
+        .map_or(0o644, |m| m.permissions().mode() & 0o777)
+}
+
+/// `tandem sync report`: every node's data manifest compared file by file.
+async fn report(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return denied();
+    }
+    let Some(replicator) = shared.replicator() else {
+        return not_active(&shared);
+    };
+    match replicator.report().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(extra: &str) -> SyncSection {
+        toml::from_str(&format!(
+            "cert_dir = \"certs\"\ndata_dir = \"data\"\n{extra}"
+        ))
+        .expect("test TOML parses")
+    }
+
+    #[test]
+    fn defaults_are_semi_degrade_two_seconds() {
+        let settings = section("")
+            .resolve(Path::new("/etc/tandem"))
+            .expect("valid");
+        assert_eq!(settings.data_sync, DataSync::Semi);
+        assert_eq!(settings.sync_mode, SyncMode::Degrade);
+        assert_eq!(settings.sync_timeout, Duration::from_secs(2));
+        assert_eq!(settings.data_dir, Path::new("/etc/tandem/data"));
+        assert_eq!(settings.config_dir, Path::new("/etc/tandem/data.config"));
+        assert!(!settings.allow_stale_takeover);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (extra, key) in [
+            ("data_sync = \"sync\"", "sync.data_sync"),
+            ("sync_mode = \"lenient\"", "sync.sync_mode"),
+            ("sync_timeout = \"0s\"", "sync.sync_timeout"),
+            ("sync_timeout = \"soon\"", "sync.sync_timeout"),
+            ("config_dir = \"data/config\"", "sync.config_dir"),
+        ] {
+            let err = section(extra).resolve(Path::new("/x")).expect_err(extra);
+            assert_eq!(err.0, key, "{extra}: {}", err.1);
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `tandem bench sync`: what cluster fsync costs, and what it saves.
+//!
+//! A local pair runs the relay (spool in its `[sync]` data dir) in front of
+//! an in-process counting sink; the same load goes through it with
+//! `data_sync = off`, `async` and `semi`, then once more in `semi` with a
+//! kill -9 of the active agent in the middle of the load. The figures are
+//! printed, never asserted: the machine decides them.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tandem_mta::Listen;
+use tandem_mta::load::{LoadOptions, LoadReport, load};
+use tandem_mta::sink::Sink;
+
+use crate::localcluster::{ClusterSpec, LocalCluster};
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A started pair with `data_sync = mode`, relaying to `next_hop`, settled
+/// with its standby in sync.
+async fn relay_pair(mode: &str, next_hop: SocketAddr) -> anyhow::Result<LocalCluster> {
+    let exe = std::env::current_exe().context("cannot find the tandem binary")?;
+    let script = format!(
+        "exec {} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}",
+        exe.display()
+    );
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service: vec!["sh".into(), "-c".into(), script],
+        extra_toml: "cwd = \".\"\n".into(),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: "bench".into(),
+        log_dir: None,
+        exe: Some(exe),
+        remote_as_heartbeat: false,
+        groups: 1,
+        vip: None,
+    };
+    let mut cluster = LocalCluster::create(&spec)?;
+    cluster.enable_sync(&format!("data_sync = \"{mode}\"\n"))?;
+    cluster.start_all()?;
+    cluster.wait_for_active(0, Duration::from_secs(15)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cluster.status(0).await.unwrap_or_default();
+        let in_sync = status["sync"]["replicator"]["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["state"] == "in-sync"));
+        // The relay must be up too: it greets on the VIP.
+        if in_sync && tokio::net::TcpStream::connect(cluster.vip).await.is_ok() {
+            return Ok(cluster);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{mode}: the standby never came in sync"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn send(to: SocketAddr, messages: u64, concurrency: usize) -> anyhow::Result<LoadReport> {
+    Ok(load(LoadOptions {
+        to,
+        messages,
+        concurrency,
+        size: 4096,
+        timeout: Duration::from_secs(120),
+    })
+    .await?)
+}
+
+fn p99(mut samples: Vec<u64>) -> u64 {
+    samples.sort_unstable();
+    samples
+        .get((samples.len() * 99 / 100).min(samples.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Runs the benchmark and prints the figures.
+pub async fn run(messages: u64, concurrency: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let mut report = serde_json::Map::new();
+    for mode in ["off", "async", "semi"] {
+        let sink_addr = free_addr()?;
+        let _sink = Sink::bind(Listen::Bind(vec![sink_addr]), 0).await?;
+        let cluster = relay_pair(mode, sink_addr).await?;
+        // Sample the replication lag the active reports while the load runs.
+        let done = AtomicBool::new(false);
+        let sampler = async {
+            let mut lags = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                if let Some(lag) = cluster
+                    .status(0)
+                    .await
+                    .and_then(|s| s["sync"]["replicator"]["peers"][0]["lag_ms"].as_u64())
+                {
+                    lags.push(lag);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lags
+        };
+        let loader = async {
+            let result = send(cluster.vip, messages, concurrency).await;
+            done.store(true, Ordering::Relaxed);
+            result
+        };
+        let (result, lag_samples) = tokio::join!(loader, sampler);
+        let result = result?;
+        let status = cluster.status(0).await.unwrap_or_default();
+        let replicator = &status["sync"]["replicator"];
+        let mut figures = json!({
+            "msgs_per_s": (result.msgs_per_s * 10.0).round() / 10.0,
+            "acknowledged": result.acknowledged,
+            "smtp_p99_ms": result.latency.p99_ms,
+        });
+        match mode {
+            "async" => figures["lag_p99_ms"] = json!(p99(lag_samples)),
+            // Every 250 waited for its commit: the transaction's p99 bounds
+            // the commit's.
+            "semi" => {
+                figures["commit_p99_ms"] = json!(result.latency.p99_ms);
+                figures["batches"] = replicator["batches"].clone();
+                figures["commits"] = replicator["commits"].clone();
+            }
+            _ => {}
+        }
+        if !json {
+            eprintln!("{mode}: {figures}");
+        }
+        report.insert(mode.into(), figures);
+    }
+    report.insert("crash".into(), crash(messages, concurrency).await?);
+    if json {
+        println!("{}", Value::Object(report));
+    } else {
+        let r = Value::Object(report);
+        let semi = r["semi"]["msgs_per_s"].as_f64().unwrap_or(0.0);
+        let off = r["off"]["msgs_per_s"].as_f64().unwrap_or(0.0);
+        println!(
+            "off {off} msg/s  async {} msg/s (lag p99 {} ms)  semi {semi} msg/s (p99 {} ms, {:.0} % of off)",
+            r["async"]["msgs_per_s"],
+            r["async"]["lag_p99_ms"],
+            r["semi"]["commit_p99_ms"],
+            if off > 0.0 { semi / off * 100.0 } else { 0.0 }
+        );
+        println!(
+            "crash (kill -9 of the active mid-load, semi): acknowledged {}  delivered {}  lost {}  duplicates {}",
+            r["crash"]["acknowledged"],
+            r["crash"]["delivered"],
+            r["crash"]["lost"],
+            r["crash"]["duplicates"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `semi`, kill -9 of the active halfway through the load: counts the
+/// acknowledged messages that never reach the sink after the failover.
+async fn crash(messages: u64, concurrency: usize) -> anyhow::Result<Value> {
+    let sink_addr = free_addr()?;
+    let sink = Sink::bind(Listen::Bind(vec![sink_addr]), 0).await?;
+    let mut cluster = relay_pair("semi", sink_addr).await?;
+    let vip = cluster.vip;
+    let load = tokio::spawn(async move { send(vip, messages, concurrency).await });
+    // Kill once about half the load has reached the sink.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while sink.report(None).distinct_ids < messages / 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.kill(0);
+    let result = load.await.context("the load task failed")??;
+    let acked = result.acked_ids.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sink.report(Some(&acked)).missing != Some(0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = sink.report(Some(&acked));
+    Ok(json!({
+        "acknowledged": acked.len(),
+        "delivered": acked.len() as u64 - delivered.missing.unwrap_or(0),
+        "lost": delivered.missing.unwrap_or(0),
+        "duplicates": delivered.duplicates,
+        "rejected_during_failover": result.rejected + result.failed_sessions,
+    }))
+}

@@ -1,0 +1,367 @@
+//! Config and data sync end to end (issue 6): real agents with `[sync]`,
+//! the relay as their service committing through `POST /v1/sync/commit`,
+//! a counting sink as its next hop, faults injected with kill -9.
+//!
+//! The clusters of this file run one at a time (a shared lock), as in
+//! `agent.rs`: the hold time must not be eaten by clusters competing for
+//! the same cores.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command as Process;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem::localcluster::{ClusterSpec, LocalCluster};
+use tandem_mta::Listen;
+use tandem_mta::load::{LoadOptions, LoadReport, load};
+use tandem_mta::sink::Sink;
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+}
+
+/// A free loopback port for the next hop; nothing listens on it until a
+/// test binds its sink there.
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A pair with `[sync]` (`keys` added to it) whose service is `service`,
+/// started. The relay's spool lives in its node's data dir.
+fn sync_pair(service: Vec<String>, keys: &str) -> LocalCluster {
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service,
+        extra_toml: "cwd = \".\"\n".into(),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: "6.2.0".into(),
+        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
+        exe: Some(EXE.into()),
+        remote_as_heartbeat: false,
+        groups: 1,
+        vip: None,
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync(keys)
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster
+}
+
+fn relay_pair(next_hop: SocketAddr, keys: &str) -> LocalCluster {
+    let script =
+        format!("exec {EXE} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
+    sync_pair(vec!["sh".into(), "-c".into(), script], keys)
+}
+
+fn name_service_pair(keys: &str) -> LocalCluster {
+    sync_pair(
+        vec![EXE.into(), "bench".into(), "name-service".into()],
+        keys,
+    )
+}
+
+/// Waits until node `active` is active, the other standby, and the
+/// active's replicator has every standby in sync.
+fn settle_in_sync(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: usize) {
+    rt.block_on(cluster.wait_for_active(active, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let peers_in_sync = |status: &Value| {
+        status["sync"]["replicator"]["peers"]
+            .as_array()
+            .is_some_and(|peers| peers.iter().all(|p| p["state"] == "in-sync"))
+    };
+    wait_until("the standby in sync", Duration::from_secs(10), || {
+        rt.block_on(cluster.status(active))
+            .is_some_and(|s| peers_in_sync(&s))
+    });
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn send(rt: &tokio::runtime::Runtime, to: SocketAddr, messages: u64) -> LoadReport {
+    rt.block_on(load(LoadOptions {
+        to,
+        messages,
+        concurrency: 4,
+        size: 2048,
+        timeout: Duration::from_secs(20),
+    }))
+    .unwrap_or_else(|e| panic!("load: {e}"))
+}
+
+/// The file names in a spool's queue.
+fn queued(data_dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(data_dir.join("spool/queue"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, String) {
+    let out = Process::new(EXE)
+        .args(args)
+        .arg("--api")
+        .arg(cluster.nodes[node].api.to_string())
+        .arg("--token-file")
+        .arg(cluster.dir.join("api.token"))
+        .env_remove("TANDEM_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("run tandem: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The guarantee of `semi`: a 250 means the standby has the message on
+/// disk, so a kill -9 of the active right after it loses nothing.
+#[test]
+fn semi_acknowledged_mail_is_on_the_standby_and_delivered_after_kill_9() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    // The next hop is down for now: acknowledged mail stays spooled.
+    let next_hop = free_addr();
+    let mut cluster = relay_pair(next_hop, "data_sync = \"semi\"\n");
+    settle_in_sync(&rt, &cluster, 0);
+
+    let report = send(&rt, cluster.vip, 30);
+    assert_eq!(report.acknowledged, 30, "{report:?}");
+    let on_active = queued(&cluster.data_dir(0));
+    let on_standby = queued(&cluster.data_dir(1));
+    assert_eq!(on_active.len(), 30, "every message spooled on the active");
+    assert!(
+        on_active.is_subset(&on_standby),
+        "acknowledged but not on the standby: {:?}",
+        on_active.difference(&on_standby).collect::<Vec<_>>()
+    );
+
+    // One more, and the active dies right after its 250.
+    let last = send(&rt, cluster.vip, 1);
+    assert_eq!(last.acknowledged, 1, "{last:?}");
+    cluster.kill(0);
+    let acked: Vec<String> = report
+        .acked_ids
+        .iter()
+        .chain(&last.acked_ids)
+        .cloned()
+        .collect();
+
+    let sink = rt
+        .block_on(Sink::bind(Listen::Bind(vec![next_hop]), 0))
+        .unwrap_or_else(|e| panic!("sink: {e}"));
+    wait_until(
+        "every acknowledged message at the sink",
+        Duration::from_secs(20),
+        || sink.report(Some(&acked)).missing == Some(0),
+    );
+    let delivered = sink.report(Some(&acked));
+    println!(
+        "crash after 250: acknowledged {} delivered {} duplicates {}",
+        acked.len(),
+        delivered.distinct_ids,
+        delivered.duplicates
+    );
+    let status = rt.block_on(cluster.status(1)).unwrap_or_default();
+    assert_eq!(status["node"]["effective_role"], "active", "{status}");
+}
+
+/// A standby that is down: `degrade` carries on and says so; `strict`
+/// refuses, so the relay answers 4xx and the client keeps its message.
+#[test]
+fn standby_down_degrade_carries_on_strict_refuses() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    for mode in ["degrade", "strict"] {
+        let sink_addr = free_addr();
+        let sink = rt
+            .block_on(Sink::bind(Listen::Bind(vec![sink_addr]), 0))
+            .unwrap_or_else(|e| panic!("sink: {e}"));
+        let mut cluster = relay_pair(
+            sink_addr,
+            &format!("data_sync = \"semi\"\nsync_mode = \"{mode}\"\nsync_timeout = \"500ms\"\n"),
+        );
+        settle_in_sync(&rt, &cluster, 0);
+        let before = send(&rt, cluster.vip, 3);
+        assert_eq!(before.acknowledged, 3, "{mode}: {before:?}");
+
+        cluster.kill(1);
+        wait_until("the standby seen gone", Duration::from_secs(5), || {
+            rt.block_on(cluster.status(0))
+                .is_some_and(|s| s["sync"]["replicator"]["peers"][0]["state"] == "disconnected")
+        });
+        let after = send(&rt, cluster.vip, 3);
+        let status = rt.block_on(cluster.status(0)).unwrap_or_default();
+        let replicator = &status["sync"]["replicator"];
+        if mode == "degrade" {
+            assert_eq!(after.acknowledged, 3, "degrade: {after:?}");
+            assert!(
+                replicator["degraded_commits"].as_u64() >= Some(3),
+                "{replicator}"
+            );
+        } else {
+            assert_eq!(after.acknowledged, 0, "strict: {after:?}");
+            assert_eq!(after.rejected, 3, "strict: {after:?}");
+            assert!(
+                replicator["failed_commits"].as_u64() >= Some(3),
+                "{replicator}"
+            );
+        }
+        // Nothing acknowledged is lost either way.
+        let acked: Vec<String> = before
+            .acked_ids
+            .iter()
+            .chain(&after.acked_ids)
+            .cloned()
+            .collect();
+        wait_until(
+            "acknowledged mail delivered",
+            Duration::from_secs(10),
+            || sink.report(Some(&acked)).missing == Some(0),
+        );
+    }
+}
+
+/// Huawei's synchronization report: a file changed by hand on the standby
+/// shows as a difference (exit 1); `tandem ha resync` puts it right.
+#[test]
+fn sync_report_shows_a_difference_made_by_hand_and_resync_repairs_it() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = name_service_pair("data_sync = \"semi\"\n");
+    settle_in_sync(&rt, &cluster, 0);
+    std::fs::write(cluster.data_dir(0).join("shared.txt"), "from the active\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resync = tandem(&cluster, 1, &["ha", "resync", "--json"]);
+    assert_eq!(resync.0, 0, "{resync:?}");
+    let (code, out, err) = tandem(&cluster, 0, &["sync", "report"]);
+    assert_eq!(code, 0, "in step after the resync: {out}{err}");
+
+    std::fs::write(cluster.data_dir(1).join("shared.txt"), "edited by hand\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Asked of the standby: it points the CLI at the active.
+    let (code, out, err) = tandem(&cluster, 1, &["sync", "report"]);
+    assert_eq!(code, 1, "a difference: {out}{err}");
+    assert!(out.contains("data/shared.txt"), "{out}");
+    let (code, json, _) = tandem(&cluster, 0, &["sync", "report", "--json"]);
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(report["agree"], false, "{report}");
+
+    let resync = tandem(&cluster, 0, &["ha", "resync"]);
+    assert_eq!(resync.0, 0, "{resync:?}");
+    assert!(resync.1.contains("beta: resynced"), "{resync:?}");
+    let text = std::fs::read_to_string(cluster.data_dir(1).join("shared.txt"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(text, "from the active\n");
+    let (code, out, err) = tandem(&cluster, 0, &["sync", "report"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A node whose certificate another CA signed is refused by its peer,
+/// with a reason, and never counts as in sync.
+#[test]
+fn a_certificate_from_another_ca_is_refused() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let spec_keys = "data_sync = \"semi\"\n";
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service: vec![EXE.into(), "bench".into(), "name-service".into()],
+        extra_toml: String::new(),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: "6.2.0".into(),
+        log_dir: None,
+        exe: Some(EXE.into()),
+        remote_as_heartbeat: false,
+        groups: 1,
+        vip: None,
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync(spec_keys)
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    // alpha's certificate and key from a rogue CA; the trusted CA stays.
+    let rogue = cluster.dir.join("rogue");
+    tandem_sync::cert::init(&rogue.join("ca")).unwrap_or_else(|e| panic!("{e}"));
+    tandem_sync::cert::issue(&rogue.join("ca"), "alpha", &rogue.join("certs"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for file in ["alpha.pem", "alpha.key"] {
+        std::fs::copy(
+            rogue.join("certs").join(file),
+            cluster.dir.join("certs").join(file),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    let role = |i: usize| {
+        rt.block_on(cluster.status(i))
+            .map(|s| s["node"]["effective_role"].clone())
+            .unwrap_or_default()
+    };
+    // alpha serves; beta, which the active cannot reach, counts as stale.
+    wait_until(
+        "alpha active, beta syncing",
+        Duration::from_secs(15),
+        || role(0) == "active" && role(1) == "syncing",
+    );
+    wait_until(
+        "beta to refuse alpha's certificate",
+        Duration::from_secs(10),
+        || {
+            rt.block_on(cluster.status(1))
+                .and_then(|s| s["sync"]["receiver"]["refused_connections"].as_u64())
+                .is_some_and(|n| n > 0)
+        },
+    );
+    let standby = rt.block_on(cluster.status(1)).unwrap_or_default();
+    let why = standby["sync"]["receiver"]["last_refused"]
+        .as_str()
+        .unwrap_or("");
+    assert!(why.contains("TLS"), "{standby}");
+    let active = rt.block_on(cluster.status(0)).unwrap_or_default();
+    assert_ne!(
+        active["sync"]["replicator"]["peers"][0]["state"], "in-sync",
+        "{active}"
+    );
+}
