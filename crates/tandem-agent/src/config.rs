@@ -665,6 +665,20 @@ fn read_secret(
     };
     let bytes =
         std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    // A secret others can read is no secret: say so, loudly, but start —
+    // refusing would turn a permissions slip into an outage.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %path.display(),
+                key,
+                "the file is readable by group or others: chmod 600 it"
+            );
+        }
+    }
     let trimmed = bytes.trim_ascii();
     if trimmed.len() < min_len {
         return Err(fail(format!(

@@ -268,10 +268,11 @@ fn table(cluster: &Value) -> String {
             links,
             heard,
             if vip > 0 { "owner".into() } else { "-".into() },
-            if agent["service_running"] == true {
-                "running".into()
-            } else {
-                "-".into()
+            match (agent["service_running"] == true, node["healthy"] != false) {
+                (true, true) => "running".into(),
+                (true, false) => "running, UNHEALTHY".into(),
+                (false, true) => "-".into(),
+                (false, false) => "unhealthy".into(),
             },
             data_sync_cell(&report["sync"], &mut notes),
         ]);
@@ -292,6 +293,11 @@ fn table(cluster: &Value) -> String {
     for report in nodes {
         let rejected = &report["node"]["counters"]["rejected"];
         let name = text(&report["node"]["node"]);
+        if report["agent"]["allow_unsigned"] == true {
+            notes.push(format!(
+                "{name}: accepts unsigned images (allow_unsigned = true)"
+            ));
+        }
         for (reason, hint) in [
             ("bad-mac", "peer unauthenticated: cluster key mismatch?"),
             (
