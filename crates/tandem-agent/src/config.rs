@@ -333,20 +333,8 @@ pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duratio
 
 /// `"500ms"`, `"10s"`, `"2m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a duration: write e.g. \"200ms\", \"5s\" or \"2m\"")
-    })?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("{text:?}: the unit must be ms, s or m")),
-    }
+    // One spelling of durations across every tandem file: the images'.
+    tandem_image::manifest::parse_duration(text)
 }
 
 #[derive(Deserialize)]
