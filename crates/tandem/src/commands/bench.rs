@@ -284,6 +284,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Set by SIGTERM: the name service stops accepting.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// SIGTERM handler: only an atomic store, which is async-signal-safe.
+extern "C" fn stop_accepting(_: libc::c_int) {
+    STOPPING.store(true, Ordering::Relaxed);
+}
+
 /// The benchmark's service: answers each connection on its socket-activated
 /// sockets (fd 3 and up, one thread each) with this node's name
 /// (`TANDEM_NODE`), then closes. Tiny on purpose, so the gap measures
@@ -304,21 +312,58 @@ pub fn name_service() -> anyhow::Result<ExitCode> {
     }
     let name = std::env::var("TANDEM_NODE").unwrap_or_else(|_| "unknown".into());
     let answer = format!("{name}\n");
-    let serve = move |fd: i32| -> () {
+    // SIGTERM (the agent releasing the VIP) stops accepting at once, but a
+    // connection already accepted still gets its answer: a planned
+    // switchover must fail no client.
+    // SAFETY: the handler only does async-signal-safe work (see below).
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            stop_accepting as *const () as libc::sighandler_t,
+        )
+    };
+    let serve = move |fd: i32| {
         // SAFETY: fds 3.. were handed to this process by the
         // socket-activation protocol checked above; nothing else owns them.
         let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        loop {
-            let Ok((mut stream, _)) = listener.accept() else {
-                continue;
+        // Non-blocking accept behind poll(2): a connection wakes the thread
+        // at once, and every 50 ms it looks whether SIGTERM asked it to
+        // stop. (Shutting the socket down instead would break it for the
+        // agent and the next service instance too: they share it.)
+        if listener.set_nonblocking(true).is_err() {
+            return;
+        }
+        while !STOPPING.load(Ordering::Relaxed) {
+            let mut poll = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
             };
-            let _ = stream.write_all(answer.as_bytes());
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let ready = unsafe { libc::poll(&mut poll, 1, 50) };
+            if ready <= 0 {
+                continue;
+            }
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.write_all(answer.as_bytes());
+                }
+                // Another thread won the race, or the listener is suspended
+                // (tandem listener suspend): wait for the next wake-up.
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
     };
-    for fd in 4..3 + fds {
-        let serve = serve.clone();
-        std::thread::spawn(move || serve(fd));
-    }
+    let threads: Vec<_> = (4..3 + fds)
+        .map(|fd| {
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(fd))
+        })
+        .collect();
     serve(3);
+    for thread in threads {
+        let _ = thread.join();
+    }
     Ok(ExitCode::SUCCESS)
 }
