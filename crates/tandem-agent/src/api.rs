@@ -26,6 +26,8 @@
 //! | POST | `/v1/upgrade/abort` | stop at the next safe point |
 //! | PUT | `/v1/upgrade/journal` | a peer's replica of the journal |
 //! | POST | `/v1/backup` | copy config and HA state to `state_dir/backups` |
+//! | GET | `/v1/backups` | this node's backups |
+//! | POST | `/v1/backup/restore` | `{"backup": ID, "force"?}`: restore (another node's only with force) |
 //! | POST | `/v1/config-link` | `{"connected": bool}`: ESA's clusterconfig disconnect/reconnect |
 //! | GET | `/metrics` | Prometheus text format, no token needed |
 //! | POST | `/v1/sync/...` | cluster fsync, resync, report: see [`crate::replication`] |
@@ -43,6 +45,7 @@ use tandem_core::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
+use crate::backup;
 use crate::firmware::Firmware;
 use crate::upgrade::{self, UpgradeRequest, Upgrades};
 use tandem_image::slots::SlotName;
@@ -156,6 +159,7 @@ struct ApiState {
     upgrades: Upgrades,
     state_dir: std::path::PathBuf,
     config_file: std::path::PathBuf,
+    node: String,
 }
 
 /// What the API serves from.
@@ -176,6 +180,8 @@ pub struct ApiSetup {
     pub state_dir: std::path::PathBuf,
     /// The node's config file (backups).
     pub config_file: std::path::PathBuf,
+    /// This node's name (a restore checks it).
+    pub node: String,
     /// Routes other modules serve (data sync).
     pub extra_routes: Router,
 }
@@ -191,6 +197,7 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         upgrades,
         state_dir,
         config_file,
+        node,
         extra_routes,
     } = setup;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -213,6 +220,7 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         upgrades,
         state_dir,
         config_file,
+        node,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -232,6 +240,8 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         .route("/v1/upgrade/abort", post(upgrade_abort))
         .route("/v1/upgrade/journal", put(upgrade_replica))
         .route("/v1/backup", post(backup))
+        .route("/v1/backups", get(backups_list))
+        .route("/v1/backup/restore", post(backup_restore))
         .route("/v1/config-link", post(config_link))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -622,7 +632,41 @@ async fn backup(
         return denied();
     }
     tracing::info!(%from, "backup");
-    slot_answer(upgrade::take_backup(&state.state_dir, &state.config_file))
+    slot_answer(backup::create(&state.state_dir, &state.config_file))
+}
+
+async fn backups_list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    slot_answer(backup::list(&state.state_dir))
+}
+
+/// The body of `POST /v1/backup/restore`.
+#[derive(Debug, Deserialize)]
+struct RestoreRequest {
+    backup: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn backup_restore(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<RestoreRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return denied();
+    }
+    tracing::warn!(%from, backup = request.backup, force = request.force, "backup restore");
+    slot_answer(backup::restore(
+        &state.state_dir,
+        &state.config_file,
+        &state.node,
+        &request.backup,
+        request.force,
+    ))
 }
 
 /// The body of `POST /v1/config-link`.

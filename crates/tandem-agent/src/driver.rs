@@ -236,6 +236,7 @@ impl Agent {
             upgrades,
             state_dir: config.node.state_dir.clone(),
             config_file: config.origin.clone(),
+            node: config.node.name.clone(),
             extra_routes: replication.router(),
         })
         .await?;

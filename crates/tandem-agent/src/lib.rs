@@ -13,6 +13,7 @@
 //! ```
 //!
 //! # Layout
+//! - [`backup`]: backups of the node's config and HA state, and restores.
 //! - [`config`]: the TOML config file, validated with file/line/key errors.
 //! - [`driver`]: the one loop that feeds the core and executes its outputs.
 //! - [`firmware`]: the node's images and A/B slots (install, boot with a
@@ -31,6 +32,7 @@
 //! - [`state`]: the boot epoch and persisted HA state.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod driver;
 pub mod firmware;

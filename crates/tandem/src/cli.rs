@@ -107,6 +107,10 @@ pub enum Command {
     /// lost).
     Demo(DemoArgs),
 
+    /// Back up, list and restore nodes' configuration and HA state.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+
     /// Upgrade the whole cluster along a supported path, one node at a time.
     #[command(subcommand)]
     Upgrade(UpgradeCommand),
@@ -497,6 +501,36 @@ pub enum UpgradeCommand {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+}
+
+/// `tandem backup ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Archive the node's config and HA state with a timestamp (every node
+    /// with --all).
+    Create {
+        /// Back up every node.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// The node's backups, oldest first.
+    List {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Restore a backup; one made on another node only with --force. The
+    /// agent runs the restored config after its next restart.
+    Restore {
+        /// The backup's id (see `tandem backup list`).
+        id: String,
+        /// Restore even a backup made on another node.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         target: ApiTarget,
     },

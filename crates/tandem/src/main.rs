@@ -66,6 +66,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             runtime().and_then(|rt| rt.block_on(commands::demo::run(args, json)))
         }
+        Command::Backup(command) => {
+            runtime().and_then(|rt| rt.block_on(commands::image::backup(command, json)))
+        }
         Command::Upgrade(command) => {
             runtime().and_then(|rt| rt.block_on(commands::upgrade::run(command, json)))
         }

@@ -679,3 +679,55 @@ fn socket_suspend_works_for_any_service() {
     assert_eq!(code, 0, "{err}");
     wait_vip(cluster.vip, "alpha");
 }
+
+#[test]
+fn backups_are_made_listed_and_restored_only_onto_their_node() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let cluster = pair();
+    settle(&rt, &cluster, 0);
+
+    let (code, out, err) = tandem(&cluster, 0, &["backup", "create", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("alpha: backup ") && out.contains("beta: backup "),
+        "{out}"
+    );
+    let (code, out, err) = tandem(&cluster, 1, &["--json", "backup", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let backups = listed[0]["answer"]["backups"].clone();
+    assert_eq!(backups[0]["node"], "beta", "{backups}");
+    let id = backups[0]["backup"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    let (code, out, err) = tandem(&cluster, 1, &["backup", "restore", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restart the agent"), "{out}");
+
+    // alpha's backup placed on beta: refused unless forced.
+    let alpha_backups = cluster.dir.join("state/alpha/backups");
+    let alpha_id = std::fs::read_dir(&alpha_backups)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .unwrap_or_else(|| panic!("alpha has a backup"));
+    let foreign = cluster.dir.join("state/beta/backups/from-alpha");
+    std::fs::create_dir_all(&foreign).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(
+        alpha_backups.join(&alpha_id).join("config.toml"),
+        foreign.join("config.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = tandem(&cluster, 1, &["backup", "restore", "from-alpha"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("made on alpha, not on beta"), "{err}");
+    let (code, _, err) = tandem(&cluster, 1, &["backup", "restore", "from-alpha", "--force"]);
+    assert_eq!(code, 0, "{err}");
+}
