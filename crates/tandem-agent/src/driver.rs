@@ -40,10 +40,18 @@ use tandem_image::slots::SlotName;
 /// reports it healthy again.
 const RECOVERY_QUIET: Duration = Duration::from_secs(30);
 
+/// How long the API's answer has to get out before the agent replaces
+/// itself with a slot's agent.
+const EXEC_DELAY: Duration = Duration::from_millis(300);
+
 /// Runs the agent until `shutdown` resolves, then leaves the cluster
 /// cleanly: the peers are told goodbye, the VIP and the service released.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut agent = Agent::start(config).await?;
+    if agent.firmware.boot_in_progress().await.is_some() {
+        let hold = agent.node.config().hold_time();
+        agent.standby_check_at = Some(Instant::now() + hold + Duration::from_secs(1));
+    }
     // The first heartbeat is due at once; the peers learn of this node
     // before its start-up wait ends, so a pair starting together does not
     // elect two actives.
@@ -67,6 +75,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             Some(request) = agent.api.recv() => agent.api_request(request).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
             Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
+            () = tokio::time::sleep_until(agent.exec_after.as_ref().map_or_else(Instant::now, |(at, _)| *at)), if agent.exec_after.is_some() => {
+                if let Some((_, path)) = agent.exec_after.take() {
+                    agent.exec_into(&path).await;
+                }
+            }
+            () = tokio::time::sleep_until(agent.standby_check_at.unwrap_or_else(Instant::now)), if agent.standby_check_at.is_some() => {
+                agent.standby_check_at = None;
+                if !agent.service_running && agent.firmware.boot_in_progress().await.is_some() {
+                    let firmware = agent.firmware.clone();
+                    let verdicts = agent.boot_verdicts.clone();
+                    tokio::spawn(async move {
+                        let _ = verdicts.send(firmware.check_boot(true).await).await;
+                    });
+                }
+            }
             Some(verdict) = agent.verdicts.recv() => {
                 let input = match verdict {
                     Verdict::Answered { peer } => {
@@ -154,6 +177,13 @@ struct Agent {
     boot_verdict_rx: mpsc::Receiver<BootVerdict>,
     /// A slot booted while standby, whose service has not yet been checked.
     unchecked_slot: Option<SlotName>,
+    /// Re-execute the agent from a booted slot at this moment (after the
+    /// API has answered).
+    exec_after: Option<(Instant, std::path::PathBuf)>,
+    /// A boot found in flight at start-up (the agent was re-executed from
+    /// the slot, or crashed): checked as a standby boot at this moment
+    /// unless the node serves by then.
+    standby_check_at: Option<Instant>,
     /// Shared with the lservice monitor: probe only while serving.
     serving: Arc<AtomicBool>,
     verdicts: mpsc::Receiver<Verdict>,
@@ -297,6 +327,8 @@ impl Agent {
             boot_verdicts,
             boot_verdict_rx,
             unchecked_slot: None,
+            exec_after: None,
+            standby_check_at: None,
             serving,
             verdicts,
             vip: BTreeMap::new(),
@@ -674,6 +706,16 @@ impl Agent {
         let slot = self.firmware.begin_boot(slot).await?;
         self.report_version().await;
         let version = self.node.config().version.clone();
+        // An image with its own agent: this process hands over to it (same
+        // pid) once the answer is out; the new agent finishes the boot.
+        if let Some((_, manifest, root)) = self.firmware.current().await
+            && let Some(agent) = manifest.agent
+        {
+            self.exec_after = Some((Instant::now() + EXEC_DELAY, root.join(agent)));
+            return Ok(
+                serde_json::json!({"booted": slot, "health": "the agent restarts from the slot", "version": version}),
+            );
+        }
         if self.service_running {
             self.restart_service().await;
             return Ok(
@@ -694,6 +736,22 @@ impl Agent {
                 Err(format!("the boot of slot {slot} failed: {verdict:?}"))
             }
         }
+    }
+
+    /// Leaves the cluster cleanly (goodbye, VIP released, service stopped)
+    /// and replaces this process with the slot's agent, keeping the pid.
+    async fn exec_into(&mut self, agent: &std::path::Path) {
+        self.step(Input::Shutdown).await;
+        self.supervisor.stop().await;
+        if let Err(e) = self.firmware.prepare_agent_exec().await {
+            tracing::error!(error = %e, "cannot journal the agent's re-execution; exiting so the supervisor restarts it");
+            std::process::exit(1);
+        }
+        let error = crate::firmware::exec_agent(agent);
+        // exec only returns on failure: the boot try failed; a restart
+        // (systemd) counts it and, after the last try, rolls back.
+        tracing::error!(agent = %agent.display(), error = %error, "cannot execute the slot's agent");
+        std::process::exit(1);
     }
 
     /// On-demand rollback to the other slot.
@@ -717,6 +775,10 @@ impl Agent {
 
     async fn boot_verdict(&mut self, verdict: BootVerdict) {
         match verdict {
+            BootVerdict::Good { slot, version } if !self.service_running => {
+                tracing::info!(%slot, version, "image slot is Standby Ready; its service is checked when this node next serves");
+                self.unchecked_slot = Some(slot);
+            }
             BootVerdict::Good { slot, version } => {
                 tracing::info!(%slot, version, "image slot passed its health check: marked good");
             }

@@ -225,6 +225,20 @@ impl Firmware {
         .map_err(|e| e.to_string())?
     }
 
+    /// Journals that the agent re-executes itself from the slot being
+    /// booted, so the restart does not count as a failed try.
+    pub async fn prepare_agent_exec(&self) -> Result<(), String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .blocking_lock()
+                .prepare_agent_exec()
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// On-demand rollback to the other (good) slot.
     pub async fn rollback(&self) -> Result<SlotName, String> {
         let store = self.store.clone();
@@ -327,6 +341,57 @@ impl Firmware {
             SlotState::Pending | SlotState::Good
         )
     }
+}
+
+/// The agent binary this node must run, when its current slot carries one
+/// (`agent` in the manifest) and this process is not it: the agent always
+/// runs from the slot it boots, like a device running its firmware. A boot
+/// in flight is marked so the re-execution does not count as a crash.
+/// Blocking; call before starting the runtime.
+pub fn agent_to_exec(state_dir: &Path) -> Result<Option<PathBuf>, String> {
+    // Already the slot's agent: the slot store's repair (which clears the
+    // re-execution mark without counting a try) is the agent's own, once.
+    if std::env::var_os(EXEC_MARK).is_some() {
+        return Ok(None);
+    }
+    let (mut store, _) = SlotStore::open(&state_dir.join("slots")).map_err(|e| e.to_string())?;
+    let Some(slot) = store.table().current else {
+        return Ok(None);
+    };
+    let Ok(manifest) = store.manifest(slot) else {
+        return Ok(None);
+    };
+    let Some(agent) = manifest.agent else {
+        return Ok(None);
+    };
+    let wanted = store.root(slot).join(agent);
+    let running = std::env::current_exe().map_err(|e| e.to_string())?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(&wanted, &running) {
+        return Ok(None);
+    }
+    if store.table().boot.is_some() {
+        store.prepare_agent_exec().map_err(|e| e.to_string())?;
+    }
+    Ok(Some(wanted))
+}
+
+/// Set in the environment of an agent exec'd from a slot, so the slot's
+/// agent (which may be a wrapper that execs another binary) is not exec'd
+/// again in a loop.
+pub const EXEC_MARK: &str = "TANDEM_AGENT_FROM_SLOT";
+
+/// Replaces this process with `agent`, same arguments, same pid.
+pub fn exec_agent(agent: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!(agent = %agent.display(), "re-executing the agent from its image slot");
+    std::process::Command::new(agent)
+        .args(std::env::args_os().skip(1))
+        .env(EXEC_MARK, agent)
+        .exec()
 }
 
 /// How a health-checked boot ended.

@@ -107,6 +107,11 @@ pub struct BootAttempt {
     pub previous: Option<SlotName>,
     /// Tries left after the current one.
     pub tries_left: u8,
+    /// The agent is about to re-execute itself from the target slot (the
+    /// image carries its own agent): the restart that follows is part of
+    /// the boot, not a crash, and does not use up a try.
+    #[serde(default)]
+    pub agent_exec: bool,
 }
 
 /// The journal: the whole slot state, replaced atomically on every change.
@@ -304,7 +309,16 @@ impl SlotStore {
                 notes.push(format!("slot {slot}: its files are missing; marked empty"));
             }
         }
-        if let Some(boot) = table.boot {
+        if let Some(boot) = table.boot.filter(|b| b.agent_exec) {
+            table.boot = Some(BootAttempt {
+                agent_exec: false,
+                ..boot
+            });
+            notes.push(format!(
+                "slot {}: the agent re-executed itself from the slot to boot it",
+                boot.target
+            ));
+        } else if let Some(boot) = table.boot {
             // The agent died during a boot: that try failed.
             if boot.tries_left == 0 {
                 notes.push(format!(
@@ -422,6 +436,7 @@ impl SlotStore {
             target,
             previous: table.current.filter(|c| *c != target),
             tries_left: BOOT_TRIES - 1,
+            agent_exec: false,
         });
         table.current = Some(target);
         self.commit(table)?;
@@ -431,6 +446,21 @@ impl SlotStore {
             "switched to this slot; waiting for its health check",
         );
         Ok(target)
+    }
+
+    /// Journals that the agent is about to re-execute itself from the slot
+    /// being booted, so the restart does not count as a failed try.
+    pub fn prepare_agent_exec(&mut self) -> Result<(), Error> {
+        let boot = self
+            .table
+            .boot
+            .ok_or_else(|| Error::Slot("no boot in progress".into()))?;
+        let mut table = self.table.clone();
+        table.boot = Some(BootAttempt {
+            agent_exec: true,
+            ..boot
+        });
+        self.commit(table)
     }
 
     /// The boot in flight passed its health check.

@@ -45,6 +45,12 @@ fn plain(args: &[&str]) {
 /// Builds (and signs, with `key`) an image whose service is the benchmark's
 /// name service and whose health check is `health` (TOML).
 fn image(dir: &Path, version: &str, health: &str, key: Option<&Path>) -> PathBuf {
+    image_with(dir, version, health, key, false)
+}
+
+/// As [`image`]; with `agent`, the image also carries its own agent (a
+/// wrapper around this build's binary).
+fn image_with(dir: &Path, version: &str, health: &str, key: Option<&Path>, agent: bool) -> PathBuf {
     let files = dir.join(format!("files-{version}"));
     std::fs::create_dir_all(files.join("bin")).unwrap_or_else(|e| panic!("{e}"));
     let script = files.join("bin/service");
@@ -54,10 +60,19 @@ fn image(dir: &Path, version: &str, health: &str, key: Option<&Path>) -> PathBuf
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let _ = Process::new("chmod").arg("755").arg(&script).status();
+    let agent_line = if agent {
+        let wrapper = files.join("bin/tandem");
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec {EXE} \"$@\"\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = Process::new("chmod").arg("755").arg(&wrapper).status();
+        "agent = \"bin/tandem\"\n"
+    } else {
+        ""
+    };
     let manifest = dir.join(format!("manifest-{version}.toml"));
     std::fs::write(
         &manifest,
-        format!("name = \"relay\"\nversion = \"{version}\"\nentrypoint = [\"bin/service\"]\ndata_format = 1\nprotocol = [2]\n[health]\n{health}\ntimeout = \"500ms\"\n"),
+        format!("name = \"relay\"\nversion = \"{version}\"\nentrypoint = [\"bin/service\"]\ndata_format = 1\nprotocol = [2]\n{agent_line}[health]\n{health}\ntimeout = \"500ms\"\n"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let out = dir.join(format!("relay-{version}.tandem"));
@@ -205,7 +220,34 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
         &["image", "install", "--all", "relay-6.2.5.tandem"],
     );
     assert_eq!(code, 0, "{err}");
+    // A client keeps connecting to the VIP while the standby reloads.
+    let probing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let probing = probing.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            for _ in 0..2000 {
+                if !probing.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match vip_answer(vip) {
+                    Some(_) => ok += 1,
+                    None => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
     let (code, out, err) = tandem(&cluster, 0, &["failover", "reload-standby"]);
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = prober.join().unwrap_or((0, 1));
+    assert_eq!(
+        failed,
+        0,
+        "reload-standby failed {failed} of {} client connects",
+        ok + failed
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("beta: Standby Ready on 6.2.5"), "{out}");
     let (code, _, err) = tandem(&cluster, 0, &["failover", "standby"]);
@@ -257,6 +299,92 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
         answered.as_deref(),
         Some("beta"),
         "the rolled-back service answers"
+    );
+    cluster.kill(0);
+    cluster.kill(1);
+}
+
+#[test]
+fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let spec = ClusterSpec {
+        nodes: vec!["alpha".into(), "beta".into()],
+        service: vec![EXE.into(), "bench".into(), "name-service".into()],
+        extra_toml: "\n[images]\nallow_unsigned = true\n".into(),
+        interval_ms: 200,
+        lost_threshold: 3,
+        version: "6.2.0".into(),
+        log_dir: None,
+        exe: Some(EXE.into()),
+        remote_as_heartbeat: false,
+        groups: 1,
+        vip: None,
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let with_agent = image_with(
+        work.path(),
+        "6.2.5",
+        &format!("tcp = \"{}\"", cluster.vip),
+        None,
+        true,
+    );
+    let (code, _, err) = tandem(
+        &cluster,
+        1,
+        &["image", "push", &with_agent.display().to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(&cluster, 1, &["image", "install", "relay-6.2.5.tandem"]);
+    assert_eq!(code, 0, "{err}");
+    let before = status(&rt, &cluster, 1);
+    let (pid, epoch) = (
+        before["agent"]["pid"].clone(),
+        before["agent"]["epoch"].clone(),
+    );
+
+    let (code, out, err) = tandem(&cluster, 1, &["image", "boot"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("the agent restarts from the slot"), "{out}");
+    // The same process (pid), a new run (epoch), the new release, and the
+    // slot confirmed as Standby Ready by the new agent.
+    wait_until(
+        &rt,
+        &cluster,
+        1,
+        "beta runs its slot's agent and confirms the boot",
+        |s| {
+            s["agent"]["pid"] == pid
+                && s["agent"]["epoch"] != epoch
+                && s["node"]["version"] == "6.2.5"
+                && s["node"]["effective_role"] == "standby"
+                && {
+                    let slots = slots(&cluster, 1);
+                    let current = slots["current"].as_str().unwrap_or("?").to_string();
+                    slots[current.as_str()]["state"] == "good"
+                }
+        },
+    );
+    let history = std::fs::read_to_string(cluster.dir.join("state/beta/slots/history.jsonl"))
+        .unwrap_or_default();
+    assert!(
+        history.contains("re-executed itself from the slot"),
+        "{history}"
+    );
+    assert!(
+        !history.contains("died during a boot try"),
+        "the re-execution used up no try: {history}"
+    );
+    assert_eq!(
+        status(&rt, &cluster, 0)["node"]["effective_role"],
+        "active",
+        "alpha kept serving"
     );
     cluster.kill(0);
     cluster.kill(1);

@@ -51,6 +51,19 @@ pub async fn run(file: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    // The node runs its current slot's agent when the image carries one.
+    match tandem_agent::firmware::agent_to_exec(&config.node.state_dir) {
+        Ok(Some(agent)) => {
+            let error = tandem_agent::firmware::exec_agent(&agent);
+            eprintln!(
+                "tandem: cannot run the slot's agent {}: {error}",
+                agent.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot look for a slot agent; running this binary"),
+    }
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(
             tokio::signal::unix::SignalKind::terminate(),
