@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(commands::demo::run(args, json)))
         }
         Command::Backup(command) => {
-            runtime().and_then(|rt| rt.block_on(commands::image::backup(command, json)))
+            runtime().and_then(|rt| rt.block_on(commands::backup::run(command, json)))
         }
         Command::Upgrade(command) => {
             runtime().and_then(|rt| rt.block_on(commands::upgrade::run(command, json)))

@@ -183,6 +183,34 @@ impl ApiClient {
     }
 }
 
+/// The API clients of the aimed-at node(s): every node with `all`.
+pub async fn clients(target: &ApiTarget, all: bool) -> anyhow::Result<Vec<(String, ApiClient)>> {
+    let local = ApiClient::new(target)?;
+    if !all && target.node.is_none() {
+        return Ok(vec![("this node".into(), local)]);
+    }
+    let cluster = local.get("/v1/cluster").await?;
+    let mut out = Vec::new();
+    for report in cluster["nodes"].as_array().into_iter().flatten() {
+        let name = report["node"]["node"].as_str().unwrap_or("?").to_string();
+        if !all && target.node.as_deref() != Some(name.as_str()) {
+            continue;
+        }
+        let api: std::net::SocketAddr = report["agent"]["api"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("node {name} is unreachable: {}", report["error"]))?;
+        out.push((name, local.with_api(&api.to_string())));
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "no node named {:?} in this cluster",
+            target.node.as_deref().unwrap_or("")
+        );
+    }
+    Ok(out)
+}
+
 /// `tandem status`: one table for the whole cluster.
 pub async fn status(target: &ApiTarget, watch: bool, json: bool) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(target)?;

@@ -8,8 +8,8 @@ use anyhow::Context;
 use tandem_image::archive::{self, Compression};
 use tandem_image::signing::{self, TrustPolicy};
 
-use crate::cli::{ApiTarget, BackupCommand, ImageCommand};
-use crate::commands::cluster::ApiClient;
+use crate::cli::{ApiTarget, ImageCommand};
+use crate::commands::cluster::{ApiClient, clients};
 
 /// Runs one `tandem image` subcommand.
 pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
@@ -167,92 +167,6 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
         _ => {}
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `tandem backup create|list|restore`: per node, like images.
-pub async fn backup(command: BackupCommand, json: bool) -> anyhow::Result<ExitCode> {
-    let (targets, path, body) = match &command {
-        BackupCommand::Create { all, target } => (
-            clients(target, *all).await?,
-            "/v1/backup",
-            Some(serde_json::json!({})),
-        ),
-        BackupCommand::List { target } => (clients(target, false).await?, "/v1/backups", None),
-        BackupCommand::Restore { id, force, target } => (
-            clients(target, false).await?,
-            "/v1/backup/restore",
-            Some(serde_json::json!({"backup": id, "force": force})),
-        ),
-    };
-    let mut answers = Vec::new();
-    for (node, client) in targets {
-        let answer = match &body {
-            Some(body) => client.post(path, body).await?,
-            None => client.get(path).await?,
-        };
-        if let Some(error) = answer["error"].as_str() {
-            eprintln!("tandem: {node}: {error}");
-            return Ok(ExitCode::from(1));
-        }
-        if !json {
-            match &command {
-                BackupCommand::Create { .. } => println!(
-                    "{node}: backup {} ({})",
-                    answer["backup"].as_str().unwrap_or("?"),
-                    answer["dir"].as_str().unwrap_or("")
-                ),
-                BackupCommand::List { .. } => {
-                    for b in answer["backups"].as_array().into_iter().flatten() {
-                        println!(
-                            "{}  node {}  {}",
-                            b["backup"].as_str().unwrap_or("?"),
-                            b["node"].as_str().unwrap_or("?"),
-                            b["files"]
-                        );
-                    }
-                }
-                BackupCommand::Restore { .. } => println!(
-                    "{node}: restored {} (the state before was saved as backup {}); {}",
-                    answer["restored"].as_str().unwrap_or("?"),
-                    answer["previous_state_saved_as"].as_str().unwrap_or("?"),
-                    answer["note"].as_str().unwrap_or("")
-                ),
-            }
-        }
-        answers.push(serde_json::json!({"node": node, "answer": answer}));
-    }
-    if json {
-        println!("{}", serde_json::Value::Array(answers));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The API clients of the aimed-at node(s): every node with `all`.
-async fn clients(target: &ApiTarget, all: bool) -> anyhow::Result<Vec<(String, ApiClient)>> {
-    let local = ApiClient::new(target)?;
-    if !all && target.node.is_none() {
-        return Ok(vec![("this node".into(), local)]);
-    }
-    let cluster = local.get("/v1/cluster").await?;
-    let mut out = Vec::new();
-    for report in cluster["nodes"].as_array().into_iter().flatten() {
-        let name = report["node"]["node"].as_str().unwrap_or("?").to_string();
-        if !all && target.node.as_deref() != Some(name.as_str()) {
-            continue;
-        }
-        let api: std::net::SocketAddr = report["agent"]["api"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("node {name} is unreachable: {}", report["error"]))?;
-        out.push((name, local.with_api(&api.to_string())));
-    }
-    if out.is_empty() {
-        anyhow::bail!(
-            "no node named {:?} in this cluster",
-            target.node.as_deref().unwrap_or("")
-        );
-    }
-    Ok(out)
 }
 
 async fn slot_call(target: &ApiTarget, path: &str, json: bool) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! document on stdout with `--json`.
 
 pub mod agent;
+pub mod backup;
 pub mod bench;
 pub mod bench_sync;
 pub mod cert;
