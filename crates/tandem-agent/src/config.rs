@@ -384,13 +384,13 @@ impl AgentConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Error> {
         let error = |span: Range<usize>, key: &str, message: String| Error::Config {
             origin: origin.display().to_string(),
-            line: text[..span.start.min(text.len())].matches('\n').count() + 1,
+            line: tandem_version::toml_location::position(text, span.start).0,
             key: key.to_string(),
             message,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let key = key_on_line(text, span.start);
+            let key = tandem_version::toml_location::key_on_line(text, span.start, "config");
             error(span, &key, e.message().trim().to_string())
         })?;
 
@@ -677,15 +677,4 @@ fn read_secret(
         )));
     }
     Ok(trimmed.to_vec())
-}
-
-fn key_on_line(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[start..].lines().next().unwrap_or("").trim();
-    match line.split_once('=') {
-        Some((key, _)) if !line.starts_with('[') => key.trim().to_string(),
-        _ if line.is_empty() => "config".to_string(),
-        _ => line.to_string(),
-    }
 }

@@ -107,11 +107,3 @@ impl Error {
         move |source| Error::Io { path, source }
     }
 }
-
-/// 1-based line and column of a byte offset in `text`.
-pub(crate) fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}

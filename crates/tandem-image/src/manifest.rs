@@ -20,7 +20,7 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tandem_version::Version;
+use tandem_version::{Version, toml_location};
 use toml::Spanned;
 
 use crate::Error;
@@ -98,7 +98,7 @@ impl Manifest {
     /// Parses and checks a manifest; `origin` is named in every error.
     pub fn parse(text: &str, origin: &str) -> Result<Manifest, Error> {
         let error = |span: std::ops::Range<usize>, key: &str, message: String| {
-            let (line, column) = crate::position(text, span.start);
+            let (line, column) = toml_location::position(text, span.start);
             Error::Manifest {
                 origin: origin.to_string(),
                 line,
@@ -109,7 +109,7 @@ impl Manifest {
         };
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let key = key_on_line(text, span.start);
+            let key = toml_location::key_on_line(text, span.start, "manifest");
             error(span, &key, e.message().trim().to_string())
         })?;
 
@@ -206,18 +206,6 @@ fn check_relative(path: &str) -> Result<(), String> {
         return Err(format!("{path:?} must stay inside the image (no '..')"));
     }
     Ok(())
-}
-
-/// The key on the line of a TOML error, for the error message.
-fn key_on_line(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[start..].lines().next().unwrap_or("").trim();
-    match line.split_once('=') {
-        Some((key, _)) if !line.starts_with('[') => key.trim().to_string(),
-        _ if line.is_empty() => "manifest".to_string(),
-        _ => line.to_string(),
-    }
 }
 
 /// `"500ms"`, `"10s"`, `"2m"` or a bare number of seconds.

@@ -193,10 +193,7 @@ struct Locator<'a> {
 impl Locator<'_> {
     /// 1-based line and column of a byte offset.
     fn position(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        (line, column)
+        crate::toml_location::position(self.text, offset)
     }
 
     fn error(
@@ -218,14 +215,7 @@ impl Locator<'_> {
     /// The key a TOML parse error is about: the key on its line, or the
     /// table header when the error points at one.
     fn key_at(&self, start: usize) -> String {
-        let start = start.min(self.text.len());
-        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line = self.text[line_start..].lines().next().unwrap_or("").trim();
-        match line.split_once('=') {
-            Some((key, _)) if !line.starts_with('[') => key.trim().to_string(),
-            _ if line.is_empty() => "catalog".to_string(),
-            _ => line.to_string(),
-        }
+        crate::toml_location::key_on_line(self.text, start, "catalog")
     }
 }
 
