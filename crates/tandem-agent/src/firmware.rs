@@ -65,8 +65,14 @@ impl Firmware {
     ) -> Result<(Firmware, Vec<String>), String> {
         let images = state_dir.join("images");
         std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
-        let (store, notes) =
+        let (mut store, notes) =
             SlotStore::open(&state_dir.join("slots")).map_err(|e| e.to_string())?;
+        // Fault tests: die (as kill -9 would) after this many durable slot
+        // steps. Never set outside tests.
+        if let Some(steps) = std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()) {
+            tracing::warn!(steps, "slot fault injection armed ({FAULT_ENV})");
+            store.crash_after(steps);
+        }
         let mut trusted_keys = Vec::new();
         for path in &section.trusted_keys {
             trusted_keys.push(signing::read_public_key(path).map_err(|e| e.to_string())?);
@@ -185,7 +191,7 @@ impl Firmware {
         tokio::task::spawn_blocking(move || {
             let verified = trust.verify(&path).map_err(|e| e.to_string())?;
             let mut store = store.blocking_lock();
-            let slot = store.install(&verified, trust.limits).map_err(|e| e.to_string())?;
+            let slot = store.install(&verified, trust.limits).map_err(slot_error)?;
             Ok(serde_json::json!({
                 "installed": name_of(&path), "slot": slot, "version": verified.contents.manifest.version,
                 "signer": verified.signer.map(|k| k.to_string()),
@@ -216,10 +222,7 @@ impl Firmware {
     pub async fn begin_boot(&self, slot: Option<SlotName>) -> Result<SlotName, String> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            store
-                .blocking_lock()
-                .begin_boot(slot)
-                .map_err(|e| e.to_string())
+            store.blocking_lock().begin_boot(slot).map_err(slot_error)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -233,7 +236,7 @@ impl Firmware {
             store
                 .blocking_lock()
                 .prepare_agent_exec()
-                .map_err(|e| e.to_string())
+                .map_err(slot_error)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -242,11 +245,9 @@ impl Firmware {
     /// On-demand rollback to the other (good) slot.
     pub async fn rollback(&self) -> Result<SlotName, String> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.blocking_lock().rollback().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || store.blocking_lock().rollback().map_err(slot_error))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// The slot the service runs from, with its manifest and root.
@@ -314,12 +315,12 @@ impl Firmware {
                         slot,
                         version: manifest.version.to_string(),
                     },
-                    Err(e) => BootVerdict::Failed(e.to_string()),
+                    Err(e) => BootVerdict::Failed(slot_error(e)),
                 },
                 Err(reason) => match store.fail_try(&reason) {
                     Ok(Some(_)) => BootVerdict::Retry { reason },
                     Ok(None) => BootVerdict::RolledBack { from: slot, reason },
-                    Err(e) => BootVerdict::Failed(e.to_string()),
+                    Err(e) => BootVerdict::Failed(slot_error(e)),
                 },
             }
         })
@@ -392,6 +393,21 @@ pub fn exec_agent(agent: &Path) -> std::io::Error {
         .args(std::env::args_os().skip(1))
         .env(EXEC_MARK, agent)
         .exec()
+}
+
+/// The environment variable that arms slot fault injection (tests only):
+/// the agent aborts after that many durable slot steps, as a kill -9 there
+/// would leave it.
+pub const FAULT_ENV: &str = "TANDEM_FAULT_SLOT_STEPS";
+
+/// A slot store error as text; an injected crash ends the process on the
+/// spot, with no cleanup, like the kill -9 it stands for.
+fn slot_error(e: tandem_image::Error) -> String {
+    if matches!(e, tandem_image::Error::InjectedCrash) {
+        tracing::error!("injected slot fault: aborting");
+        std::process::abort();
+    }
+    e.to_string()
 }
 
 /// How a health-checked boot ended.

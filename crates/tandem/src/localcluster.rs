@@ -276,6 +276,12 @@ impl LocalCluster {
 
     /// Starts node `i`'s agent (no-op if it runs).
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        self.start_with_env(i, &[])
+    }
+
+    /// Starts node `i`'s agent with extra environment (fault injection in
+    /// tests).
+    pub fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];
         if node.process.is_some() {
             return Ok(());
@@ -294,6 +300,7 @@ impl LocalCluster {
             .arg("--config")
             .arg(&node.config)
             .env_remove("TANDEM_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -317,6 +324,19 @@ impl LocalCluster {
             // SAFETY: kill(2) on a child we spawned and have not reaped.
             unsafe { libc::kill(pid, signal) };
         }
+    }
+
+    /// Whether node `i`'s agent has exited by itself (reaped if so).
+    pub fn exited(&mut self, i: usize) -> bool {
+        let gone = match self.nodes[i].process.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) => true,
+            Some(Ok(None)) => false,
+            Some(Err(_)) | None => true,
+        };
+        if gone {
+            self.nodes[i].process = None;
+        }
+        gone
     }
 
     /// kill -9 of node `i`'s agent, reaped.
