@@ -37,10 +37,12 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tandem_core::Command;
 use tokio::sync::{mpsc, oneshot};
 
@@ -211,6 +213,7 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| Error::State(format!("HTTP client: {e}")))?;
+    let token_check = Arc::new(token.clone());
     let state = ApiState {
         token,
         driver,
@@ -243,9 +246,15 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         .route("/v1/backups", get(backups_list))
         .route("/v1/backup/restore", post(backup_restore))
         .route("/v1/config-link", post(config_link))
+        .with_state(state.clone())
+        .merge(extra_routes)
+        // Every route above needs the token; /metrics (below) does not:
+        // Prometheus scrapes it without credentials.
+        .layer(middleware::from_fn_with_state(token_check, require_token));
+    let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(extra_routes);
+        .merge(app);
     tokio::spawn(async move {
         let served = axum::serve(
             listener,
@@ -259,19 +268,33 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
     Ok(())
 }
 
-fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
+/// Whether the request carries the token, compared in constant time so it
+/// cannot be guessed byte by byte.
+pub(crate) fn token_ok(token: &str, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Compare in constant time so the token cannot be guessed byte by byte.
     given.is_some_and(|g| {
-        g.len() == state.token.len()
+        g.len() == token.len()
             && g.bytes()
-                .zip(state.token.bytes())
+                .zip(token.bytes())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     })
+}
+
+/// The API's one gate: 401 without the right bearer token.
+async fn require_token(
+    State(token): State<Arc<String>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if token_ok(&token, request.headers()) {
+        next.run(request).await
+    } else {
+        denied()
+    }
 }
 
 fn denied() -> Response {
@@ -295,20 +318,14 @@ async fn ask<T>(
     answer.await.ok()
 }
 
-async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
+async fn status(State(state): State<ApiState>) -> Response {
     match ask(&state, |reply| ApiRequest::Status { reply }).await {
         Some(report) => Json(report).into_response(),
         None => unavailable(),
     }
 }
 
-async fn cluster(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
+async fn cluster(State(state): State<ApiState>) -> Response {
     let Some(local) = ask(&state, |reply| ApiRequest::Status { reply }).await else {
         return unavailable();
     };
@@ -345,9 +362,6 @@ async fn command(
     headers: HeaderMap,
     Json(request): Json<CommandRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     let user = headers
         .get("x-tandem-user")
         .and_then(|v| v.to_str().ok())
@@ -376,9 +390,6 @@ async fn listener_command(
     headers: HeaderMap,
     Json(request): Json<ListenerRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     let user = headers
         .get("x-tandem-user")
         .and_then(|v| v.to_str().ok())
@@ -446,10 +457,7 @@ fn slot_answer(result: Result<serde_json::Value, String>) -> Response {
     }
 }
 
-async fn images_list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
+async fn images_list(State(state): State<ApiState>) -> Response {
     slot_answer(state.firmware.list().await)
 }
 
@@ -460,9 +468,6 @@ async fn image_upload(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     let sha256 = headers
         .get("x-sha256")
         .and_then(|v| v.to_str().ok())
@@ -489,12 +494,8 @@ struct InstallRequest {
 async fn image_install(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Json(request): Json<InstallRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::info!(%from, image = ?request.image, version = ?request.version, "image install");
     let installed = match (&request.image, &request.version) {
         (Some(image), _) => state.firmware.install(image).await,
@@ -514,12 +515,8 @@ struct BootRequest {
 async fn image_boot(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Json(request): Json<BootRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::info!(%from, slot = ?request.slot, "image boot");
     match ask(&state, |reply| ApiRequest::Boot {
         slot: request.slot,
@@ -535,11 +532,7 @@ async fn image_boot(
 async fn image_rollback(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::info!(%from, "image rollback");
     match ask(&state, |reply| ApiRequest::Rollback { reply }).await {
         Some(result) => slot_answer(result),
@@ -547,10 +540,7 @@ async fn image_rollback(
     }
 }
 
-async fn upgrade_status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
+async fn upgrade_status(State(state): State<ApiState>) -> Response {
     let journal = state.upgrades.journal().await;
     Json(serde_json::json!({"coordinating": state.upgrades.coordinating(), "run": journal}))
         .into_response()
@@ -558,12 +548,8 @@ async fn upgrade_status(State(state): State<ApiState>, headers: HeaderMap) -> Re
 
 async fn upgrade_plan(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Json(request): Json<UpgradeRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     slot_answer(
         state
             .upgrades
@@ -576,12 +562,8 @@ async fn upgrade_plan(
 async fn upgrade_begin(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Json(request): Json<UpgradeRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::warn!(%from, to = request.to, strategy = ?request.strategy, rollback = request.rollback, "upgrade submitted");
     slot_answer(
         state
@@ -595,25 +577,14 @@ async fn upgrade_begin(
 async fn upgrade_abort(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::warn!(%from, "upgrade abort requested");
     slot_answer(state.upgrades.abort().await.map(
         |()| serde_json::json!({"abort": "requested: the upgrade stops at the next safe point"}),
     ))
 }
 
-async fn upgrade_replica(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Json(run): Json<UpgradeRun>,
-) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
+async fn upgrade_replica(State(state): State<ApiState>, Json(run): Json<UpgradeRun>) -> Response {
     slot_answer(
         state
             .upgrades
@@ -626,19 +597,12 @@ async fn upgrade_replica(
 async fn backup(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::info!(%from, "backup");
     slot_answer(backup::create(&state.state_dir, &state.config_file))
 }
 
-async fn backups_list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
+async fn backups_list(State(state): State<ApiState>) -> Response {
     slot_answer(backup::list(&state.state_dir))
 }
 
@@ -653,12 +617,8 @@ struct RestoreRequest {
 async fn backup_restore(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Json(request): Json<RestoreRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::warn!(%from, backup = request.backup, force = request.force, "backup restore");
     slot_answer(backup::restore(
         &state.state_dir,
@@ -678,12 +638,8 @@ struct ConfigLinkRequest {
 async fn config_link(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Json(request): Json<ConfigLinkRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return denied();
-    }
     tracing::info!(%from, connected = request.connected, "cluster config link");
     slot_answer(upgrade::set_config_link(
         &state.state_dir,
