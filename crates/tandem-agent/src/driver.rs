@@ -357,11 +357,22 @@ impl Agent {
                 }
             }
             Output::StartService => {
+                // Config-only mode has no failover group, so the core never
+                // claims a VIP: every serving node binds it itself (with
+                // SO_REUSEPORT the kernel spreads connections over them).
+                if self.config.cluster.mode == ModeName::ConfigOnly && self.vip.is_empty() {
+                    self.bind_vip(GroupId(0));
+                }
                 self.service_running = true;
                 self.serving.store(true, Ordering::Relaxed);
                 self.start_service().await;
             }
             Output::StopService => {
+                // A config-only node that stops serving must not keep a
+                // share of the VIP's connections queued where nobody accepts.
+                if self.config.cluster.mode == ModeName::ConfigOnly {
+                    self.vip.remove(&GroupId(0));
+                }
                 self.service_running = false;
                 self.serving.store(false, Ordering::Relaxed);
                 self.supervisor.request_stop().await;

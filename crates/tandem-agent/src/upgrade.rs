@@ -190,7 +190,7 @@ impl Upgrades {
             return Err("an upgrade is already running: see `tandem upgrade status`, or `tandem upgrade abort`".into());
         }
         if !self.only_active().await {
-            return Err("only the active node coordinates an upgrade: ask it (tandem upgrade run --node ACTIVE)".into());
+            return Err("only the active node (in config-only and active-active mode: the active node of highest priority) coordinates an upgrade: ask it (tandem upgrade run --node ACTIVE)".into());
         }
         let plan = self.plan(request).await?;
         let state = self.observe().await?;
@@ -458,23 +458,43 @@ impl Upgrades {
         response.json().await.map_err(|e| e.to_string())
     }
 
-    /// Whether this node is active and no other node is.
+    /// Whether this node should coordinate now. Every node answers from
+    /// the same statuses, so at most one says yes once they agree:
+    ///
+    /// - `active-passive`: this node is active and no other node is. While
+    ///   a switchover has two actives for a moment, nobody coordinates; the
+    ///   one left active resumes from the journal.
+    /// - `config-only` and `active-active`: several nodes are active by
+    ///   design (every node serves; each holds a group), so "the only
+    ///   active" would never hold and the upgrade would stall. The active
+    ///   node that ranks first (highest priority, then name) coordinates;
+    ///   when the plan moves every group away from it, it is no longer
+    ///   active and the next one resumes.
     async fn only_active(&self) -> bool {
-        let mut mine = false;
-        for (i, (_, addr)) in self.nodes.iter().enumerate() {
-            let role = self
-                .get(*addr, "/v1/status")
-                .await
-                .ok()
-                .map(|s| s["node"]["effective_role"].clone());
-            let active = role.as_ref().is_some_and(|r| r == "active");
-            if i == 0 {
-                mine = active;
-            } else if active {
-                return false;
+        let mut actives = Vec::new();
+        let mut mode = None;
+        for (i, (name, addr)) in self.nodes.iter().enumerate() {
+            let Ok(status) = self.get(*addr, "/v1/status").await else {
+                continue;
+            };
+            let node = &status["node"];
+            if mode.is_none() {
+                mode = serde_json::from_value::<Mode>(node["mode"].clone()).ok();
+            }
+            if node["effective_role"] == "active" {
+                let priority = node["priority"].as_u64().unwrap_or(0);
+                actives.push((i == 0, priority, name.clone()));
             }
         }
-        mine
+        match mode {
+            Some(Mode::ConfigOnly | Mode::ActiveActive) => {
+                let first = actives
+                    .iter()
+                    .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.2.cmp(&a.2)));
+                first.is_some_and(|(me, _, _)| *me)
+            }
+            _ => actives.len() == 1 && actives[0].0,
+        }
     }
 
     /// The whole cluster, from every node's own API.
