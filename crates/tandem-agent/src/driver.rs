@@ -669,7 +669,17 @@ impl Agent {
         }
         // A standby: back as a healthy standby on the new slot is its boot
         // check (Standby Ready); the service is checked when it next serves.
-        match self.firmware.check_boot(true).await {
+        // With no service to restart between tries, spend them all now: a
+        // failing slot must end rolled back (marked bad, the previous one
+        // current), never left pending, or an upgrade waits on it forever.
+        let mut verdict = self.firmware.check_boot(true).await;
+        for _ in 0..4 {
+            if !matches!(verdict, BootVerdict::Retry { .. }) {
+                break;
+            }
+            verdict = self.firmware.check_boot(true).await;
+        }
+        match verdict {
             BootVerdict::Good { .. } => {
                 self.unchecked_slot = Some(slot);
                 Ok(

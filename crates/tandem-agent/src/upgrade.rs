@@ -37,6 +37,9 @@ use tokio::sync::Mutex;
 
 /// How often the coordinator observes the cluster.
 const POLL: Duration = Duration::from_millis(200);
+/// How a call's error starts when the node never answered (as opposed to
+/// answering with a refusal).
+const UNREACHABLE: &str = "no answer from ";
 /// How often every node checks whether it should take over coordination.
 const WATCH: Duration = Duration::from_millis(500);
 
@@ -126,14 +129,23 @@ impl Upgrades {
         self.coordinating.load(Ordering::Relaxed)
     }
 
-    /// A peer's copy of the journal arrives; kept unless this node is the
-    /// one writing it.
+    /// A peer's copy of the journal arrives. Around a failover two nodes
+    /// may coordinate for a moment (the old one has not yet seen that it
+    /// lost the role); the copy that is further on wins, whoever sent it
+    /// last, so a stale push never rewinds the journal. A coordinator
+    /// takes only a copy strictly ahead of its own, and then stops (see
+    /// `coordinate`).
     pub async fn store_replica(&self, run: UpgradeRun) -> Result<(), String> {
-        if self.coordinating() {
-            return Ok(());
+        let mut journal = self.journal.lock().await;
+        let take = match journal.as_ref() {
+            None => true,
+            Some(mine) if self.coordinating() => mine.superseded_by(&run),
+            Some(mine) => !run.superseded_by(mine),
+        };
+        if take {
+            self.persist(&run)?;
+            *journal = Some(run);
         }
-        self.persist(&run)?;
-        *self.journal.lock().await = Some(run);
         Ok(())
     }
 
@@ -194,7 +206,9 @@ impl Upgrades {
         }
         let plan = self.plan(request).await?;
         let state = self.observe().await?;
-        let run = UpgradeRun::new(plan.clone(), state);
+        let mut run = UpgradeRun::new(plan.clone(), state);
+        // Newer than any run a peer still holds a copy of.
+        run.id = now_ms().max(self.journal().await.map_or(0, |r| r.id + 1));
         self.abort.store(false, Ordering::Relaxed);
         self.record(&run).await;
         self.spawn_coordinator();
@@ -240,17 +254,22 @@ impl Upgrades {
         let mut run = UpgradeRun::resume(journal, state, now_ms()).map_err(|e| e.to_string())?;
         loop {
             if !self.only_active().await {
-                tracing::warn!(
-                    "no longer the only active node: handing the upgrade coordination over"
-                );
-                self.record(&run).await;
+                // No last push: the node that coordinates now may already
+                // be further on, and the journal is recorded before every
+                // batch of actions anyway.
+                tracing::warn!("no longer the coordinator: handing the upgrade coordination over");
                 return Ok(());
             }
             if self.abort.swap(false, Ordering::Relaxed) {
                 run.observe(now_ms(), Observation::Abort);
             }
             let actions = run.next(now_ms());
-            self.record(&run).await;
+            if !self.record(&run).await {
+                tracing::warn!(
+                    "another node carried the upgrade further: handing the coordination over"
+                );
+                return Ok(());
+            }
             for action in actions {
                 if let Some(step) = run.running_step().or_else(|| last_step(&run)) {
                     tracing::info!(step = step.0, action = ?action, "upgrade action");
@@ -260,13 +279,21 @@ impl Upgrades {
                     Ok(None) => {}
                     Err((node, reason)) => {
                         if let Some(step) = run.running_step() {
-                            run.observe(now_ms(), Observation::ActionFailed { step, node, reason });
+                            // A node that did not answer (its agent killed
+                            // and restarting) refused nothing: ask again
+                            // when it is back, within the step's timeout.
+                            let observation = if reason.starts_with(UNREACHABLE) {
+                                Observation::ActionUndelivered { step, node, reason }
+                            } else {
+                                Observation::ActionFailed { step, node, reason }
+                            };
+                            run.observe(now_ms(), observation);
                         }
                     }
                 }
             }
             if run.status.is_finished() {
-                self.record(&run).await;
+                let _ = self.record(&run).await;
                 tracing::info!(status = ?run.status, "upgrade finished");
                 return Ok(());
             }
@@ -284,12 +311,19 @@ impl Upgrades {
     }
 
     /// Writes the journal here and pushes it to every peer (best effort:
-    /// a peer that misses one gets the next).
-    async fn record(&self, run: &UpgradeRun) {
-        if let Err(e) = self.persist(run) {
-            tracing::error!(error = %e, "cannot write the upgrade journal");
+    /// a peer that misses one gets the next). `false`, writing nothing,
+    /// when the copy here is already further on (another coordinator's).
+    async fn record(&self, run: &UpgradeRun) -> bool {
+        {
+            let mut journal = self.journal.lock().await;
+            if journal.as_ref().is_some_and(|j| run.superseded_by(j)) {
+                return false;
+            }
+            if let Err(e) = self.persist(run) {
+                tracing::error!(error = %e, "cannot write the upgrade journal");
+            }
+            *journal = Some(run.clone());
         }
-        *self.journal.lock().await = Some(run.clone());
         for (name, addr) in self.nodes.iter().skip(1) {
             let sent = self
                 .client
@@ -303,6 +337,7 @@ impl Upgrades {
                 tracing::debug!(peer = %name, error = %e, "journal not replicated");
             }
         }
+        true
     }
 
     fn persist(&self, run: &UpgradeRun) -> Result<(), String> {
@@ -352,9 +387,19 @@ impl Upgrades {
                 .await?;
                 Ok(None)
             }
-            Action::BootPending { node, .. } => {
-                post(node, "/v1/images/boot", serde_json::json!({})).await?;
-                Ok(None)
+            Action::BootPending { node, version } => {
+                match post(node, "/v1/images/boot", serde_json::json!({})).await {
+                    Ok(_) => Ok(None),
+                    // A boot whose health check failed has fallen back to
+                    // the previous slot and marked the new one bad: the
+                    // next observation shows it and the step machine rolls
+                    // the upgrade back. It is not a refusal to stop on.
+                    Err(failed) if self.fell_back(node, version).await => {
+                        tracing::warn!(node = %failed.0, reason = %failed.1, "the boot failed its health check and fell back");
+                        Ok(None)
+                    }
+                    Err(failed) => Err(failed),
+                }
             }
             Action::BootPrevious { node, .. } => {
                 post(node, "/v1/images/rollback", serde_json::json!({})).await?;
@@ -414,6 +459,33 @@ impl Upgrades {
         }
     }
 
+    /// Whether `node` holds `version` in a slot marked bad: a boot of it
+    /// failed its health check and the node went back to its previous
+    /// release.
+    async fn fell_back(&self, node: &str, version: &Version) -> bool {
+        let Some(addr) = self.addr(node) else {
+            return false;
+        };
+        let Ok(images) = self.get(addr, "/v1/images").await else {
+            return false;
+        };
+        ["a", "b"].into_iter().any(|s| {
+            let slot = &images["slots"][s];
+            slot["state"] == "bad"
+                && slot["version"]
+                    .as_str()
+                    .and_then(|v| v.parse::<Version>().ok())
+                    .is_some_and(|v| v == *version)
+        })
+    }
+
+    fn addr(&self, node: &str) -> Option<SocketAddr> {
+        self.nodes
+            .iter()
+            .find(|(name, _)| name == node)
+            .map(|(_, a)| *a)
+    }
+
     async fn call(&self, node: &str, path: &str, body: Value) -> Result<Value, String> {
         let addr = self
             .nodes
@@ -429,7 +501,7 @@ impl Upgrades {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("{node} unreachable: {e}"))?;
+            .map_err(|e| format!("{UNREACHABLE}{node}: {e}"))?;
         let status = response.status();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success()

@@ -261,9 +261,14 @@ impl LocalCluster {
             return Ok(());
         }
         let log = match &self.log_dir {
-            Some(dir) => Stdio::from(std::fs::File::create(
-                dir.join(format!("{}.log", node.name)),
-            )?),
+            // Appended to: a node restarted after a kill keeps the log of
+            // its first life, which is what explains the kill's effects.
+            Some(dir) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("{}.log", node.name)))?,
+            ),
             None => Stdio::null(),
         };
         let child = Command::new(&self.exe)

@@ -67,6 +67,9 @@ struct DemoReport {
     failed_sessions: u64,
     max_gap_ms: f64,
     failovers: u64,
+    /// Switchovers the demo made after the upgrade so that a node left
+    /// with queued mail (killed while active) delivers it.
+    drain_switchovers: u64,
     versions_after: serde_json::Map<String, Value>,
     duration_s: f64,
 }
@@ -295,25 +298,53 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         };
         kill_coordinator(&mut cluster, &clients, after, &say).await?;
     }
-    let mut outcome = "detached".to_string();
-    // Follow from a node that was not killed; a restarted one catches up
-    // from the next journal push anyway.
-    for client in clients.iter().rev() {
-        match crate::commands::upgrade::follow(client, true).await {
-            Ok(o) => {
-                outcome = o;
+    let mut outcome = follow_any(&clients).await;
+    say(&format!("upgrade: {outcome}"));
+    if args.fault.as_deref() == Some("kill-coordinator") && outcome.starts_with("stopped") {
+        // What the message tells the operator to do: run it again, once
+        // the killed node is back.
+        say("fault: the upgrade stopped at a safe point; running it again, as its message says");
+        let mut again = None;
+        for _ in 0..50 {
+            for client in &clients {
+                let active = client
+                    .get("/v1/status")
+                    .await
+                    .is_ok_and(|s| s["node"]["effective_role"] == "active");
+                if active && let Ok(answer) = client.post("/v1/upgrade", &request).await {
+                    again = Some(answer);
+                    break;
+                }
+            }
+            if again.as_ref().is_some_and(|a| a["error"].is_null()) {
                 break;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot follow the upgrade there"),
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match again {
+            Some(answer) if answer["error"].is_null() => {
+                outcome = follow_any(&clients).await;
+                say(&format!("upgrade, second run: {outcome}"));
+            }
+            other => say(&format!("the second run was refused: {other:?}")),
         }
     }
-    say(&format!("upgrade: {outcome}"));
     tokio::time::sleep(Duration::from_secs(args.linger)).await;
     running.store(false, Ordering::Relaxed);
     if let Some(task) = load_task {
         let _ = task.await;
     }
     let (max_gap_ms, failovers) = probe.await.unwrap_or((0.0, 0));
+
+    // A node killed while active leaves the mail it acknowledged in its
+    // spool, durable but undelivered until it serves again (no data sync
+    // is configured here, so the standby had no copy): give every such
+    // node a turn at serving, as an operator would after a crash.
+    let drains = if mode == "active-passive" {
+        drain_stranded(&cluster, &clients, &spools, &say).await
+    } else {
+        0
+    };
 
     // Everything acknowledged must reach the next hop.
     let loads = loads.lock().await;
@@ -364,6 +395,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             .sum(),
         max_gap_ms: (max_gap_ms * 10.0).round() / 10.0,
         failovers,
+        drain_switchovers: drains,
         versions_after,
         duration_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     };
@@ -404,6 +436,76 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Mail queued in a node's spool (files under `SPOOL/NODE/queue`).
+fn queued(spools: &std::path::Path, node: &str) -> usize {
+    std::fs::read_dir(spools.join(node).join("queue")).map_or(0, |d| d.count())
+}
+
+/// Switches the service over to each standby whose spool still holds mail
+/// and waits (bounded) for it to deliver; returns the switchovers made.
+async fn drain_stranded(
+    cluster: &LocalCluster,
+    clients: &[ApiClient],
+    spools: &std::path::Path,
+    say: &impl Fn(&str),
+) -> u64 {
+    let mut switchovers = 0;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if queued(spools, &node.name) == 0 {
+            continue;
+        }
+        let is_active =
+            |s: Option<Value>| s.is_some_and(|s| s["node"]["effective_role"] == "active");
+        if is_active(cluster.status(i).await) {
+            continue;
+        }
+        let Some(active) = first_active(cluster).await else {
+            continue;
+        };
+        say(&format!(
+            "{} holds {} queued message(s) from before its crash: switching the service over to it",
+            node.name,
+            queued(spools, &node.name)
+        ));
+        let _ = clients[active]
+            .command(tandem_core::Command::FailoverStandby, None)
+            .await;
+        switchovers += 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && queued(spools, &node.name) > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    switchovers
+}
+
+/// The node that reports itself active, if one does.
+async fn first_active(cluster: &LocalCluster) -> Option<usize> {
+    for i in 0..cluster.nodes.len() {
+        if cluster
+            .status(i)
+            .await
+            .is_some_and(|s| s["node"]["effective_role"] == "active")
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Follows the upgrade from the last node that answers (a node killed by a
+/// fault is skipped; a restarted one catches up from the next journal push
+/// anyway) and returns its outcome in words.
+async fn follow_any(clients: &[ApiClient]) -> String {
+    for client in clients.iter().rev() {
+        match crate::commands::upgrade::follow(client, true).await {
+            Ok(outcome) => return outcome,
+            Err(e) => tracing::warn!(error = %e, "cannot follow the upgrade there"),
+        }
+    }
+    "unknown: no node answered".to_string()
+}
+
 /// Waits for the cluster to settle in its mode: one active and the rest
 /// standby (active-passive), or every node active.
 async fn settle(cluster: &LocalCluster, mode: &str) -> anyhow::Result<()> {
@@ -438,7 +540,13 @@ async fn kill_coordinator(
             let Ok(answer) = client.get("/v1/upgrade").await else {
                 continue;
             };
-            if answer["coordinating"] != true {
+            // Around a switchover the old coordinator may still say so for
+            // a moment: the one that counts is active.
+            let active = cluster
+                .status(i)
+                .await
+                .is_some_and(|s| s["node"]["effective_role"] == "active");
+            if answer["coordinating"] != true || !active {
                 continue;
             }
             let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
@@ -458,7 +566,10 @@ async fn kill_coordinator(
                 cluster.kill(i);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 cluster.start(i)?;
-                say(&format!("fault: {}'s agent started again", cluster.nodes[i].name));
+                say(&format!(
+                    "fault: {}'s agent started again",
+                    cluster.nodes[i].name
+                ));
                 return Ok(());
             }
         }
@@ -575,20 +686,17 @@ async fn load_loop(
 
 /// Probes every VIP every 20 ms and the cluster every 200 ms: the longest
 /// gap between two greetings on any VIP, and how often a failover group
-/// changed hands.
+/// changed hands. The two run apart: a node whose API is slow to answer
+/// (busy with a health check) must not look like a service gap.
 async fn probe_loop(
     vips: Vec<SocketAddr>,
     apis: Vec<String>,
     token: String,
     running: Arc<AtomicBool>,
 ) -> (f64, u64) {
-    let http = reqwest::Client::new();
+    let roles = tokio::spawn(failover_loop(apis, token, running.clone()));
     let mut last_ok = vec![Instant::now(); vips.len()];
     let mut max_gap = 0f64;
-    // Group → the node that last reported itself active in it.
-    let mut holders = std::collections::BTreeMap::<String, String>::new();
-    let mut failovers = 0;
-    let mut ticks = 0u64;
     let stop_at = Instant::now() + Duration::from_secs(600);
     while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
         for (vip, last) in vips.iter().zip(last_ok.iter_mut()) {
@@ -597,40 +705,51 @@ async fn probe_loop(
                 *last = Instant::now();
             }
         }
-        ticks += 1;
-        if ticks.is_multiple_of(10) {
-            for api in &apis {
-                let answer = http
-                    .get(format!("{api}/v1/status"))
-                    .bearer_auth(&token)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                let Ok(answer) = answer else { continue };
-                let Ok(status) = answer.json::<Value>().await else {
-                    continue;
-                };
-                let Some(name) = status["node"]["node"].as_str() else {
-                    continue;
-                };
-                // In config-only mode every node is active in the one
-                // group at once: nothing changes hands there.
-                if status["node"]["mode"] == "config-only" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (max_gap, roles.await.unwrap_or(0))
+}
+
+/// Counts how often a failover group changed hands, from every node's own
+/// status every 200 ms.
+async fn failover_loop(apis: Vec<String>, token: String, running: Arc<AtomicBool>) -> u64 {
+    let http = reqwest::Client::new();
+    // Group → the node that last reported itself active in it.
+    let mut holders = std::collections::BTreeMap::<String, String>::new();
+    let mut failovers = 0;
+    let stop_at = Instant::now() + Duration::from_secs(600);
+    while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
+        for api in &apis {
+            let answer = http
+                .get(format!("{api}/v1/status"))
+                .bearer_auth(&token)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            let Ok(answer) = answer else { continue };
+            let Ok(status) = answer.json::<Value>().await else {
+                continue;
+            };
+            let Some(name) = status["node"]["node"].as_str() else {
+                continue;
+            };
+            // In config-only mode every node is active in the one group
+            // at once: nothing changes hands there.
+            if status["node"]["mode"] == "config-only" {
+                continue;
+            }
+            for group in status["node"]["groups"].as_array().into_iter().flatten() {
+                if group["role"] != "active" {
                     continue;
                 }
-                for group in status["node"]["groups"].as_array().into_iter().flatten() {
-                    if group["role"] != "active" {
-                        continue;
-                    }
-                    let id = group["group"].to_string();
-                    let before = holders.insert(id, name.to_string());
-                    if before.is_some_and(|b| b != name) {
-                        failovers += 1;
-                    }
+                let id = group["group"].to_string();
+                let before = holders.insert(id, name.to_string());
+                if before.is_some_and(|b| b != name) {
+                    failovers += 1;
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    (max_gap, failovers)
+    failovers
 }
