@@ -474,6 +474,21 @@ impl UpgradeRun {
                 continue;
             }
             let id = step.id;
+            if record.issued
+                && matches!(step.kind, StepKind::Switchover { .. })
+                && let Some(why) = step.blocked(&view)
+            {
+                // The handover it asked for did not hold: the node that
+                // took over died and the old active serves again. Ask
+                // again once a standby on the release is ready.
+                record.issued = false;
+                record.detail = Some(why.clone());
+                return vec![Action::Wait {
+                    step: id,
+                    until_ms: deadline,
+                    waiting_for: why,
+                }];
+            }
             if !record.issued {
                 if let Some(why) = step.blocked(&view) {
                     record.detail = Some(why.clone());

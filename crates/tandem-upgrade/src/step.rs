@@ -453,11 +453,11 @@ impl Step {
 
     /// Whether the step has failed in a way waiting will not mend.
     pub(crate) fn failed(&self, cluster: &ClusterState) -> Option<Failure> {
-        // A node the plan had moved off the service (switchover, groups
-        // moved away; preemption is off meanwhile) serves again before its
-        // own restart: the node that took over failed. Waiting would only
-        // run into the step's timeout; stop now, with the service up on
-        // the old release, and say what to do.
+        // A node about to restart serves: the plan had it off the service
+        // (a standby, or its groups moved away; preemption is off), so a
+        // failover put it there — the node serving before died. Waiting
+        // would only run into the step's timeout; stop now, at a safe
+        // point with the service up on the old release, and say what to do.
         if let StepKind::Boot {
             version,
             rollback: false,
@@ -471,8 +471,9 @@ impl Step {
                 .find(|n| n.running != *version && serves_a_group(cluster, n))
         {
             return Some(Failure::Other(format!(
-                "{} (still on {}) serves again: the node that took over from it failed; \
-                 the service runs on {}; run `tandem upgrade run` again to switch over and go on",
+                "{} (still on {}) serves now: a failover moved the service to it (the node \
+                 serving before failed), so it may not restart; the service runs on {}; \
+                 run `tandem upgrade run` again to go on from here",
                 node.name, node.running, node.running
             )));
         }

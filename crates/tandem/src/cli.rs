@@ -452,6 +452,18 @@ pub enum UpgradeCommand {
         #[command(flatten)]
         target: ApiTarget,
     },
+    /// The last upgrade's report: a timeline of its steps with their
+    /// durations, the release each node runs, and the client impact when
+    /// it was measured (`--impact` with the JSON `tandem demo --json` or a
+    /// benchmark printed).
+    Report {
+        /// A measurement of the client impact to include (JSON with
+        /// sent/acknowledged/lost/failed_sessions/max_gap_ms/failovers).
+        #[arg(long, value_name = "FILE")]
+        impact: Option<PathBuf>,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
     /// Stop at the next safe point.
     Abort {
         #[command(flatten)]

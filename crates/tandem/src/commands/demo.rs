@@ -41,6 +41,7 @@ use tandem_version::{Catalog, Version};
 
 use crate::cli::DemoArgs;
 use crate::commands::cluster::ApiClient;
+use crate::commands::upgrade::{Report, versions_now};
 use crate::localcluster::{ClusterSpec, LocalCluster};
 
 /// The example catalog the demo upgrades along (6.2.0 → 6.2.5, FortiMail's
@@ -72,6 +73,8 @@ struct DemoReport {
     drain_switchovers: u64,
     versions_after: serde_json::Map<String, Value>,
     duration_s: f64,
+    /// `tandem upgrade report` of the run: its timeline and versions.
+    report: Option<Report>,
 }
 
 /// Runs the demo.
@@ -373,6 +376,17 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             .unwrap_or(Value::Null);
         versions_after.insert(name.clone(), version);
     }
+    // The upgrade's own report, from the journal any node holds.
+    let mut upgrade_report = None;
+    for client in &clients {
+        if let Ok(answer) = client.get("/v1/upgrade").await
+            && let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone())
+        {
+            let cluster = client.get("/v1/cluster").await.unwrap_or(Value::Null);
+            upgrade_report = Some(Report::new(&run, versions_now(&cluster), None));
+            break;
+        }
+    }
     let lost = delivered_report
         .as_ref()
         .and_then(|r| r.missing)
@@ -398,10 +412,21 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         drain_switchovers: drains,
         versions_after,
         duration_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        report: upgrade_report,
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if let Some(upgrade) = &report.report {
+            // The demo measured the client impact: the report shows it.
+            let mut upgrade = upgrade.clone();
+            let mut figures = serde_json::to_value(&report)?;
+            if let Some(map) = figures.as_object_mut() {
+                map.remove("report");
+            }
+            upgrade.impact = Some(figures);
+            print!("{upgrade}");
+        }
         println!("upgrade: {outcome}");
         println!(
             "sent {}  acknowledged {}  delivered {}  lost {}  duplicates {}  failed sessions {}",
