@@ -3,7 +3,9 @@
 //! The plan and the step machine are `tandem-upgrade`'s (pure); this module
 //! observes the cluster, carries out the actions and keeps the journal:
 //!
-//! - The **active node coordinates**. It polls every node's API (its own
+//! - The **active node coordinates** (in config-only and active-active
+//!   mode, where several nodes are active by design, the active one of
+//!   highest priority). It polls every node's API (its own
 //!   too) into a `ClusterState`, feeds it to the `UpgradeRun`, and carries
 //!   out the actions by calling the nodes' APIs: HA commands, image
 //!   install and boot, listener suspend/resume, backups.
@@ -16,6 +18,14 @@
 //!   the fresh cluster state, so nothing is done twice).
 //! - A kill -9 of the coordinator is the same case: the peer that takes over
 //!   resumes from its copy of the journal.
+//! - Around a failover two nodes may coordinate for a moment. Each copy of
+//!   the journal carries the run's id and its progress; the copy further
+//!   on wins wherever it lands, and a coordinator that finds a copy ahead
+//!   of its own stops, so a stale push never rewinds the run.
+//! - An action that never reached its node (its agent restarting) is asked
+//!   again within the step's timeout; a refusal stops the run at a safe
+//!   point with what to do; a boot that failed its health check (the node
+//!   fell back, the slot marked bad) makes the step machine roll back.
 //!
 //! Progress and the outcome are read with `GET /v1/upgrade`.
 
@@ -250,7 +260,7 @@ impl Upgrades {
         let Some(journal) = self.journal().await else {
             return Ok(());
         };
-        let state = self.observe().await?;
+        let state = self.observe_since(&journal.view).await?;
         let mut run = UpgradeRun::resume(journal, state, now_ms()).map_err(|e| e.to_string())?;
         loop {
             if !self.only_active().await {
@@ -298,7 +308,7 @@ impl Upgrades {
                 return Ok(());
             }
             tokio::time::sleep(POLL).await;
-            match self.observe().await {
+            match self.observe_since(&run.view).await {
                 Ok(mut state) => {
                     // The sync report is not part of a node's status: carry
                     // the last one forward.
@@ -571,6 +581,32 @@ impl Upgrades {
 
     /// The whole cluster, from every node's own API.
     async fn observe(&self) -> Result<ClusterState, String> {
+        self.observe_with_gaps().await.map(|(state, _)| state)
+    }
+
+    /// The cluster as observed now, with what was last known (`before`)
+    /// of each node that did not answer: its release, images and slots
+    /// (only that it is off is new). Without this a node whose agent is
+    /// restarting would look like it runs whatever the first node runs,
+    /// and a step could count it as done, or issue nothing for it and then
+    /// wait for it forever.
+    async fn observe_since(&self, before: &ClusterState) -> Result<ClusterState, String> {
+        let (mut state, gaps) = self.observe_with_gaps().await?;
+        for name in gaps {
+            if let (Some(node), Some(known)) = (state.node_mut(&name), before.node(&name)) {
+                node.running = known.running;
+                node.images = known.images.clone();
+                node.other_slot = known.other_slot;
+                node.configured = known.configured;
+                node.priority = known.priority;
+            }
+        }
+        Ok(state)
+    }
+
+    /// The whole cluster, and the nodes that did not answer.
+    async fn observe_with_gaps(&self) -> Result<(ClusterState, Vec<String>), String> {
+        let mut gaps = Vec::new();
         let mut nodes = Vec::new();
         let mut mode = Mode::ActivePassive;
         let mut groups = Vec::new();
@@ -592,15 +628,19 @@ impl Upgrades {
                     }
                     nodes.push(node);
                 }
-                _ => nodes.push(unreachable_node(name, nodes.first())),
+                _ => {
+                    gaps.push(name.clone());
+                    nodes.push(unreachable_node(name, nodes.first()));
+                }
             }
         }
-        Ok(ClusterState {
+        let state = ClusterState {
             mode,
             groups,
             nodes,
             sync_clean: None,
-        })
+        };
+        Ok((state, gaps))
     }
 }
 

@@ -17,6 +17,11 @@
 //! once `--fault-after` steps are done, restarted a second later as a
 //! service manager would) and `--fault bad-image` (the first release the
 //! upgrade installs fails its health check, so the run must roll back).
+//! After a kill, a run that stopped at a safe point is run again once (what
+//! its message tells the operator), and a node left holding acknowledged
+//! mail in its spool (killed while active; no data sync is configured
+//! here, so the standby had no copy) is given the service once so it
+//! delivers it: the mail was durable, only stranded.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
