@@ -412,11 +412,22 @@ impl Agent {
                 }
             }
             Output::StartService => {
+                // Config-only mode has no failover group, so the core never
+                // claims a VIP: every serving node binds it itself (with
+                // SO_REUSEPORT the kernel spreads connections over them).
+                if self.config.cluster.mode == ModeName::ConfigOnly && self.vip.is_empty() {
+                    self.bind_vip(GroupId(0));
+                }
                 self.service_running = true;
                 self.serving.store(true, Ordering::Relaxed);
                 self.start_service().await;
             }
             Output::StopService => {
+                // A config-only node that stops serving must not keep a
+                // share of the VIP's connections queued where nobody accepts.
+                if self.config.cluster.mode == ModeName::ConfigOnly {
+                    self.vip.remove(&GroupId(0));
+                }
                 self.service_running = false;
                 self.serving.store(false, Ordering::Relaxed);
                 self.supervisor.request_stop().await;
@@ -724,7 +735,17 @@ impl Agent {
         }
         // A standby: back as a healthy standby on the new slot is its boot
         // check (Standby Ready); the service is checked when it next serves.
-        match self.firmware.check_boot(true).await {
+        // With no service to restart between tries, spend them all now: a
+        // failing slot must end rolled back (marked bad, the previous one
+        // current), never left pending, or an upgrade waits on it forever.
+        let mut verdict = self.firmware.check_boot(true).await;
+        for _ in 0..4 {
+            if !matches!(verdict, BootVerdict::Retry { .. }) {
+                break;
+            }
+            verdict = self.firmware.check_boot(true).await;
+        }
+        match verdict {
             BootVerdict::Good { .. } => {
                 self.unchecked_slot = Some(slot);
                 Ok(

@@ -3,7 +3,9 @@
 //! The plan and the step machine are `tandem-upgrade`'s (pure); this module
 //! observes the cluster, carries out the actions and keeps the journal:
 //!
-//! - The **active node coordinates**. It polls every node's API (its own
+//! - The **active node coordinates** (in config-only and active-active
+//!   mode, where several nodes are active by design, the active one of
+//!   highest priority). It polls every node's API (its own
 //!   too) into a `ClusterState`, feeds it to the `UpgradeRun`, and carries
 //!   out the actions by calling the nodes' APIs: HA commands, image
 //!   install and boot, listener suspend/resume, backups.
@@ -16,6 +18,14 @@
 //!   the fresh cluster state, so nothing is done twice).
 //! - A kill -9 of the coordinator is the same case: the peer that takes over
 //!   resumes from its copy of the journal.
+//! - Around a failover two nodes may coordinate for a moment. Each copy of
+//!   the journal carries the run's id and its progress; the copy further
+//!   on wins wherever it lands, and a coordinator that finds a copy ahead
+//!   of its own stops, so a stale push never rewinds the run.
+//! - An action that never reached its node (its agent restarting) is asked
+//!   again within the step's timeout; a refusal stops the run at a safe
+//!   point with what to do; a boot that failed its health check (the node
+//!   fell back, the slot marked bad) makes the step machine roll back.
 //!
 //! Progress and the outcome are read with `GET /v1/upgrade`.
 
@@ -37,6 +47,9 @@ use tokio::sync::Mutex;
 
 /// How often the coordinator observes the cluster.
 const POLL: Duration = Duration::from_millis(200);
+/// How a call's error starts when the node never answered (as opposed to
+/// answering with a refusal).
+const UNREACHABLE: &str = "no answer from ";
 /// How often every node checks whether it should take over coordination.
 const WATCH: Duration = Duration::from_millis(500);
 
@@ -126,14 +139,23 @@ impl Upgrades {
         self.coordinating.load(Ordering::Relaxed)
     }
 
-    /// A peer's copy of the journal arrives; kept unless this node is the
-    /// one writing it.
+    /// A peer's copy of the journal arrives. Around a failover two nodes
+    /// may coordinate for a moment (the old one has not yet seen that it
+    /// lost the role); the copy that is further on wins, whoever sent it
+    /// last, so a stale push never rewinds the journal. A coordinator
+    /// takes only a copy strictly ahead of its own, and then stops (see
+    /// `coordinate`).
     pub async fn store_replica(&self, run: UpgradeRun) -> Result<(), String> {
-        if self.coordinating() {
-            return Ok(());
+        let mut journal = self.journal.lock().await;
+        let take = match journal.as_ref() {
+            None => true,
+            Some(mine) if self.coordinating() => mine.superseded_by(&run),
+            Some(mine) => !run.superseded_by(mine),
+        };
+        if take {
+            self.persist(&run)?;
+            *journal = Some(run);
         }
-        self.persist(&run)?;
-        *self.journal.lock().await = Some(run);
         Ok(())
     }
 
@@ -190,11 +212,13 @@ impl Upgrades {
             return Err("an upgrade is already running: see `tandem upgrade status`, or `tandem upgrade abort`".into());
         }
         if !self.only_active().await {
-            return Err("only the active node coordinates an upgrade: ask it (tandem upgrade run --node ACTIVE)".into());
+            return Err("only the active node (in config-only and active-active mode: the active node of highest priority) coordinates an upgrade: ask it (tandem upgrade run --node ACTIVE)".into());
         }
         let plan = self.plan(request).await?;
         let state = self.observe().await?;
-        let run = UpgradeRun::new(plan.clone(), state);
+        let mut run = UpgradeRun::new(plan.clone(), state);
+        // Newer than any run a peer still holds a copy of.
+        run.id = now_ms().max(self.journal().await.map_or(0, |r| r.id + 1));
         self.abort.store(false, Ordering::Relaxed);
         self.record(&run).await;
         self.spawn_coordinator();
@@ -236,21 +260,26 @@ impl Upgrades {
         let Some(journal) = self.journal().await else {
             return Ok(());
         };
-        let state = self.observe().await?;
+        let state = self.observe_since(&journal.view).await?;
         let mut run = UpgradeRun::resume(journal, state, now_ms()).map_err(|e| e.to_string())?;
         loop {
             if !self.only_active().await {
-                tracing::warn!(
-                    "no longer the only active node: handing the upgrade coordination over"
-                );
-                self.record(&run).await;
+                // No last push: the node that coordinates now may already
+                // be further on, and the journal is recorded before every
+                // batch of actions anyway.
+                tracing::warn!("no longer the coordinator: handing the upgrade coordination over");
                 return Ok(());
             }
             if self.abort.swap(false, Ordering::Relaxed) {
                 run.observe(now_ms(), Observation::Abort);
             }
             let actions = run.next(now_ms());
-            self.record(&run).await;
+            if !self.record(&run).await {
+                tracing::warn!(
+                    "another node carried the upgrade further: handing the coordination over"
+                );
+                return Ok(());
+            }
             for action in actions {
                 if let Some(step) = run.running_step().or_else(|| last_step(&run)) {
                     tracing::info!(step = step.0, action = ?action, "upgrade action");
@@ -260,18 +289,26 @@ impl Upgrades {
                     Ok(None) => {}
                     Err((node, reason)) => {
                         if let Some(step) = run.running_step() {
-                            run.observe(now_ms(), Observation::ActionFailed { step, node, reason });
+                            // A node that did not answer (its agent killed
+                            // and restarting) refused nothing: ask again
+                            // when it is back, within the step's timeout.
+                            let observation = if reason.starts_with(UNREACHABLE) {
+                                Observation::ActionUndelivered { step, node, reason }
+                            } else {
+                                Observation::ActionFailed { step, node, reason }
+                            };
+                            run.observe(now_ms(), observation);
                         }
                     }
                 }
             }
             if run.status.is_finished() {
-                self.record(&run).await;
+                let _ = self.record(&run).await;
                 tracing::info!(status = ?run.status, "upgrade finished");
                 return Ok(());
             }
             tokio::time::sleep(POLL).await;
-            match self.observe().await {
+            match self.observe_since(&run.view).await {
                 Ok(mut state) => {
                     // The sync report is not part of a node's status: carry
                     // the last one forward.
@@ -284,12 +321,19 @@ impl Upgrades {
     }
 
     /// Writes the journal here and pushes it to every peer (best effort:
-    /// a peer that misses one gets the next).
-    async fn record(&self, run: &UpgradeRun) {
-        if let Err(e) = self.persist(run) {
-            tracing::error!(error = %e, "cannot write the upgrade journal");
+    /// a peer that misses one gets the next). `false`, writing nothing,
+    /// when the copy here is already further on (another coordinator's).
+    async fn record(&self, run: &UpgradeRun) -> bool {
+        {
+            let mut journal = self.journal.lock().await;
+            if journal.as_ref().is_some_and(|j| run.superseded_by(j)) {
+                return false;
+            }
+            if let Err(e) = self.persist(run) {
+                tracing::error!(error = %e, "cannot write the upgrade journal");
+            }
+            *journal = Some(run.clone());
         }
-        *self.journal.lock().await = Some(run.clone());
         for (name, addr) in self.nodes.iter().skip(1) {
             let sent = self
                 .client
@@ -303,6 +347,7 @@ impl Upgrades {
                 tracing::debug!(peer = %name, error = %e, "journal not replicated");
             }
         }
+        true
     }
 
     fn persist(&self, run: &UpgradeRun) -> Result<(), String> {
@@ -352,9 +397,19 @@ impl Upgrades {
                 .await?;
                 Ok(None)
             }
-            Action::BootPending { node, .. } => {
-                post(node, "/v1/images/boot", serde_json::json!({})).await?;
-                Ok(None)
+            Action::BootPending { node, version } => {
+                match post(node, "/v1/images/boot", serde_json::json!({})).await {
+                    Ok(_) => Ok(None),
+                    // A boot whose health check failed has fallen back to
+                    // the previous slot and marked the new one bad: the
+                    // next observation shows it and the step machine rolls
+                    // the upgrade back. It is not a refusal to stop on.
+                    Err(failed) if self.fell_back(node, version).await => {
+                        tracing::warn!(node = %failed.0, reason = %failed.1, "the boot failed its health check and fell back");
+                        Ok(None)
+                    }
+                    Err(failed) => Err(failed),
+                }
             }
             Action::BootPrevious { node, .. } => {
                 post(node, "/v1/images/rollback", serde_json::json!({})).await?;
@@ -414,6 +469,33 @@ impl Upgrades {
         }
     }
 
+    /// Whether `node` holds `version` in a slot marked bad: a boot of it
+    /// failed its health check and the node went back to its previous
+    /// release.
+    async fn fell_back(&self, node: &str, version: &Version) -> bool {
+        let Some(addr) = self.addr(node) else {
+            return false;
+        };
+        let Ok(images) = self.get(addr, "/v1/images").await else {
+            return false;
+        };
+        ["a", "b"].into_iter().any(|s| {
+            let slot = &images["slots"][s];
+            slot["state"] == "bad"
+                && slot["version"]
+                    .as_str()
+                    .and_then(|v| v.parse::<Version>().ok())
+                    .is_some_and(|v| v == *version)
+        })
+    }
+
+    fn addr(&self, node: &str) -> Option<SocketAddr> {
+        self.nodes
+            .iter()
+            .find(|(name, _)| name == node)
+            .map(|(_, a)| *a)
+    }
+
     async fn call(&self, node: &str, path: &str, body: Value) -> Result<Value, String> {
         let addr = self
             .nodes
@@ -429,7 +511,7 @@ impl Upgrades {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("{node} unreachable: {e}"))?;
+            .map_err(|e| format!("{UNREACHABLE}{node}: {e}"))?;
         let status = response.status();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success()
@@ -458,27 +540,73 @@ impl Upgrades {
         response.json().await.map_err(|e| e.to_string())
     }
 
-    /// Whether this node is active and no other node is.
+    /// Whether this node should coordinate now. Every node answers from
+    /// the same statuses, so at most one says yes once they agree:
+    ///
+    /// - `active-passive`: this node is active and no other node is. While
+    ///   a switchover has two actives for a moment, nobody coordinates; the
+    ///   one left active resumes from the journal.
+    /// - `config-only` and `active-active`: several nodes are active by
+    ///   design (every node serves; each holds a group), so "the only
+    ///   active" would never hold and the upgrade would stall. The active
+    ///   node that ranks first (highest priority, then name) coordinates;
+    ///   when the plan moves every group away from it, it is no longer
+    ///   active and the next one resumes.
     async fn only_active(&self) -> bool {
-        let mut mine = false;
-        for (i, (_, addr)) in self.nodes.iter().enumerate() {
-            let role = self
-                .get(*addr, "/v1/status")
-                .await
-                .ok()
-                .map(|s| s["node"]["effective_role"].clone());
-            let active = role.as_ref().is_some_and(|r| r == "active");
-            if i == 0 {
-                mine = active;
-            } else if active {
-                return false;
+        let mut actives = Vec::new();
+        let mut mode = None;
+        for (i, (name, addr)) in self.nodes.iter().enumerate() {
+            let Ok(status) = self.get(*addr, "/v1/status").await else {
+                continue;
+            };
+            let node = &status["node"];
+            if mode.is_none() {
+                mode = serde_json::from_value::<Mode>(node["mode"].clone()).ok();
+            }
+            if node["effective_role"] == "active" {
+                let priority = node["priority"].as_u64().unwrap_or(0);
+                actives.push((i == 0, priority, name.clone()));
             }
         }
-        mine
+        match mode {
+            Some(Mode::ConfigOnly | Mode::ActiveActive) => {
+                let first = actives
+                    .iter()
+                    .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.2.cmp(&a.2)));
+                first.is_some_and(|(me, _, _)| *me)
+            }
+            _ => actives.len() == 1 && actives[0].0,
+        }
     }
 
     /// The whole cluster, from every node's own API.
     async fn observe(&self) -> Result<ClusterState, String> {
+        self.observe_with_gaps().await.map(|(state, _)| state)
+    }
+
+    /// The cluster as observed now, with what was last known (`before`)
+    /// of each node that did not answer: its release, images and slots
+    /// (only that it is off is new). Without this a node whose agent is
+    /// restarting would look like it runs whatever the first node runs,
+    /// and a step could count it as done, or issue nothing for it and then
+    /// wait for it forever.
+    async fn observe_since(&self, before: &ClusterState) -> Result<ClusterState, String> {
+        let (mut state, gaps) = self.observe_with_gaps().await?;
+        for name in gaps {
+            if let (Some(node), Some(known)) = (state.node_mut(&name), before.node(&name)) {
+                node.running = known.running;
+                node.images = known.images.clone();
+                node.other_slot = known.other_slot;
+                node.configured = known.configured;
+                node.priority = known.priority;
+            }
+        }
+        Ok(state)
+    }
+
+    /// The whole cluster, and the nodes that did not answer.
+    async fn observe_with_gaps(&self) -> Result<(ClusterState, Vec<String>), String> {
+        let mut gaps = Vec::new();
         let mut nodes = Vec::new();
         let mut mode = Mode::ActivePassive;
         let mut groups = Vec::new();
@@ -500,15 +628,19 @@ impl Upgrades {
                     }
                     nodes.push(node);
                 }
-                _ => nodes.push(unreachable_node(name, nodes.first())),
+                _ => {
+                    gaps.push(name.clone());
+                    nodes.push(unreachable_node(name, nodes.first()));
+                }
             }
         }
-        Ok(ClusterState {
+        let state = ClusterState {
             mode,
             groups,
             nodes,
             sync_clean: None,
-        })
+        };
+        Ok((state, gaps))
     }
 }
 

@@ -75,6 +75,17 @@ pub enum Observation {
         /// Why, as the node said it.
         reason: String,
     },
+    /// An action did not reach its node (down, or its agent restarting):
+    /// nothing was refused, so the step asks again on the next turn once
+    /// the node answers; its timeout bounds the wait.
+    ActionUndelivered {
+        /// The step that asked for it.
+        step: StepId,
+        /// The node concerned.
+        node: String,
+        /// What the transport said.
+        reason: String,
+    },
     /// The agent's own timer for a step fired (the run also checks
     /// timeouts against `now_ms` by itself).
     StepTimedOut {
@@ -213,6 +224,10 @@ impl RunStatus {
 /// One upgrade in progress: what the journal stores and replicates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeRun {
+    /// Which upgrade this is: set by whoever starts it (the agent uses its
+    /// clock), so a replica of an older run never overwrites a newer one.
+    #[serde(default)]
+    pub id: u64,
     /// The upgrade.
     pub forward: Track,
     /// The rollback, once an image health failure started one.
@@ -227,6 +242,7 @@ impl UpgradeRun {
     /// Starts a run of `plan` on the cluster as observed now.
     pub fn new(plan: UpgradePlan, cluster: ClusterState) -> Self {
         UpgradeRun {
+            id: 0,
             forward: Track::new(plan),
             rollback: None,
             status: RunStatus::Running,
@@ -259,6 +275,39 @@ impl UpgradeRun {
             }
         }
         Ok(journal)
+    }
+
+    /// How far the run has come, for choosing between two copies of the
+    /// same run's journal: a finished run is furthest, a rollback is past
+    /// every forward step, and within a track each settled step counts.
+    /// Two coordinators may briefly overlap around a failover; the copy
+    /// with more progress is the one to keep, whoever sent it last.
+    pub fn progress(&self) -> (u8, usize) {
+        let phase = if self.status.is_finished() {
+            2
+        } else if self.rollback.is_some() {
+            1
+        } else {
+            0
+        };
+        let settled = self
+            .current()
+            .records
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    StepState::Done | StepState::Failed | StepState::Skipped
+                )
+            })
+            .count();
+        (phase, settled)
+    }
+
+    /// Whether `other` (a copy of the journal from elsewhere) should
+    /// replace this one: a newer run, or the same run further on.
+    pub fn superseded_by(&self, other: &UpgradeRun) -> bool {
+        other.id > self.id || other.id == self.id && other.progress() > self.progress()
     }
 
     /// The plan being carried out now (the rollback's once one started).
@@ -323,6 +372,15 @@ impl UpgradeRun {
                         i,
                         Failure::Other(format!("{node} refused or failed: {reason}")),
                     );
+                }
+            }
+            Observation::ActionUndelivered { step, node, reason } => {
+                if self.running_step() == Some(step)
+                    && let Some(i) = self.running_index()
+                    && let Some(record) = self.track_mut().records.get_mut(i)
+                {
+                    record.issued = false;
+                    record.detail = Some(format!("{node} did not answer: {reason}"));
                 }
             }
             Observation::StepTimedOut { step } => {
@@ -416,6 +474,21 @@ impl UpgradeRun {
                 continue;
             }
             let id = step.id;
+            if record.issued
+                && matches!(step.kind, StepKind::Switchover { .. })
+                && let Some(why) = step.blocked(&view)
+            {
+                // The handover it asked for did not hold: the node that
+                // took over died and the old active serves again. Ask
+                // again once a standby on the release is ready.
+                record.issued = false;
+                record.detail = Some(why.clone());
+                return vec![Action::Wait {
+                    step: id,
+                    until_ms: deadline,
+                    waiting_for: why,
+                }];
+            }
             if !record.issued {
                 if let Some(why) = step.blocked(&view) {
                     record.detail = Some(why.clone());

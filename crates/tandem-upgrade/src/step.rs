@@ -408,7 +408,15 @@ impl Step {
             StepKind::Switchover { version } => {
                 let was_active = nodes.next().flatten();
                 let actives = cluster.actives();
-                was_active.is_some_and(|n| n.effective != EffectiveRole::Active)
+                // Done once the old active stepped down, or, for a
+                // coordinator resuming from a journal that lagged behind
+                // (its predecessor died after acting, before replicating),
+                // once the old active itself already runs the release: the
+                // switchover's purpose, an active on the new release, holds
+                // either way, and asking it to step down again would only
+                // move the service for nothing.
+                was_active
+                    .is_some_and(|n| n.effective != EffectiveRole::Active || n.running == *version)
                     && actives.len() == 1
                     && actives.iter().all(|a| a.running == *version)
             }
@@ -445,6 +453,30 @@ impl Step {
 
     /// Whether the step has failed in a way waiting will not mend.
     pub(crate) fn failed(&self, cluster: &ClusterState) -> Option<Failure> {
+        // A node about to restart serves: the plan had it off the service
+        // (a standby, or its groups moved away; preemption is off), so a
+        // failover put it there — the node serving before died. Waiting
+        // would only run into the step's timeout; stop now, at a safe
+        // point with the service up on the old release, and say what to do.
+        if let StepKind::Boot {
+            version,
+            rollback: false,
+            holdoff_secs: None,
+        } = &self.kind
+            && cluster.mode != Mode::ConfigOnly
+            && let Some(node) = self
+                .nodes
+                .iter()
+                .filter_map(|n| cluster.node(n))
+                .find(|n| n.running != *version && serves_a_group(cluster, n))
+        {
+            return Some(Failure::Other(format!(
+                "{} (still on {}) serves now: a failover moved the service to it (the node \
+                 serving before failed), so it may not restart; the service runs on {}; \
+                 run `tandem upgrade run` again to go on from here",
+                node.name, node.running, node.running
+            )));
+        }
         match &self.kind {
             StepKind::Boot {
                 version,

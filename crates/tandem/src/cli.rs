@@ -403,12 +403,30 @@ pub enum FailoverCommand {
 /// `tandem demo` options.
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
-    /// The upgrade strategy: switchover, holdoff (active-passive).
-    #[arg(long, default_value = "switchover")]
+    /// The upgrade strategy: switchover, holdoff (active-passive), rolling
+    /// (config-only), active-active.
+    #[arg(long, default_value = "switchover", value_parser = ["switchover", "holdoff", "rolling", "active-active"])]
     pub strategy: String,
-    /// Nodes in the local cluster.
-    #[arg(long, default_value_t = 2)]
-    pub nodes: usize,
+    /// Nodes in the local cluster: 2, or 3 for rolling, unless given.
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// The cluster's mode; the strategy's own when absent (rolling:
+    /// config-only, active-active: active-active, else active-passive).
+    #[arg(long, value_parser = ["active-passive", "config-only", "active-active"])]
+    pub mode: Option<String>,
+    /// Nodes upgraded at once with the rolling strategy.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Inject a fault, for tests: `kill-coordinator` (kill -9 of the
+    /// coordinating agent mid-upgrade, restarted a second later like a
+    /// service manager would) or `bad-image` (the target release's health
+    /// check fails).
+    #[arg(long, hide = true, value_parser = ["kill-coordinator", "bad-image"])]
+    pub fault: Option<String>,
+    /// With `--fault kill-coordinator`: kill once this many steps are done
+    /// (the switchover step's number by default).
+    #[arg(long, hide = true)]
+    pub fault_after: Option<usize>,
     /// The release the cluster starts on (a release of the example catalog).
     #[arg(long, default_value = "6.2.0")]
     pub from: String,
@@ -482,6 +500,18 @@ pub enum UpgradeCommand {
         /// Follow it until it ends.
         #[arg(long)]
         follow: bool,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// The last upgrade's report: a timeline of its steps with their
+    /// durations, the release each node runs, and the client impact when
+    /// it was measured (`--impact` with the JSON `tandem demo --json` or a
+    /// benchmark printed).
+    Report {
+        /// A measurement of the client impact to include (JSON with
+        /// sent/acknowledged/lost/failed_sessions/max_gap_ms/failovers).
+        #[arg(long, value_name = "FILE")]
+        impact: Option<PathBuf>,
         #[command(flatten)]
         target: ApiTarget,
     },

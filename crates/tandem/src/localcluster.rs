@@ -45,6 +45,11 @@ pub struct ClusterSpec {
     /// active-active, group N preferring node N modulo the node count and
     /// served on its own VIP.
     pub groups: usize,
+    /// `config-only` mode (FortiMail config-only, ESA clusters): every node
+    /// serves at once, only configuration is synced. On loopback every node
+    /// binds the one VIP with `SO_REUSEPORT` and the kernel spreads the
+    /// connections over them. Ignored when `groups` is 2 or more.
+    pub config_only: bool,
 }
 
 /// One node of a [`LocalCluster`].
@@ -195,6 +200,8 @@ impl LocalCluster {
                 spec.version,
                 if active_active {
                     "active-active"
+                } else if spec.config_only {
+                    "config-only"
                 } else {
                     "active-passive"
                 },
@@ -287,9 +294,14 @@ impl LocalCluster {
             return Ok(());
         }
         let log = match &self.log_dir {
-            Some(dir) => Stdio::from(std::fs::File::create(
-                dir.join(format!("{}.log", node.name)),
-            )?),
+            // Appended to: a node restarted after a kill keeps the log of
+            // its first life, which is what explains the kill's effects.
+            Some(dir) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("{}.log", node.name)))?,
+            ),
             None => Stdio::null(),
         };
         let child = Command::new(&self.exe)
@@ -376,6 +388,40 @@ impl LocalCluster {
     /// Node `i`'s own status report, if its agent answers.
     pub async fn status(&self, i: usize) -> Option<Value> {
         self.client(i).ok()?.get("/v1/status").await.ok()
+    }
+
+    /// Waits until every running node reports itself active (config-only
+    /// mode, where every node serves; active-active, where each holds a
+    /// group); fails after `timeout`.
+    pub async fn wait_for_all_active(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut settled = true;
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.process.is_none() {
+                    continue;
+                }
+                let role = self.status(i).await.map(|s| {
+                    s["node"]["effective_role"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                });
+                if role.as_deref() != Some("active") {
+                    settled = false;
+                }
+            }
+            if settled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "not every node became active within {} s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until node `active` is active and every other running node is

@@ -44,6 +44,7 @@ fn build_pair(
         exe: Some(EXE.into()),
         remote_as_heartbeat,
         groups,
+        config_only: false,
         vip: None,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
@@ -531,6 +532,7 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
         exe: Some(EXE.into()),
         remote_as_heartbeat: false,
         groups: 1,
+        config_only: false,
         vip: None,
     };
     let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));

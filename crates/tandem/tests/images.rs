@@ -157,6 +157,7 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
         exe: Some(EXE.into()),
         remote_as_heartbeat: false,
         groups: 1,
+        config_only: false,
         vip: None,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));

@@ -89,6 +89,7 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
         exe: Some(exe.clone()),
         remote_as_heartbeat: false,
         groups: 1,
+        config_only: false,
         vip: None,
     };
     let mut cluster = LocalCluster::create(&spec)?;

@@ -6,6 +6,22 @@
 //! through the VIP, upgrades the cluster to the second release while the
 //! mail flows, and reports what the clients saw: every acknowledged message
 //! must reach the sink. Exit 1 if one did not.
+//!
+//! Every strategy has its cluster: `switchover` and `holdoff` an
+//! active-passive pair, `rolling` three config-only nodes (all serving the
+//! VIP at once: on loopback they share it with `SO_REUSEPORT`),
+//! `active-active` a pair with two failover groups, each on its own VIP.
+//! When the catalog's path has several hops (`--to 6.4.0`) every release on
+//! it is built, signed and pushed to every node. Two hidden faults exist for
+//! the tests: `--fault kill-coordinator` (kill -9 of the coordinating agent
+//! once `--fault-after` steps are done, restarted a second later as a
+//! service manager would) and `--fault bad-image` (the first release the
+//! upgrade installs fails its health check, so the run must roll back).
+//! After a kill, a run that stopped at a safe point is run again once (what
+//! its message tells the operator), and a node left holding acknowledged
+//! mail in its spool (killed while active; no data sync is configured
+//! here, so the standby had no copy) is given the service once so it
+//! delivers it: the mail was durable, only stranded.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -25,8 +41,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use tandem_upgrade::{StepKind, StepState, UpgradePlan, UpgradeRun};
+use tandem_version::{Catalog, Version};
+
 use crate::cli::DemoArgs;
 use crate::commands::cluster::ApiClient;
+use crate::commands::upgrade::{Report, versions_now};
 use crate::localcluster::{ClusterSpec, LocalCluster};
 
 /// The example catalog the demo upgrades along (6.2.0 → 6.2.5, FortiMail's
@@ -37,6 +57,12 @@ const CATALOG: &str = include_str!("../../../../catalogs/fortimail-example.toml"
 #[derive(Debug, Serialize)]
 struct DemoReport {
     strategy: String,
+    /// The cluster's mode (beyond the shape: which cluster ran).
+    mode: String,
+    /// How the upgrade ended, in words ("done: ...", "rolled back: ...").
+    outcome: String,
+    /// The releases the upgrade installed, hop by hop.
+    path: Vec<String>,
     from: String,
     to: String,
     sent: u64,
@@ -47,8 +73,13 @@ struct DemoReport {
     failed_sessions: u64,
     max_gap_ms: f64,
     failovers: u64,
+    /// Switchovers the demo made after the upgrade so that a node left
+    /// with queued mail (killed while active) delivers it.
+    drain_switchovers: u64,
     versions_after: serde_json::Map<String, Value>,
     duration_s: f64,
+    /// `tandem upgrade report` of the run: its timeline and versions.
+    report: Option<Report>,
 }
 
 /// Runs the demo.
@@ -59,12 +90,42 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             eprintln!("demo: {line}");
         }
     };
-    if args.nodes < 2 {
+    let mode = args.mode.clone().unwrap_or_else(|| {
+        match args.strategy.as_str() {
+            "rolling" => "config-only",
+            "active-active" => "active-active",
+            _ => "active-passive",
+        }
+        .to_string()
+    });
+    let nodes = args
+        .nodes
+        .unwrap_or(if mode == "config-only" { 3 } else { 2 });
+    if nodes < 2 {
         bail!("--nodes must be at least 2");
     }
     let exe = std::env::current_exe().context("cannot find the tandem binary")?;
-    let work = tempfile::tempdir().context("cannot make a working directory")?;
+    let mut work = tempfile::tempdir().context("cannot make a working directory")?;
+    // For debugging a failed run: TANDEM_DEMO_KEEP keeps the logs (the
+    // cluster's own directory still goes with it).
+    let keep = std::env::var_os("TANDEM_DEMO_KEEP").is_some();
+    work.disable_cleanup(keep);
+    if keep {
+        eprintln!("demo: logs kept in {}", work.path().display());
+    }
     let dir = work.path();
+
+    // Every release on the catalog's path, so a multi-hop upgrade finds the
+    // image of each hop on every node (the preflight insists).
+    let catalog = Catalog::parse(CATALOG, "catalogs/fortimail-example.toml")?;
+    let (from, to): (Version, Version) = (args.from.parse()?, args.to.parse()?);
+    let path = catalog
+        .plan(&from, &to)
+        .with_context(|| format!("no upgrade path from {from} to {to}"))?;
+    let hops: Vec<String> = path.hops.iter().map(|h| h.to.to_string()).collect();
+    let Some(first_hop) = hops.first().cloned() else {
+        bail!("{from} is already {to}: nothing to upgrade");
+    };
 
     // The next hop: a counting sink, or the operator's own.
     let sink = match args.relay_to {
@@ -79,17 +140,22 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("no next hop"),
     };
 
-    // Two signed releases of the relay.
+    // Signed releases of the relay: the first, then one per hop.
+    let releases: Vec<String> = std::iter::once(args.from.clone())
+        .chain(hops.iter().cloned())
+        .collect();
     say(&format!(
-        "building and signing releases {} and {} (throwaway key)",
-        args.from, args.to
+        "building and signing releases {} (throwaway key)",
+        releases.join(", ")
     ));
+    let bad_image = args.fault.as_deref() == Some("bad-image");
     let (secret, public) = (dir.join("release.key"), dir.join("release.pub"));
     signing::keygen(&secret, &public, None)?;
     let key = signing::read_secret_key(&secret, None)?;
     let mut images = Vec::new();
-    for version in [&args.from, &args.to] {
-        let image = build_release(dir, &exe, version)?;
+    for version in &releases {
+        let broken = bad_image && *version == first_hop;
+        let image = build_release(dir, &exe, version, broken)?;
         signing::sign(&image, &key)?;
         images.push(image);
     }
@@ -98,7 +164,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     let names: Vec<String> = ["alpha", "beta", "gamma", "delta", "epsilon"]
         .iter()
         .cycle()
-        .take(args.nodes)
+        .take(nodes)
         .enumerate()
         .map(|(i, n)| {
             if i < 5 {
@@ -128,19 +194,25 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         log_dir: Some(dir.to_path_buf()),
         exe: Some(exe.clone()),
         remote_as_heartbeat: false,
-        groups: 1,
+        groups: if mode == "active-active" { 2 } else { 1 },
+        config_only: mode == "config-only",
         vip: args.listen,
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.start_all()?;
-    cluster.wait_for_active(0, Duration::from_secs(15)).await?;
+    settle(&cluster, &mode).await?;
     say(&format!(
-        "{} nodes up on loopback; VIP {} ; next hop {next_hop}",
+        "{} nodes ({mode}) up on loopback; VIP {} ; next hop {next_hop}",
         names.len(),
-        cluster.vip
+        cluster
+            .vips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
 
-    // Every node runs the first release from an image slot.
+    // Every node holds every release and runs the first from an image slot.
     let clients: Vec<ApiClient> = (0..names.len())
         .map(|i| cluster.client(i))
         .collect::<anyhow::Result<_>>()?;
@@ -177,27 +249,29 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             bail!("{}: boot: {e}", names[i]);
         }
     }
-    cluster.wait_for_active(0, Duration::from_secs(15)).await?;
-    wait_serving(cluster.vip, Duration::from_secs(15)).await?;
+    settle(&cluster, &mode).await?;
+    for vip in &cluster.vips {
+        wait_serving(*vip, Duration::from_secs(15)).await?;
+    }
     say(&format!(
         "every node runs {} from a signed image",
         args.from
     ));
 
-    // Mail through the VIP, and a prober timing the service, while the
+    // Mail through the VIPs, and a prober timing the service, while the
     // cluster upgrades under it.
     let running = Arc::new(AtomicBool::new(true));
     let loads = Arc::new(Mutex::new(Vec::<LoadReport>::new()));
     let load_task = (!args.no_load).then(|| {
         tokio::spawn(load_loop(
-            cluster.vip,
+            cluster.vips.clone(),
             args.messages,
             running.clone(),
             loads.clone(),
         ))
     });
     let probe = tokio::spawn(probe_loop(
-        cluster.vip,
+        cluster.vips.clone(),
         clients.iter().map(ApiClient::base).collect(),
         cluster.token().to_string(),
         running.clone(),
@@ -205,15 +279,19 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     tokio::time::sleep(Duration::from_secs(args.start_delay)).await;
 
     say(&format!(
-        "upgrading {} → {} with the {} strategy",
-        args.from, args.to, args.strategy
+        "upgrading {} → {} ({}) with the {} strategy",
+        args.from,
+        args.to,
+        hops.join(" → "),
+        args.strategy
     ));
-    let coordinator = &clients[0];
     let request = serde_json::json!({
         "to": args.to, "catalog": CATALOG, "catalog_origin": "catalogs/fortimail-example.toml",
-        "strategy": args.strategy,
+        "strategy": args.strategy, "batch": args.batch,
     });
-    let begun = coordinator.post("/v1/upgrade", &request).await?;
+    // The coordinator: the only active node, or the first one (config-only,
+    // active-active); the agents refuse anyone else.
+    let begun = clients[0].post("/v1/upgrade", &request).await?;
     if let Some(e) = begun["error"].as_str() {
         running.store(false, Ordering::Relaxed);
         bail!("the upgrade was refused: {e}");
@@ -221,13 +299,60 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     if !json {
         eprint!("{}", begun["text"].as_str().unwrap_or(""));
     }
-    let outcome = crate::commands::upgrade::follow(&clients[1], true).await?;
+    if args.fault.as_deref() == Some("kill-coordinator") {
+        let after = match args.fault_after {
+            Some(n) => n,
+            None => switchover_step(&begun["plan"]).unwrap_or(1),
+        };
+        kill_coordinator(&mut cluster, &clients, after, &say).await?;
+    }
+    let mut outcome = follow_any(&clients).await;
+    say(&format!("upgrade: {outcome}"));
+    if args.fault.as_deref() == Some("kill-coordinator") && outcome.starts_with("stopped") {
+        // What the message tells the operator to do: run it again, once
+        // the killed node is back.
+        say("fault: the upgrade stopped at a safe point; running it again, as its message says");
+        let mut again = None;
+        for _ in 0..50 {
+            for client in &clients {
+                let active = client
+                    .get("/v1/status")
+                    .await
+                    .is_ok_and(|s| s["node"]["effective_role"] == "active");
+                if active && let Ok(answer) = client.post("/v1/upgrade", &request).await {
+                    again = Some(answer);
+                    break;
+                }
+            }
+            if again.as_ref().is_some_and(|a| a["error"].is_null()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match again {
+            Some(answer) if answer["error"].is_null() => {
+                outcome = follow_any(&clients).await;
+                say(&format!("upgrade, second run: {outcome}"));
+            }
+            other => say(&format!("the second run was refused: {other:?}")),
+        }
+    }
     tokio::time::sleep(Duration::from_secs(args.linger)).await;
     running.store(false, Ordering::Relaxed);
     if let Some(task) = load_task {
         let _ = task.await;
     }
     let (max_gap_ms, failovers) = probe.await.unwrap_or((0.0, 0));
+
+    // A node killed while active leaves the mail it acknowledged in its
+    // spool, durable but undelivered until it serves again (no data sync
+    // is configured here, so the standby had no copy): give every such
+    // node a turn at serving, as an operator would after a crash.
+    let drains = if mode == "active-passive" {
+        drain_stranded(&cluster, &clients, &spools, &say).await
+    } else {
+        0
+    };
 
     // Everything acknowledged must reach the next hop.
     let loads = loads.lock().await;
@@ -256,12 +381,26 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             .unwrap_or(Value::Null);
         versions_after.insert(name.clone(), version);
     }
+    // The upgrade's own report, from the journal any node holds.
+    let mut upgrade_report = None;
+    for client in &clients {
+        if let Ok(answer) = client.get("/v1/upgrade").await
+            && let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone())
+        {
+            let cluster = client.get("/v1/cluster").await.unwrap_or(Value::Null);
+            upgrade_report = Some(Report::new(&run, versions_now(&cluster), None));
+            break;
+        }
+    }
     let lost = delivered_report
         .as_ref()
         .and_then(|r| r.missing)
         .unwrap_or(0);
     let report = DemoReport {
         strategy: args.strategy.clone(),
+        mode: mode.clone(),
+        outcome: outcome.clone(),
+        path: hops.clone(),
         from: args.from.clone(),
         to: args.to.clone(),
         sent: loads.iter().map(|r| r.sent).sum(),
@@ -275,12 +414,24 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             .sum(),
         max_gap_ms: (max_gap_ms * 10.0).round() / 10.0,
         failovers,
+        drain_switchovers: drains,
         versions_after,
         duration_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        report: upgrade_report,
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if let Some(upgrade) = &report.report {
+            // The demo measured the client impact: the report shows it.
+            let mut upgrade = upgrade.clone();
+            let mut figures = serde_json::to_value(&report)?;
+            if let Some(map) = figures.as_object_mut() {
+                map.remove("report");
+            }
+            upgrade.impact = Some(figures);
+            print!("{upgrade}");
+        }
         println!("upgrade: {outcome}");
         println!(
             "sent {}  acknowledged {}  delivered {}  lost {}  duplicates {}  failed sessions {}",
@@ -306,11 +457,155 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         println!("logs and state were in {} (removed on exit)", dir.display());
     }
     drop(cluster);
-    Ok(if report.lost == 0 && outcome.starts_with("done") {
+    // A rollback the fault asked for is the expected ending of that demo.
+    let ended_well = outcome.starts_with("done") || bad_image && outcome.starts_with("rolled back");
+    Ok(if report.lost == 0 && ended_well {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Mail queued in a node's spool (files under `SPOOL/NODE/queue`).
+fn queued(spools: &std::path::Path, node: &str) -> usize {
+    std::fs::read_dir(spools.join(node).join("queue")).map_or(0, |d| d.count())
+}
+
+/// Switches the service over to each standby whose spool still holds mail
+/// and waits (bounded) for it to deliver; returns the switchovers made.
+async fn drain_stranded(
+    cluster: &LocalCluster,
+    clients: &[ApiClient],
+    spools: &std::path::Path,
+    say: &impl Fn(&str),
+) -> u64 {
+    let mut switchovers = 0;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if queued(spools, &node.name) == 0 {
+            continue;
+        }
+        let is_active =
+            |s: Option<Value>| s.is_some_and(|s| s["node"]["effective_role"] == "active");
+        if is_active(cluster.status(i).await) {
+            continue;
+        }
+        let Some(active) = first_active(cluster).await else {
+            continue;
+        };
+        say(&format!(
+            "{} holds {} queued message(s) from before its crash: switching the service over to it",
+            node.name,
+            queued(spools, &node.name)
+        ));
+        let _ = clients[active]
+            .command(tandem_core::Command::FailoverStandby, None)
+            .await;
+        switchovers += 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && queued(spools, &node.name) > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    switchovers
+}
+
+/// The node that reports itself active, if one does.
+async fn first_active(cluster: &LocalCluster) -> Option<usize> {
+    for i in 0..cluster.nodes.len() {
+        if cluster
+            .status(i)
+            .await
+            .is_some_and(|s| s["node"]["effective_role"] == "active")
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Follows the upgrade from the last node that answers (a node killed by a
+/// fault is skipped; a restarted one catches up from the next journal push
+/// anyway) and returns its outcome in words.
+async fn follow_any(clients: &[ApiClient]) -> String {
+    for client in clients.iter().rev() {
+        match crate::commands::upgrade::follow(client, true).await {
+            Ok(outcome) => return outcome,
+            Err(e) => tracing::warn!(error = %e, "cannot follow the upgrade there"),
+        }
+    }
+    "unknown: no node answered".to_string()
+}
+
+/// Waits for the cluster to settle in its mode: one active and the rest
+/// standby (active-passive), or every node active.
+async fn settle(cluster: &LocalCluster, mode: &str) -> anyhow::Result<()> {
+    if mode == "active-passive" {
+        cluster.wait_for_active(0, Duration::from_secs(15)).await
+    } else {
+        cluster.wait_for_all_active(Duration::from_secs(15)).await
+    }
+}
+
+/// The number of the plan's first switchover step, if it has one.
+fn switchover_step(plan: &Value) -> Option<usize> {
+    let plan: UpgradePlan = serde_json::from_value(plan.clone()).ok()?;
+    plan.steps
+        .iter()
+        .find(|s| matches!(s.kind, StepKind::Switchover { .. }))
+        .map(|s| s.id.0 as usize)
+}
+
+/// `--fault kill-coordinator`: once `after` steps of the run are done,
+/// kill -9 the agent that coordinates, and start it again a second later
+/// (as systemd's `Restart=always` would). Bounded: gives up after 60 s.
+async fn kill_coordinator(
+    cluster: &mut LocalCluster,
+    clients: &[ApiClient],
+    after: usize,
+    say: &impl Fn(&str),
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        for (i, client) in clients.iter().enumerate() {
+            let Ok(answer) = client.get("/v1/upgrade").await else {
+                continue;
+            };
+            // Around a switchover the old coordinator may still say so for
+            // a moment: the one that counts is active.
+            let active = cluster
+                .status(i)
+                .await
+                .is_some_and(|s| s["node"]["effective_role"] == "active");
+            if answer["coordinating"] != true || !active {
+                continue;
+            }
+            let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
+                continue;
+            };
+            let done = run
+                .current()
+                .records
+                .iter()
+                .filter(|r| r.state == StepState::Done)
+                .count();
+            if done >= after || run.status.is_finished() {
+                say(&format!(
+                    "fault: kill -9 of {}'s agent, the coordinator, after {done} steps",
+                    cluster.nodes[i].name
+                ));
+                cluster.kill(i);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                cluster.start(i)?;
+                say(&format!(
+                    "fault: {}'s agent started again",
+                    cluster.nodes[i].name
+                ));
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the upgrade never reached step {after}: no coordinator killed")
 }
 
 fn file_name(path: &std::path::Path) -> String {
@@ -325,6 +620,7 @@ fn build_release(
     dir: &std::path::Path,
     exe: &std::path::Path,
     version: &str,
+    broken: bool,
 ) -> anyhow::Result<std::path::PathBuf> {
     let files = dir.join(format!("release-{version}"));
     std::fs::create_dir_all(files.join("bin"))?;
@@ -342,7 +638,14 @@ fn build_release(
     std::fs::write(
         &manifest,
         format!(
-            "name = \"tandem-mta\"\nversion = \"{version}\"\nentrypoint = [\"bin/relay\"]\ndata_format = 1\nprotocol = [2]\n"
+            "name = \"tandem-mta\"\nversion = \"{version}\"\nentrypoint = [\"bin/relay\"]\ndata_format = 1\nprotocol = [2]\n{}",
+            // A release whose health check can never pass: the slot must
+            // fall back and the upgrade roll back.
+            if broken {
+                "\n[health]\ncommand = [\"false\"]\ntimeout = \"2s\"\n"
+            } else {
+                ""
+            }
         ),
     )?;
     let image = dir.join(format!("tandem-mta-{version}.tandem"));
@@ -376,24 +679,27 @@ async fn greets(vip: SocketAddr) -> bool {
         .is_some()
 }
 
-/// Sends mail in small batches until told to stop or the budget is spent:
-/// bounded in count (`budget`) and in time (each batch has a timeout).
+/// Sends mail in small batches until told to stop or the budget is spent,
+/// turn about to each VIP (one per failover group): bounded in count
+/// (`budget`) and in time (each batch has a timeout).
 async fn load_loop(
-    vip: SocketAddr,
+    vips: Vec<SocketAddr>,
     budget: u64,
     running: Arc<AtomicBool>,
     reports: Arc<Mutex<Vec<LoadReport>>>,
 ) {
     const BATCH: u64 = 50;
     let mut sent = 0;
+    let mut turn = 0usize;
     while running.load(Ordering::Relaxed) && sent < budget {
         let options = LoadOptions {
-            to: vip,
+            to: vips[turn % vips.len()],
             messages: BATCH.min(budget - sent),
             concurrency: 4,
             size: 2048,
             timeout: Duration::from_secs(20),
         };
+        turn += 1;
         match load(options).await {
             Ok(report) => {
                 sent += report.sent.max(1);
@@ -408,48 +714,72 @@ async fn load_loop(
     }
 }
 
-/// Probes the VIP every 20 ms and the cluster every 200 ms: the longest gap
-/// between two greetings, and how often the active node changed.
+/// Probes every VIP every 20 ms and the cluster every 200 ms: the longest
+/// gap between two greetings on any VIP, and how often a failover group
+/// changed hands. The two run apart: a node whose API is slow to answer
+/// (busy with a health check) must not look like a service gap.
 async fn probe_loop(
-    vip: SocketAddr,
+    vips: Vec<SocketAddr>,
     apis: Vec<String>,
     token: String,
     running: Arc<AtomicBool>,
 ) -> (f64, u64) {
-    let http = reqwest::Client::new();
-    let mut last_ok = Instant::now();
+    let roles = tokio::spawn(failover_loop(apis, token, running.clone()));
+    let mut last_ok = vec![Instant::now(); vips.len()];
     let mut max_gap = 0f64;
-    let mut active: Option<String> = None;
-    let mut failovers = 0;
-    let mut ticks = 0u64;
     let stop_at = Instant::now() + Duration::from_secs(600);
     while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
-        if greets(vip).await {
-            max_gap = max_gap.max(last_ok.elapsed().as_secs_f64() * 1000.0);
-            last_ok = Instant::now();
-        }
-        ticks += 1;
-        if ticks.is_multiple_of(10) {
-            for api in &apis {
-                let answer = http
-                    .get(format!("{api}/v1/status"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await;
-                let Ok(answer) = answer else { continue };
-                let Ok(status) = answer.json::<Value>().await else {
-                    continue;
-                };
-                if status["node"]["effective_role"] == "active" {
-                    let name = status["node"]["node"].as_str().map(str::to_string);
-                    if active.is_some() && active != name {
-                        failovers += 1;
-                    }
-                    active = name;
-                }
+        for (vip, last) in vips.iter().zip(last_ok.iter_mut()) {
+            if greets(*vip).await {
+                max_gap = max_gap.max(last.elapsed().as_secs_f64() * 1000.0);
+                *last = Instant::now();
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (max_gap, failovers)
+    (max_gap, roles.await.unwrap_or(0))
+}
+
+/// Counts how often a failover group changed hands, from every node's own
+/// status every 200 ms.
+async fn failover_loop(apis: Vec<String>, token: String, running: Arc<AtomicBool>) -> u64 {
+    let http = reqwest::Client::new();
+    // Group → the node that last reported itself active in it.
+    let mut holders = std::collections::BTreeMap::<String, String>::new();
+    let mut failovers = 0;
+    let stop_at = Instant::now() + Duration::from_secs(600);
+    while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
+        for api in &apis {
+            let answer = http
+                .get(format!("{api}/v1/status"))
+                .bearer_auth(&token)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            let Ok(answer) = answer else { continue };
+            let Ok(status) = answer.json::<Value>().await else {
+                continue;
+            };
+            let Some(name) = status["node"]["node"].as_str() else {
+                continue;
+            };
+            // In config-only mode every node is active in the one group
+            // at once: nothing changes hands there.
+            if status["node"]["mode"] == "config-only" {
+                continue;
+            }
+            for group in status["node"]["groups"].as_array().into_iter().flatten() {
+                if group["role"] != "active" {
+                    continue;
+                }
+                let id = group["group"].to_string();
+                let before = holders.insert(id, name.to_string());
+                if before.is_some_and(|b| b != name) {
+                    failovers += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    failovers
 }

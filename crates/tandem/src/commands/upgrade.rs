@@ -1,5 +1,5 @@
-//! `tandem upgrade plan|run|status|abort|rollback`: clients of the agents'
-//! upgrade API. The cluster does the work — the active node coordinates and
+//! `tandem upgrade plan|run|status|report|abort|rollback`: clients of the
+//! agents' upgrade API. The cluster does the work — the active node coordinates and
 //! replicates the journal — so this command only submits and follows:
 //! Ctrl-C detaches, it never aborts.
 
@@ -7,8 +7,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 use serde_json::Value;
 use tandem_upgrade::{RunStatus, StepState, UpgradeRun};
 
@@ -59,6 +62,34 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
             match serde_json::from_value::<UpgradeRun>(answer["run"].clone()) {
                 Ok(run) => print!("{}", describe(&run)),
                 Err(_) => println!("no upgrade has run on this cluster"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Report { impact, target } => {
+            let client = ApiClient::new(&target)?;
+            let answer = client.get("/v1/upgrade").await?;
+            let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
+                println!("no upgrade has run on this cluster");
+                return Ok(ExitCode::SUCCESS);
+            };
+            let cluster = client.get("/v1/cluster").await.unwrap_or(Value::Null);
+            let versions = versions_now(&cluster);
+            let impact = match impact {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(
+                        serde_json::from_str::<Value>(&text)
+                            .with_context(|| format!("{} is not JSON", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let report = Report::new(&run, versions, impact);
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -264,4 +295,198 @@ fn describe(run: &UpgradeRun) -> String {
         }
     }
     out
+}
+
+/// `tandem upgrade report`: what the journal says happened, when, and to
+/// whom, with the client impact when one was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The outcome in words.
+    pub outcome: String,
+    /// The strategy.
+    pub strategy: String,
+    /// The target release.
+    pub target: String,
+    /// The releases installed, hop by hop.
+    pub path: Vec<String>,
+    /// Every step of the plan (then of the rollback, if one ran).
+    pub timeline: Vec<TimelineEntry>,
+    /// From the first step's start to the last step's end, in ms.
+    pub total_ms: u64,
+    /// The release each node runs: as it reports now when it answered,
+    /// else as the journal last saw it.
+    pub versions: BTreeMap<String, String>,
+    /// The measured client impact, when given.
+    pub impact: Option<Value>,
+}
+
+/// One step in a [`Report`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEntry {
+    /// `plan` or `rollback`.
+    pub track: &'static str,
+    /// The step's number.
+    pub step: u32,
+    /// What it does.
+    pub what: String,
+    /// pending, running, done, failed or skipped.
+    pub state: String,
+    /// When it started, in ms after the run's first step started.
+    pub at_ms: Option<u64>,
+    /// How long it took.
+    pub took_ms: Option<u64>,
+    /// Why it failed, or what it waited for.
+    pub detail: Option<String>,
+}
+
+impl Report {
+    /// Builds the report from the journal, the versions the nodes report
+    /// now and an optional impact measurement.
+    pub fn new(
+        run: &UpgradeRun,
+        versions_now: BTreeMap<String, String>,
+        impact: Option<Value>,
+    ) -> Report {
+        let tracks: Vec<(&'static str, &tandem_upgrade::Track)> =
+            std::iter::once(("plan", &run.forward))
+                .chain(run.rollback.iter().map(|t| ("rollback", t)))
+                .collect();
+        // Times in the journal are the coordinators' wall clocks (ms since
+        // the epoch); the timeline counts from the first start.
+        let first = tracks
+            .iter()
+            .flat_map(|(_, t)| t.records.iter().filter_map(|r| r.started_ms))
+            .min();
+        let last = tracks
+            .iter()
+            .flat_map(|(_, t)| t.records.iter().filter_map(|r| r.finished_ms))
+            .max();
+        let mut timeline = Vec::new();
+        for (name, track) in &tracks {
+            for (step, record) in track.plan.steps.iter().zip(&track.records) {
+                timeline.push(TimelineEntry {
+                    track: name,
+                    step: step.id.0,
+                    what: step.to_string(),
+                    state: format!("{:?}", record.state).to_lowercase(),
+                    at_ms: record
+                        .started_ms
+                        .zip(first)
+                        .map(|(s, f)| s.saturating_sub(f)),
+                    took_ms: record
+                        .started_ms
+                        .zip(record.finished_ms)
+                        .map(|(s, f)| f.saturating_sub(s)),
+                    detail: record.detail.clone(),
+                });
+            }
+        }
+        let mut versions: BTreeMap<String, String> = run
+            .view
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), format!("{} (as last seen)", n.running)))
+            .collect();
+        versions.extend(versions_now);
+        Report {
+            outcome: status_text(&run.status),
+            strategy: run.forward.plan.strategy.to_string(),
+            target: run.forward.plan.target.to_string(),
+            path: run
+                .forward
+                .plan
+                .hops
+                .iter()
+                .map(|h| h.to.to_string())
+                .collect(),
+            timeline,
+            total_ms: first.zip(last).map_or(0, |(f, l)| l.saturating_sub(f)),
+            versions,
+            impact,
+        }
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "upgrade to {} with {}: {}",
+            self.target, self.strategy, self.outcome
+        )?;
+        writeln!(f, "path: {}", self.path.join(" → "))?;
+        writeln!(
+            f,
+            "timeline ({:.1} s in all):",
+            self.total_ms as f64 / 1000.0
+        )?;
+        let mut track = "";
+        for entry in &self.timeline {
+            if entry.track != track {
+                track = entry.track;
+                writeln!(f, "  {track}:")?;
+            }
+            let at = entry.at_ms.map_or_else(
+                || "      -".to_string(),
+                |ms| format!("{:>6.1}s", ms as f64 / 1000.0),
+            );
+            let took = entry
+                .took_ms
+                .map_or_else(String::new, |ms| format!("  ({ms} ms)"));
+            writeln!(
+                f,
+                "  {at}  {:<8} {:>2}. {}{took}",
+                entry.state, entry.step, entry.what
+            )?;
+            if entry.state == "failed"
+                && let Some(detail) = &entry.detail
+            {
+                writeln!(f, "                     ! {detail}")?;
+            }
+        }
+        writeln!(f, "versions:")?;
+        for (node, version) in &self.versions {
+            writeln!(f, "  {node:<10} {version}")?;
+        }
+        match &self.impact {
+            Some(impact) => {
+                writeln!(f, "client impact (measured):")?;
+                for key in [
+                    "sent",
+                    "acknowledged",
+                    "delivered",
+                    "lost",
+                    "duplicates",
+                    "failed_sessions",
+                    "max_gap_ms",
+                    "failovers",
+                ] {
+                    if let Some(value) = impact.get(key) {
+                        writeln!(f, "  {key:<16} {value}")?;
+                    }
+                }
+            }
+            None => writeln!(
+                f,
+                "client impact: not measured here (pass --impact with the JSON of `tandem demo --json` or a benchmark)"
+            )?,
+        }
+        Ok(())
+    }
+}
+
+/// `node → version` from `GET /v1/cluster`, for the nodes that answered.
+pub fn versions_now(cluster: &Value) -> BTreeMap<String, String> {
+    cluster["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|report| {
+            let node = &report["node"];
+            Some((
+                node["node"].as_str()?.to_string(),
+                node["version"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
