@@ -771,23 +771,3 @@ pub fn set_config_link(state_dir: &Path, connected: bool) -> Result<Value, Strin
     done.map_err(|e| format!("{}: {e}", flag.display()))?;
     Ok(serde_json::json!({"config_link": config_link(state_dir)}))
 }
-
-/// `POST /v1/backup`: copies this node's config and HA state into a
-/// timestamped folder under `state_dir/backups` (Huawei step 3).
-pub fn take_backup(state_dir: &Path, config: &Path) -> Result<Value, String> {
-    let dir = state_dir.join("backups").join(now_ms().to_string());
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut saved = Vec::new();
-    for (source, name) in [
-        (config.to_path_buf(), "config.toml"),
-        (state_dir.join("ha-state.json"), "ha-state.json"),
-        (state_dir.join("slots/slots.json"), "slots.json"),
-    ] {
-        if source.exists() {
-            std::fs::copy(&source, dir.join(name))
-                .map_err(|e| format!("{}: {e}", source.display()))?;
-            saved.push(name);
-        }
-    }
-    Ok(serde_json::json!({"backup": dir, "files": saved}))
-}

@@ -324,6 +324,7 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
         remote_as_heartbeat: false,
         groups: 1,
         vip: None,
+        config_only: false,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
     cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
@@ -416,6 +417,7 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
             remote_as_heartbeat: false,
             groups: 1,
             vip: None,
+            config_only: false,
         };
         let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
         cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));

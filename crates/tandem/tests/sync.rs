@@ -53,6 +53,7 @@ fn sync_pair(service: Vec<String>, keys: &str) -> LocalCluster {
         remote_as_heartbeat: false,
         groups: 1,
         vip: None,
+        config_only: false,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
@@ -314,6 +315,7 @@ fn a_certificate_from_another_ca_is_refused() {
         remote_as_heartbeat: false,
         groups: 1,
         vip: None,
+        config_only: false,
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster

@@ -44,6 +44,7 @@ async fn relay_pair(mode: &str, next_hop: SocketAddr) -> anyhow::Result<LocalClu
         remote_as_heartbeat: false,
         groups: 1,
         vip: None,
+        config_only: false,
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.enable_sync(&format!("data_sync = \"{mode}\"\n"))?;
