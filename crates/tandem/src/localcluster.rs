@@ -375,6 +375,31 @@ impl LocalCluster {
         }
     }
 
+    /// Runs `tandem ARGS` against node `i`'s API, as an operator would;
+    /// returns the exit code, stdout and stderr.
+    pub fn cli(&self, i: usize, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(&self.exe)
+            .args(args)
+            .arg("--api")
+            .arg(self.nodes[i].api.to_string())
+            .arg("--token-file")
+            .arg(self.dir.join("api.token"))
+            .env_remove("TANDEM_CONFIG")
+            .output();
+        match out {
+            Ok(out) => (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ),
+            Err(e) => (
+                -1,
+                String::new(),
+                format!("cannot run {}: {e}", self.exe.display()),
+            ),
+        }
+    }
+
     /// The API token every node accepts.
     pub fn token(&self) -> &str {
         &self.token

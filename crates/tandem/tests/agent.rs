@@ -87,21 +87,7 @@ fn wait_vip(vip: SocketAddr, name: &str) {
 }
 
 fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, String) {
-    let token = cluster.dir.join("api.token");
-    let out = Process::new(EXE)
-        .args(args)
-        .arg("--api")
-        .arg(cluster.nodes[node].api.to_string())
-        .arg("--token-file")
-        .arg(&token)
-        .env_remove("TANDEM_CONFIG")
-        .output()
-        .unwrap_or_else(|e| panic!("run tandem: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cluster.cli(node, args)
 }
 
 fn role(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, node: usize) -> String {

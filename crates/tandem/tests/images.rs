@@ -14,20 +14,7 @@ use tandem::localcluster::{ClusterSpec, LocalCluster};
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
 
 fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, String) {
-    let out = Process::new(EXE)
-        .args(args)
-        .arg("--api")
-        .arg(cluster.nodes[node].api.to_string())
-        .arg("--token-file")
-        .arg(cluster.dir.join("api.token"))
-        .env_remove("TANDEM_CONFIG")
-        .output()
-        .unwrap_or_else(|e| panic!("run tandem: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cluster.cli(node, args)
 }
 
 fn plain(args: &[&str]) {

@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command as Process;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -128,20 +127,7 @@ fn queued(data_dir: &Path) -> BTreeSet<String> {
 }
 
 fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, String) {
-    let out = Process::new(EXE)
-        .args(args)
-        .arg("--api")
-        .arg(cluster.nodes[node].api.to_string())
-        .arg("--token-file")
-        .arg(cluster.dir.join("api.token"))
-        .env_remove("TANDEM_CONFIG")
-        .output()
-        .unwrap_or_else(|e| panic!("run tandem: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cluster.cli(node, args)
 }
 
 /// The guarantee of `semi`: a 250 means the standby has the message on
