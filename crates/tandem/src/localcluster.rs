@@ -52,6 +52,28 @@ pub struct ClusterSpec {
     pub config_only: bool,
 }
 
+impl ClusterSpec {
+    /// An active-passive cluster of `nodes` (the first is the primary)
+    /// running `service`, with the default timing (200 ms × 3), release
+    /// 6.2.0, this process's binary and no logs; change fields as needed.
+    pub fn new(nodes: &[&str], service: Vec<String>) -> ClusterSpec {
+        ClusterSpec {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            service,
+            extra_toml: String::new(),
+            interval_ms: 200,
+            lost_threshold: 3,
+            version: "6.2.0".into(),
+            log_dir: None,
+            exe: None,
+            remote_as_heartbeat: false,
+            groups: 1,
+            vip: None,
+            config_only: false,
+        }
+    }
+}
+
 /// One node of a [`LocalCluster`].
 pub struct LocalNode {
     /// Its name.

@@ -34,18 +34,11 @@ fn build_pair(
     groups: usize,
 ) -> LocalCluster {
     let spec = ClusterSpec {
-        nodes: vec!["alpha".into(), "beta".into()],
-        service,
         extra_toml: extra_toml.into(),
-        interval_ms: 200,
-        lost_threshold: 3,
-        version: "6.2.0".into(),
-        log_dir: None,
         exe: Some(EXE.into()),
         remote_as_heartbeat,
         groups,
-        config_only: false,
-        vip: None,
+        ..ClusterSpec::new(&["alpha", "beta"], service)
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
@@ -508,18 +501,11 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let spec = ClusterSpec {
-        nodes: vec!["alpha".into(), "beta".into()],
-        service: vec![EXE.into(), "bench".into(), "name-service".into()],
-        extra_toml: String::new(),
-        interval_ms: 200,
-        lost_threshold: 3,
-        version: "6.2.0".into(),
-        log_dir: None,
         exe: Some(EXE.into()),
-        remote_as_heartbeat: false,
-        groups: 1,
-        config_only: false,
-        vip: None,
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
     };
     let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
     let socket_path = cluster.dir.join("notify.sock");

@@ -300,18 +300,12 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
         .unwrap_or_else(|e| panic!("{e}"));
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let spec = ClusterSpec {
-        nodes: vec!["alpha".into(), "beta".into()],
-        service: vec![EXE.into(), "bench".into(), "name-service".into()],
         extra_toml: "\n[images]\nallow_unsigned = true\n".into(),
-        interval_ms: 200,
-        lost_threshold: 3,
-        version: "6.2.0".into(),
-        log_dir: None,
         exe: Some(EXE.into()),
-        remote_as_heartbeat: false,
-        groups: 1,
-        vip: None,
-        config_only: false,
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
     cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
@@ -393,18 +387,13 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
     let mut crashed_at = Vec::new();
     for steps in 0..8u32 {
         let spec = ClusterSpec {
-            nodes: vec!["alpha".into(), "beta".into()],
-            service: vec![EXE.into(), "bench".into(), "name-service".into()],
             extra_toml: "\n[images]\nallow_unsigned = true\n".into(),
-            interval_ms: 200,
-            lost_threshold: 3,
             version: "unset".into(),
-            log_dir: None,
             exe: Some(EXE.into()),
-            remote_as_heartbeat: false,
-            groups: 1,
-            vip: None,
-            config_only: false,
+            ..ClusterSpec::new(
+                &["alpha", "beta"],
+                vec![EXE.into(), "bench".into(), "name-service".into()],
+            )
         };
         let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
         cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));

@@ -41,18 +41,10 @@ fn free_addr() -> SocketAddr {
 /// started. The relay's spool lives in its node's data dir.
 fn sync_pair(service: Vec<String>, keys: &str) -> LocalCluster {
     let spec = ClusterSpec {
-        nodes: vec!["alpha".into(), "beta".into()],
-        service,
         extra_toml: "cwd = \".\"\n".into(),
-        interval_ms: 200,
-        lost_threshold: 3,
-        version: "6.2.0".into(),
         log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
         exe: Some(EXE.into()),
-        remote_as_heartbeat: false,
-        groups: 1,
-        vip: None,
-        config_only: false,
+        ..ClusterSpec::new(&["alpha", "beta"], service)
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
@@ -290,18 +282,11 @@ fn a_certificate_from_another_ca_is_refused() {
     let rt = runtime();
     let spec_keys = "data_sync = \"semi\"\n";
     let spec = ClusterSpec {
-        nodes: vec!["alpha".into(), "beta".into()],
-        service: vec![EXE.into(), "bench".into(), "name-service".into()],
-        extra_toml: String::new(),
-        interval_ms: 200,
-        lost_threshold: 3,
-        version: "6.2.0".into(),
-        log_dir: None,
         exe: Some(EXE.into()),
-        remote_as_heartbeat: false,
-        groups: 1,
-        vip: None,
-        config_only: false,
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster

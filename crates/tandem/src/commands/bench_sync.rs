@@ -33,18 +33,10 @@ async fn relay_pair(mode: &str, next_hop: SocketAddr) -> anyhow::Result<LocalClu
         exe.display()
     );
     let spec = ClusterSpec {
-        nodes: vec!["alpha".into(), "beta".into()],
-        service: vec!["sh".into(), "-c".into(), script],
         extra_toml: "cwd = \".\"\n".into(),
-        interval_ms: 200,
-        lost_threshold: 3,
         version: "bench".into(),
-        log_dir: None,
         exe: Some(exe),
-        remote_as_heartbeat: false,
-        groups: 1,
-        vip: None,
-        config_only: false,
+        ..ClusterSpec::new(&["alpha", "beta"], vec!["sh".into(), "-c".into(), script])
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.enable_sync(&format!("data_sync = \"{mode}\"\n"))?;
