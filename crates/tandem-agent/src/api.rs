@@ -546,17 +546,16 @@ async fn upgrade_status(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// A plan as text (what `upgrade plan` prints) and as data.
+fn plan_answer(plan: Result<tandem_upgrade::UpgradePlan, String>) -> Response {
+    slot_answer(plan.map(|plan| serde_json::json!({"text": plan.to_string(), "plan": plan})))
+}
+
 async fn upgrade_plan(
     State(state): State<ApiState>,
     Json(request): Json<UpgradeRequest>,
 ) -> Response {
-    slot_answer(
-        state
-            .upgrades
-            .plan(&request)
-            .await
-            .map(|plan| serde_json::json!({"text": plan.to_string(), "plan": plan})),
-    )
+    plan_answer(state.upgrades.plan(&request).await)
 }
 
 async fn upgrade_begin(
@@ -565,13 +564,7 @@ async fn upgrade_begin(
     Json(request): Json<UpgradeRequest>,
 ) -> Response {
     tracing::warn!(%from, to = request.to, strategy = ?request.strategy, rollback = request.rollback, "upgrade submitted");
-    slot_answer(
-        state
-            .upgrades
-            .begin(&request)
-            .await
-            .map(|plan| serde_json::json!({"text": plan.to_string(), "plan": plan})),
-    )
+    plan_answer(state.upgrades.begin(&request).await)
 }
 
 async fn upgrade_abort(

@@ -86,28 +86,38 @@ impl ApiClient {
         sha256: Option<&str>,
     ) -> anyhow::Result<Value> {
         let mut request = self
-            .http
-            .put(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .request(reqwest::Method::PUT, path)
             .timeout(Duration::from_secs(300))
             .body(body);
         if let Some(sha) = sha256 {
             request = request.header("x-sha256", sha);
         }
+        self.answer(request, false, "refused the upload").await
+    }
+
+    /// Sends a request and reads its JSON answer. Non-2xx answers are
+    /// errors, except 409 when `conflict_is_answer` (a refusal the caller
+    /// reports itself).
+    async fn answer(
+        &self,
+        request: reqwest::RequestBuilder,
+        conflict_is_answer: bool,
+        failed: &str,
+    ) -> anyhow::Result<Value> {
         let response = request
             .send()
             .await
             .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
         let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!(
-                "agent at {} refused the upload ({status}): {}",
-                self.addr(),
-                answer["error"].as_str().unwrap_or("")
-            );
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() || conflict_is_answer && status == reqwest::StatusCode::CONFLICT {
+            return Ok(body);
         }
-        Ok(answer)
+        bail!(
+            "agent at {} {failed} ({status}): {}",
+            self.addr(),
+            body["error"].as_str().unwrap_or("")
+        )
     }
 
     /// The same token, another agent (`api` is `HOST:PORT`).
@@ -129,23 +139,8 @@ impl ApiClient {
 
     /// GET a path; non-2xx answers are errors.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
+        self.answer(self.request(reqwest::Method::GET, path), false, "answered")
             .await
-            .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!(
-                "agent at {} answered {status}: {}",
-                self.addr(),
-                body["error"].as_str().unwrap_or("")
-            );
-        }
-        Ok(body)
     }
 
     /// POST an HA command; a refusal is an answer, not an error.
@@ -160,26 +155,11 @@ impl ApiClient {
     /// POST a mutating call, naming the caller; 409 (refused) is an answer.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        let request = self
+            .request(reqwest::Method::POST, path)
             .header("x-tandem-user", user)
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status.is_success() || status == reqwest::StatusCode::CONFLICT {
-            Ok(body)
-        } else {
-            bail!(
-                "agent at {} answered {status}: {}",
-                self.addr(),
-                body["error"].as_str().unwrap_or("")
-            )
-        }
+            .json(body);
+        self.answer(request, true, "answered").await
     }
 }
 
