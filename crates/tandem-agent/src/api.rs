@@ -31,6 +31,7 @@
 //! | POST | `/v1/config-link` | `{"connected": bool}`: ESA's clusterconfig disconnect/reconnect |
 //! | GET | `/metrics` | Prometheus text format, no token needed |
 //! | POST | `/v1/sync/...` | cluster fsync, resync, report: see [`crate::replication`] |
+//! | GET/PUT/POST | `/v1/config[/NAME\|/push]` | cluster config files: list, change, push now (with `[sync]`) |
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -556,7 +556,17 @@ impl AgentConfig {
                 let settings = section
                     .into_inner()
                     .resolve(base)
-                    .map_err(|(key, message)| error(span, key, message))?;
+                    .map_err(|(key, message)| error(span.clone(), key, message))?;
+                if settings.config.iter().any(|f| f == origin) {
+                    return Err(error(
+                        span,
+                        "sync.config",
+                        format!(
+                            "{} is this agent's own config: it holds node-local settings ([node]) that never sync; list the service's config files instead",
+                            origin.display()
+                        ),
+                    ));
+                }
                 Some(settings)
             }
             None => None,

@@ -1,6 +1,7 @@
 //! Config and data sync in the agent (issue 6): the `[sync]` section, the
 //! sync receiver every node runs, the replicator the active node runs, and
-//! the API routes of cluster fsync, resync and the sync report.
+//! the API routes of cluster fsync, resync and the sync report. Config
+//! files follow the active through the `config_sync` submodule.
 //!
 //! ```text
 //!   relay ─ POST /v1/sync/commit ─► commit() ─► Replicator ══TLS══► Receiver ─► data dir
@@ -31,7 +32,9 @@
 //! connection leaves the value as it was: a standby in sync when the active
 //! crashed holds every acknowledged commit (`semi`), one caught mid-catch-up
 //! does not. A node that boots while a peer is active counts as stale until
-//! that active has caught it up, so it cannot preempt with old data.
+//! that active has caught it up, so it cannot preempt with old data. The
+//! stale state is also a marker file in the state dir, so a node that stops
+//! mid-catch-up and restarts alone does not serve what it has.
 //! `allow_stale_takeover = true` always reports `true`.
 
 use std::collections::VecDeque;
@@ -56,6 +59,8 @@ use tokio::sync::mpsc;
 use crate::Error;
 use crate::config::AgentConfig;
 
+mod config_sync;
+
 /// `[sync]` as written in the config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,9 +80,14 @@ pub struct SyncSection {
     pub data_dir: PathBuf,
     /// Where config files pushed by the active land.
     pub config_dir: Option<PathBuf>,
-    /// Config files pushed to the standbys (by `tandem ha resync`).
+    /// Cluster config files, the same on every node: the active pushes
+    /// them on change and every `config_sync_interval`.
     #[serde(default)]
     pub config: Vec<PathBuf>,
+    /// How often the active pushes the config files even unchanged, e.g.
+    /// `"30s"`: a node that missed a push gets it then.
+    #[serde(default = "default_config_sync_interval")]
+    pub config_sync_interval: String,
     /// Let a standby that is not in sync take over (it may lose data).
     #[serde(default)]
     pub allow_stale_takeover: bool,
@@ -91,6 +101,9 @@ fn default_sync_mode() -> String {
 }
 fn default_sync_timeout() -> String {
     "2s".into()
+}
+fn default_config_sync_interval() -> String {
+    "30s".into()
 }
 
 /// `[sync]`, validated, with paths made absolute.
@@ -108,8 +121,10 @@ pub struct SyncSettings {
     pub data_dir: PathBuf,
     /// Where pushed config files land.
     pub config_dir: PathBuf,
-    /// Config files to push.
+    /// Cluster config files.
     pub config: Vec<PathBuf>,
+    /// How often they are pushed even unchanged.
+    pub config_sync_interval: Duration,
     /// A stale standby may take over.
     pub allow_stale_takeover: bool,
 }
@@ -151,13 +166,36 @@ impl SyncSection {
                 ),
             ));
         }
-        let mut config = Vec::new();
+        let config_sync_interval = crate::config::parse_duration(&self.config_sync_interval)
+            .map_err(|e| ("sync.config_sync_interval", e))?;
+        if config_sync_interval < Duration::from_secs(1) {
+            return Err((
+                "sync.config_sync_interval",
+                format!(
+                    "{:?} is too short: give 1s or more (changes are pushed at once anyway; this is the safety net)",
+                    self.config_sync_interval
+                ),
+            ));
+        }
+        let mut config: Vec<PathBuf> = Vec::new();
         for file in &self.config {
             let path = base.join(file);
-            if path.file_name().is_none() {
+            let Some(name) = path.file_name() else {
                 return Err((
                     "sync.config",
                     format!("{}: name a file, not a directory", file.display()),
+                ));
+            };
+            // A pushed file is known by its name alone: the receiver puts
+            // it where its own list has that name.
+            if let Some(twin) = config.iter().find(|p| p.file_name() == Some(name)) {
+                return Err((
+                    "sync.config",
+                    format!(
+                        "{} and {} have the same file name; config files are pushed by name, so give each a distinct one",
+                        twin.display(),
+                        path.display()
+                    ),
                 ));
             }
             config.push(path);
@@ -170,6 +208,7 @@ impl SyncSection {
             data_dir,
             config_dir,
             config,
+            config_sync_interval,
             allow_stale_takeover: self.allow_stale_takeover,
         })
     }
@@ -189,6 +228,8 @@ struct Inner {
     in_sync: bool,
     /// An active has connected to this node's receiver since boot.
     connected_since_boot: bool,
+    /// The stale marker is on disk.
+    marked_stale: bool,
 }
 
 /// What the API handlers and the driver share.
@@ -203,6 +244,14 @@ struct Shared {
     receiver: Receiver,
     /// Plain std mutex: held to clone or swap the handle, never across await.
     state: Mutex<RoleState>,
+    /// The node's state dir: the config-disconnected flag, the stale marker.
+    state_dir: PathBuf,
+    /// Asks peers whether they are disconnected from cluster config.
+    client: reqwest::Client,
+    /// The API token (the same on every node).
+    api_token: String,
+    /// What config sync has done. Plain std mutex, never held across await.
+    config_sync: Mutex<config_sync::ConfigSyncState>,
 }
 
 #[derive(Default)]
@@ -223,6 +272,22 @@ impl Shared {
     fn replicator(&self) -> Option<Replicator> {
         self.state().replicator.clone()
     }
+
+    fn config_state(&self) -> MutexGuard<'_, config_sync::ConfigSyncState> {
+        self.config_sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stale marker: present while this node's data is known to be
+    /// behind the active's (see [`Inner::tell_core`]).
+    fn stale_marker(&self) -> PathBuf {
+        self.state_dir.join("data-stale")
+    }
+}
+
+/// Whether this node is disconnected from cluster config (during an
+/// upgrade): it neither takes nor refuses config changes then.
+fn config_disconnected(shared: &Shared) -> bool {
+    crate::upgrade::config_disconnected_flag(&shared.state_dir).exists()
 }
 
 impl Replication {
@@ -245,6 +310,10 @@ impl Replication {
             identity: identity.clone(),
             data_dir: settings.data_dir.clone(),
             config_dir: settings.config_dir.clone(),
+            config_files: settings.config.clone(),
+            config_hold: Some(crate::upgrade::config_disconnected_flag(
+                &config.node.state_dir,
+            )),
             expected_peers: config.peers.iter().map(|p| p.name.clone()).collect(),
             events: Some(events_tx),
             handshake_timeout: Duration::from_secs(5),
@@ -289,16 +358,33 @@ impl Replication {
                 data_in_sync: true,
                 ..RoleState::default()
             }),
+            state_dir: config.node.state_dir.clone(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| Error::State(format!("HTTP client: {e}")))?,
+            api_token: config.secrets.api_token.clone(),
+            config_sync: Mutex::default(),
         });
-        Ok(Replication {
-            inner: Some(Inner {
-                shared,
-                events,
-                queue: VecDeque::new(),
-                in_sync: true,
-                connected_since_boot: false,
-            }),
-        })
+        config_sync::start(shared.clone());
+        let mut inner = Inner {
+            shared,
+            events,
+            queue: VecDeque::new(),
+            in_sync: true,
+            connected_since_boot: false,
+            marked_stale: false,
+        };
+        if inner.shared.stale_marker().exists() {
+            // It stopped while behind the active: until an active has
+            // caught it up, it must not serve alone with what it has.
+            tracing::warn!(
+                marker = %inner.shared.stale_marker().display(),
+                "data marked stale: this node stopped while catching up; it will not take over until an active has caught it up (allow_stale_takeover overrides)"
+            );
+            inner.tell_core(false);
+        }
+        Ok(Replication { inner: Some(inner) })
     }
 
     /// Whether `[sync]` is configured (then the TLS receiver owns
@@ -400,6 +486,7 @@ impl Replication {
             "data_in_sync": state.data_in_sync,
             "receiver": shared.receiver.status(),
             "replicator": state.replicator.as_ref().map(Replicator::status),
+            "config": config_sync::status(shared),
         })
     }
 
@@ -414,6 +501,7 @@ impl Replication {
             .route("/v1/sync/commit", post(commit))
             .route("/v1/sync/resync", post(resync))
             .route("/v1/sync/report", get(report))
+            .merge(config_sync::routes())
             .with_state(inner.shared.clone())
     }
 }
@@ -450,7 +538,37 @@ impl Inner {
         }
     }
 
+    /// Tells the core whether this node's data is in sync, and keeps the
+    /// stale marker on disk in step: a node that restarts while behind
+    /// (its peer took mail meanwhile) must come back stale, not fresh.
     fn tell_core(&mut self, in_sync: bool) {
+        // The marker mirrors the raw state: written or removed only when
+        // it changes, not at every step of an active node.
+        if self.marked_stale != in_sync {
+            return self.tell_core_unmarked(in_sync);
+        }
+        self.marked_stale = !in_sync;
+        let marker = self.shared.stale_marker();
+        let written = if in_sync {
+            std::fs::remove_file(&marker).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+        } else {
+            tandem_sync::store::write_atomic(
+                &marker,
+                b"this node's data is behind the active's until it is caught up\n",
+                0o644,
+            )
+            .map_err(std::io::Error::other)
+        };
+        if let Err(e) = written {
+            tracing::warn!(marker = %marker.display(), error = %e, "cannot update the stale marker");
+        }
+        self.tell_core_unmarked(in_sync);
+    }
+
+    fn tell_core_unmarked(&mut self, in_sync: bool) {
         let in_sync = in_sync || self.shared.settings.allow_stale_takeover;
         if in_sync != self.in_sync {
             self.in_sync = in_sync;
@@ -470,6 +588,7 @@ fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
     config.data_sync = settings.data_sync;
     config.sync_mode = settings.sync_mode;
     config.sync_timeout = settings.sync_timeout;
+    config.config_files = settings.config.clone();
     Replicator::start(config)
 }
 
@@ -553,27 +672,10 @@ async fn resync(State(shared): State<Arc<Shared>>) -> Response {
     };
     let (lines, mut rx) = mpsc::channel::<String>(64);
     let progress_lines = lines.clone();
-    let config_files = shared.settings.config.clone();
     tokio::spawn(async move {
-        let mut config_outcomes = Vec::new();
-        for file in &config_files {
-            let name = file
-                .file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-            let outcome = match tokio::fs::read(file).await {
-                Ok(content) => {
-                    let mode = file_mode(file).await;
-                    match replicator.push_config(&name, &content, mode).await {
-                        Ok(peers) => serde_json::json!({"file": name, "peers": peers}),
-                        Err(e) => serde_json::json!({"file": name, "error": e.to_string()}),
-                    }
-                }
-                Err(e) => {
-                    serde_json::json!({"file": name, "error": format!("{}: {e}", file.display())})
-                }
-            };
-            config_outcomes.push(outcome);
-        }
+        // A resync is the operator's explicit "make them equal": held
+        // config changes go too (FortiMail's `ha resync` forces config).
+        let config_outcomes = config_sync::push(&shared, &replicator, true, true).await;
         let progress: tandem_sync::replicator::ProgressFn = Arc::new(move |p| {
             // A full channel only thins the progress bar; never block the
             // transfer on a slow client.
@@ -593,13 +695,6 @@ async fn resync(State(shared): State<Arc<Shared>>) -> Response {
         Body::from_stream(stream),
     )
         .into_response()
-}
-
-async fn file_mode(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    tokio::fs::metadata(path)
-        .await
-        .map_or(0o644, |m| m.permissions().mode() & 0o777)
 }
 
 /// `tandem sync report`: every node's data manifest compared file by file.
@@ -645,6 +740,11 @@ mod tests {
             ("sync_timeout = \"0s\"", "sync.sync_timeout"),
             ("sync_timeout = \"soon\"", "sync.sync_timeout"),
             ("config_dir = \"data/config\"", "sync.config_dir"),
+            (
+                "config_sync_interval = \"10ms\"",
+                "sync.config_sync_interval",
+            ),
+            ("config = [\"a/mta.toml\", \"b/mta.toml\"]", "sync.config"),
         ] {
             let err = section(extra).resolve(Path::new("/x")).expect_err(extra);
             assert_eq!(err.0, key, "{extra}: {}", err.1);

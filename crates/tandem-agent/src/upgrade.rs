@@ -743,11 +743,18 @@ fn node_state(name: &str, status: &Value, images: &Value) -> Result<NodeState, S
     })
 }
 
+/// The flag file whose presence disconnects this node from cluster
+/// configuration (ESA's `clusterconfig disconnect`): a file, so it
+/// survives restarts, and the sync receiver checks it before taking a
+/// config push.
+pub fn config_disconnected_flag(state_dir: &Path) -> PathBuf {
+    state_dir.join("config-disconnected")
+}
+
 /// Whether this node takes part in cluster configuration (ESA's
-/// `clusterconfig disconnect|reconnect`), kept as a flag file so it
-/// survives restarts.
+/// `clusterconfig disconnect|reconnect`).
 pub fn config_link(state_dir: &Path) -> &'static str {
-    if state_dir.join("config-disconnected").exists() {
+    if config_disconnected_flag(state_dir).exists() {
         "disconnected"
     } else {
         "connected"
@@ -756,7 +763,7 @@ pub fn config_link(state_dir: &Path) -> &'static str {
 
 /// `POST /v1/config-link`.
 pub fn set_config_link(state_dir: &Path, connected: bool) -> Result<Value, String> {
-    let flag = state_dir.join("config-disconnected");
+    let flag = config_disconnected_flag(state_dir);
     let done = if connected {
         std::fs::remove_file(&flag).or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {

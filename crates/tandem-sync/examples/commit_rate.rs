@@ -45,6 +45,8 @@ async fn run(mode: DataSync, writers: usize, span: Duration, size: usize) -> Res
         identity: TlsIdentity::load(&dir.path().join("certs"), "node-b")?,
         data_dir: dir.path().join("b/data"),
         config_dir: dir.path().join("b/config"),
+        config_files: Vec::new(),
+        config_hold: None,
         expected_peers: vec!["node-a".into()],
         events: None,
         handshake_timeout: Duration::from_secs(5),

@@ -77,12 +77,15 @@ pub enum Message {
         /// What went wrong, for the log and the operator.
         error: String,
     },
-    /// Ask for the data dir's manifest.
+    /// Ask for a manifest: of the data dir, or of the config files.
     ManifestRequest {
         /// Request id.
         seq: u64,
+        /// Which files; the data dir when absent (older senders).
+        #[serde(default)]
+        set: ManifestSet,
     },
-    /// The data dir's manifest, sorted by path.
+    /// The manifest asked for, sorted by path.
     Manifest {
         /// The request answered.
         seq: u64,
@@ -108,7 +111,8 @@ pub enum Message {
     Config {
         /// Request id.
         seq: u64,
-        /// Relative name under the receiver's config dir.
+        /// The file's name: the receiver installs it at the path its own
+        /// config lists under that name.
         name: String,
         /// Permission bits.
         mode: u32,
@@ -119,6 +123,17 @@ pub enum Message {
         /// Request id.
         seq: u64,
     },
+}
+
+/// The file sets a manifest can describe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManifestSet {
+    /// Every file under the data dir, by relative path.
+    #[default]
+    Data,
+    /// The node's cluster config files, by file name.
+    Config,
 }
 
 /// A frame as read: its header and body.

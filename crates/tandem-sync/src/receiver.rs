@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::frame::{Message, read_frame, write_frame};
-use crate::store::{DataDir, Op};
+use crate::frame::{ManifestSet, Message, read_frame, write_frame};
+use crate::store::{DataDir, Op, files_manifest, write_atomic};
 use crate::tls::{Channel, TlsIdentity, accept};
 use crate::{Error, Progress, Result, unix_ms};
 
@@ -37,8 +37,16 @@ pub struct ReceiverConfig {
     pub identity: TlsIdentity,
     /// Where replicated data goes: the service's data dir.
     pub data_dir: PathBuf,
-    /// Where pushed config files go.
+    /// Where the last copy of each pushed config file is kept, as the
+    /// active sent it: the reference a local edit is compared with.
     pub config_dir: PathBuf,
+    /// The cluster config files of this node. A pushed file is installed
+    /// at the one whose file name it carries; a name not listed is refused.
+    pub config_files: Vec<PathBuf>,
+    /// While this file exists the node is disconnected from cluster config
+    /// (ESA's `clusterconfig disconnect`, during an upgrade): pushes are
+    /// refused, and the node keeps its own config.
+    pub config_hold: Option<PathBuf>,
     /// The node names allowed to connect (the other members of the cluster).
     pub expected_peers: Vec<String>,
     /// Where events go (connections, config updates, journal records). With
@@ -316,9 +324,14 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
                     }
                 }
             }
-            Message::ManifestRequest { seq } => {
+            Message::ManifestRequest { seq, set } => {
                 let data = shared.data.clone();
-                match blocking(move || data.manifest()).await {
+                let files = shared.config.config_files.clone();
+                let manifest = blocking(move || match set {
+                    ManifestSet::Data => data.manifest(),
+                    ManifestSet::Config => files_manifest(&files),
+                });
+                match manifest.await {
                     Ok(entries) => Message::Manifest { seq, entries },
                     Err(e) => Message::Nack {
                         seq,
@@ -350,24 +363,17 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
                 Message::Ack { seq }
             }
             Message::Config { seq, name, mode } => {
-                let configs = shared.configs.clone();
-                let op = Op::Put {
-                    path: name.clone(),
-                    mode,
-                    content: frame.body,
-                };
-                match blocking(move || configs.apply(&[op])).await {
-                    Ok(()) => {
-                        let path = shared.configs.full_path(&name)?;
+                match install_config(shared, &name, mode, frame.body).await {
+                    Ok(path) => {
                         shared
                             .event(ReceiverEvent::ConfigUpdated { name, path })
                             .await;
                         Message::Ack { seq }
                     }
-                    Err(e) => Message::Nack {
-                        seq,
-                        error: e.to_string(),
-                    },
+                    Err(error) => {
+                        tracing::warn!(%peer, %name, %error, "refused a config push");
+                        Message::Nack { seq, error }
+                    }
                 }
             }
             Message::Journal { seq } => journal(shared, &peer, seq, frame.body).await,
@@ -384,6 +390,51 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
         channel.stream.flush().await.map_err(net)?;
     }
     Ok(())
+}
+
+/// Installs a pushed config file: first the reference copy under the
+/// config dir, then the file itself at the path this node lists under that
+/// name, each replaced atomically. In that order, an agent comparing the
+/// two never sees a fresh push as a local edit. The error is the Nack's
+/// text: what was refused, and what to do.
+async fn install_config(
+    shared: &Arc<Shared>,
+    name: &str,
+    mode: u32,
+    content: Vec<u8>,
+) -> std::result::Result<PathBuf, String> {
+    let node = shared.config.identity.node().to_string();
+    if let Some(flag) = shared.config.config_hold.as_ref().filter(|f| f.exists()) {
+        return Err(format!(
+            "{node} is disconnected from cluster config ({}): it keeps its own config until it is reconnected",
+            flag.display()
+        ));
+    }
+    let Some(target) = shared
+        .config
+        .config_files
+        .iter()
+        .find(|f| f.file_name().is_some_and(|n| n == name))
+        .cloned()
+    else {
+        return Err(format!(
+            "{name} is not in {node}'s [sync] config list; add it there to receive it"
+        ));
+    };
+    let configs = shared.configs.clone();
+    let op = Op::Put {
+        path: name.to_string(),
+        mode,
+        content: content.clone(),
+    };
+    let installed = target.clone();
+    blocking(move || {
+        configs.apply(&[op])?;
+        write_atomic(&installed, &content, mode)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(target)
 }
 
 /// Hands a journal record to the agent and answers once it is persisted.

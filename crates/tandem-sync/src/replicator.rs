@@ -46,10 +46,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::frame::{Message, read_frame, write_frame};
+use crate::frame::{ManifestSet, Message, read_frame, write_frame};
 use crate::receiver::blocking;
 use crate::report::{self, SyncReport};
-use crate::store::{DataDir, ManifestEntry, Op};
+use crate::store::{DataDir, ManifestEntry, Op, files_manifest};
 use crate::tls::{Channel, TlsIdentity, connect};
 use crate::{Error, Progress, Result, unix_ms};
 
@@ -120,6 +120,8 @@ pub struct ReplicatorConfig {
     pub data_dir: PathBuf,
     /// The standbys.
     pub peers: Vec<PeerAddr>,
+    /// This node's cluster config files, compared in the sync report.
+    pub config_files: Vec<PathBuf>,
     /// `data_sync`.
     pub data_sync: DataSync,
     /// `sync_mode`.
@@ -142,6 +144,7 @@ impl ReplicatorConfig {
             identity,
             data_dir,
             peers,
+            config_files: Vec::new(),
             data_sync: DataSync::Semi,
             sync_mode: SyncMode::Degrade,
             sync_timeout: Duration::from_secs(2),
@@ -354,8 +357,9 @@ enum Job {
         progress: Option<ProgressFn>,
         reply: oneshot::Sender<Result<Progress>>,
     },
-    /// Fetch the peer's manifest.
+    /// Fetch the peer's manifest of one file set.
     Manifest {
+        set: ManifestSet,
         reply: oneshot::Sender<Result<Vec<ManifestEntry>>>,
     },
     /// Push a config file.
@@ -385,7 +389,7 @@ impl Job {
             Job::Sync { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
-            Job::Manifest { reply } => {
+            Job::Manifest { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
         }
@@ -712,19 +716,44 @@ impl Replicator {
         .await
     }
 
-    /// The sync report: this node's and every reachable standby's data
-    /// manifests compared file by file, with each standby's lag and last
+    /// The sync report: this node's and every reachable standby's
+    /// manifests compared file by file — the data dir, and the config
+    /// files when there are any — with each standby's lag and last
     /// successful sync.
     pub async fn report(&self) -> Result<SyncReport> {
         let shared = self.shared();
         let data = shared.data.clone();
-        let local = blocking(move || data.manifest()).await?;
+        let local_data = blocking(move || data.manifest()).await?;
+        let mut sets = vec![self.compare("data", ManifestSet::Data, local_data).await];
+        if !shared.config.config_files.is_empty() {
+            let files = shared.config.config_files.clone();
+            let local_config = blocking(move || files_manifest(&files)).await?;
+            sets.push(
+                self.compare("config", ManifestSet::Config, local_config)
+                    .await,
+            );
+        }
+        Ok(report::build(
+            shared.config.identity.node(),
+            sets,
+            self.status().peers,
+        ))
+    }
+
+    /// One file set compared across this node (`local`) and every peer.
+    async fn compare(
+        &self,
+        name: &str,
+        set: ManifestSet,
+        local: Vec<ManifestEntry>,
+    ) -> report::DataSetReport {
+        let shared = self.shared();
         let mut manifests = BTreeMap::new();
         manifests.insert(shared.config.identity.node().to_string(), Ok(local));
         let mut answers = Vec::new();
         for peer in &shared.peers {
             let (reply, answer) = oneshot::channel();
-            let sent = peer.jobs.send(Job::Manifest { reply }).await.is_ok();
+            let sent = peer.jobs.send(Job::Manifest { set, reply }).await.is_ok();
             answers.push((peer.name.clone(), sent, answer));
         }
         for (peer, sent, answer) in answers {
@@ -734,11 +763,7 @@ impl Replicator {
             };
             manifests.insert(peer, manifest);
         }
-        Ok(report::build(
-            shared.config.identity.node(),
-            vec![report::compare("data", &manifests)],
-            self.status().peers,
-        ))
+        report::compare(name, &manifests)
     }
 }
 
@@ -1016,8 +1041,8 @@ async fn run_job(
             let result = sync_peer(shared, peer, channel, seq, full, progress).await;
             finish(&peer.name, reply, result)
         }
-        Job::Manifest { reply } => {
-            let result = fetch_manifest(shared, channel, seq).await;
+        Job::Manifest { set, reply } => {
+            let result = fetch_manifest(shared, channel, seq, set).await;
             finish(&peer.name, reply, result)
         }
         Job::Config {
@@ -1214,12 +1239,13 @@ async fn fetch_manifest(
     shared: &Shared,
     channel: &mut Channel,
     seq: &mut u64,
+    set: ManifestSet,
 ) -> Result<Vec<ManifestEntry>> {
     *seq += 1;
     let net = net_error(channel.peer.clone());
     write_frame(
         &mut channel.stream,
-        &Message::ManifestRequest { seq: *seq },
+        &Message::ManifestRequest { seq: *seq, set },
         b"",
     )
     .await
@@ -1256,7 +1282,7 @@ async fn sync_peer(
     // Whatever the peer missed so far is covered by the manifests taken
     // below; only changes after this point need to stay dirty.
     peer.lock().dirty.clear();
-    let remote = fetch_manifest(shared, channel, seq).await?;
+    let remote = fetch_manifest(shared, channel, seq, ManifestSet::Data).await?;
     let data = shared.data.clone();
     let local = blocking(move || data.manifest()).await?;
 

@@ -406,6 +406,45 @@ fn write_tmp(target: &Path, content: &[u8], mode: u32) -> Result<PathBuf> {
     Ok(tmp)
 }
 
+/// Replaces `target` atomically and durably: a temporary file beside it,
+/// fsync'd, renamed over it, and the directory fsync'd. A reader sees the
+/// old content or the new, never a torn file — which matters for config
+/// files a service may re-read at any moment.
+pub fn write_atomic(target: &Path, content: &[u8], mode: u32) -> Result<()> {
+    let tmp = write_tmp(target, content, mode)?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, target).map_err(io_err(target))?;
+    match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => fsync_dir(dir),
+        _ => fsync_dir(Path::new(".")),
+    }
+}
+
+/// The manifest of named files (config files): one entry per file that
+/// exists, named by its file name, sorted. A missing file is left out, so
+/// the report shows it as absent on that node.
+pub fn files_manifest(files: &[PathBuf]) -> Result<Vec<ManifestEntry>> {
+    let mut entries = Vec::new();
+    for file in files {
+        let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        match hash_file(file) {
+            Ok((size, sha256)) => entries.push(ManifestEntry {
+                path: name.to_string(),
+                size,
+                sha256,
+            }),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    entries.sort();
+    Ok(entries)
+}
+
 /// fsync a directory, so the names created or removed in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)

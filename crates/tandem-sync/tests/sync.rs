@@ -70,6 +70,8 @@ impl Standby {
             identity: cluster.identity(node),
             data_dir: cluster.data(node),
             config_dir: cluster.path().join(node).join("config"),
+            config_files: vec![cluster.path().join(node).join("etc/mta.toml")],
+            config_hold: Some(cluster.path().join(node).join("config-disconnected")),
             expected_peers: expected.iter().map(|s| s.to_string()).collect(),
             events: Some(events_tx),
             handshake_timeout: Duration::from_secs(5),
@@ -486,7 +488,7 @@ async fn stalling_standby(cluster: &Cluster) -> SocketAddr {
             .unwrap();
         while let Ok(Some(frame)) = read_frame(&mut channel.stream).await {
             let reply = match frame.message {
-                Message::ManifestRequest { seq } => Message::Manifest {
+                Message::ManifestRequest { seq, .. } => Message::Manifest {
                     seq,
                     entries: vec![],
                 },
@@ -717,6 +719,7 @@ async fn config_files_and_journal_records_reach_the_standby() {
         let mut standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
         let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
         replicator.wait_all_in_sync().await;
+        std::fs::create_dir_all(cluster.path().join("node-b/etc")).unwrap();
 
         let outcomes = replicator
             .push_config("mta.toml", b"listen = \"0.0.0.0:25\"\n", 0o640)
@@ -729,12 +732,35 @@ async fn config_files_and_journal_records_reach_the_standby() {
                 _ => None,
             })
             .await;
+        // Installed where the standby lists it, not only as a reference copy.
+        assert_eq!(path, cluster.path().join("node-b/etc/mta.toml"));
         assert_eq!(std::fs::read(path).unwrap(), b"listen = \"0.0.0.0:25\"\n");
         assert!(
             replicator
                 .push_config("../escape", b"", 0o644)
                 .await
                 .is_err()
+        );
+        // A name the standby does not list is refused, naming the fix.
+        let unlisted = replicator.push_config("other.toml", b"x", 0o644).await;
+        let error = unlisted.unwrap()[0].error.clone().unwrap_or_default();
+        assert!(
+            error.contains("not in node-b's [sync] config list"),
+            "{error}"
+        );
+        // A standby disconnected from cluster config keeps its own.
+        std::fs::write(cluster.path().join("node-b/config-disconnected"), b"").unwrap();
+        let held = replicator
+            .push_config("mta.toml", b"changed\n", 0o640)
+            .await;
+        let error = held.unwrap()[0].error.clone().unwrap_or_default();
+        assert!(
+            error.contains("disconnected from cluster config"),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read(cluster.path().join("node-b/etc/mta.toml")).unwrap(),
+            b"listen = \"0.0.0.0:25\"\n"
         );
 
         let sending = tokio::spawn({

@@ -277,6 +277,47 @@ pub enum ConfigCommand {
         /// The file to check.
         file: PathBuf,
     },
+
+    /// Change a cluster config file (one listed under `[sync] config`):
+    /// the primary writes it and pushes it to every node at once.
+    ///
+    /// Refused on a standby, naming the primary; and, as on an ESA
+    /// cluster, refused cluster-wide while a node is disconnected from
+    /// cluster config for an upgrade, unless --force.
+    Put {
+        /// The file's name as listed, e.g. relay.toml.
+        name: String,
+        /// Where the new content is.
+        file: PathBuf,
+        /// Change the connected nodes even while one is disconnected.
+        #[arg(long)]
+        force: bool,
+        /// How to reach the primary's agent.
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+
+    /// Push every cluster config file from the primary to the standbys now.
+    ///
+    /// The primary pushes on every change and every config_sync_interval
+    /// anyway; this is for not waiting. --force also pushes changes held
+    /// back while a node is disconnected.
+    Push {
+        /// Push held changes too.
+        #[arg(long)]
+        force: bool,
+        /// How to reach the primary's agent.
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+
+    /// The cluster config files on a node: their hash, the hash the
+    /// cluster agreed on, held changes and refused local edits.
+    Show {
+        /// How to reach the agent.
+        #[command(flatten)]
+        target: ApiTarget,
+    },
 }
 
 /// Where the agent's API is and how to authenticate; taken from the

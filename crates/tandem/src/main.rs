@@ -46,58 +46,73 @@ fn main() -> ExitCode {
     }
     logging::init(cli.verbose, cli.quiet, cli.log_format);
     let json = cli.json;
-    let result = match cli.command {
-        Command::Path(args) => commands::path::run(&args, json),
-        Command::Image(command) => commands::image::run(command, json),
-        Command::Completions(args) => commands::completions::run(&args),
-        Command::Config(ConfigCommand::Check { file }) => commands::agent::check(&file, json),
-        Command::Agent { config } => {
-            agent_runtime().and_then(|rt| rt.block_on(commands::agent::run(&config)))
-        }
-        Command::Status { target, watch } => {
-            runtime().and_then(|rt| rt.block_on(commands::cluster::status(&target, watch, json)))
-        }
-        Command::Ha(command) => {
-            runtime().and_then(|rt| rt.block_on(commands::cluster::ha(command, json)))
-        }
-        Command::Failover(command) => {
-            runtime().and_then(|rt| rt.block_on(commands::cluster::failover(command, json)))
-        }
-        Command::Demo(args) => {
-            runtime().and_then(|rt| rt.block_on(commands::demo::run(args, json)))
-        }
-        Command::Backup(command) => {
-            runtime().and_then(|rt| rt.block_on(commands::backup::run(command, json)))
-        }
-        Command::Upgrade(command) => {
-            runtime().and_then(|rt| rt.block_on(commands::upgrade::run(command, json)))
-        }
-        Command::Listener(command) => {
-            runtime().and_then(|rt| rt.block_on(commands::cluster::listener(command, json)))
-        }
-        Command::Mta(command) => {
-            runtime().and_then(|rt| rt.block_on(commands::mta::run(command, json)))
-        }
-        Command::Bench(BenchCommand::Relay(args)) => {
-            runtime().and_then(|rt| rt.block_on(commands::mta::bench_relay(args, json)))
-        }
-        Command::Bench(BenchCommand::Failover { runs }) => {
-            runtime().and_then(|rt| rt.block_on(commands::bench::failover(runs, json)))
-        }
-        Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
-        Command::Bench(BenchCommand::Sync {
-            messages,
-            concurrency,
-        }) => runtime()
-            .and_then(|rt| rt.block_on(commands::bench_sync::run(messages, concurrency, json))),
-        Command::Sync(SyncCommand::Report { target }) => {
-            runtime().and_then(|rt| rt.block_on(commands::sync::report(&target, json)))
-        }
-        Command::Cert(CertCommand::Init { dir }) => commands::cert::init(&dir, json),
-        Command::Cert(CertCommand::Issue { ca, node, out }) => {
-            commands::cert::issue(&ca, &node, &out, json)
-        }
-    };
+    let result =
+        match cli.command {
+            Command::Path(args) => commands::path::run(&args, json),
+            Command::Image(command) => commands::image::run(command, json),
+            Command::Completions(args) => commands::completions::run(&args),
+            Command::Config(ConfigCommand::Check { file }) => commands::agent::check(&file, json),
+            Command::Config(ConfigCommand::Put {
+                name,
+                file,
+                force,
+                target,
+            }) => runtime().and_then(|rt| {
+                rt.block_on(commands::sync::config_put(
+                    &target, &name, &file, force, json,
+                ))
+            }),
+            Command::Config(ConfigCommand::Push { force, target }) => runtime()
+                .and_then(|rt| rt.block_on(commands::sync::config_push(&target, force, json))),
+            Command::Config(ConfigCommand::Show { target }) => {
+                runtime().and_then(|rt| rt.block_on(commands::sync::config_show(&target, json)))
+            }
+            Command::Agent { config } => {
+                agent_runtime().and_then(|rt| rt.block_on(commands::agent::run(&config)))
+            }
+            Command::Status { target, watch } => runtime()
+                .and_then(|rt| rt.block_on(commands::cluster::status(&target, watch, json))),
+            Command::Ha(command) => {
+                runtime().and_then(|rt| rt.block_on(commands::cluster::ha(command, json)))
+            }
+            Command::Failover(command) => {
+                runtime().and_then(|rt| rt.block_on(commands::cluster::failover(command, json)))
+            }
+            Command::Demo(args) => {
+                runtime().and_then(|rt| rt.block_on(commands::demo::run(args, json)))
+            }
+            Command::Backup(command) => {
+                runtime().and_then(|rt| rt.block_on(commands::backup::run(command, json)))
+            }
+            Command::Upgrade(command) => {
+                runtime().and_then(|rt| rt.block_on(commands::upgrade::run(command, json)))
+            }
+            Command::Listener(command) => {
+                runtime().and_then(|rt| rt.block_on(commands::cluster::listener(command, json)))
+            }
+            Command::Mta(command) => {
+                runtime().and_then(|rt| rt.block_on(commands::mta::run(command, json)))
+            }
+            Command::Bench(BenchCommand::Relay(args)) => {
+                runtime().and_then(|rt| rt.block_on(commands::mta::bench_relay(args, json)))
+            }
+            Command::Bench(BenchCommand::Failover { runs }) => {
+                runtime().and_then(|rt| rt.block_on(commands::bench::failover(runs, json)))
+            }
+            Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
+            Command::Bench(BenchCommand::Sync {
+                messages,
+                concurrency,
+            }) => runtime()
+                .and_then(|rt| rt.block_on(commands::bench_sync::run(messages, concurrency, json))),
+            Command::Sync(SyncCommand::Report { target }) => {
+                runtime().and_then(|rt| rt.block_on(commands::sync::report(&target, json)))
+            }
+            Command::Cert(CertCommand::Init { dir }) => commands::cert::init(&dir, json),
+            Command::Cert(CertCommand::Issue { ca, node, out }) => {
+                commands::cert::issue(&ca, &node, &out, json)
+            }
+        };
     result.unwrap_or_else(|error| {
         eprintln!("tandem: error: {error:#}");
         ExitCode::from(1)

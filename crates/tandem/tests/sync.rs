@@ -338,3 +338,192 @@ fn a_certificate_from_another_ca_is_refused() {
         "{active}"
     );
 }
+
+/// Reads a file the test expects to exist, or an empty string.
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Config sync (FortiMail, ESA): the active pushes a cluster config file
+/// at start and on every change; an edit on the standby is undone with a
+/// warning naming the primary; a change asked of the standby is refused;
+/// while a node is disconnected from cluster config, changes are refused
+/// cluster-wide unless forced, and the sync report shows the difference;
+/// a held change goes out once the node reconnects.
+#[test]
+fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let spec = ClusterSpec {
+        exe: Some(EXE.into()),
+        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync("data_sync = \"semi\"\nconfig_sync_interval = \"1s\"")
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    // Each node lists relay.toml where its own service would read it;
+    // [sync] is the last section, so the key can be appended.
+    let paths: Vec<std::path::PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| cluster.dir.join("etc").join(&n.name).join("relay.toml"))
+        .collect();
+    let relay_toml = |i: usize| paths[i].clone();
+    for (i, text) in [(0, "limit = 1\n"), (1, "limit = 99 # stale\n")] {
+        let node = &cluster.nodes[i];
+        let mut config = read(&node.config);
+        config.push_str(&format!("config = [\"etc/{}/relay.toml\"]\n", node.name));
+        std::fs::write(&node.config, config).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(relay_toml(i).parent().unwrap_or(Path::new("/")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(relay_toml(i), text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    settle_in_sync(&rt, &cluster, 0);
+    let wait = Duration::from_secs(10);
+
+    // The primary's copy wins at start, and every change follows it.
+    wait_until("the first push", wait, || {
+        read(&relay_toml(1)) == "limit = 1\n"
+    });
+    std::fs::write(relay_toml(0), "limit = 2\n").unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the edit pushed", wait, || {
+        read(&relay_toml(1)) == "limit = 2\n"
+    });
+
+    // An edit on the standby is undone, and the standby says why.
+    std::fs::write(relay_toml(1), "limit = 3 # on beta\n").unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the standby's edit undone", wait, || {
+        read(&relay_toml(1)) == "limit = 2\n"
+    });
+    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
+    let refused = &beta["sync"]["config"];
+    assert!(refused["refused_local_edits"].as_u64() >= Some(1), "{beta}");
+    let why = refused["last_refused"].as_str().unwrap_or("");
+    assert!(why.contains("standby") && why.contains("alpha"), "{why}");
+
+    // Through the API: refused on the standby, naming the primary.
+    let new = cluster.dir.join("relay.new.toml");
+    std::fs::write(&new, "limit = 4\n").unwrap_or_else(|e| panic!("{e}"));
+    let new = new.to_string_lossy().into_owned();
+    let (code, out, err) = tandem(&cluster, 1, &["config", "put", "relay.toml", &new]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("standby") && err.contains("alpha"), "{err}");
+    let (code, out, err) = tandem(&cluster, 0, &["config", "put", "relay.toml", &new]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("beta: installed"), "{out}");
+    assert_eq!(read(&relay_toml(1)), "limit = 4\n");
+
+    // beta disconnects from cluster config (an upgrade): changes are
+    // refused cluster-wide, unless forced; beta keeps its own copy.
+    let beta_api = cluster.client(1).unwrap_or_else(|e| panic!("{e:#}"));
+    rt.block_on(beta_api.post("/v1/config-link", &serde_json::json!({"connected": false})))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    std::fs::write(cluster.dir.join("relay.new.toml"), "limit = 5\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = tandem(&cluster, 0, &["config", "put", "relay.toml", &new]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("beta is disconnected from cluster config"),
+        "{err}"
+    );
+    assert_eq!(
+        read(&relay_toml(0)),
+        "limit = 4\n",
+        "a refused change is not made"
+    );
+    let (code, out, err) = tandem(
+        &cluster,
+        0,
+        &["config", "put", "--force", "relay.toml", &new],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("beta: not taken"), "{out}");
+    assert_eq!(read(&relay_toml(0)), "limit = 5\n");
+    assert_eq!(read(&relay_toml(1)), "limit = 4\n");
+    let (code, out, err) = tandem(&cluster, 0, &["sync", "report"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("config/relay.toml"), "{out}");
+
+    // A hand edit on the primary is held while beta is disconnected...
+    std::fs::write(relay_toml(0), "limit = 6\n").unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the change held", wait, || {
+        rt.block_on(cluster.status(0))
+            .is_some_and(|s| s["sync"]["config"]["held"]["relay.toml"].is_string())
+    });
+    let (code, out, _) = tandem(&cluster, 0, &["config", "show"]);
+    assert_eq!(code, 1, "a held change: {out}");
+    assert!(
+        out.contains("held: relay.toml") && out.contains("CHANGED"),
+        "{out}"
+    );
+    // ...and goes out once beta reconnects (the periodic push).
+    rt.block_on(beta_api.post("/v1/config-link", &serde_json::json!({"connected": true})))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_until("the held change pushed", wait, || {
+        read(&relay_toml(1)) == "limit = 6\n"
+    });
+    let (code, out, err) = tandem(&cluster, 0, &["sync", "report"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A node that stopped while catching up comes back stale: alone, it does
+/// not serve with what it has (its peer may have taken mail it lacks);
+/// once an active has caught it up, the mark is gone.
+#[test]
+fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let spec = ClusterSpec {
+        exe: Some(EXE.into()),
+        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync("data_sync = \"semi\"")
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    // What the agent leaves behind when it dies mid-catch-up.
+    let marker = cluster.dir.join("state/beta/data-stale");
+    std::fs::create_dir_all(cluster.dir.join("state/beta")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&marker, "behind\n").unwrap_or_else(|e| panic!("{e}"));
+    cluster.start(1).unwrap_or_else(|e| panic!("start: {e:#}"));
+    let role = |cluster: &LocalCluster, i: usize| {
+        rt.block_on(cluster.status(i))
+            .map(|s| s["node"]["effective_role"].clone())
+            .unwrap_or_default()
+    };
+    wait_until("beta up", Duration::from_secs(10), || {
+        role(&cluster, 1) != Value::Null
+    });
+    // Alone, an unmarked node takes over within its dead interval (under
+    // a second here); give it several times that.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            role(&cluster, 1),
+            "syncing",
+            "a stale node must not serve alone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.start(0).unwrap_or_else(|e| panic!("start: {e:#}"));
+    settle_in_sync(&rt, &cluster, 0);
+    wait_until("beta caught up", Duration::from_secs(10), || {
+        role(&cluster, 1) == "standby" && !marker.exists()
+    });
+}

@@ -1,5 +1,6 @@
-//! `tandem sync report`, `tandem ha resync`, and the relay's cluster fsync
-//! (the [`CommitHook`] `tandem mta serve` uses under an agent with `[sync]`).
+//! `tandem sync report`, `tandem ha resync`, `tandem config put|push|show`
+//! (config sync), and the relay's cluster fsync (the [`CommitHook`]
+//! `tandem mta serve` uses under an agent with `[sync]`).
 //!
 //! Report and resync are the active node's to answer; a standby answers
 //! 409 naming the active and its API, and these commands follow it there,
@@ -160,6 +161,130 @@ fn render_report(report: &SyncReport) -> String {
         ));
     }
     out
+}
+
+/// `tandem config put NAME FILE`: a cluster config change, made on the
+/// primary. A refusal (standby, disconnected node) is the agent's message.
+pub async fn config_put(
+    target: &ApiTarget,
+    name: &str,
+    file: &std::path::Path,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let content = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let client = ApiClient::new(target)?;
+    let path = format!(
+        "/v1/config/{name}{}",
+        if force { "?force=true" } else { "" }
+    );
+    let answer = client.put(&path, content, None).await?;
+    if json {
+        println!("{answer}");
+    } else {
+        println!(
+            "{name}: changed (sha256 {})",
+            short(answer["sha256"].as_str().unwrap_or("?"))
+        );
+        print_peers(&answer);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tandem config push`: every cluster config file, now.
+pub async fn config_push(target: &ApiTarget, force: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(target)?;
+    let path = format!("/v1/config/push{}", if force { "?force=true" } else { "" });
+    let answer = client.post(&path, &Value::Null).await?;
+    if json {
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let files = answer["pushed"].as_array().cloned().unwrap_or_default();
+    if files.is_empty() {
+        println!(
+            "no cluster config file to push ([sync] config is empty, or the files are missing)"
+        );
+    }
+    for file in &files {
+        let name = file["file"].as_str().unwrap_or("?");
+        if let Some(held) = file["held"].as_str() {
+            println!("{name}: held: {held}");
+        } else if let Some(error) = file["error"].as_str() {
+            println!("{name}: not pushed: {error}");
+        } else {
+            println!(
+                "{name}: pushed (sha256 {})",
+                short(file["sha256"].as_str().unwrap_or("?"))
+            );
+            print_peers(file);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_peers(answer: &Value) {
+    for peer in answer["peers"].as_array().into_iter().flatten() {
+        let name = peer["peer"].as_str().unwrap_or("?");
+        match peer["error"].as_str() {
+            Some(error) => println!("  {name}: not taken: {error}"),
+            None => println!("  {name}: installed"),
+        }
+    }
+}
+
+/// `tandem config show`: exit 1 when a file differs from the cluster's
+/// copy (a held change on the primary, or an edit on a standby not yet put
+/// right).
+pub async fn config_show(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(target)?;
+    let answer = client.get("/v1/config").await?;
+    let files = answer["files"].as_array().cloned().unwrap_or_default();
+    let changed = files.iter().any(|f| f["changed"] == true);
+    if json {
+        println!("{answer}");
+    } else {
+        let sync = &answer["sync"];
+        println!(
+            "cluster config on {}{}",
+            answer["node"].as_str().unwrap_or("?"),
+            if sync["disconnected"] == true {
+                " (disconnected from cluster config)"
+            } else {
+                ""
+            }
+        );
+        for file in &files {
+            let hash = |key: &str| file[key].as_str().map_or("-", short).to_string();
+            println!(
+                "  {:<20} {:<12} agreed {:<12} {}",
+                file["name"].as_str().unwrap_or("?"),
+                hash("sha256"),
+                hash("agreed_sha256"),
+                if file["changed"] == true {
+                    "CHANGED"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(held) = sync["held"].as_object() {
+            for (name, why) in held {
+                println!("held: {name}: {}", why.as_str().unwrap_or(""));
+            }
+        }
+        if let Some(refused) = sync["last_refused"].as_str() {
+            println!(
+                "refused local edits: {} (last: {refused})",
+                sync["refused_local_edits"]
+            );
+        }
+    }
+    Ok(if changed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn short(hash: &str) -> &str {
