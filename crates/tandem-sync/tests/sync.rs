@@ -600,6 +600,92 @@ async fn a_standby_down_with_async_does_not_block_commits() {
 
 // ── catch-up, resync, report ────────────────────────────────────────────
 
+/// A TCP relay between the active and a standby that, once armed, flips
+/// one byte of the next chunk the active sends: a transfer corrupted on
+/// the way, as a bad NIC or cable would (and TCP's checksum can miss).
+struct CorruptingProxy {
+    addr: SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CorruptingProxy {
+    async fn start(to: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trigger = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((from_active, _)) = listener.accept().await {
+                let Ok(to_standby) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (mut active_rx, mut active_tx) = from_active.into_split();
+                let (mut standby_rx, mut standby_tx) = to_standby.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut standby_rx, &mut active_tx).await;
+                });
+                let trigger = trigger.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match active_rx.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if trigger.swap(false, Ordering::SeqCst) {
+                            buf[n / 2] ^= 0x5a;
+                        }
+                        if standby_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CorruptingProxy { addr, armed }
+    }
+
+    fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_corrupted_on_the_way_is_detected_and_resent() {
+    bounded(async {
+        let cluster = Cluster::new();
+        let mut standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
+        let proxy = CorruptingProxy::start(standby.addr).await;
+        let replicator = Replicator::start(replicator_config(&cluster, proxy.addr)).unwrap();
+        replicator.wait_all_in_sync().await;
+
+        // A byte of this file flips on its way to the standby.
+        let content: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+        proxy.arm();
+        let path = write(&cluster, "node-a", "queue/precious", &content);
+        replicator.commit(&[path]).await.unwrap();
+
+        // Detected: the standby's TLS layer refuses the record whose
+        // authentication tag no longer matches, and drops the connection.
+        let error = standby
+            .event(|e| match e {
+                ReceiverEvent::Closed { error, .. } => Some(error),
+                _ => None,
+            })
+            .await;
+        assert!(error.is_some(), "the corrupted record must be refused");
+        // Resent: the active redials, compares manifests by hash, and sends
+        // the file again; the standby ends with the right bytes.
+        replicator.wait_all_in_sync().await;
+        let copy = std::fs::read(cluster.data("node-b").join("queue/precious")).unwrap();
+        assert!(copy == content, "the standby holds the file as sent");
+        assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
+        assert!(replicator.status().peers[0].out_of_sync_events >= 1);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_standby_that_missed_writes_catches_up_on_reconnection() {
     bounded(async {
