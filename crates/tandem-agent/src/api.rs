@@ -67,6 +67,8 @@ pub enum ApiRequest {
         command: Command,
         /// The node it is for; this node when `None`.
         node: Option<String>,
+        /// A takeover even with data not in sync.
+        force: bool,
         /// Who asked, for the log.
         caller: String,
         /// Where the answer goes.
@@ -111,6 +113,9 @@ pub struct CommandRequest {
     /// The node that should execute it; the answering node when absent.
     #[serde(default)]
     pub node: Option<String>,
+    /// A takeover even when this node's data is not in sync.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `suspend` or `resume`.
@@ -149,6 +154,10 @@ pub struct CommandReply {
     /// What happened as a result (role changes and the like).
     #[serde(default)]
     pub events: Vec<serde_json::Value>,
+    /// What the operator accepted by forcing it (a stale takeover: how
+    /// much may be lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[derive(Clone)]
@@ -372,6 +381,7 @@ async fn command(
     let asked = ask(&state, |reply| ApiRequest::Command {
         command: request.command,
         node: request.node,
+        force: request.force,
         caller,
         reply,
     })

@@ -655,10 +655,11 @@ impl Agent {
             ApiRequest::Command {
                 command,
                 node,
+                force,
                 caller,
                 reply,
             } => {
-                let answer = self.command(command, node, &caller).await;
+                let answer = self.command(command, node, force, &caller).await;
                 let _ = reply.send(answer);
             }
         }
@@ -668,6 +669,7 @@ impl Agent {
         &mut self,
         command: Command,
         node: Option<String>,
+        force: bool,
         caller: &str,
     ) -> CommandReply {
         let me = self.config.node.name.clone();
@@ -678,23 +680,49 @@ impl Agent {
                 outcome: "refused".into(),
                 reason: Some(format!("{target:?} is not a node of this cluster")),
                 events: vec![],
+                warning: None,
             };
         }
         let forwarded = target != me;
-        let input = if forwarded {
-            Input::Forward {
-                to: target.clone(),
-                command,
-            }
-        } else {
-            Input::Command(command)
-        };
-        let outputs = self.step(input).await;
+        let takeover = matches!(
+            command,
+            Command::FailoverActive | Command::FailoverGroup { active: true, .. }
+        );
+        // A forced takeover of a stale node: the operator accepts its data
+        // as it is, and is told what that may cost.
+        let mut warning = None;
+        let mut outputs = Vec::new();
+        if force
+            && takeover
+            && !forwarded
+            && let Some((input, may_lose)) = self.replication.accept_stale()
+        {
+            tracing::warn!(caller, %may_lose, "forced takeover with data not in sync");
+            outputs = self.step(input).await;
+            warning = Some(format!("forced with data not in sync: may lose {may_lose}"));
+        }
+        // With no peer serving, accepting the data is itself the takeover;
+        // the command would only be refused as "already active".
+        let active_now = warning.is_some()
+            && self.node.status(self.clock.now()).effective_role
+                == tandem_core::EffectiveRole::Active;
+        if !active_now {
+            let input = if forwarded {
+                Input::Forward {
+                    to: target.clone(),
+                    command,
+                }
+            } else {
+                Input::Command(command)
+            };
+            outputs.extend(self.step(input).await);
+        }
         let mut reply = CommandReply {
             node: target,
             outcome: if forwarded { "forwarded" } else { "done" }.into(),
             reason: None,
             events: vec![],
+            warning,
         };
         for output in outputs {
             match output {
@@ -827,6 +855,7 @@ impl Agent {
             outcome: "done".into(),
             reason: None,
             events: vec![],
+            warning: None,
         };
         if !self.service_running {
             reply.outcome = "refused".into();

@@ -453,6 +453,48 @@ impl Replication {
         }
     }
 
+    /// A forced takeover (`failover active --force`) of a node whose data
+    /// is not in sync: from now on the core counts its data as in sync.
+    /// Returns the input for the core and, in words, what serving this data
+    /// may lose; `None` when the data is in sync (nothing to force). The
+    /// stale marker stays until the node serves: its data is then the
+    /// reference.
+    pub fn accept_stale(&mut self) -> Option<(Input, String)> {
+        let inner = self.inner.as_mut()?;
+        if inner.in_sync {
+            return None;
+        }
+        let receiver = inner.shared.receiver.status();
+        let may_lose = match &receiver.progress {
+            Some(p) => format!(
+                "the rest of the catch-up from {}: {} of {} files ({} of {} bytes) not received, and whatever {} acknowledged since",
+                p.peer,
+                p.files_total.saturating_sub(p.files_done),
+                p.files_total,
+                p.bytes_total.saturating_sub(p.bytes_done),
+                p.bytes_total,
+                p.peer
+            ),
+            None => {
+                let last = match receiver.last_applied_unix_ms {
+                    Some(ms) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        format!("{} s ago", now.saturating_sub(ms) / 1000)
+                    }
+                    None => "never since this agent started".into(),
+                };
+                format!(
+                    "whatever the last active acknowledged that never reached this node (it was not caught up; last batch applied here: {last})"
+                )
+            }
+        };
+        inner.in_sync = true;
+        inner.shared.state().data_in_sync = true;
+        Some((Input::DataSync { in_sync: true }, may_lose))
+    }
+
     /// Environment for the service: where the agent's API is and the token
     /// file, so the relay can call `POST /v1/sync/commit`. Empty without
     /// `[sync]`: then the relay has no reason to call.

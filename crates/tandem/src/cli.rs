@@ -412,6 +412,11 @@ pub enum CertCommand {
 pub enum FailoverCommand {
     /// Make this node (or --node) active: take over the service.
     Active {
+        /// Take over even if this node's data is not in sync (`syncing`):
+        /// it then serves without what it missed, and the answer says how
+        /// much that may be.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         target: ApiTarget,
     },

@@ -477,8 +477,10 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
 }
 
 /// A node that stopped while catching up comes back stale: alone, it does
-/// not serve with what it has (its peer may have taken mail it lacks);
-/// once an active has caught it up, the mark is gone.
+/// not serve with what it has (its peer may have taken mail it lacks), and
+/// `failover active` is refused; `--force` takes over and says what it may
+/// lose. Its data is then the reference: the mark is gone, and the peer
+/// that comes back is caught up from it before it may preempt.
 #[test]
 fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
     let _one = ONE_CLUSTER_AT_A_TIME
@@ -521,9 +523,21 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let (code, _, err) = tandem(&cluster, 1, &["failover", "active"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not in sync"), "{err}");
+    let (code, out, err) = tandem(&cluster, 1, &["failover", "active", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("may lose"),
+        "the forced takeover says its cost: {err}"
+    );
+    wait_until("beta active", Duration::from_secs(10), || {
+        role(&cluster, 1) == "active" && !marker.exists()
+    });
+    // alpha, the preferred node, comes back: it may preempt only once beta
+    // has caught it up, so nothing beta took is left behind.
     cluster.start(0).unwrap_or_else(|e| panic!("start: {e:#}"));
     settle_in_sync(&rt, &cluster, 0);
-    wait_until("beta caught up", Duration::from_secs(10), || {
-        role(&cluster, 1) == "standby" && !marker.exists()
-    });
+    assert!(!cluster.dir.join("state/alpha/data-stale").exists());
 }

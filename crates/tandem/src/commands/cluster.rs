@@ -416,13 +416,15 @@ pub async fn ha(command: HaCommand, json: bool) -> anyhow::Result<ExitCode> {
         }
         HaCommand::Resync { target } => return super::sync::resync(&target, json).await,
     };
-    send(command, &target, json).await
+    send(command, &target, false, json).await
 }
 
 /// `tandem failover ...`.
 pub async fn failover(command: FailoverCommand, json: bool) -> anyhow::Result<ExitCode> {
     let (command, target) = match command {
-        FailoverCommand::Active { target } => (Command::FailoverActive, target),
+        FailoverCommand::Active { force, target } => {
+            return send(Command::FailoverActive, &target, force, json).await;
+        }
         FailoverCommand::Standby { target } => (Command::FailoverStandby, target),
         FailoverCommand::ReloadStandby { timeout, target } => {
             return reload_standby(&target, timeout, json).await;
@@ -439,7 +441,7 @@ pub async fn failover(command: FailoverCommand, json: bool) -> anyhow::Result<Ex
             target,
         ),
     };
-    send(command, &target, json).await
+    send(command, &target, false, json).await
 }
 
 /// ASA's `failover reload-standby`: boot every standby into its pending
@@ -530,10 +532,17 @@ pub async fn listener(command: ListenerCommand, json: bool) -> anyhow::Result<Ex
 }
 
 /// Sends one command; a refusal prints why and exits 1.
-async fn send(command: Command, target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
+/// Sends an HA command; `force` is for a takeover with stale data.
+async fn send(
+    command: Command,
+    target: &ApiTarget,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(target)?;
     let what = command.to_string();
-    let reply = client.command(command, target.node.clone()).await?;
+    let body = serde_json::json!({"command": command, "node": target.node, "force": force});
+    let reply = client.post("/v1/command", &body).await?;
     report(&what, &reply, json)
 }
 
@@ -552,6 +561,9 @@ fn report(what: &str, reply: &Value, json: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Some(outcome) => {
+            if let Some(warning) = reply["warning"].as_str() {
+                eprintln!("tandem: warning: {warning}");
+            }
             if !json {
                 println!("{what}: {outcome} on {node}");
                 for event in reply["events"].as_array().into_iter().flatten() {
