@@ -680,7 +680,7 @@ pub enum CommitRequest {
 
 /// Cluster fsync. 200 with the durability reached; 503 when `strict` and
 /// a standby did not confirm (the caller must not acknowledge: the relay
-/// answers 451/452); 400 for a path outside the data dir; 409 when this
+/// answers 451); 400 for a path outside the data dir; 409 when this
 /// node is not active (a service running here must not acknowledge).
 async fn commit(State(shared): State<Arc<Shared>>, Json(request): Json<CommitRequest>) -> Response {
     let paths = match request {

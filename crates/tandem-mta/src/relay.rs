@@ -147,6 +147,13 @@ impl Handler for RelayHandler {
                 self.queue.push(id.clone());
                 format!("250 2.0.0 Ok: queued as {id}")
             }
+            // The cluster did not confirm the copy (strict sync with a
+            // standby away, or this node no longer active): a local
+            // processing error, worth retrying at once — elsewhere, maybe.
+            Err(crate::Error::Hook(e)) => {
+                tracing::warn!(error = %e, "message not replicated; refused");
+                "451 4.3.0 Error: not replicated to the standby, try again".to_string()
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot spool message");
                 "452 4.3.1 Error: insufficient system storage".to_string()

@@ -47,7 +47,7 @@ pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 /// gets its `250`. This is where the HA layer makes the message durable on
 /// the standby too (`POST /v1/sync/commit`, DESIGN.md "Data durability").
 ///
-/// An error makes the session answer `452 4.3.1` and the local copy is
+/// An error makes the session answer `451 4.3.0` and the local copy is
 /// removed, so the client's retry cannot cause a duplicate.
 pub trait CommitHook: Send + Sync + 'static {
     /// `paths` are the files that were just made durable (the queue file).

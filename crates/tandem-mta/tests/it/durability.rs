@@ -236,7 +236,7 @@ impl tandem_mta::CommitHook for TestHook {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commit_hook_runs_before_250_and_its_failure_means_452() {
+async fn commit_hook_runs_before_250_and_its_failure_means_451() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hook = std::sync::Arc::new(TestHook {
         seen: std::sync::Mutex::new(Vec::new()),
@@ -261,8 +261,8 @@ async fn commit_hook_runs_before_250_and_its_failure_means_452() {
     );
     hook.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let (code, text) = c.mail("a@b", &["c@d"], "y\r\n").await;
-    assert_eq!(code, 452, "{text}");
-    assert!(text.contains("4.3.1"), "{text}");
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("4.3.0"), "{text}");
     // Refused means not kept: the client's retry will be the only copy.
     assert_eq!(relay.spool().recover().expect("recover"), vec![id]);
     relay.shutdown().await;

@@ -390,7 +390,7 @@ pub async fn resync(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> 
 /// The relay's cluster fsync: `POST /v1/sync/commit` on the local agent
 /// before every `250`. Any failure (strict mode with a standby away, this
 /// node not active, the agent gone) refuses the message: the relay answers
-/// 452 and the client retries, which is safe; a `250` without the commit
+/// 451 and the client retries, which is safe; a `250` without the commit
 /// could lose mail on failover.
 pub struct AgentCommit {
     url: String,
