@@ -37,23 +37,34 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A pair with `[sync]` (`keys` added to it) whose service is `service`,
-/// started. The relay's spool lives in its node's data dir.
-fn sync_pair(service: Vec<String>, keys: &str) -> LocalCluster {
+/// A pair with `[sync]` (`keys` added to it, the last section of each
+/// config) whose service is `service`, not started yet. The relay's spool
+/// lives in its node's data dir.
+fn sync_cluster(service: Vec<String>, keys: &str) -> LocalCluster {
     let spec = ClusterSpec {
         extra_toml: "cwd = \".\"\n".into(),
         log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
         exe: Some(EXE.into()),
         ..ClusterSpec::new(&["alpha", "beta"], service)
     };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
         .enable_sync(keys)
         .unwrap_or_else(|e| panic!("sync: {e:#}"));
     cluster
+}
+
+/// [`sync_cluster`], started.
+fn sync_pair(service: Vec<String>, keys: &str) -> LocalCluster {
+    let mut cluster = sync_cluster(service, keys);
+    cluster
         .start_all()
         .unwrap_or_else(|e| panic!("start: {e:#}"));
     cluster
+}
+
+fn name_service() -> Vec<String> {
+    vec![EXE.into(), "bench".into(), "name-service".into()]
 }
 
 fn relay_pair(next_hop: SocketAddr, keys: &str) -> LocalCluster {
@@ -63,10 +74,7 @@ fn relay_pair(next_hop: SocketAddr, keys: &str) -> LocalCluster {
 }
 
 fn name_service_pair(keys: &str) -> LocalCluster {
-    sync_pair(
-        vec![EXE.into(), "bench".into(), "name-service".into()],
-        keys,
-    )
+    sync_pair(name_service(), keys)
 }
 
 /// Waits until node `active` is active, the other standby, and the
@@ -283,10 +291,7 @@ fn a_certificate_from_another_ca_is_refused() {
     let spec_keys = "data_sync = \"semi\"\n";
     let spec = ClusterSpec {
         exe: Some(EXE.into()),
-        ..ClusterSpec::new(
-            &["alpha", "beta"],
-            vec![EXE.into(), "bench".into(), "name-service".into()],
-        )
+        ..ClusterSpec::new(&["alpha", "beta"], name_service())
     };
     let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
@@ -356,18 +361,10 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let rt = runtime();
-    let spec = ClusterSpec {
-        exe: Some(EXE.into()),
-        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
-        ..ClusterSpec::new(
-            &["alpha", "beta"],
-            vec![EXE.into(), "bench".into(), "name-service".into()],
-        )
-    };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
-    cluster
-        .enable_sync("data_sync = \"semi\"\nconfig_sync_interval = \"1s\"")
-        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    let mut cluster = sync_cluster(
+        name_service(),
+        "data_sync = \"semi\"\nconfig_sync_interval = \"1s\"",
+    );
     // Each node lists relay.toml where its own service would read it;
     // [sync] is the last section, so the key can be appended.
     let paths: Vec<std::path::PathBuf> = cluster
@@ -487,18 +484,7 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let rt = runtime();
-    let spec = ClusterSpec {
-        exe: Some(EXE.into()),
-        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
-        ..ClusterSpec::new(
-            &["alpha", "beta"],
-            vec![EXE.into(), "bench".into(), "name-service".into()],
-        )
-    };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
-    cluster
-        .enable_sync("data_sync = \"semi\"")
-        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    let mut cluster = sync_cluster(name_service(), "data_sync = \"semi\"");
     // What the agent leaves behind when it dies mid-catch-up.
     let marker = cluster.dir.join("state/beta/data-stale");
     std::fs::create_dir_all(cluster.dir.join("state/beta")).unwrap_or_else(|e| panic!("{e}"));
