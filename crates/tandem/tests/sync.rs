@@ -407,6 +407,11 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     assert!(refused["refused_local_edits"].as_u64() >= Some(1), "{beta}");
     let why = refused["last_refused"].as_str().unwrap_or("");
     assert!(why.contains("standby") && why.contains("alpha"), "{why}");
+    let (_, table, _) = tandem(&cluster, 0, &["status"]);
+    assert!(
+        table.contains("beta: 1 local config edit(s) refused"),
+        "{table}"
+    );
 
     // Through the API: refused on the standby, naming the primary.
     let new = cluster.dir.join("relay.new.toml");
@@ -462,6 +467,12 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     assert!(
         out.contains("held: relay.toml") && out.contains("CHANGED"),
         "{out}"
+    );
+    let (_, table, _) = tandem(&cluster, 0, &["status"]);
+    assert!(
+        table.contains("beta: disconnected from cluster config")
+            && table.contains("alpha: config change to relay.toml held"),
+        "{table}"
     );
     // ...and goes out once beta reconnects (the periodic push).
     rt.block_on(beta_api.post("/v1/config-link", &serde_json::json!({"connected": true})))

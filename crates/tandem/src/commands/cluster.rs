@@ -306,6 +306,7 @@ fn table(cluster: &Value) -> String {
                 "{name}: accepts unsigned images (allow_unsigned = true)"
             ));
         }
+        config_sync_notes(&name, &report["sync"]["config"], &mut notes);
         for (reason, hint) in [
             ("bad-mac", "peer unauthenticated: cluster key mismatch?"),
             (
@@ -330,6 +331,28 @@ fn table(cluster: &Value) -> String {
         out.push_str(&format!("! {note}\n"));
     }
     out
+}
+
+/// What config sync has to say about a node: a disconnection, changes
+/// held back, edits refused. Nothing when all is quiet.
+fn config_sync_notes(name: &str, config: &Value, notes: &mut Vec<String>) {
+    if config["disconnected"] == true {
+        notes.push(format!(
+            "{name}: disconnected from cluster config (keeps its own config; changes are refused cluster-wide)"
+        ));
+    }
+    for (file, why) in config["held"].as_object().into_iter().flatten() {
+        notes.push(format!(
+            "{name}: config change to {file} held: {}",
+            why.as_str().unwrap_or("")
+        ));
+    }
+    if let Some(n) = config["refused_local_edits"].as_u64().filter(|n| *n > 0) {
+        notes.push(format!(
+            "{name}: {n} local config edit(s) refused; last: {}",
+            text(&config["last_refused"])
+        ));
+    }
 }
 
 /// The DATA column (issue 6): `source` on the replicating active, the
