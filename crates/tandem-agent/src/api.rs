@@ -17,7 +17,8 @@
 //! | POST | `/v1/command` | `{"command": ..., "node": "NAME"?}`: an HA command |
 //! | POST | `/v1/listener` | `{"action": "suspend"\|"resume", "drain_timeout_ms"?, "node"?}` |
 //! | GET | `/v1/images` | stored images (verified?, signer, slot) and the slot table |
-//! | PUT | `/v1/images/NAME` | upload an image or its `.minisig` (`x-sha256` checked) |
+//! | PUT | `/v1/images/NAME` | upload an image or its `.minisig` (`x-sha256` checked); in chunks with `?offset=N[&done=true]` |
+//! | GET | `/v1/images/NAME/upload` | how much of a chunked upload arrived (to resume) |
 //! | POST | `/v1/images/install` | `{"image": NAME}`: verify and unpack into the inactive slot |
 //! | POST | `/v1/images/boot` | `{"slot": "a"\|"b"?}`: boot a slot (default: the pending one) |
 //! | POST | `/v1/images/rollback` | back to the other slot |
@@ -36,7 +37,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -245,6 +246,7 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
             "/v1/images/{name}",
             put(image_upload).layer(DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
         )
+        .route("/v1/images/{name}/upload", get(image_partial))
         .route("/v1/images/install", post(image_install))
         .route("/v1/images/boot", post(image_boot))
         .route("/v1/images/rollback", post(image_rollback))
@@ -472,10 +474,19 @@ async fn images_list(State(state): State<ApiState>) -> Response {
     slot_answer(state.firmware.list().await)
 }
 
+/// `?offset=N[&done=true]`: one chunk of a chunked upload.
+#[derive(Debug, Deserialize)]
+struct ChunkQuery {
+    offset: Option<u64>,
+    #[serde(default)]
+    done: bool,
+}
+
 async fn image_upload(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
+    Query(chunk): Query<ChunkQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -483,13 +494,27 @@ async fn image_upload(
         .get("x-sha256")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    tracing::info!(%from, name, bytes = body.len(), "image upload");
-    slot_answer(
-        state
-            .firmware
-            .store_upload(&name, body.to_vec(), sha256)
-            .await,
-    )
+    let firmware = &state.firmware;
+    match chunk.offset {
+        Some(offset) => {
+            if offset == 0 || chunk.done {
+                tracing::info!(%from, name, offset, done = chunk.done, "image upload (chunked)");
+            }
+            slot_answer(
+                firmware
+                    .store_chunk(&name, offset, body.to_vec(), chunk.done, sha256)
+                    .await,
+            )
+        }
+        None => {
+            tracing::info!(%from, name, bytes = body.len(), "image upload");
+            slot_answer(firmware.store_upload(&name, body.to_vec(), sha256).await)
+        }
+    }
+}
+
+async fn image_partial(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    slot_answer(state.firmware.partial_size(&name).await)
 }
 
 /// The body of `POST /v1/images/install`: an image by file name, or the

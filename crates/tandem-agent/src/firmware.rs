@@ -4,7 +4,11 @@
 //!
 //! - Images arrive over the API (`PUT /v1/images/NAME`, with
 //!   `NAME.minisig` beside it) into `state_dir/images`, checked against the
-//!   sha256 the sender declares.
+//!   sha256 the sender declares. Large images come in chunks
+//!   (`?offset=N`, the last with `&done=true`), appended to a partial file
+//!   the sender can resume after a cut (`GET /v1/images/NAME/upload` says
+//!   how much arrived): the agent never holds an image in memory, and a
+//!   broken transfer does not start over.
 //! - Installing verifies again against this node's trust policy
 //!   (`[images] trusted_keys`, `allow_unsigned`) and unpacks into the slot
 //!   that is not running.
@@ -145,6 +149,72 @@ impl Firmware {
         .map_err(|e| e.to_string())?
     }
 
+    /// Where a chunked upload of `name` accumulates until it is complete.
+    fn partial_path(&self, name: &str) -> Result<PathBuf, String> {
+        self.upload_path(name)?;
+        Ok(self.images.join(format!(".{name}.partial")))
+    }
+
+    /// How many bytes of a chunked upload of `name` have arrived.
+    pub async fn partial_size(&self, name: &str) -> Outcome {
+        let partial = self.partial_path(name)?;
+        let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
+        Ok(serde_json::json!({"name": name, "have": have}))
+    }
+
+    /// Appends one chunk of a chunked upload at `offset` (0 starts over).
+    /// With `done`, the whole is checked against `sha256`, made durable
+    /// and renamed to its name. A chunk that does not continue what
+    /// arrived is refused, saying where to resume.
+    pub async fn store_chunk(
+        &self,
+        name: &str,
+        offset: u64,
+        chunk: Vec<u8>,
+        done: bool,
+        sha256: Option<String>,
+    ) -> Outcome {
+        let path = self.upload_path(name)?;
+        let partial = self.partial_path(name)?;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+            if offset != 0 && offset != have {
+                return Err(format!(
+                    "the partial upload has {have} bytes, not {offset}: resume at offset {have}"
+                ));
+            }
+            let io = |e: std::io::Error| format!("{}: {e}", partial.display());
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(offset != 0)
+                .write(true)
+                .truncate(offset == 0)
+                .open(&partial)
+                .map_err(io)?;
+            file.write_all(&chunk).map_err(io)?;
+            let have = offset + chunk.len() as u64;
+            if !done {
+                return Ok(serde_json::json!({"have": have}));
+            }
+            let digest = signing::sha256_file(&partial).map_err(|e| e.to_string())?;
+            if let Some(want) = sha256
+                && !want.eq_ignore_ascii_case(&digest)
+            {
+                let _ = std::fs::remove_file(&partial);
+                return Err(format!(
+                    "sha256 mismatch: sent {want}, arrived {digest}; send it again"
+                ));
+            }
+            file.sync_all()
+                .and_then(|()| std::fs::rename(&partial, &path))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(serde_json::json!({"stored": path, "sha256": digest, "size": have}))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// Every stored image with what verification says of it, and the slots.
     pub async fn list(&self) -> Outcome {
         let images = self.images.clone();
@@ -156,6 +226,8 @@ impl Firmware {
                 .map_err(|e| e.to_string())?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_none_or(|x| x != "minisig" && x != "upload"))
+                // Uploads in progress (`.NAME.partial`) are not images yet.
+                .filter(|p| p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')))
                 .collect();
             names.sort();
             let listed: Vec<serde_json::Value> = names

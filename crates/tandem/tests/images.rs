@@ -157,6 +157,16 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     // 6.2.0 everywhere: push, install, boot the standby then the active.
     let first = image(work.path(), "6.2.0", &healthy, Some(&secret));
     let first_name = "relay-6.2.0.tandem";
+    // An earlier push to beta was cut after 100 bytes: this one resumes.
+    let bytes = std::fs::read(&first).unwrap_or_else(|e| panic!("{e}"));
+    assert!(bytes.len() > 100);
+    let beta = cluster.client(1).unwrap_or_else(|e| panic!("{e:#}"));
+    rt.block_on(beta.put(
+        &format!("/v1/images/{first_name}?offset=0"),
+        bytes[..100].to_vec(),
+        None,
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let (code, out, err) = tandem(
         &cluster,
         0,
@@ -164,6 +174,11 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("with its signature"), "{out}");
+    assert!(
+        out.contains("beta: resumed a cut upload at byte 100"),
+        "{out}"
+    );
+    assert!(!out.contains("alpha: resumed"), "{out}");
     let (code, _, err) = tandem(&cluster, 0, &["image", "install", "--all", first_name]);
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = tandem(&cluster, 0, &["image", "boot", "--node", "beta"]);

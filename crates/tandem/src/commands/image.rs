@@ -91,6 +91,55 @@ pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Chunks of an image upload: small enough that neither end holds an image
+/// in memory, large enough that the round trips do not matter.
+const UPLOAD_CHUNK: u64 = 4 << 20;
+
+/// Sends an image to one agent in chunks, resuming where an earlier,
+/// cut transfer of the same name stopped (the final sha256 check catches a
+/// partial file of some other content; the agent then drops it). Returns
+/// the agent's answer and the offset resumed at.
+async fn upload(
+    client: &ApiClient,
+    image: &Path,
+    name: &str,
+    sha256: &str,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(serde_json::Value, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file =
+        std::fs::File::open(image).with_context(|| format!("cannot read {}", image.display()))?;
+    let size = file.metadata()?.len();
+    // An agent without chunked uploads answers 404 here: start at 0.
+    let have = client
+        .get(&format!("/v1/images/{name}/upload"))
+        .await
+        .ok()
+        .and_then(|answer| answer["have"].as_u64())
+        .filter(|have| *have <= size)
+        .unwrap_or(0);
+    let mut offset = have;
+    file.seek(SeekFrom::Start(offset))?;
+    bar.set_position(offset);
+    loop {
+        let mut chunk = vec![0u8; UPLOAD_CHUNK.min(size - offset) as usize];
+        file.read_exact(&mut chunk)
+            .with_context(|| format!("cannot read {}", image.display()))?;
+        let sent = chunk.len() as u64;
+        let done = offset + sent == size;
+        let path = format!(
+            "/v1/images/{name}?offset={offset}{}",
+            if done { "&done=true" } else { "" }
+        );
+        let answer = client.put(&path, chunk, done.then_some(sha256)).await?;
+        offset += sent;
+        bar.set_position(offset);
+        if done {
+            return Ok((answer, have));
+        }
+    }
+}
+
 /// The subcommands that talk to agents.
 async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
@@ -100,15 +149,31 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .context("the image path has no file name")?;
-            let bytes = std::fs::read(&image)
-                .with_context(|| format!("cannot read {}", image.display()))?;
+            let size = std::fs::metadata(&image)
+                .with_context(|| format!("cannot read {}", image.display()))?
+                .len();
             let signature_path = signing::signature_path(&image);
             let signature = std::fs::read(&signature_path).ok();
             let mut answers = Vec::new();
             for (node, client) in clients(&target, all).await? {
-                let stored = client
-                    .put(&format!("/v1/images/{name}"), bytes.clone(), Some(&sha256))
-                    .await?;
+                let bar = if json {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    indicatif::ProgressBar::new(size)
+                };
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_message(node.clone());
+                let (stored, resumed) = upload(&client, &image, &name, &sha256, &bar).await?;
+                bar.finish_and_clear();
+                if resumed > 0 && !json {
+                    println!("{node}: resumed a cut upload at byte {resumed}");
+                }
                 if let Some(sig) = &signature {
                     let sig_name = format!("{name}.minisig");
                     client
@@ -117,8 +182,7 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
                 }
                 if !json {
                     println!(
-                        "{node}: stored {name} ({} bytes, sha256 {sha256}){}",
-                        bytes.len(),
+                        "{node}: stored {name} ({size} bytes, sha256 {sha256}){}",
                         if signature.is_some() {
                             " with its signature"
                         } else {
