@@ -380,6 +380,22 @@ async fn command(
         .unwrap_or("unknown");
     let caller = format!("{user}@{from}");
     tracing::info!(caller, command = %request.command, node = ?request.node, "operator command");
+    // Aimed at a peer: ask its API, so its own answer (done, or refused
+    // and why) comes back. Only when its API cannot be reached does the
+    // command travel over the heartbeat link, answered "forwarded".
+    if let Some((name, addr)) = request
+        .node
+        .as_ref()
+        .filter(|n| **n != state.node)
+        .and_then(|n| state.peers.iter().find(|(peer, _)| peer == n))
+    {
+        match forward_command(&state, *addr, &request, &caller).await {
+            Ok(answer) => return answer,
+            Err(error) => {
+                tracing::warn!(peer = %name, %error, "peer API unreachable: forwarding over the heartbeat link")
+            }
+        }
+    }
     let asked = ask(&state, |reply| ApiRequest::Command {
         command: request.command,
         node: request.node,
@@ -395,6 +411,36 @@ async fn command(
         Some(reply) => Json(reply).into_response(),
         None => unavailable(),
     }
+}
+
+/// Sends a command to a peer's API for it to execute, naming the original
+/// caller. Its 200 (done) or 409 (refused) is the answer; anything else is
+/// an error, and the caller falls back to the heartbeat link.
+async fn forward_command(
+    state: &ApiState,
+    addr: SocketAddr,
+    request: &CommandRequest,
+    caller: &str,
+) -> Result<Response, String> {
+    let body = CommandRequest {
+        node: None,
+        ..request.clone()
+    };
+    let answer = state
+        .client
+        .post(format!("http://{addr}/v1/command"))
+        .bearer_auth(&state.token)
+        .header("x-tandem-user", format!("{caller} via {}", state.node))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = answer.status();
+    if status != StatusCode::OK && status != StatusCode::CONFLICT {
+        return Err(format!("{addr} answered {status}"));
+    }
+    let reply: CommandReply = answer.json().await.map_err(|e| e.to_string())?;
+    Ok((status, Json(reply)).into_response())
 }
 
 async fn listener_command(

@@ -286,10 +286,15 @@ fn operator_commands_through_the_cli() {
     settle(&rt, &cluster, 1);
     wait_vip(cluster.vip, "beta");
 
-    // A command aimed at another node is forwarded by the answering one.
+    // A command aimed at another node is forwarded by the answering one,
+    // and that node's own answer comes back: a refusal with its reason...
+    let (code, _, err) = tandem(&cluster, 0, &["failover", "active", "--node", "beta"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused on beta: already active"), "{err}");
+    // ...or what it did.
     let (code, out, err) = tandem(&cluster, 1, &["failover", "active", "--node", "alpha"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("forwarded"), "{out}");
+    assert!(out.contains("done on alpha"), "{out}");
     settle(&rt, &cluster, 0);
 
     // Preemption off, then a holdoff from the primary: beta shows it and
