@@ -557,6 +557,15 @@ impl AgentConfig {
                     .into_inner()
                     .resolve(base)
                     .map_err(|(key, message)| error(span.clone(), key, message))?;
+                if cluster.mode != ModeName::ActivePassive
+                    && settings.data_sync != tandem_sync::replicator::DataSync::Off
+                {
+                    return Err(error(
+                        span,
+                        "sync.data_sync",
+                        "data replication needs one active node: in active-active and config-only modes every node serves its own data, and each would overwrite the others'; set data_sync = \"off\" (config files still sync), or use mode = \"active-passive\"".into(),
+                    ));
+                }
                 if settings.config.iter().any(|f| f == origin) {
                     return Err(error(
                         span,

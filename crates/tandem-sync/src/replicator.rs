@@ -1282,9 +1282,16 @@ async fn sync_peer(
     // Whatever the peer missed so far is covered by the manifests taken
     // below; only changes after this point need to stay dirty.
     peer.lock().dirty.clear();
-    let remote = fetch_manifest(shared, channel, seq, ManifestSet::Data).await?;
-    let data = shared.data.clone();
-    let local = blocking(move || data.manifest()).await?;
+    // `off`: the data stays on the node that wrote it (in multi-active
+    // modes every node serves its own, and a catch-up would delete the
+    // peer's). The empty catch-up still tells the peer it is in sync.
+    let (remote, local) = if shared.config.data_sync == DataSync::Off {
+        (Vec::new(), Vec::new())
+    } else {
+        let remote = fetch_manifest(shared, channel, seq, ManifestSet::Data).await?;
+        let data = shared.data.clone();
+        (remote, blocking(move || data.manifest()).await?)
+    };
 
     let remote_by_path: BTreeMap<&str, &ManifestEntry> =
         remote.iter().map(|e| (e.path.as_str(), e)).collect();

@@ -598,6 +598,25 @@ async fn a_standby_down_with_async_does_not_block_commits() {
     .await
 }
 
+#[tokio::test]
+async fn with_data_sync_off_each_node_keeps_its_own_data() {
+    bounded(async {
+        // Multi-active modes: both nodes serve, each from its own data.
+        let cluster = Cluster::new();
+        write(&cluster, "node-b", "queue/beta-own", b"b");
+        write(&cluster, "node-a", "queue/alpha-own", b"a");
+        let standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
+        let mut config = replicator_config(&cluster, standby.addr);
+        config.data_sync = DataSync::Off;
+        let replicator = Replicator::start(config).unwrap();
+        replicator.wait_all_in_sync().await;
+        assert_eq!(standby.receiver.status().state, StandbyState::InSync);
+        assert!(cluster.data("node-b").join("queue/beta-own").exists());
+        assert!(!cluster.data("node-b").join("queue/alpha-own").exists());
+    })
+    .await
+}
+
 // ── catch-up, resync, report ────────────────────────────────────────────
 
 /// A TCP relay between the active and a standby that, once armed, flips

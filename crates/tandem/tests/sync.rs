@@ -538,3 +538,34 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
     settle_in_sync(&rt, &cluster, 0);
     assert!(!cluster.dir.join("state/alpha/data-stale").exists());
 }
+
+/// In active-active every node serves its own data: replicating it would
+/// let each node's catch-up delete the other's. The config says so, and
+/// with `data_sync = "off"` config files still sync.
+#[test]
+fn active_active_with_data_replication_is_refused_by_the_config() {
+    for (data_sync, expected) in [("semi", 2), ("off", 0)] {
+        let spec = ClusterSpec {
+            groups: 2,
+            exe: Some(EXE.into()),
+            ..ClusterSpec::new(&["alpha", "beta"], name_service())
+        };
+        let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+        cluster
+            .enable_sync(&format!("data_sync = \"{data_sync}\""))
+            .unwrap_or_else(|e| panic!("sync: {e:#}"));
+        let out = std::process::Command::new(EXE)
+            .args(["config", "check"])
+            .arg(&cluster.nodes[0].config)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(expected), "{data_sync}: {err}");
+        if expected != 0 {
+            assert!(
+                err.contains("sync.data_sync") && err.contains("active-active"),
+                "{err}"
+            );
+        }
+    }
+}
