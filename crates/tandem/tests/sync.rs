@@ -176,6 +176,100 @@ fn semi_acknowledged_mail_is_on_the_standby_and_delivered_after_kill_9() {
     assert_eq!(status["node"]["effective_role"], "active", "{status}");
 }
 
+/// Reads one SMTP reply (every line of a multi-line one); its last line.
+fn smtp_reply(reader: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return line,
+            Ok(_) if line.as_bytes().get(3) == Some(&b'-') => continue,
+            Ok(_) => return line,
+        }
+    }
+}
+
+/// A planned handover with `semi` (`failover standby`): a session in
+/// progress on the active when the operator asks is finished there while
+/// that node is still active — its message gets its 250 and is on the new
+/// active's disk — instead of being refused because its node stopped being
+/// active mid-session (what a switchover under load used to do).
+#[test]
+fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() {
+    use std::io::{BufReader, Write};
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    // The next hop is down: the message stays in the spools to be seen.
+    let next_hop = free_addr();
+    let script =
+        format!("exec {EXE} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
+    let spec = ClusterSpec {
+        extra_toml: "cwd = \".\"\nsuspend = \"signal\"\n".into(),
+        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
+        exe: Some(EXE.into()),
+        ..ClusterSpec::new(&["alpha", "beta"], vec!["sh".into(), "-c".into(), script])
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync("data_sync = \"semi\"\n")
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    settle_in_sync(&rt, &cluster, 0);
+
+    // A session on the active, up to the message's body.
+    let stream = std::net::TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut writer = stream.try_clone().unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = BufReader::new(stream);
+    let mut say = |line: &str, reader: &mut BufReader<std::net::TcpStream>| {
+        writer
+            .write_all(line.as_bytes())
+            .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
+        smtp_reply(reader)
+    };
+    assert!(smtp_reply(&mut reader).starts_with("220"));
+    assert!(say("EHLO handover.test\r\n", &mut reader).starts_with("250"));
+    assert!(say("MAIL FROM:<a@client.test>\r\n", &mut reader).starts_with("250"));
+    assert!(say("RCPT TO:<b@dest.test>\r\n", &mut reader).starts_with("250"));
+    assert!(say("DATA\r\n", &mut reader).starts_with("354"));
+
+    std::thread::scope(|scope| {
+        let handover = scope.spawn(|| tandem(&cluster, 0, &["failover", "standby"]));
+        // The handover has begun: alpha drains (its listener suspended) or
+        // has already given up the service.
+        wait_until("the handover to begin", Duration::from_secs(10), || {
+            rt.block_on(cluster.status(0)).is_some_and(|s| {
+                s["agent"]["listener"] == "suspended" || s["node"]["effective_role"] != "active"
+            })
+        });
+        let answer = say(
+            "X-Tandem-Id: handover-1\r\nSubject: open at the handover\r\n\r\nbody\r\n.\r\n",
+            &mut reader,
+        );
+        assert!(
+            answer.starts_with("250"),
+            "the message of a session open at the handover: {answer:?}"
+        );
+        let _ = say("QUIT\r\n", &mut reader);
+        let (code, out, err) = handover.join().unwrap_or_else(|_| panic!("cli thread"));
+        assert_eq!(code, 0, "failover standby: {out}{err}");
+    });
+    rt.block_on(cluster.wait_for_active(1, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // semi: acknowledged means on the standby's disk, which serves now.
+    assert_eq!(
+        queued(&cluster.data_dir(1)).len(),
+        1,
+        "the acknowledged message in the new active's spool"
+    );
+}
+
 /// A standby that is down: `degrade` carries on and says so; `strict`
 /// refuses, so the relay answers 4xx and the client keeps its message.
 #[test]
