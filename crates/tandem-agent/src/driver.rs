@@ -63,18 +63,28 @@ const EXEC_DELAY: Duration = Duration::from_millis(300);
 /// are closed with a 4xx by the service). SMTP sessions of one message take
 /// milliseconds; an idle client holding a session open costs this much
 /// delay to the connections waiting in the backlog, never their failure.
-const HANDOVER_DRAIN: Duration = Duration::from_secs(5);
+/// With [`DRAIN_MARGIN`] it stays under the CLI's 5 s request timeout, so
+/// `tandem failover standby` still gets its answer.
+const HANDOVER_DRAIN: Duration = Duration::from_secs(3);
+
+/// How long after [`HANDOVER_DRAIN`] the service may take to close what
+/// was left and write its marker before the handover goes on without it.
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 
 /// The file in the control dir a draining service writes when its sessions
 /// in progress are over (`tandem mta serve` does).
 const DRAINED_MARKER: &str = "drained";
 
-/// A `failover standby` held back until the service drained.
-struct DrainedHandover {
+/// An operator command and where its answer goes; a `failover standby` is
+/// held in a task until the service drained (module doc).
+struct HeldCommand {
     command: Command,
     node: Option<String>,
     caller: String,
     reply: oneshot::Sender<CommandReply>,
+    /// The handover suspended the listener for its drain (so a refusal
+    /// resumes it; an operator's own suspend is never undone here).
+    drained: bool,
 }
 
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -104,7 +114,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
             Some(input) = agent.replication.next_input() => { agent.step(input).await; }
             Some(request) = agent.api.recv() => agent.api_request(request).await,
-            Some(handover) = agent.drained.recv() => agent.drained_handover(handover).await,
+            Some(held) = agent.drained.recv() => agent.answer_command(held).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
             Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
             () = tokio::time::sleep_until(agent.exec_after.as_ref().map_or_else(Instant::now, |(at, _)| *at)), if agent.exec_after.is_some() => {
@@ -197,8 +207,8 @@ struct Agent {
     peer_events: mpsc::Receiver<PeerLinkEvent>,
     api: mpsc::Receiver<ApiRequest>,
     /// Handovers whose drain is over, back from their waiting task.
-    drained: mpsc::Receiver<DrainedHandover>,
-    drained_tx: mpsc::Sender<DrainedHandover>,
+    drained: mpsc::Receiver<HeldCommand>,
+    drained_tx: mpsc::Sender<HeldCommand>,
     service_events: mpsc::Receiver<ServiceEvent>,
     supervisor: SupervisorHandle,
     service_running: bool,
@@ -696,16 +706,17 @@ impl Agent {
                 caller,
                 reply,
             } => {
-                let handover = DrainedHandover {
+                let held = HeldCommand {
                     command,
                     node,
                     caller,
                     reply,
+                    drained: false,
                 };
-                if self.drains_before(&handover) {
-                    self.drain_then_hand_over(handover).await;
+                if self.drains_before(&held) {
+                    self.drain_then_hand_over(held).await;
                 } else {
-                    self.drained_handover(handover).await;
+                    self.answer_command(held).await;
                 }
             }
         }
@@ -714,7 +725,7 @@ impl Agent {
     /// Whether `handover` is a planned handover of this active node that
     /// must drain first (module doc): data sync on, the service running
     /// and draining itself, its listener not already suspended.
-    fn drains_before(&self, handover: &DrainedHandover) -> bool {
+    fn drains_before(&self, handover: &HeldCommand) -> bool {
         let here = handover
             .node
             .as_ref()
@@ -729,26 +740,25 @@ impl Agent {
 
     /// Suspends the listener and hands `handover` to a task that waits
     /// (bounded) for the service's drained marker, then gives it back to
-    /// the loop ([`Agent::drained_handover`]).
-    async fn drain_then_hand_over(&mut self, handover: DrainedHandover) {
+    /// the loop ([`Agent::answer_command`]).
+    async fn drain_then_hand_over(&mut self, mut handover: HeldCommand) {
         let marker = self.control_dir().join(DRAINED_MARKER);
         if let Err(e) = std::fs::remove_file(&marker)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(error = %e, "cannot clear the drained marker; handing over without a drain");
-            return self.drained_handover(handover).await;
+            return self.answer_command(handover).await;
         }
         let suspended = self.listener(ListenerAction::Suspend, HANDOVER_DRAIN).await;
         if suspended.outcome != "done" {
-            return self.drained_handover(handover).await;
+            return self.answer_command(handover).await;
         }
         tracing::info!("planned handover: draining the service's sessions first");
+        handover.drained = true;
         let back = self.drained_tx.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            // The service's own drain timeout, and a margin for it to
-            // close what was left and write the marker.
-            let deadline = started + HANDOVER_DRAIN + Duration::from_secs(2);
+            let deadline = started + HANDOVER_DRAIN + DRAIN_MARGIN;
             while !marker.exists() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -766,15 +776,17 @@ impl Agent {
 
     /// Runs a command and answers it. A planned handover that was drained
     /// first and then refused resumes the listener: this node still serves.
-    async fn drained_handover(&mut self, handover: DrainedHandover) {
-        let DrainedHandover {
+    async fn answer_command(&mut self, held: HeldCommand) {
+        let HeldCommand {
             command,
             node,
             caller,
             reply,
-        } = handover;
+            drained,
+        } = held;
         let answer = self.command(command, node, &caller).await;
-        if answer.outcome == "refused" && self.listener_suspended && self.service_running {
+        if drained && answer.outcome == "refused" && self.listener_suspended && self.service_running
+        {
             self.listener(ListenerAction::Resume, HANDOVER_DRAIN).await;
         }
         let _ = reply.send(answer);

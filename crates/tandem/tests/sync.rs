@@ -189,20 +189,9 @@ fn smtp_reply(reader: &mut impl std::io::BufRead) -> String {
     }
 }
 
-/// A planned handover with `semi` (`failover standby`): a session in
-/// progress on the active when the operator asks is finished there while
-/// that node is still active — its message gets its 250 and is on the new
-/// active's disk — instead of being refused because its node stopped being
-/// active mid-session (what a switchover under load used to do).
-#[test]
-fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() {
-    use std::io::{BufReader, Write};
-    let _one = ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let rt = runtime();
-    // The next hop is down: the message stays in the spools to be seen.
-    let next_hop = free_addr();
+/// A `semi` pair of relays that drain themselves (`suspend = "signal"`),
+/// started.
+fn draining_relay_pair(next_hop: SocketAddr) -> LocalCluster {
     let script =
         format!("exec {EXE} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
     let spec = ClusterSpec {
@@ -218,6 +207,23 @@ fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() 
     cluster
         .start_all()
         .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster
+}
+
+/// A planned handover with `semi` (`failover standby`): a session in
+/// progress on the active when the operator asks is finished there while
+/// that node is still active — its message gets its 250 and is on the new
+/// active's disk — instead of being refused because its node stopped being
+/// active mid-session (what a switchover under load used to do).
+#[test]
+fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() {
+    use std::io::{BufReader, Write};
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    // The next hop is down: the message stays in the spools to be seen.
+    let cluster = draining_relay_pair(free_addr());
     settle_in_sync(&rt, &cluster, 0);
 
     // A session on the active, up to the message's body.
@@ -268,6 +274,37 @@ fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() 
         1,
         "the acknowledged message in the new active's spool"
     );
+}
+
+/// A planned handover that drained the service and was then refused (no
+/// standby to take over) leaves the node serving: its listener resumed.
+#[test]
+fn a_refused_handover_resumes_the_drained_listener() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let sink_addr = free_addr();
+    let sink = rt
+        .block_on(Sink::bind(Listen::Bind(vec![sink_addr]), 0))
+        .unwrap_or_else(|e| panic!("sink: {e}"));
+    let mut cluster = draining_relay_pair(sink_addr);
+    settle_in_sync(&rt, &cluster, 0);
+    cluster.kill(1);
+    wait_until("the standby seen gone", Duration::from_secs(10), || {
+        rt.block_on(cluster.status(0))
+            .is_some_and(|s| s["node"]["peers"][0]["alive"] == false)
+    });
+    let (code, out, err) = tandem(&cluster, 0, &["failover", "standby"]);
+    assert_ne!(code, 0, "no standby to hand over to: {out}{err}");
+    let status = rt.block_on(cluster.status(0)).unwrap_or_default();
+    assert_eq!(status["node"]["effective_role"], "active", "{status}");
+    assert_eq!(status["agent"]["listener"], "open", "{status}");
+    let after = send(&rt, cluster.vip, 3);
+    assert_eq!(after.acknowledged, 3, "served after the refusal: {after:?}");
+    wait_until("the mail delivered", Duration::from_secs(10), || {
+        sink.report(Some(&after.acked_ids)).missing == Some(0)
+    });
 }
 
 /// A standby that is down: `degrade` carries on and says so; `strict`
