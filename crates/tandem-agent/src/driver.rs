@@ -392,10 +392,15 @@ impl Agent {
     /// the outputs for callers that report them (the API).
     async fn step(&mut self, input: Input) -> Vec<Output> {
         let outputs = self.node.step(self.clock.now(), input);
+        // Replication follows the role before the outputs run: a node that
+        // has just become active starts its replicator before its service
+        // starts, or the service's first cluster fsyncs would be refused
+        // (409, a 4xx to the client) while the outputs still run — a
+        // window as long as the step's fsync'd persist on a busy disk.
+        self.replication.after_step(&self.node, self.clock.now());
         for output in &outputs {
             self.execute(output).await;
         }
-        self.replication.after_step(&self.node, self.clock.now());
         // After a split brain this node survived as active, or when a peer
         // comes back (a partition healing), the other side may have held the
         // address and pointed clients at itself with its own gratuitous ARP:
