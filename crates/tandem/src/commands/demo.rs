@@ -386,8 +386,23 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         queued_after = queued_total(&spools, &names);
     }
     if queued_after > 0 {
+        // Where, and which files: what a search for the cause starts from.
+        let left: Vec<String> = names
+            .iter()
+            .map(|node| {
+                let files: Vec<String> =
+                    std::fs::read_dir(spools.join(node).join("spool").join("queue"))
+                        .map(|d| {
+                            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                format!("{node}: [{}]", files.join(" "))
+            })
+            .collect();
         say(&format!(
-            "{queued_after} message(s) still queued in the nodes' spools"
+            "{queued_after} message(s) still queued in the nodes' spools: {}",
+            left.join("; ")
         ));
     }
 
