@@ -7,6 +7,18 @@
 //! a stalled loop stops heartbeats and the peer would take over. So the
 //! service is stopped asynchronously (the supervisor escalates on its own
 //! time) and every send is fire-and-forget.
+//!
+//! **Planned handover with data sync.** `failover standby` on an active
+//! node with `[sync]` and a service that drains itself (`suspend =
+//! "signal"`) first suspends the service's listener and lets the sessions
+//! in progress finish while this node is still active, and only then hands
+//! over (see [`HANDOVER_DRAIN`]). Without that, a session accepted just
+//! before the handover would store its message after this node stopped
+//! being active: its cluster fsync is refused (the client gets a 4xx), or,
+//! already under way, lands in the new active's spool after its relay has
+//! read it. New connections meanwhile wait in the VIP socket's backlog and
+//! are served by the new active. The wait happens in a task, never in
+//! the loop, which gets the command back when the drain is over.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,7 +31,7 @@ use std::time::Duration;
 use tandem_core::{
     Codec, Command, Destination, Event, GroupId, Input, LinkId, Millis, Mode, Node, Output,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::api::{self, ApiRequest, CommandReply, ListenerAction};
@@ -46,6 +58,37 @@ const EXEC_DELAY: Duration = Duration::from_millis(300);
 
 /// Runs the agent until `shutdown` resolves, then leaves the cluster
 /// cleanly: the peers are told goodbye, the VIP and the service released.
+/// How long a planned handover with data sync lets the service's sessions
+/// in progress finish before it hands over anyway (those still open then
+/// are closed with a 4xx by the service). SMTP sessions of one message take
+/// milliseconds; an idle client holding a session open costs this much
+/// delay to the connections waiting in the backlog, never their failure.
+/// With [`DRAIN_MARGIN`] it stays under the CLI's 5 s request timeout, so
+/// `tandem failover standby` still gets its answer.
+const HANDOVER_DRAIN: Duration = Duration::from_secs(3);
+
+/// How long after [`HANDOVER_DRAIN`] the service may take to close what
+/// was left and write its marker before the handover goes on without it.
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
+/// The file in the control dir a draining service writes when its sessions
+/// in progress are over (`tandem mta serve` does).
+const DRAINED_MARKER: &str = "drained";
+
+/// An operator command and where its answer goes; a `failover standby` is
+/// held in a task until the service drained (module doc).
+struct HeldCommand {
+    command: Command,
+    node: Option<String>,
+    /// A takeover even with data not in sync.
+    force: bool,
+    caller: String,
+    reply: oneshot::Sender<CommandReply>,
+    /// The handover suspended the listener for its drain (so a refusal
+    /// resumes it; an operator's own suspend is never undone here).
+    drained: bool,
+}
+
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut agent = Agent::start(config).await?;
     if agent.firmware.boot_in_progress().await.is_some() {
@@ -73,6 +116,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
             Some(input) = agent.replication.next_input() => { agent.step(input).await; }
             Some(request) = agent.api.recv() => agent.api_request(request).await,
+            Some(held) = agent.drained.recv() => agent.answer_command(held).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
             Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
             () = tokio::time::sleep_until(agent.exec_after.as_ref().map_or_else(Instant::now, |(at, _)| *at)), if agent.exec_after.is_some() => {
@@ -164,6 +208,9 @@ struct Agent {
     inbox: mpsc::Receiver<Datagram>,
     peer_events: mpsc::Receiver<PeerLinkEvent>,
     api: mpsc::Receiver<ApiRequest>,
+    /// Handovers whose drain is over, back from their waiting task.
+    drained: mpsc::Receiver<HeldCommand>,
+    drained_tx: mpsc::Sender<HeldCommand>,
     service_events: mpsc::Receiver<ServiceEvent>,
     supervisor: SupervisorHandle,
     service_running: bool,
@@ -273,6 +320,7 @@ impl Agent {
         let (service_tx, service_events) = mpsc::channel(64);
         let supervisor = supervisor::spawn(service_tx);
         let (verdict_tx, verdicts) = mpsc::channel(16);
+        let (drained_tx, drained) = mpsc::channel(4);
         let serving = Arc::new(AtomicBool::new(false));
         if config.monitor.lservice
             && let Some(vip) = config.vip.listen.first()
@@ -318,6 +366,8 @@ impl Agent {
             inbox,
             peer_events,
             api,
+            drained,
+            drained_tx,
             service_events,
             supervisor,
             service_running: false,
@@ -344,10 +394,15 @@ impl Agent {
     /// the outputs for callers that report them (the API).
     async fn step(&mut self, input: Input) -> Vec<Output> {
         let outputs = self.node.step(self.clock.now(), input);
+        // Replication follows the role before the outputs run: a node that
+        // has just become active starts its replicator before its service
+        // starts, or the service's first cluster fsyncs would be refused
+        // (409, a 4xx to the client) while the outputs still run — a
+        // window as long as the step's fsync'd persist on a busy disk.
+        self.replication.after_step(&self.node, self.clock.now());
         for output in &outputs {
             self.execute(output).await;
         }
-        self.replication.after_step(&self.node, self.clock.now());
         // After a split brain this node survived as active, or when a peer
         // comes back (a partition healing), the other side may have held the
         // address and pointed clients at itself with its own gratuitous ARP:
@@ -659,10 +714,92 @@ impl Agent {
                 caller,
                 reply,
             } => {
-                let answer = self.command(command, node, force, &caller).await;
-                let _ = reply.send(answer);
+                let held = HeldCommand {
+                    command,
+                    node,
+                    force,
+                    caller,
+                    reply,
+                    drained: false,
+                };
+                if self.drains_before(&held) {
+                    self.drain_then_hand_over(held).await;
+                } else {
+                    self.answer_command(held).await;
+                }
             }
         }
+    }
+
+    /// Whether `handover` is a planned handover of this active node that
+    /// must drain first (module doc): data sync on, the service running
+    /// and draining itself, its listener not already suspended.
+    fn drains_before(&self, handover: &HeldCommand) -> bool {
+        let here = handover
+            .node
+            .as_ref()
+            .is_none_or(|n| *n == self.config.node.name);
+        here && handover.command == Command::FailoverStandby
+            && self.replication.enabled()
+            && self.service_running
+            && self.service_pid.is_some()
+            && self.config.service.suspend == SuspendMethod::Signal
+            && !self.listener_suspended
+    }
+
+    /// Suspends the listener and hands `handover` to a task that waits
+    /// (bounded) for the service's drained marker, then gives it back to
+    /// the loop ([`Agent::answer_command`]).
+    async fn drain_then_hand_over(&mut self, mut handover: HeldCommand) {
+        let marker = self.control_dir().join(DRAINED_MARKER);
+        if let Err(e) = std::fs::remove_file(&marker)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "cannot clear the drained marker; handing over without a drain");
+            return self.answer_command(handover).await;
+        }
+        let suspended = self.listener(ListenerAction::Suspend, HANDOVER_DRAIN).await;
+        if suspended.outcome != "done" {
+            return self.answer_command(handover).await;
+        }
+        tracing::info!("planned handover: draining the service's sessions first");
+        handover.drained = true;
+        let back = self.drained_tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let deadline = started + HANDOVER_DRAIN + DRAIN_MARGIN;
+            while !marker.exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if marker.exists() {
+                tracing::info!(
+                    drain_ms = started.elapsed().as_millis() as u64,
+                    "service drained; handing over"
+                );
+            } else {
+                tracing::warn!("the service did not report its drain in time; handing over anyway");
+            }
+            let _ = back.send(handover).await;
+        });
+    }
+
+    /// Runs a command and answers it. A planned handover that was drained
+    /// first and then refused resumes the listener: this node still serves.
+    async fn answer_command(&mut self, held: HeldCommand) {
+        let HeldCommand {
+            command,
+            node,
+            force,
+            caller,
+            reply,
+            drained,
+        } = held;
+        let answer = self.command(command, node, force, &caller).await;
+        if drained && answer.outcome == "refused" && self.listener_suspended && self.service_running
+        {
+            self.listener(ListenerAction::Resume, HANDOVER_DRAIN).await;
+        }
+        let _ = reply.send(answer);
     }
 
     async fn command(

@@ -161,7 +161,10 @@ const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 /// SIGUSR2 resumes it. The drain timeout is the configured one, unless the
 /// agent that runs the relay left another in
 /// `$TANDEM_CONTROL_DIR/drain-timeout-ms` (`tandem listener suspend
-/// --drain-timeout`).
+/// --drain-timeout`). Once the sessions in progress are over, the relay
+/// writes the suspend's report to `$TANDEM_CONTROL_DIR/drained`: an agent
+/// handing the service over waits for it, so that no message is stored
+/// after its node stopped being active.
 async fn serve(a: ServeArgs, json: bool, hook: Arc<dyn CommitHook>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let config = match &a.config {
@@ -201,6 +204,7 @@ async fn serve(a: ServeArgs, json: bool, hook: Arc<dyn CommitHook>) -> Result<()
                 tokio::spawn(async move {
                     let report = control.suspend(drain).await;
                     tracing::info!(?report, "listener suspended and drained");
+                    report_drained(&report);
                 });
             }
             _ = usr2.recv() => {
@@ -225,6 +229,18 @@ async fn serve(a: ServeArgs, json: bool, hook: Arc<dyn CommitHook>) -> Result<()
     relay.shutdown().await;
     tracing::info!(?stats, "relay stopped");
     Ok(())
+}
+
+/// Tells the supervising agent, if any, that the drain is over (see
+/// [`serve`]).
+fn report_drained(report: &crate::server::SuspendReport) {
+    let Some(dir) = std::env::var_os("TANDEM_CONTROL_DIR") else {
+        return;
+    };
+    let text = serde_json::to_string(report).unwrap_or_default();
+    if let Err(e) = std::fs::write(std::path::Path::new(&dir).join("drained"), text) {
+        tracing::warn!(error = %e, "cannot tell the agent the drain is over");
+    }
 }
 
 /// The drain timeout the supervising agent asked for, if any.

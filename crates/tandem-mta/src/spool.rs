@@ -163,9 +163,19 @@ impl Spool {
         let final_path = spawn_blocking(move || inner.write_durable(&id2, &env, &body)).await?;
         let paths = [final_path];
         if let Err(e) = self.inner.hook.commit(&paths).await {
-            // Not acknowledged: remove it so the client's retry is the only copy.
-            let [path] = paths;
-            let _ = tokio::fs::remove_file(&path).await;
+            // Not acknowledged: remove it so the client's retry is the only
+            // copy — here and on the standbys, which may have received the
+            // file anyway (a commit that timed out, a catch-up that read the
+            // queue meanwhile). Telling them is best effort and not awaited,
+            // like a delivery's: a copy left behind is delivered again after
+            // a failover (a duplicate), never a loss.
+            let _ = tokio::fs::remove_file(&paths[0]).await;
+            let hook = self.inner.hook.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hook.commit(&paths).await {
+                    tracing::debug!(error = %e, "removal of a refused message not replicated");
+                }
+            });
             return Err(e);
         }
         Ok(())
@@ -435,6 +445,39 @@ mod tests {
         assert!(dir.path().join("failed").join(&id).exists());
         spool.finish(&msg, vec![], vec![]).await.unwrap();
         assert!(spool.recover().unwrap().is_empty());
+    }
+
+    /// A hook that refuses every commit and reports the paths of each call.
+    struct RefusingHook(tokio::sync::mpsc::UnboundedSender<Vec<PathBuf>>);
+
+    impl CommitHook for RefusingHook {
+        fn commit<'a>(&'a self, paths: &'a [PathBuf]) -> HookFuture<'a> {
+            let _ = self.0.send(paths.to_vec());
+            Box::pin(async { Err(Error::Hook("refused".into())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_is_removed_here_and_its_removal_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel();
+        let spool = Spool::open(dir.path(), Arc::new(RefusingHook(tx))).unwrap();
+        let env = Envelope {
+            from: "f@x".into(),
+            rcpts: vec!["a@x".into()],
+        };
+        let id = spool.new_id();
+        let stored = spool.store(&id, &env, b"body\r\n".to_vec()).await;
+        assert!(stored.is_err(), "the hook refused: no 250");
+        assert!(spool.recover().unwrap().is_empty(), "not kept here");
+        let first = calls.recv().await.unwrap();
+        // The removal goes to the standbys too (a commit of the gone path).
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), calls.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, second);
+        assert!(!second[0].exists());
     }
 
     #[test]

@@ -483,7 +483,8 @@ pub struct DemoArgs {
     /// is over).
     #[arg(long, default_value_t = 5000)]
     pub messages: u64,
-    /// Send no mail: bring your own client (the VIP is printed).
+    /// Send no mail: bring your own client. The progress lines (the VIPs,
+    /// "every node runs ...", "upgrade: ...") go to stderr, with --json too.
     #[arg(long)]
     pub no_load: bool,
     /// Serve the VIP on this loopback address instead of a free port.

@@ -184,6 +184,137 @@ fn semi_acknowledged_mail_is_on_the_standby_and_delivered_after_kill_9() {
     assert_eq!(status["node"]["effective_role"], "active", "{status}");
 }
 
+/// Reads one SMTP reply (every line of a multi-line one); its last line.
+fn smtp_reply(reader: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return line,
+            Ok(_) if line.as_bytes().get(3) == Some(&b'-') => continue,
+            Ok(_) => return line,
+        }
+    }
+}
+
+/// A `semi` pair of relays that drain themselves (`suspend = "signal"`),
+/// started.
+fn draining_relay_pair(next_hop: SocketAddr) -> LocalCluster {
+    let script =
+        format!("exec {EXE} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
+    let spec = ClusterSpec {
+        extra_toml: "cwd = \".\"\nsuspend = \"signal\"\n".into(),
+        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
+        exe: Some(EXE.into()),
+        ..ClusterSpec::new(&["alpha", "beta"], vec!["sh".into(), "-c".into(), script])
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync("data_sync = \"semi\"\n")
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster
+}
+
+/// A planned handover with `semi` (`failover standby`): a session in
+/// progress on the active when the operator asks is finished there while
+/// that node is still active — its message gets its 250 and is on the new
+/// active's disk — instead of being refused because its node stopped being
+/// active mid-session (what a switchover under load used to do).
+#[test]
+fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() {
+    use std::io::{BufReader, Write};
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    // The next hop is down: the message stays in the spools to be seen.
+    let cluster = draining_relay_pair(free_addr());
+    settle_in_sync(&rt, &cluster, 0);
+
+    // A session on the active, up to the message's body.
+    let stream = std::net::TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut writer = stream.try_clone().unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = BufReader::new(stream);
+    let mut say = |line: &str, reader: &mut BufReader<std::net::TcpStream>| {
+        writer
+            .write_all(line.as_bytes())
+            .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
+        smtp_reply(reader)
+    };
+    assert!(smtp_reply(&mut reader).starts_with("220"));
+    assert!(say("EHLO handover.test\r\n", &mut reader).starts_with("250"));
+    assert!(say("MAIL FROM:<a@client.test>\r\n", &mut reader).starts_with("250"));
+    assert!(say("RCPT TO:<b@dest.test>\r\n", &mut reader).starts_with("250"));
+    assert!(say("DATA\r\n", &mut reader).starts_with("354"));
+
+    std::thread::scope(|scope| {
+        let handover = scope.spawn(|| tandem(&cluster, 0, &["failover", "standby"]));
+        // The handover has begun: alpha drains (its listener suspended) or
+        // has already given up the service.
+        wait_until("the handover to begin", Duration::from_secs(10), || {
+            rt.block_on(cluster.status(0)).is_some_and(|s| {
+                s["agent"]["listener"] == "suspended" || s["node"]["effective_role"] != "active"
+            })
+        });
+        let answer = say(
+            "X-Tandem-Id: handover-1\r\nSubject: open at the handover\r\n\r\nbody\r\n.\r\n",
+            &mut reader,
+        );
+        assert!(
+            answer.starts_with("250"),
+            "the message of a session open at the handover: {answer:?}"
+        );
+        let _ = say("QUIT\r\n", &mut reader);
+        let (code, out, err) = handover.join().unwrap_or_else(|_| panic!("cli thread"));
+        assert_eq!(code, 0, "failover standby: {out}{err}");
+    });
+    rt.block_on(cluster.wait_for_active(1, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // semi: acknowledged means on the standby's disk, which serves now.
+    assert_eq!(
+        queued(&cluster.data_dir(1)).len(),
+        1,
+        "the acknowledged message in the new active's spool"
+    );
+}
+
+/// A planned handover that drained the service and was then refused (no
+/// standby to take over) leaves the node serving: its listener resumed.
+#[test]
+fn a_refused_handover_resumes_the_drained_listener() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let sink_addr = free_addr();
+    let sink = rt
+        .block_on(Sink::bind(Listen::Bind(vec![sink_addr]), 0))
+        .unwrap_or_else(|e| panic!("sink: {e}"));
+    let mut cluster = draining_relay_pair(sink_addr);
+    settle_in_sync(&rt, &cluster, 0);
+    cluster.kill(1);
+    wait_until("the standby seen gone", Duration::from_secs(10), || {
+        rt.block_on(cluster.status(0))
+            .is_some_and(|s| s["node"]["peers"][0]["alive"] == false)
+    });
+    let (code, out, err) = tandem(&cluster, 0, &["failover", "standby"]);
+    assert_ne!(code, 0, "no standby to hand over to: {out}{err}");
+    let status = rt.block_on(cluster.status(0)).unwrap_or_default();
+    assert_eq!(status["node"]["effective_role"], "active", "{status}");
+    assert_eq!(status["agent"]["listener"], "open", "{status}");
+    let after = send(&rt, cluster.vip, 3);
+    assert_eq!(after.acknowledged, 3, "served after the refusal: {after:?}");
+    wait_until("the mail delivered", Duration::from_secs(10), || {
+        sink.report(Some(&after.acked_ids)).missing == Some(0)
+    });
+}
+
 /// A standby that is down: `degrade` carries on and says so; `strict`
 /// refuses, so the relay answers 4xx and the client keeps its message.
 #[test]

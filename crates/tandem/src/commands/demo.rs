@@ -18,10 +18,25 @@
 //! service manager would) and `--fault bad-image` (the first release the
 //! upgrade installs fails its health check, so the run must roll back).
 //! After a kill, a run that stopped at a safe point is run again once (what
-//! its message tells the operator), and a node left holding acknowledged
-//! mail in its spool (killed while active; no data sync is configured
-//! here, so the standby had no copy) is given the service once so it
-//! delivers it: the mail was durable, only stranded.
+//! its message tells the operator).
+//!
+//! **Data sync.** The active-passive pair runs with `[sync] data_sync =
+//! "semi"` (a throwaway cluster CA and node certificates, made with the
+//! project's own cert code): the relay answers 250 only once the standby
+//! has the message on disk, so a node killed -9 while active strands
+//! nothing — the standby that takes over holds and delivers every
+//! acknowledged message. Config-only (`rolling`) and active-active clusters
+//! run without it: every node there is active at once, and the agent's
+//! replicator (started by any active node, towards every peer) would have
+//! the actives replicate their spools into each other. Their nodes keep
+//! their spools local; none is killed in those demos, and each drains its
+//! own queue while it serves.
+//!
+//! Every node's spool is `data/NODE/spool` in the cluster's directory (the
+//! `[sync]` data dir where there is one). Before it stops the cluster the
+//! demo waits, bounded, for every spool's queue to empty and reports what
+//! was left (`queued_after`), so an outside next hop (`--relay-to`) gets
+//! everything the cluster acknowledged.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -73,9 +88,13 @@ struct DemoReport {
     failed_sessions: u64,
     max_gap_ms: f64,
     failovers: u64,
-    /// Switchovers the demo made after the upgrade so that a node left
-    /// with queued mail (killed while active) delivers it.
-    drain_switchovers: u64,
+    /// The cluster's `[sync] data_sync`: `semi` (active-passive) or `off`
+    /// (no `[sync]`: config-only and active-active, see the module doc).
+    data_sync: String,
+    /// Messages still queued in the nodes' spools when the demo stopped the
+    /// cluster (counted per node, so a mirrored copy counts twice): 0 when
+    /// everything acknowledged had left for the next hop.
+    queued_after: u64,
     versions_after: serde_json::Map<String, Value>,
     duration_s: f64,
     /// `tandem upgrade report` of the run: its timeline and versions.
@@ -85,8 +104,13 @@ struct DemoReport {
 /// Runs the demo.
 pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // Progress goes to stderr; with `--json` too when the clients are the
+    // operator's own (`--no-load`): they need the VIPs, the moment the
+    // service is up and the moment the upgrade is over, and stdout keeps
+    // only the report.
+    let progress = !json || args.no_load;
     let say = |line: &str| {
-        if !json {
+        if progress {
             eprintln!("demo: {line}");
         }
     };
@@ -174,18 +198,22 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
-    let spools = dir.join("spool");
+    // Spools at `data/NODE/spool`, relative to the cluster's directory
+    // (the service's cwd): inside the `[sync]` data dir where there is one.
     let bootstrap = format!(
-        "exec {:?} mta serve --spool \"{}/$TANDEM_NODE\" --relay-to {next_hop}",
+        "exec {:?} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}",
         exe.display().to_string(),
-        spools.display()
     );
+    let data_sync = if mode == "active-passive" {
+        "semi"
+    } else {
+        "off"
+    };
     let spec = ClusterSpec {
         nodes: names.clone(),
         service: vec!["sh".into(), "-c".into(), bootstrap],
         extra_toml: format!(
-            "args = [{:?}, \"{next_hop}\"]\nsuspend = \"signal\"\n\n[images]\ntrusted_keys = [{:?}]\n",
-            spools.display().to_string(),
+            "cwd = \".\"\nargs = [\"data\", \"{next_hop}\"]\nsuspend = \"signal\"\n\n[images]\ntrusted_keys = [{:?}]\n",
             public.display().to_string()
         ),
         interval_ms: 200,
@@ -199,10 +227,13 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         vip: args.listen,
     };
     let mut cluster = LocalCluster::create(&spec)?;
+    if data_sync == "semi" {
+        cluster.enable_sync("data_sync = \"semi\"\n")?;
+    }
     cluster.start_all()?;
     settle(&cluster, &mode).await?;
     say(&format!(
-        "{} nodes ({mode}) up on loopback; VIP {} ; next hop {next_hop}",
+        "{} nodes ({mode}, data_sync {data_sync}) up on loopback; VIP {} ; next hop {next_hop}",
         names.len(),
         cluster
             .vips
@@ -344,15 +375,36 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     let (max_gap_ms, failovers) = probe.await.unwrap_or((0.0, 0));
 
-    // A node killed while active leaves the mail it acknowledged in its
-    // spool, durable but undelivered until it serves again (no data sync
-    // is configured here, so the standby had no copy): give every such
-    // node a turn at serving, as an operator would after a crash.
-    let drains = if mode == "active-passive" {
-        drain_stranded(&cluster, &clients, &spools, &say).await
-    } else {
-        0
-    };
+    // What the cluster acknowledged must leave it before it stops: wait,
+    // bounded, for every spool's queue to empty (with semi sync a
+    // standby's mirror empties as the active's deletions replicate).
+    let spools = cluster.dir.join("data");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut queued_after = queued_total(&spools, &names);
+    while queued_after > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queued_after = queued_total(&spools, &names);
+    }
+    if queued_after > 0 {
+        // Where, and which files: what a search for the cause starts from.
+        let left: Vec<String> = names
+            .iter()
+            .map(|node| {
+                let files: Vec<String> =
+                    std::fs::read_dir(spools.join(node).join("spool").join("queue"))
+                        .map(|d| {
+                            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                format!("{node}: [{}]", files.join(" "))
+            })
+            .collect();
+        say(&format!(
+            "{queued_after} message(s) still queued in the nodes' spools: {}",
+            left.join("; ")
+        ));
+    }
 
     // Everything acknowledged must reach the next hop.
     let loads = loads.lock().await;
@@ -414,7 +466,8 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             .sum(),
         max_gap_ms: (max_gap_ms * 10.0).round() / 10.0,
         failovers,
-        drain_switchovers: drains,
+        data_sync: data_sync.to_string(),
+        queued_after,
         versions_after,
         duration_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         report: upgrade_report,
@@ -443,6 +496,10 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             report.failed_sessions
         );
         println!(
+            "data_sync {}  queued in the spools after {}",
+            report.data_sync, report.queued_after
+        );
+        println!(
             "longest service gap {:.1} ms  failovers {}  versions after {}  in {:.1} s",
             report.max_gap_ms,
             report.failovers,
@@ -466,61 +523,15 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Mail queued in a node's spool (files under `SPOOL/NODE/queue`).
-fn queued(spools: &std::path::Path, node: &str) -> usize {
-    std::fs::read_dir(spools.join(node).join("queue")).map_or(0, |d| d.count())
-}
-
-/// Switches the service over to each standby whose spool still holds mail
-/// and waits (bounded) for it to deliver; returns the switchovers made.
-async fn drain_stranded(
-    cluster: &LocalCluster,
-    clients: &[ApiClient],
-    spools: &std::path::Path,
-    say: &impl Fn(&str),
-) -> u64 {
-    let mut switchovers = 0;
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        if queued(spools, &node.name) == 0 {
-            continue;
-        }
-        let is_active =
-            |s: Option<Value>| s.is_some_and(|s| s["node"]["effective_role"] == "active");
-        if is_active(cluster.status(i).await) {
-            continue;
-        }
-        let Some(active) = first_active(cluster).await else {
-            continue;
-        };
-        say(&format!(
-            "{} holds {} queued message(s) from before its crash: switching the service over to it",
-            node.name,
-            queued(spools, &node.name)
-        ));
-        let _ = clients[active]
-            .command(tandem_core::Command::FailoverStandby, None)
-            .await;
-        switchovers += 1;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && queued(spools, &node.name) > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    switchovers
-}
-
-/// The node that reports itself active, if one does.
-async fn first_active(cluster: &LocalCluster) -> Option<usize> {
-    for i in 0..cluster.nodes.len() {
-        if cluster
-            .status(i)
-            .await
-            .is_some_and(|s| s["node"]["effective_role"] == "active")
-        {
-            return Some(i);
-        }
-    }
-    None
+/// Messages queued in every node's spool (`SPOOLS/NODE/spool/queue`).
+fn queued_total(spools: &std::path::Path, nodes: &[String]) -> u64 {
+    nodes
+        .iter()
+        .map(|node| {
+            std::fs::read_dir(spools.join(node).join("spool").join("queue"))
+                .map_or(0, |d| d.count() as u64)
+        })
+        .sum()
 }
 
 /// Follows the upgrade from the last node that answers (a node killed by a
@@ -615,7 +626,8 @@ fn file_name(path: &std::path::Path) -> String {
 }
 
 /// One release of the relay: a script that runs this binary's relay, with
-/// the spool base and the next hop as the service's `args`.
+/// the nodes' data base (`data`, relative to the service's cwd) and the next
+/// hop as the service's `args`.
 fn build_release(
     dir: &std::path::Path,
     exe: &std::path::Path,
@@ -628,7 +640,7 @@ fn build_release(
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n# tandem-mta {version}\nexec {:?} mta serve --spool \"$1/$TANDEM_NODE\" --relay-to \"$2\"\n",
+            "#!/bin/sh\n# tandem-mta {version}\nexec {:?} mta serve --spool \"$1/$TANDEM_NODE/spool\" --relay-to \"$2\"\n",
             exe.display().to_string()
         ),
     )?;

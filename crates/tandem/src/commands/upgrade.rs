@@ -460,6 +460,7 @@ impl std::fmt::Display for Report {
                     "failed_sessions",
                     "max_gap_ms",
                     "failovers",
+                    "queued_after",
                 ] {
                     if let Some(value) = impact.get(key) {
                         writeln!(f, "  {key:<16} {value}")?;
