@@ -222,8 +222,6 @@ struct Agent {
     firmware: Firmware,
     boot_verdicts: mpsc::Sender<BootVerdict>,
     boot_verdict_rx: mpsc::Receiver<BootVerdict>,
-    /// A slot booted while standby, whose service has not yet been checked.
-    unchecked_slot: Option<SlotName>,
     /// Re-execute the agent from a booted slot at this moment (after the
     /// API has answered).
     exec_after: Option<(Instant, std::path::PathBuf)>,
@@ -376,7 +374,6 @@ impl Agent {
             firmware,
             boot_verdicts,
             boot_verdict_rx,
-            unchecked_slot: None,
             exec_after: None,
             standby_check_at: None,
             serving,
@@ -574,7 +571,7 @@ impl Agent {
             tokio::spawn(async move {
                 let _ = verdicts.send(firmware.check_boot(false).await).await;
             });
-        } else if self.unchecked_slot.take().is_some() {
+        } else if firmware.take_unchecked().await {
             tokio::spawn(async move {
                 let _ = verdicts.send(firmware.check_first_serve().await).await;
             });
@@ -912,7 +909,7 @@ impl Agent {
         }
         match verdict {
             BootVerdict::Good { .. } => {
-                self.unchecked_slot = Some(slot);
+                self.firmware.mark_unchecked(slot).await;
                 Ok(
                     serde_json::json!({"booted": slot, "health": "standby ready; the service is checked when this node next serves", "version": version}),
                 )
@@ -963,7 +960,7 @@ impl Agent {
         match verdict {
             BootVerdict::Good { slot, version } if !self.service_running => {
                 tracing::info!(%slot, version, "image slot is Standby Ready; its service is checked when this node next serves");
-                self.unchecked_slot = Some(slot);
+                self.firmware.mark_unchecked(slot).await;
             }
             BootVerdict::Good { slot, version } => {
                 tracing::info!(%slot, version, "image slot passed its health check: marked good");

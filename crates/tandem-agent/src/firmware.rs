@@ -18,8 +18,9 @@
 //!   previous slot. A standby has no service to check: its boot is good once
 //!   the node is back as a healthy standby (ASA's "Standby Ready"), after a
 //!   `command` health check if the manifest has one; the service-level
-//!   check then runs the first time the node serves from that slot, and a
-//!   failure there rolls the slot back too.
+//!   check then runs the first time the node serves from that slot (a
+//!   file remembers it is owed, so a restart of the agent does not skip
+//!   it), and a failure there rolls the slot back too.
 //!
 //! All slot I/O is blocking (unpacking, fsync) and runs on the blocking
 //! pool, never in the driver loop.
@@ -54,6 +55,9 @@ pub type Outcome = Result<serde_json::Value, String>;
 #[derive(Clone)]
 pub struct Firmware {
     images: PathBuf,
+    /// The flag file naming a slot booted while standby whose service has
+    /// not been checked yet (see [`Firmware::mark_unchecked`]).
+    unchecked: PathBuf,
     store: Arc<Mutex<SlotStore>>,
     trust: Arc<TrustPolicy>,
     /// Key files, for listing.
@@ -89,6 +93,7 @@ impl Firmware {
         Ok((
             Firmware {
                 images,
+                unchecked: state_dir.join("first-serve-unchecked"),
                 store: Arc::new(Mutex::new(store)),
                 trust: Arc::new(trust),
                 allow_unsigned: section.allow_unsigned,
@@ -349,6 +354,49 @@ impl Firmware {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Remembers that `slot` was booted while standby and passed only the
+    /// checks that need no service: its service is checked the first time
+    /// this node serves from it (`take_unchecked`). Kept in a file, not in
+    /// memory: an agent killed (kill -9, a crash) between the boot and that
+    /// first serve would otherwise come back with the slot good and the
+    /// check forgotten, and serve an image nobody ever checked.
+    pub async fn mark_unchecked(&self, slot: SlotName) {
+        let path = self.unchecked.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, slot.to_string())
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot record that the slot's service is still to be checked");
+        }
+    }
+
+    /// Whether the current slot still awaits its first-serve check (see
+    /// `mark_unchecked`); forgets it either way, so the check runs once.
+    pub async fn take_unchecked(&self) -> bool {
+        let current = self.table().await.current.map(|s| s.to_string());
+        let path = self.unchecked.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(marked) = std::fs::read_to_string(&path) else {
+                return false;
+            };
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot clear the first-serve check mark");
+            }
+            // A mark for the other slot is stale: that slot was left (a
+            // rollback, another boot) before it ever served.
+            current.is_some_and(|c| c == marked.trim())
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// The service runs from a slot already marked good (booted while this

@@ -18,6 +18,10 @@
 //!   the fresh cluster state, so nothing is done twice).
 //! - A kill -9 of the coordinator is the same case: the peer that takes over
 //!   resumes from its copy of the journal.
+//! - A push is best effort, once: a node that was down when it came (the
+//!   killed coordinator, restarting) would keep an unfinished copy for
+//!   ever. So a node holding an unfinished copy, and not coordinating,
+//!   pulls its peers' copies every watch turn and keeps one further on.
 //! - Around a failover two nodes may coordinate for a moment. Each copy of
 //!   the journal carries the run's id and its progress; the copy further
 //!   on wins wherever it lands, and a coordinator that finds a copy ahead
@@ -239,21 +243,69 @@ impl Upgrades {
     }
 
     /// Every node checks, now and then, whether it must carry on an
-    /// unfinished upgrade: when it is the only active node.
+    /// unfinished upgrade: when it is the only active node. A node whose
+    /// copy is unfinished first asks its peers for theirs (see
+    /// `catch_up`), so it neither reports nor resumes a run that already
+    /// ended elsewhere.
     async fn watch(self) {
         loop {
             tokio::time::sleep(WATCH).await;
-            let unfinished = self
-                .journal()
-                .await
-                .is_some_and(|r| !r.status.is_finished());
-            if unfinished && !self.coordinating() && self.only_active().await {
+            let unfinished = || async {
+                self.journal()
+                    .await
+                    .is_some_and(|r| !r.status.is_finished())
+            };
+            if unfinished().await && !self.coordinating() {
+                self.catch_up().await;
+            }
+            if unfinished().await && !self.coordinating() && self.only_active().await {
                 tracing::warn!(
                     "resuming the upgrade from the journal (this node is now the active one)"
                 );
                 self.spawn_coordinator();
             }
         }
+    }
+
+    /// Pulls every peer's copy of the journal and keeps one strictly
+    /// further on than this node's. The coordinator pushes each copy once,
+    /// best effort: a node whose agent was down at that moment (killed,
+    /// restarting) missed it, and the last push of a run (done, stopped)
+    /// is never followed by another. Without this the node would report
+    /// the run as unfinished for ever, and resume it from a stale step if
+    /// it became the active one. Only a node holding an unfinished copy
+    /// asks, so an idle cluster makes no calls.
+    async fn catch_up(&self) {
+        for (name, addr) in self.nodes.iter().skip(1) {
+            let answer = match self.get(*addr, "/v1/upgrade").await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::debug!(peer = %name, error = %e, "cannot read the peer's journal");
+                    continue;
+                }
+            };
+            let Ok(theirs) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
+                continue;
+            };
+            let mut journal = self.journal.lock().await;
+            // Checked under the lock: a coordinator started meanwhile
+            // takes copies only through `store_replica`'s rule.
+            if self.coordinating_or_ahead(journal.as_ref(), &theirs) {
+                continue;
+            }
+            if let Err(e) = self.persist(&theirs) {
+                tracing::error!(error = %e, "cannot write the upgrade journal");
+                continue;
+            }
+            tracing::info!(peer = %name, status = ?theirs.status, "took the peer's newer copy of the upgrade journal");
+            *journal = Some(theirs);
+        }
+    }
+
+    /// Whether a peer's copy must be left alone: this node coordinates,
+    /// or its own copy is not strictly behind the peer's.
+    fn coordinating_or_ahead(&self, mine: Option<&UpgradeRun>, theirs: &UpgradeRun) -> bool {
+        self.coordinating() || mine.is_some_and(|m| !m.superseded_by(theirs))
     }
 
     async fn coordinate(&self) -> Result<(), String> {

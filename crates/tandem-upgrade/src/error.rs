@@ -31,6 +31,13 @@ pub enum PlanError {
     #[error("a rolling batch must upgrade at least one node at a time")]
     ZeroBatch,
 
+    /// A run whose roles moved under it cannot be planned again yet.
+    #[error("{reason}")]
+    Replan {
+        /// Why, naming the node.
+        reason: String,
+    },
+
     /// A node is not healthy; an upgrade starts only from a healthy cluster.
     #[error(
         "node {node} is not healthy: repair it (or remove it from the cluster) before upgrading"

@@ -410,6 +410,67 @@ pub(crate) fn rollback_plan(
     planner.build(vec![hop], *to)
 }
 
+/// A new plan for the rest of a run whose roles moved under it: a node the
+/// plan was about to restart serves now, because the node serving before
+/// failed (a kill -9 of the coordinating active, seed 003's "active fails
+/// during the upgrade"). The old plan's order (standby first, the active
+/// last) no longer fits, but its hops do: this plans the hops from
+/// `from_hop` on against the cluster as it is now, with the refusals of a
+/// fresh plan (every node healthy, one active, the images there), and gives
+/// back at the end what the old plan would have (preemption where it was
+/// on before the run began, groups to their first holders).
+pub(crate) fn replan(
+    cluster: &ClusterState,
+    old: &UpgradePlan,
+    from_hop: usize,
+) -> Result<UpgradePlan, PlanError> {
+    check_common(cluster, old.strategy, true)?;
+    let hops: Vec<PlannedHop> = old.hops.iter().skip(from_hop).cloned().collect();
+    let Some(first) = hops.first() else {
+        return Err(PlanError::AlreadyAtTarget {
+            version: old.target,
+        });
+    };
+    // Only the two ends of the hop under way may run, as in any plan.
+    let versions = cluster.versions();
+    if versions.iter().any(|v| *v != first.from && *v != first.to) {
+        return Err(PlanError::MixedVersions {
+            versions,
+            target: old.target,
+        });
+    }
+    if let Some(missing) = crate::step::missing_image(cluster, &[first.to]) {
+        return Err(PlanError::Replan { reason: missing });
+    }
+    let mut options = PlanOptions::default();
+    for step in &old.steps {
+        match &step.kind {
+            StepKind::Boot { holdoff_secs, .. } => {
+                options.boot_timeout_ms = step.timeout_ms;
+                if let Some(secs) = holdoff_secs {
+                    options.holdoff_secs = *secs;
+                }
+            }
+            StepKind::WaitReady { .. } => options.ready_timeout_ms = step.timeout_ms,
+            StepKind::SyncReport => options.step_timeout_ms = step.timeout_ms,
+            _ => {}
+        }
+    }
+    let mut planner = Planner::new(cluster, old.strategy, options, false);
+    planner.restore = Restore {
+        preempt_was_on: old.preempt_was_on.clone(),
+        groups_home: old
+            .steps
+            .iter()
+            .find_map(|s| match &s.kind {
+                StepKind::RestoreGroups { holders } => Some(holders.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| Restore::from(cluster).groups_home),
+    };
+    planner.build(hops, old.target)
+}
+
 /// The refusals every plan shares: mode, strategy, health.
 fn check_common(
     cluster: &ClusterState,

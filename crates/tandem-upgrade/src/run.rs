@@ -28,8 +28,12 @@
 //! Failure: a node whose new image fails its health check (it fell back to
 //! its previous slot, or runs the new release but never turns healthy)
 //! starts a rollback of the current hop, standby first ([`plan_rollback`]).
-//! Any other failure, or an abort, stops at a safe point with a message
-//! saying where the cluster is and what to do.
+//! A failover the plan did not make (the active node died, its peer took
+//! over, so the node the plan was about to restart now serves) makes the run
+//! plan the rest of its hops again from the cluster as it is
+//! ([`UpgradeRun::replaced`] keeps the old track). Any other failure, or an
+//! abort, stops at a safe point with a message saying where the cluster is
+//! and what to do.
 
 use serde::{Deserialize, Serialize};
 use tandem_core::{EffectiveRole, GroupId};
@@ -236,6 +240,12 @@ pub struct UpgradeRun {
     pub status: RunStatus,
     /// The cluster as last observed (replaced on resume).
     pub view: ClusterState,
+    /// Earlier forward tracks of this run, oldest first: each one was
+    /// replaced by a new plan when a failover the plan did not make moved
+    /// the service (see [`UpgradeRun::next`]). Kept for the record; the
+    /// step that found the roles moved is marked failed with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<Track>,
 }
 
 impl UpgradeRun {
@@ -247,6 +257,7 @@ impl UpgradeRun {
             rollback: None,
             status: RunStatus::Running,
             view: cluster,
+            replaced: Vec::new(),
         }
     }
 
@@ -455,6 +466,44 @@ impl UpgradeRun {
                 record.issued = false;
             }
             if let Some(failure) = step.failed(&view) {
+                let deadline = record
+                    .started_ms
+                    .unwrap_or(now_ms)
+                    .saturating_add(step.timeout_ms);
+                let (id, hop) = (step.id, step.hop);
+                let failure = match failure {
+                    // The service moved to a node the plan was about to
+                    // restart, because the node serving before failed. Every
+                    // step checks its precondition against the cluster as
+                    // observed, so the rest of the upgrade can be planned
+                    // again from here, as the operator would with `upgrade
+                    // run`: nothing is lost by not waiting for them. Until
+                    // the cluster is fit for a plan (the failed node back
+                    // and healthy) the step waits, bounded by its timeout;
+                    // then the run stops here, a safe point (the service
+                    // is up on the node that took over), saying what to do.
+                    Failure::RolesMoved(why) if self.rollback.is_none() => {
+                        match self.replan(now_ms, i, hop, &why) {
+                            Ok(()) => continue,
+                            Err(e) if now_ms < deadline => {
+                                let waiting_for =
+                                    format!("{why}; planning the rest again once possible: {e}");
+                                if let Some(record) = self.track_mut().records.get_mut(i) {
+                                    record.detail = Some(waiting_for.clone());
+                                }
+                                return vec![Action::Wait {
+                                    step: id,
+                                    until_ms: deadline,
+                                    waiting_for,
+                                }];
+                            }
+                            Err(e) => Failure::Other(format!(
+                                "{why}; the rest could not be planned again: {e}"
+                            )),
+                        }
+                    }
+                    other => other,
+                };
                 self.fail(now_ms, i, failure);
                 continue;
             }
@@ -516,6 +565,31 @@ impl UpgradeRun {
                 waiting_for: step.waiting_for(),
             }];
         }
+    }
+
+    /// Replaces the forward plan with one for the rest of its hops (from
+    /// `hop` on), made against the cluster as observed: step `i`, which
+    /// found that a failover moved the service (`why`), is closed as
+    /// failed in the old track, kept in [`UpgradeRun::replaced`]. The run's
+    /// id goes up, so every copy of the old plan's journal, wherever it
+    /// is, gives way to this one.
+    fn replan(
+        &mut self,
+        now_ms: u64,
+        i: usize,
+        hop: Option<usize>,
+        why: &str,
+    ) -> Result<(), PlanError> {
+        let plan = crate::plan::replan(&self.view, &self.forward.plan, hop.unwrap_or(0))?;
+        let mut old = std::mem::replace(&mut self.forward, Track::new(plan));
+        if let Some(record) = old.records.get_mut(i) {
+            record.state = StepState::Failed;
+            record.finished_ms = Some(now_ms);
+            record.detail = Some(format!("{why}; the rest of the upgrade was planned again"));
+        }
+        self.replaced.push(old);
+        self.id = self.id.saturating_add(1);
+        Ok(())
     }
 
     /// Lets a stopped run go on from the step that failed, after the
@@ -612,7 +686,7 @@ impl UpgradeRun {
             .unwrap_or_default();
         let (reason, health) = match failure {
             Failure::Health(r) => (r, true),
-            Failure::Other(r) => (r, false),
+            Failure::Other(r) | Failure::RolesMoved(r) => (r, false),
         };
         if let Some(record) = track.records.get_mut(i) {
             record.state = StepState::Failed;

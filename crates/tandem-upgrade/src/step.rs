@@ -277,6 +277,10 @@ pub(crate) enum Failure {
     Health(String),
     /// Anything else: stop.
     Other(String),
+    /// A node the step would restart serves now: a failover the plan did
+    /// not make moved the service to it. The run plans the rest of the
+    /// upgrade again from the cluster as it is, or stops saying so.
+    RolesMoved(String),
 }
 
 impl Step {
@@ -456,8 +460,10 @@ impl Step {
         // A node about to restart serves: the plan had it off the service
         // (a standby, or its groups moved away; preemption is off), so a
         // failover put it there — the node serving before died. Waiting
-        // would only run into the step's timeout; stop now, at a safe
-        // point with the service up on the old release, and say what to do.
+        // would only run into the step's timeout: the run plans the rest
+        // again from here (see `UpgradeRun::next`), or, when that cannot
+        // be done, stops at this safe point with the service up on the
+        // old release and says what to do.
         if let StepKind::Boot {
             version,
             rollback: false,
@@ -470,10 +476,9 @@ impl Step {
                 .filter_map(|n| cluster.node(n))
                 .find(|n| n.running != *version && serves_a_group(cluster, n))
         {
-            return Some(Failure::Other(format!(
+            return Some(Failure::RolesMoved(format!(
                 "{} (still on {}) serves now: a failover moved the service to it (the node \
-                 serving before failed), so it may not restart; the service runs on {}; \
-                 run `tandem upgrade run` again to go on from here",
+                 serving before failed), so it may not restart; the service runs on {}",
                 node.name, node.running, node.running
             )));
         }

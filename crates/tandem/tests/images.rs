@@ -307,6 +307,115 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     cluster.kill(1);
 }
 
+/// A standby's boot passes only the checks that need no service; its
+/// service is checked the first time it serves. A kill -9 of its agent in
+/// between must not forget that check (it was once kept only in memory):
+/// the restarted agent runs it when the node takes over, and a release
+/// that fails it goes back to the previous slot.
+#[test]
+fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (secret, public) = (
+        work.path().join("release.key"),
+        work.path().join("release.pub"),
+    );
+    plain(&[
+        "image",
+        "keygen",
+        "--secret",
+        &secret.display().to_string(),
+        "--public",
+        &public.display().to_string(),
+    ]);
+    let mut spec = ClusterSpec::new(
+        &["alpha", "beta"],
+        vec![EXE.into(), "bench".into(), "name-service".into()],
+    );
+    spec.extra_toml = format!(
+        "\n[images]\ntrusted_keys = [{:?}]\n",
+        public.display().to_string()
+    );
+    spec.version = "unset".into();
+    spec.exe = Some(EXE.into());
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let vip = cluster.vip;
+
+    // 6.2.0 on both, checked on the VIP.
+    let first = image(
+        work.path(),
+        "6.2.0",
+        &format!("tcp = \"{vip}\""),
+        Some(&secret),
+    );
+    let (code, _, err) = tandem(
+        &cluster,
+        0,
+        &["image", "push", "--all", &first.display().to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(
+        &cluster,
+        0,
+        &["image", "install", "--all", "relay-6.2.0.tandem"],
+    );
+    assert_eq!(code, 0, "{err}");
+    for node in ["beta", "alpha"] {
+        let (code, _, err) = tandem(&cluster, 0, &["image", "boot", "--node", node]);
+        assert_eq!(code, 0, "{node}: {err}");
+    }
+    wait_until(&rt, &cluster, 1, "beta on 6.2.0", |s| {
+        s["node"]["version"] == "6.2.0"
+    });
+
+    // 6.2.5 probes a port nobody listens on: it can never pass a service
+    // check, and a standby never runs one.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bad = image(
+        work.path(),
+        "6.2.5",
+        &format!("tcp = \"{nobody}\""),
+        Some(&secret),
+    );
+    let (code, _, err) = tandem(&cluster, 1, &["image", "push", &bad.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tandem(&cluster, 1, &["image", "install", "relay-6.2.5.tandem"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = tandem(&cluster, 1, &["image", "boot"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("standby ready"), "{out}");
+
+    // kill -9 of beta's agent before it ever serves 6.2.5; back a moment later.
+    cluster.kill(1);
+    cluster.start(1).unwrap_or_else(|e| panic!("{e:#}"));
+    wait_until(&rt, &cluster, 1, "beta back as standby", |s| {
+        s["node"]["effective_role"] == "standby"
+    });
+    assert_eq!(status(&rt, &cluster, 1)["node"]["version"], "6.2.5");
+
+    // It takes over: the check it owes runs, fails, and 6.2.0 comes back.
+    let (code, _, err) = tandem(&cluster, 0, &["failover", "standby"]);
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        &rt,
+        &cluster,
+        1,
+        "beta checks 6.2.5 on its first serve and goes back to 6.2.0",
+        |s| s["node"]["version"] == "6.2.0",
+    );
+    assert_eq!(slots(&cluster, 1)["current"], "a");
+    cluster.kill(0);
+    cluster.kill(1);
+}
+
 #[test]
 fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -4,8 +4,8 @@
 use crate::support::*;
 use tandem_core::{Command, EffectiveRole};
 use tandem_upgrade::{
-    Action, ClusterState, NodeChange, Observation, PlanOptions, RunStatus, StepId, Strategy,
-    UpgradeRun, plan,
+    Action, ClusterState, NodeChange, Observation, PlanOptions, RunStatus, StepId, StepKind,
+    Strategy, UpgradeRun, plan,
 };
 
 fn pair_run() -> (ClusterState, UpgradeRun) {
@@ -312,4 +312,123 @@ fn config_changes_are_refused_while_a_node_is_disconnected() {
         model.state.config_change_allowed(),
         Err(vec!["c".to_string()])
     );
+}
+
+/// The pair as a kill -9 of the active `a` leaves it while the run waits to
+/// reload the standby `b`: `b` took over, still on the old release; `a` is
+/// back as a standby (preemption is off by then), or not back yet.
+fn a_failed_over_to_b(model: &mut Model, a_back: bool) {
+    for n in &mut model.state.nodes {
+        n.effective = match (n.name.as_str(), a_back) {
+            ("b", _) => EffectiveRole::Active,
+            (_, true) => EffectiveRole::Standby,
+            (_, false) => EffectiveRole::Off,
+        };
+        n.healthy = n.name == "b" || a_back;
+    }
+}
+
+/// The steps of the plan that reload a node, in order, by node.
+fn boots(run: &UpgradeRun) -> Vec<String> {
+    run.forward
+        .plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Boot { .. }))
+        .flat_map(|s| s.nodes.clone())
+        .collect()
+}
+
+/// Issue 8: the active dies before the standby's reload and its peer takes
+/// over on the old release. The new coordinator does not stop for the
+/// operator: it plans the rest again (now `a` is the standby, reloaded
+/// first) and the run ends on the target with preemption given back.
+#[test]
+fn a_failover_before_the_switchover_is_planned_again_and_finishes() {
+    let (pair, mut run) = pair_run();
+    let mut model = Model::new(pair);
+    until_step(&mut run, &mut model, 6);
+    let old_id = run.id;
+    a_failed_over_to_b(&mut model, true);
+    run.observe(0, Observation::Cluster(model.state.clone()));
+    let actions = run.next(0);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Stopped { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(run.replaced.len(), 1, "the old plan is kept for the record");
+    assert!(run.id > old_id, "every copy of the old plan gives way");
+    assert_eq!(boots(&run), ["a", "b"], "the standby now is reloaded first");
+    let old_step = &run.replaced[0].records[5];
+    assert_eq!(old_step.state, tandem_upgrade::StepState::Failed);
+    assert!(
+        old_step
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("planned again")),
+        "{old_step:?}"
+    );
+    for action in &actions {
+        for o in model.apply(action) {
+            run.observe(0, o);
+        }
+    }
+    let outcome = drive(run, &mut model, &mut Rng(3), 0);
+    assert!(
+        matches!(outcome.last, Action::Done { .. }),
+        "{:?}",
+        outcome.last
+    );
+    assert!(model.state.nodes.iter().all(|n| n.running == v("6.2.5")));
+    assert!(model.state.nodes[0].preempt, "preemption given back on a");
+    assert_eq!(model.state.actives().len(), 1);
+}
+
+/// While the failed node is not back, no plan can be made (a plan needs
+/// every node healthy): the step waits, saying so, and plans again once
+/// the node is back.
+#[test]
+fn a_failover_waits_for_the_failed_node_before_planning_again() {
+    let (pair, mut run) = pair_run();
+    let mut model = Model::new(pair);
+    until_step(&mut run, &mut model, 6);
+    a_failed_over_to_b(&mut model, false);
+    run.observe(0, Observation::Cluster(model.state.clone()));
+    let actions = run.next(1_000);
+    let [Action::Wait { waiting_for, .. }] = &actions[..] else {
+        panic!("{actions:?}")
+    };
+    assert!(
+        waiting_for.contains("planning the rest again"),
+        "{waiting_for}"
+    );
+    assert!(run.replaced.is_empty());
+    a_failed_over_to_b(&mut model, true);
+    run.observe(2_000, Observation::Cluster(model.state.clone()));
+    run.next(2_000);
+    assert_eq!(run.replaced.len(), 1);
+    assert_eq!(run.status, RunStatus::Running);
+}
+
+/// A failed node that never comes back: at the step's timeout the run
+/// stops where it is, a safe point (the peer serves on the old release),
+/// and the message says what to do.
+#[test]
+fn a_failed_node_that_stays_down_stops_the_run_saying_what_to_do() {
+    let (pair, mut run) = pair_run();
+    let mut model = Model::new(pair);
+    until_step(&mut run, &mut model, 6);
+    a_failed_over_to_b(&mut model, false);
+    run.observe(0, Observation::Cluster(model.state.clone()));
+    let after_timeout = PlanOptions::default().boot_timeout_ms + 1;
+    let actions = run.next(after_timeout);
+    let [Action::Stopped { message }] = &actions[..] else {
+        panic!("{actions:?}")
+    };
+    assert!(
+        message.contains("b (still on 6.2.0) serves now"),
+        "{message}"
+    );
+    assert!(message.contains("not healthy"), "{message}");
+    assert!(message.contains("tandem upgrade run"), "{message}");
 }

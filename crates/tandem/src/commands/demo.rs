@@ -535,17 +535,33 @@ fn queued_total(spools: &std::path::Path, nodes: &[String]) -> u64 {
 }
 
 /// Follows the upgrade from the last node that answers (a node killed by a
-/// fault is skipped; a restarted one catches up from the next journal push
-/// anyway) and returns its outcome in words.
+/// fault is skipped; a restarted one catches up from its peers' copies of
+/// the journal) and returns its outcome in words. Bounded by `FOLLOW_LIMIT`:
+/// a run that never ends (a stale journal was once followed for ever) must
+/// fail the demo, and the tests on it, rather than hang them.
 async fn follow_any(clients: &[ApiClient]) -> String {
-    for client in clients.iter().rev() {
-        match crate::commands::upgrade::follow(client, true).await {
-            Ok(outcome) => return outcome,
-            Err(e) => tracing::warn!(error = %e, "cannot follow the upgrade there"),
+    let follow = async {
+        for client in clients.iter().rev() {
+            match crate::commands::upgrade::follow(client, true).await {
+                Ok(outcome) => return outcome,
+                Err(e) => tracing::warn!(error = %e, "cannot follow the upgrade there"),
+            }
         }
-    }
-    "unknown: no node answered".to_string()
+        "unknown: no node answered".to_string()
+    };
+    tokio::time::timeout(FOLLOW_LIMIT, follow)
+        .await
+        .unwrap_or_else(|_| {
+            format!(
+                "unknown: the upgrade did not end within {} s",
+                FOLLOW_LIMIT.as_secs()
+            )
+        })
 }
+
+/// How long the demo follows one run: far beyond what the demo's upgrades
+/// take (seconds, even through a killed coordinator).
+const FOLLOW_LIMIT: Duration = Duration::from_secs(600);
 
 /// Waits for the cluster to settle in its mode: one active and the rest
 /// standby (active-passive), or every node active.
