@@ -42,7 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use notify::Watcher;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tandem_sync::replicator::Replicator;
@@ -52,7 +52,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 
 /// What config sync has done, for status and the log.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct ConfigSyncState {
     /// Changes on the active not pushed because a node is disconnected:
     /// file name → why.
@@ -156,6 +156,14 @@ fn file_name(path: &Path) -> String {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
+/// Permission bits, kept across a push; 0644 for a file not there yet.
+async fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::metadata(path)
+        .await
+        .map_or(0o644, |m| m.permissions().mode() & 0o777)
+}
+
 fn sha256(content: &[u8]) -> String {
     hex(&Sha256::digest(content))
 }
@@ -170,14 +178,11 @@ fn unix_ms() -> u64 {
 /// push landing in between then looks like a change to the new content,
 /// never like a change back to the old one.
 async fn read_files(shared: &Shared) -> Vec<ConfigFile> {
-    use std::os::unix::fs::PermissionsExt;
     let mut files = Vec::new();
     for path in &shared.settings.config {
         let name = file_name(path);
         let content = tokio::fs::read(path).await.ok();
-        let mode = tokio::fs::metadata(path)
-            .await
-            .map_or(0o644, |m| m.permissions().mode() & 0o777);
+        let mode = file_mode(path).await;
         let reference = tokio::fs::read(shared.settings.config_dir.join(&name))
             .await
             .ok();
@@ -454,30 +459,18 @@ async fn put_file(
             );
         }
     }
-    let mode = tokio::fs::metadata(&path).await.map_or(0o644, |m| {
-        use std::os::unix::fs::PermissionsExt;
-        m.permissions().mode() & 0o777
-    });
+    let mode = file_mode(&path).await;
     let content = body.to_vec();
     let written = {
         let path = path.clone();
         let content = content.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &content, mode)).await
+        tokio::task::spawn_blocking(move || write_atomic(&path, &content, mode))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|done| done.map_err(|e| e.to_string()))
     };
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": e.to_string()}),
-            );
-        }
-        Err(e) => {
-            return answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": e.to_string()}),
-            );
-        }
+    if let Err(error) = written {
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": error}));
     }
     tracing::info!(file = %path.display(), force = force.force, "config change made through the API");
     let outcomes = push(&shared, &replicator, false, true).await;
