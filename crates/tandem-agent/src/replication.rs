@@ -78,7 +78,7 @@ pub struct SyncSection {
     pub cert_dir: PathBuf,
     /// The service's data dir: what is replicated.
     pub data_dir: PathBuf,
-    /// Where config files pushed by the active land.
+    /// Where the cluster's agreed copy of each config file is kept.
     pub config_dir: Option<PathBuf>,
     /// Cluster config files, the same on every node: the active pushes
     /// them on change and every `config_sync_interval`.
@@ -119,7 +119,7 @@ pub struct SyncSettings {
     pub cert_dir: PathBuf,
     /// The replicated data dir.
     pub data_dir: PathBuf,
-    /// Where pushed config files land.
+    /// Where the cluster's agreed copy of each config file is kept.
     pub config_dir: PathBuf,
     /// Cluster config files.
     pub config: Vec<PathBuf>,
