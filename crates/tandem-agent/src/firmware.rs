@@ -124,34 +124,14 @@ impl Firmware {
     }
 
     /// Stores an uploaded file atomically, checking its sha256 when the
-    /// sender declared one.
+    /// sender declared one: a chunked upload in one chunk.
     pub async fn store_upload(
         &self,
         name: &str,
         bytes: Vec<u8>,
         sha256: Option<String>,
     ) -> Outcome {
-        let path = self.upload_path(name)?;
-        tokio::task::spawn_blocking(move || {
-            let tmp = path.with_extension("upload");
-            std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            let digest = signing::sha256_file(&tmp).map_err(|e| e.to_string())?;
-            if let Some(want) = sha256
-                && !want.eq_ignore_ascii_case(&digest)
-            {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(format!(
-                    "sha256 mismatch: sent {want}, arrived {digest}; send it again"
-                ));
-            }
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(serde_json::json!({"stored": path, "sha256": digest, "size": bytes.len()}))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        self.store_chunk(name, 0, bytes, true, sha256).await
     }
 
     /// Where a chunked upload of `name` accumulates until it is complete.
