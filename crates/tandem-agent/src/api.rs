@@ -374,11 +374,7 @@ async fn command(
     headers: HeaderMap,
     Json(request): Json<CommandRequest>,
 ) -> Response {
-    let user = headers
-        .get("x-tandem-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown");
-    let caller = format!("{user}@{from}");
+    let (_, caller) = caller(&headers, from);
     tracing::info!(caller, command = %request.command, node = ?request.node, "operator command");
     // Aimed at a peer: ask its API, so its own answer (done, or refused
     // and why) comes back. Only when its API cannot be reached does the
@@ -389,8 +385,20 @@ async fn command(
         .filter(|n| **n != state.node)
         .and_then(|n| state.peers.iter().find(|(peer, _)| peer == n))
     {
-        match forward_command(&state, *addr, &request, &caller).await {
-            Ok(answer) => return answer,
+        let body = CommandRequest {
+            node: None,
+            ..request.clone()
+        };
+        let on_behalf = format!("{caller} via {}", state.node);
+        // Its 200 (done) or 409 (refused) is the answer; anything else,
+        // and the heartbeat link is tried.
+        match ask_peer(&state, *addr, "/v1/command", &body, &on_behalf).await {
+            Ok((status, answer)) if status == StatusCode::OK || status == StatusCode::CONFLICT => {
+                return (status, Json(answer)).into_response();
+            }
+            Ok((status, _)) => {
+                tracing::warn!(peer = %name, %status, "peer API refused the forward: forwarding over the heartbeat link")
+            }
             Err(error) => {
                 tracing::warn!(peer = %name, %error, "peer API unreachable: forwarding over the heartbeat link")
             }
@@ -413,34 +421,38 @@ async fn command(
     }
 }
 
-/// Sends a command to a peer's API for it to execute, naming the original
-/// caller. Its 200 (done) or 409 (refused) is the answer; anything else is
-/// an error, and the caller falls back to the heartbeat link.
-async fn forward_command(
+/// Who is asking, for the log: the CLI's user (`x-tandem-user`) and
+/// `user@address`.
+fn caller(headers: &HeaderMap, from: SocketAddr) -> (String, String) {
+    let user = headers
+        .get("x-tandem-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .to_string();
+    let caller = format!("{user}@{from}");
+    (user, caller)
+}
+
+/// Posts `body` to `path` on a peer's API on behalf of `user`: its status
+/// and JSON answer, or why it could not be asked.
+async fn ask_peer(
     state: &ApiState,
     addr: SocketAddr,
-    request: &CommandRequest,
-    caller: &str,
-) -> Result<Response, String> {
-    let body = CommandRequest {
-        node: None,
-        ..request.clone()
-    };
+    path: &str,
+    body: &impl Serialize,
+    user: &str,
+) -> Result<(StatusCode, serde_json::Value), String> {
     let answer = state
         .client
-        .post(format!("http://{addr}/v1/command"))
+        .post(format!("http://{addr}{path}"))
         .bearer_auth(&state.token)
-        .header("x-tandem-user", format!("{caller} via {}", state.node))
-        .json(&body)
+        .header("x-tandem-user", user)
+        .json(body)
         .send()
         .await
         .map_err(|e| e.to_string())?;
     let status = answer.status();
-    if status != StatusCode::OK && status != StatusCode::CONFLICT {
-        return Err(format!("{addr} answered {status}"));
-    }
-    let reply: CommandReply = answer.json().await.map_err(|e| e.to_string())?;
-    Ok((status, Json(reply)).into_response())
+    Ok((status, answer.json().await.unwrap_or_default()))
 }
 
 async fn listener_command(
@@ -449,11 +461,7 @@ async fn listener_command(
     headers: HeaderMap,
     Json(request): Json<ListenerRequest>,
 ) -> Response {
-    let user = headers
-        .get("x-tandem-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown");
-    let caller = format!("{user}@{from}");
+    let (user, caller) = caller(&headers, from);
     tracing::info!(caller, action = ?request.action, node = ?request.node, "listener command");
     // Another node's listener: ask that node's API (the listener is not HA
     // state, so it does not travel over the heartbeat links).
@@ -464,20 +472,8 @@ async fn listener_command(
             node: None,
             ..request
         };
-        let answer = state
-            .client
-            .post(format!("http://{addr}/v1/listener"))
-            .bearer_auth(&state.token)
-            .header("x-tandem-user", user)
-            .json(&forwarded)
-            .send()
-            .await;
-        return match answer {
-            Ok(r) => {
-                let status = r.status();
-                let body: serde_json::Value = r.json().await.unwrap_or_default();
-                (status, Json(body)).into_response()
-            }
+        return match ask_peer(&state, *addr, "/v1/listener", &forwarded, &user).await {
+            Ok((status, body)) => (status, Json(body)).into_response(),
             Err(e) => (
                 StatusCode::BAD_GATEWAY,
                 Json(serde_json::json!({"error": format!("{node} is unreachable at {addr}: {e}")})),
