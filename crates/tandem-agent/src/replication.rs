@@ -273,6 +273,17 @@ impl Shared {
         self.state().replicator.clone()
     }
 
+    /// The peer holding the service, when it is not this node, and its API.
+    fn active_peer(&self) -> Option<(String, Option<SocketAddr>)> {
+        let name = self.state().active_peer.clone()?;
+        let api = self
+            .peer_apis
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, addr)| *addr);
+        Some((name, api))
+    }
+
     fn config_state(&self) -> MutexGuard<'_, config_sync::ConfigSyncState> {
         self.config_sync.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -477,12 +488,10 @@ impl Replication {
             ),
             None => {
                 let last = match receiver.last_applied_unix_ms {
-                    Some(ms) => {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
-                        format!("{} s ago", now.saturating_sub(ms) / 1000)
-                    }
+                    Some(ms) => format!(
+                        "{} s ago",
+                        crate::upgrade::now_ms().saturating_sub(ms) / 1000
+                    ),
                     None => "never since this agent started".into(),
                 };
                 format!(
@@ -642,14 +651,10 @@ fn error(status: StatusCode, message: String) -> Response {
 
 /// 409 naming the active node and its API, so a client can ask there.
 fn not_active(shared: &Shared) -> Response {
-    let active = shared.state().active_peer.clone();
-    let api = active.as_ref().and_then(|name| {
-        shared
-            .peer_apis
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, addr)| addr.to_string())
-    });
+    let (active, api) = match shared.active_peer() {
+        Some((name, api)) => (Some(name), api.map(|a| a.to_string())),
+        None => (None, None),
+    };
     let message = match &active {
         Some(name) => format!(
             "{} is not the active node; {name} is (ask its API at {})",

@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
@@ -168,12 +168,6 @@ fn sha256(content: &[u8]) -> String {
     hex(&Sha256::digest(content))
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Reads every config file, then its reference copy — in that order: a
 /// push landing in between then looks like a change to the new content,
 /// never like a change back to the old one.
@@ -266,7 +260,7 @@ pub(super) async fn push(
         outcomes.push(json!({"file": file.name, "sha256": sha256(content), "peers": peers}));
     }
     let mut state = shared.config_state();
-    state.last_push_unix_ms = Some(unix_ms());
+    state.last_push_unix_ms = Some(crate::upgrade::now_ms());
     state.last_push_errors = errors;
     outcomes
 }
@@ -303,12 +297,9 @@ async fn refuse_local_edits(shared: &Shared) {
 
 /// "node-a, API at 127.0.0.1:9101", or a note that none is known.
 fn primary(shared: &Shared) -> String {
-    let active = shared.state().active_peer.clone();
-    match active {
-        Some(name) => match shared.peer_apis.iter().find(|(n, _)| *n == name) {
-            Some((_, api)) => format!("{name}, API at {api}"),
-            None => name,
-        },
+    match shared.active_peer() {
+        Some((name, Some(api))) => format!("{name}, API at {api}"),
+        Some((name, None)) => name,
         None => "no primary is known right now".into(),
     }
 }
