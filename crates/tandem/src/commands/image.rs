@@ -156,18 +156,7 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
             let signature = std::fs::read(&signature_path).ok();
             let mut answers = Vec::new();
             for (node, client) in clients(&target, all).await? {
-                let bar = if json {
-                    indicatif::ProgressBar::hidden()
-                } else {
-                    indicatif::ProgressBar::new(size)
-                };
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                );
+                let bar = crate::commands::bytes_bar(size, json);
                 bar.set_message(node.clone());
                 let (stored, resumed) = upload(&client, &image, &name, &sha256, &bar).await?;
                 bar.finish_and_clear();

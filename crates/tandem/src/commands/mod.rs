@@ -15,3 +15,21 @@ pub mod mta;
 pub mod path;
 pub mod sync;
 pub mod upgrade;
+
+/// A progress bar over bytes (resync, image upload); hidden for `--json`,
+/// whose stdout is for the one JSON document.
+pub fn bytes_bar(len: u64, hidden: bool) -> indicatif::ProgressBar {
+    let bar = if hidden {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(len)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}

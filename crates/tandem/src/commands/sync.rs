@@ -311,18 +311,7 @@ pub async fn resync(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> 
     )
     .await?;
     let mut response = success(response).await?;
-    let bar = if json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(0)
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:12} [{bar:40}] {bytes}/{total_bytes} {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = crate::commands::bytes_bar(0, json);
     // The answer is JSON lines; a line may span chunks.
     let mut pending = Vec::new();
     let mut done: Option<Value> = None;
