@@ -104,6 +104,50 @@ fn wait_until(
     panic!("{what}: {}", status(rt, cluster, node));
 }
 
+/// A signing key pair in `dir`: (secret, public).
+fn release_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let (secret, public) = (dir.join("release.key"), dir.join("release.pub"));
+    plain(&[
+        "image",
+        "keygen",
+        "--secret",
+        &secret.display().to_string(),
+        "--public",
+        &public.display().to_string(),
+    ]);
+    (secret, public)
+}
+
+/// `[images]` trusting one public key.
+fn trusting(public: &Path) -> String {
+    format!(
+        "\n[images]\ntrusted_keys = [{:?}]\n",
+        public.display().to_string()
+    )
+}
+
+/// `[images]` taking unsigned images.
+const UNSIGNED: &str = "\n[images]\nallow_unsigned = true\n";
+
+/// A pair running the name service with `images` as its `[images]`
+/// section and `version` as its release, started, alpha active.
+fn started_pair(rt: &tokio::runtime::Runtime, images: &str, version: &str) -> LocalCluster {
+    let spec = ClusterSpec {
+        extra_toml: images.into(),
+        version: version.into(),
+        exe: Some(EXE.into()),
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    cluster
+}
+
 fn slots(cluster: &LocalCluster, node: usize) -> serde_json::Value {
     let (code, out, err) = tandem(cluster, node, &["--json", "image", "list"]);
     assert_eq!(code, 0, "{err}");
@@ -117,40 +161,9 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (secret, public) = (
-        work.path().join("release.key"),
-        work.path().join("release.pub"),
-    );
-    plain(&[
-        "image",
-        "keygen",
-        "--secret",
-        &secret.display().to_string(),
-        "--public",
-        &public.display().to_string(),
-    ]);
+    let (secret, public) = release_key(work.path());
 
-    let spec = ClusterSpec {
-        nodes: vec!["alpha".into(), "beta".into()],
-        service: vec![EXE.into(), "bench".into(), "name-service".into()],
-        extra_toml: format!(
-            "\n[images]\ntrusted_keys = [{:?}]\n",
-            public.display().to_string()
-        ),
-        interval_ms: 200,
-        lost_threshold: 3,
-        version: "unset".into(),
-        log_dir: None,
-        exe: Some(EXE.into()),
-        remote_as_heartbeat: false,
-        groups: 1,
-        config_only: false,
-        vip: None,
-    };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
-    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
-    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut cluster = started_pair(&rt, &trusting(&public), "unset");
     let vip = cluster.vip;
     let healthy = format!("tcp = \"{vip}\"");
 
@@ -319,32 +332,8 @@ fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (secret, public) = (
-        work.path().join("release.key"),
-        work.path().join("release.pub"),
-    );
-    plain(&[
-        "image",
-        "keygen",
-        "--secret",
-        &secret.display().to_string(),
-        "--public",
-        &public.display().to_string(),
-    ]);
-    let mut spec = ClusterSpec::new(
-        &["alpha", "beta"],
-        vec![EXE.into(), "bench".into(), "name-service".into()],
-    );
-    spec.extra_toml = format!(
-        "\n[images]\ntrusted_keys = [{:?}]\n",
-        public.display().to_string()
-    );
-    spec.version = "unset".into();
-    spec.exe = Some(EXE.into());
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
-    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
-    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (secret, public) = release_key(work.path());
+    let mut cluster = started_pair(&rt, &trusting(&public), "unset");
     let vip = cluster.vip;
 
     // 6.2.0 on both, checked on the VIP.
@@ -423,18 +412,7 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let spec = ClusterSpec {
-        extra_toml: "\n[images]\nallow_unsigned = true\n".into(),
-        exe: Some(EXE.into()),
-        ..ClusterSpec::new(
-            &["alpha", "beta"],
-            vec![EXE.into(), "bench".into(), "name-service".into()],
-        )
-    };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
-    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
-    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut cluster = started_pair(&rt, UNSIGNED, "6.2.0");
     let with_agent = image_with(
         work.path(),
         "6.2.5",
@@ -510,19 +488,7 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut crashed_at = Vec::new();
     for steps in 0..8u32 {
-        let spec = ClusterSpec {
-            extra_toml: "\n[images]\nallow_unsigned = true\n".into(),
-            version: "unset".into(),
-            exe: Some(EXE.into()),
-            ..ClusterSpec::new(
-                &["alpha", "beta"],
-                vec![EXE.into(), "bench".into(), "name-service".into()],
-            )
-        };
-        let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
-        cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
-        rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut cluster = started_pair(&rt, UNSIGNED, "unset");
         let health = format!("tcp = \"{}\"", cluster.vip);
         let old = image(work.path(), &format!("6.2.{}", steps * 2), &health, None);
         let new = image(
