@@ -167,7 +167,8 @@ impl DataDir {
         for op in ops {
             check_relative(op.path())?;
         }
-        // Resolve and check every target first, creating parent dirs.
+        // Resolve and check every target first, creating parent dirs; each
+        // directory once (a batch of spool files shares one).
         let mut targets = Vec::with_capacity(ops.len());
         let mut touched_dirs = BTreeSet::new();
         for op in ops {
@@ -179,13 +180,15 @@ impl DataDir {
                     path: op.path().into(),
                     reason: "has no parent directory".into(),
                 })?;
-            match op {
-                Op::Put { .. } => fs::create_dir_all(&parent).map_err(io_err(&parent))?,
-                Op::Delete { .. } if !parent.exists() => continue,
-                Op::Delete { .. } => {}
+            if !touched_dirs.contains(&parent) {
+                match op {
+                    Op::Put { .. } => fs::create_dir_all(&parent).map_err(io_err(&parent))?,
+                    Op::Delete { .. } if !parent.exists() => continue,
+                    Op::Delete { .. } => {}
+                }
+                self.check_inside(&parent, op.path())?;
+                touched_dirs.insert(parent);
             }
-            self.check_inside(&parent, op.path())?;
-            touched_dirs.insert(parent);
             targets.push((op, target));
         }
         // Two disk flushes per batch, whatever its size — group commit one

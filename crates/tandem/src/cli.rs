@@ -654,8 +654,9 @@ pub enum BenchCommand {
     },
 
     /// Cluster fsync's cost and worth: a local pair with the relay under the
-    /// same load with data_sync = off, async and semi, then semi with a
-    /// kill -9 of the active mid-load (acknowledged mail lost, duplicates).
+    /// same load with data_sync = off, async and semi (a few rounds, median
+    /// kept), then semi with a kill -9 of the active mid-load (acknowledged
+    /// mail lost, duplicates).
     Sync {
         /// Messages per run.
         #[arg(long, default_value_t = 2000)]
@@ -663,6 +664,10 @@ pub enum BenchCommand {
         /// Parallel SMTP sessions.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Rounds of off, async and semi (each round on fresh pairs); each
+        /// mode's figures are its median round.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+        rounds: u64,
     },
 
     /// The failover benchmark's service (run by the agent, not by hand).

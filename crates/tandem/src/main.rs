@@ -103,8 +103,15 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Sync {
                 messages,
                 concurrency,
-            }) => runtime()
-                .and_then(|rt| rt.block_on(commands::bench_sync::run(messages, concurrency, json))),
+                rounds,
+            }) => runtime().and_then(|rt| {
+                rt.block_on(commands::bench_sync::run(
+                    messages,
+                    concurrency,
+                    rounds,
+                    json,
+                ))
+            }),
             Command::Sync(SyncCommand::Report { target }) => {
                 runtime().and_then(|rt| rt.block_on(commands::sync::report(&target, json)))
             }

@@ -700,3 +700,36 @@ fn active_active_with_data_replication_is_refused_by_the_config() {
         }
     }
 }
+
+/// `tandem bench sync --json` prints the figures issue 6 names, and its
+/// crash run loses nothing acknowledged: the benchmark itself can fail,
+/// not only the tests beside it.
+#[test]
+fn bench_sync_prints_its_figures_and_loses_nothing_in_the_crash_run() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let out = std::process::Command::new(EXE)
+        .args(["--json", "bench", "sync", "--messages", "200"])
+        .args(["--concurrency", "4", "--rounds", "1"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for mode in ["off", "async", "semi"] {
+        assert_eq!(report[mode]["acknowledged"], 200, "{mode}: {report}");
+        assert!(report[mode]["msgs_per_s"].as_f64() > Some(0.0), "{report}");
+    }
+    assert!(report["async"]["lag_p99_ms"].is_u64(), "{report}");
+    assert!(report["semi"]["commit_p99_ms"].is_number(), "{report}");
+    assert!(report["semi_vs_off_pct"].as_f64() > Some(0.0), "{report}");
+    let crash = &report["crash"];
+    assert!(crash["acknowledged"].as_u64() > Some(0), "{report}");
+    assert_eq!(crash["lost"], 0, "{report}");
+    assert_eq!(crash["delivered"], crash["acknowledged"], "{report}");
+}
