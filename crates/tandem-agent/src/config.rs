@@ -566,6 +566,20 @@ impl AgentConfig {
                         "data replication needs one active node: in active-active and config-only modes every node serves its own data, and each would overwrite the others'; set data_sync = \"off\" (config files still sync), or use mode = \"active-passive\"".into(),
                     ));
                 }
+                if service.suspend == SuspendMethod::Signal
+                    && matches!(
+                        settings.on_config_change,
+                        crate::replication::ConfigChangeAction::Signal(
+                            libc::SIGUSR1 | libc::SIGUSR2
+                        )
+                    )
+                {
+                    return Err(error(
+                        span,
+                        "sync.on_config_change",
+                        "SIGUSR1 and SIGUSR2 already suspend and resume the listener ([service] suspend = \"signal\"); give the service's reload signal, e.g. \"signal:HUP\", or \"restart\"".into(),
+                    ));
+                }
                 if settings.config.iter().any(|f| f == origin) {
                     return Err(error(
                         span,

@@ -39,7 +39,7 @@ use crate::config::{AgentConfig, ModeName, SuspendMethod};
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks};
 use crate::monitor::{self, Verdict};
-use crate::replication::Replication;
+use crate::replication::{ConfigChangeAction, Replication};
 use crate::state::{self, SavedState};
 use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
 use crate::sync::{self, Identity, PeerLinkEvent};
@@ -103,6 +103,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_interval();
     let mut watchdog_at = Instant::now();
+    let config_changes = agent.replication.config_changes();
 
     loop {
         let deadline = agent
@@ -115,6 +116,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             Some(datagram) = agent.inbox.recv() => agent.receive(datagram).await,
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
             Some(input) = agent.replication.next_input() => { agent.step(input).await; }
+            action = config_changes.next() => agent.on_config_change(action).await,
             Some(request) = agent.api.recv() => agent.api_request(request).await,
             Some(held) = agent.drained.recv() => agent.answer_command(held).await,
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
@@ -575,6 +577,34 @@ impl Agent {
             tokio::spawn(async move {
                 let _ = verdicts.send(firmware.check_first_serve().await).await;
             });
+        }
+    }
+
+    /// A cluster config file changed on this node: tell the running
+    /// service as `[sync] on_config_change` says. One not running reads
+    /// the new file when it starts.
+    async fn on_config_change(&mut self, action: ConfigChangeAction) {
+        if !self.service_running {
+            return;
+        }
+        match action {
+            ConfigChangeAction::None => {}
+            ConfigChangeAction::Signal(signal) => {
+                let Some(pid) = self.service_pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+                    return;
+                };
+                tracing::info!(
+                    pid,
+                    signal,
+                    "config changed: signalling the service to reload"
+                );
+                // SAFETY: kill(2) with a pid the supervisor reported as running.
+                unsafe { libc::kill(pid, signal) };
+            }
+            ConfigChangeAction::Restart => {
+                tracing::info!("config changed: restarting the service");
+                self.restart_service().await;
+            }
         }
     }
 

@@ -91,6 +91,60 @@ pub struct SyncSection {
     /// Let a standby that is not in sync take over (it may lose data).
     #[serde(default)]
     pub allow_stale_takeover: bool,
+    /// What the running service is told when a cluster config file changes
+    /// on this node: `"none"`, `"signal:HUP"` (or another signal) or
+    /// `"restart"`.
+    #[serde(default = "default_on_config_change")]
+    pub on_config_change: String,
+}
+
+fn default_on_config_change() -> String {
+    "none".into()
+}
+
+/// What the running service is told when a cluster config file changed on
+/// this node: pushed here by the primary, or changed on the primary itself.
+/// A service that is not running reads the new file when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigChangeAction {
+    /// Nothing: the service re-reads its files itself, or the operator
+    /// reloads it.
+    None,
+    /// This signal to the service's main process (e.g. postfix's and
+    /// nginx's SIGHUP reload).
+    Signal(libc::c_int),
+    /// Stop and start the service, with the grace period of a stop.
+    Restart,
+}
+
+impl std::str::FromStr for ConfigChangeAction {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        const SIGNALS: [(&str, libc::c_int); 4] = [
+            ("HUP", libc::SIGHUP),
+            ("USR1", libc::SIGUSR1),
+            ("USR2", libc::SIGUSR2),
+            ("WINCH", libc::SIGWINCH),
+        ];
+        match text {
+            "none" => return Ok(ConfigChangeAction::None),
+            "restart" => return Ok(ConfigChangeAction::Restart),
+            _ => {}
+        }
+        let name = text
+            .strip_prefix("signal:")
+            .map(|s| s.trim_start_matches("SIG"));
+        SIGNALS
+            .iter()
+            .find(|(known, _)| Some(*known) == name)
+            .map(|(_, signal)| ConfigChangeAction::Signal(*signal))
+            .ok_or_else(|| {
+                format!(
+                    "{text:?} is not an action: give \"none\", \"restart\" or \"signal:NAME\" with NAME one of HUP, USR1, USR2, WINCH"
+                )
+            })
+    }
 }
 
 fn default_data_sync() -> String {
@@ -127,6 +181,8 @@ pub struct SyncSettings {
     pub config_sync_interval: Duration,
     /// A stale standby may take over.
     pub allow_stale_takeover: bool,
+    /// What the running service is told when a config file changes here.
+    pub on_config_change: ConfigChangeAction,
 }
 
 impl SyncSection {
@@ -210,7 +266,29 @@ impl SyncSection {
             config,
             config_sync_interval,
             allow_stale_takeover: self.allow_stale_takeover,
+            on_config_change: self
+                .on_config_change
+                .parse()
+                .map_err(|e| ("sync.on_config_change", e))?,
         })
+    }
+}
+
+/// See [`Replication::config_changes`].
+pub struct ConfigChanges {
+    shared: Option<Arc<Shared>>,
+}
+
+impl ConfigChanges {
+    /// Resolves when a cluster config file changed on this node, with what
+    /// `on_config_change` says to do about it; never without `[sync]`.
+    /// Cancel-safe (for `select!`).
+    pub async fn next(&self) -> ConfigChangeAction {
+        let Some(shared) = &self.shared else {
+            return std::future::pending().await;
+        };
+        shared.config_changed.notified().await;
+        shared.settings.on_config_change
     }
 }
 
@@ -252,6 +330,9 @@ struct Shared {
     api_token: String,
     /// What config sync has done. Plain std mutex, never held across await.
     config_sync: Mutex<config_sync::ConfigSyncState>,
+    /// Wakes the driver when a config file changed on this node, for
+    /// `on_config_change`; a permit is kept, so none is lost.
+    config_changed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -376,6 +457,7 @@ impl Replication {
                 .map_err(|e| Error::State(format!("HTTP client: {e}")))?,
             api_token: config.secrets.api_token.clone(),
             config_sync: Mutex::default(),
+            config_changed: tokio::sync::Notify::new(),
         });
         config_sync::start(shared.clone());
         let mut inner = Inner {
@@ -402,6 +484,14 @@ impl Replication {
     /// `node.sync` and the HMAC crash detector must not run).
     pub fn enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Where the driver hears that a cluster config file changed on this
+    /// node (apart from `self`, which `next_input` borrows meanwhile).
+    pub fn config_changes(&self) -> ConfigChanges {
+        ConfigChanges {
+            shared: self.inner.as_ref().map(|inner| inner.shared.clone()),
+        }
     }
 
     /// The next input for the core: a crash seen by the sync channel, or a
@@ -580,6 +670,7 @@ impl Inner {
             }
             ReceiverEvent::ConfigUpdated { name, path } => {
                 tracing::info!(%name, path = %path.display(), "config file updated by the active");
+                self.shared.config_changed.notify_one();
             }
             ReceiverEvent::Journal { ack, .. } => {
                 // Upgrade journals are another issue; say so rather than
@@ -777,6 +868,19 @@ mod tests {
         assert_eq!(settings.data_dir, Path::new("/etc/tandem/data"));
         assert_eq!(settings.config_dir, Path::new("/etc/tandem/data.config"));
         assert!(!settings.allow_stale_takeover);
+        assert_eq!(settings.on_config_change, ConfigChangeAction::None);
+    }
+
+    #[test]
+    fn config_change_actions_parse() {
+        for (text, action) in [
+            ("none", ConfigChangeAction::None),
+            ("restart", ConfigChangeAction::Restart),
+            ("signal:HUP", ConfigChangeAction::Signal(libc::SIGHUP)),
+            ("signal:SIGUSR1", ConfigChangeAction::Signal(libc::SIGUSR1)),
+        ] {
+            assert_eq!(text.parse(), Ok(action), "{text}");
+        }
     }
 
     #[test]
@@ -792,6 +896,11 @@ mod tests {
                 "sync.config_sync_interval",
             ),
             ("config = [\"a/mta.toml\", \"b/mta.toml\"]", "sync.config"),
+            ("on_config_change = \"reload\"", "sync.on_config_change"),
+            (
+                "on_config_change = \"signal:KILL\"",
+                "sync.on_config_change",
+            ),
         ] {
             let err = section(extra).resolve(Path::new("/x")).expect_err(extra);
             assert_eq!(err.0, key, "{extra}: {}", err.1);

@@ -117,7 +117,9 @@ pub enum ReceiverEvent {
         /// The active.
         peer: String,
     },
-    /// A config file was replaced by a push from the active.
+    /// A config file was replaced by a push from the active with other
+    /// content (a push of the same content changes nothing and says
+    /// nothing: the periodic pushes repeat every file).
     ConfigUpdated {
         /// Its name under the config dir.
         name: String,
@@ -364,12 +366,13 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
             }
             Message::Config { seq, name, mode } => {
                 match install_config(shared, &name, mode, frame.body).await {
-                    Ok(path) => {
+                    Ok(Some(path)) => {
                         shared
                             .event(ReceiverEvent::ConfigUpdated { name, path })
                             .await;
                         Message::Ack { seq }
                     }
+                    Ok(None) => Message::Ack { seq },
                     Err(error) => {
                         tracing::warn!(%peer, %name, %error, "refused a config push");
                         Message::Nack { seq, error }
@@ -395,14 +398,16 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
 /// Installs a pushed config file: first the reference copy under the
 /// config dir, then the file itself at the path this node lists under that
 /// name, each replaced atomically. In that order, an agent comparing the
-/// two never sees a fresh push as a local edit. The error is the Nack's
+/// two never sees a fresh push as a local edit. Content already in both
+/// places is left alone (its mtime too, which services may watch). Returns
+/// the file's path when its content changed. The error is the Nack's
 /// text: what was refused, and what to do.
 async fn install_config(
     shared: &Arc<Shared>,
     name: &str,
     mode: u32,
     content: Vec<u8>,
-) -> std::result::Result<PathBuf, String> {
+) -> std::result::Result<Option<PathBuf>, String> {
     let node = shared.config.identity.node().to_string();
     if let Some(flag) = shared.config.config_hold.as_ref().filter(|f| f.exists()) {
         return Err(format!(
@@ -427,14 +432,20 @@ async fn install_config(
         mode,
         content: content.clone(),
     };
-    let installed = target.clone();
+    let reference = shared.configs.root().join(name);
     blocking(move || {
-        configs.apply(&[op])?;
-        write_atomic(&installed, &content, mode)
+        let installed = std::fs::read(&target).ok();
+        if std::fs::read(&reference).ok().as_ref() != Some(&content) {
+            configs.apply(&[op])?;
+        }
+        if installed.as_ref() == Some(&content) {
+            return Ok(None);
+        }
+        write_atomic(&target, &content, mode)?;
+        Ok(Some(target))
     })
     .await
-    .map_err(|e| e.to_string())?;
-    Ok(target)
+    .map_err(|e| e.to_string())
 }
 
 /// Hands a journal record to the agent and answers once it is persisted.

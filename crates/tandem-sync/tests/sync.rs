@@ -839,7 +839,26 @@ async fn config_files_and_journal_records_reach_the_standby() {
             .await;
         // Installed where the standby lists it, not only as a reference copy.
         assert_eq!(path, cluster.path().join("node-b/etc/mta.toml"));
-        assert_eq!(std::fs::read(path).unwrap(), b"listen = \"0.0.0.0:25\"\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"listen = \"0.0.0.0:25\"\n");
+        // The same content again (every periodic push) is acked, but
+        // neither rewrites the file nor reports a change: a service
+        // reloaded on change must not be reloaded every interval.
+        let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let again = replicator
+            .push_config("mta.toml", b"listen = \"0.0.0.0:25\"\n", 0o640)
+            .await
+            .unwrap();
+        assert_eq!(again[0].error, None);
+        while let Ok(event) = standby.events.try_recv() {
+            assert!(
+                !matches!(event, ReceiverEvent::ConfigUpdated { .. }),
+                "{event:?}"
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            written
+        );
         assert!(
             replicator
                 .push_config("../escape", b"", 0o644)

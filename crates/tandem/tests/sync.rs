@@ -733,3 +733,74 @@ fn bench_sync_prints_its_figures_and_loses_nothing_in_the_crash_run() {
     assert_eq!(crash["lost"], 0, "{report}");
     assert_eq!(crash["delivered"], crash["acknowledged"], "{report}");
 }
+
+/// `on_config_change = "signal:HUP"`: a cluster config file changed on
+/// one node reloads the service on every node that runs it: here, the
+/// node where it was edited and the node it was pushed to (active-active,
+/// so both serve). The periodic pushes of unchanged files reload nothing.
+#[test]
+fn a_changed_config_file_reloads_the_running_service_on_every_node() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let service = "trap 'echo hup >> hups-$TANDEM_NODE' HUP; while :; do sleep 0.2 & wait $!; done";
+    let spec = ClusterSpec {
+        extra_toml: "cwd = \".\"\n".into(),
+        groups: 2,
+        exe: Some(EXE.into()),
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec!["sh".into(), "-c".into(), service.into()],
+        )
+    };
+    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync(
+            "data_sync = \"off\"\nconfig_sync_interval = \"1s\"\non_config_change = \"signal:HUP\"",
+        )
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    let paths: Vec<std::path::PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| cluster.dir.join("etc").join(&n.name).join("app.conf"))
+        .collect();
+    let app_conf = |i: usize| paths[i].clone();
+    for i in 0..2 {
+        let node = &cluster.nodes[i];
+        let mut config = read(&node.config);
+        config.push_str(&format!("config = [\"etc/{}/app.conf\"]\n", node.name));
+        std::fs::write(&node.config, config).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(app_conf(i).parent().unwrap_or(Path::new("/")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(app_conf(i), "workers = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    }
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    let logs: Vec<std::path::PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| cluster.dir.join(format!("hups-{}", n.name)))
+        .collect();
+    let hups = |i: usize| read(&logs[i]).lines().count();
+    let wait = Duration::from_secs(15);
+    // Both nodes serve and have pushed (the same file: nothing changed).
+    wait_until("both nodes pushing", wait, || {
+        (0..2).all(|i| {
+            rt.block_on(cluster.status(i))
+                .is_some_and(|s| s["sync"]["config"]["last_push_unix_ms"].is_u64())
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!((hups(0), hups(1)), (0, 0), "reloaded with nothing changed");
+
+    std::fs::write(app_conf(0), "workers = 4\n").unwrap_or_else(|e| panic!("{e}"));
+    wait_until("both services reloaded", wait, || {
+        hups(0) >= 1 && hups(1) >= 1
+    });
+    assert_eq!(read(&app_conf(1)), "workers = 4\n");
+    // Periodic pushes of the unchanged file follow: no more reloads.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!((hups(0), hups(1)), (1, 1));
+}

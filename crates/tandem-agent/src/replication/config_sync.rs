@@ -255,6 +255,8 @@ pub(super) async fn push(
         }
         if changed {
             tracing::info!(file = %file.path.display(), sha256 = %sha256(content), "config change pushed to the cluster");
+            // Changed here too, so this node's service is told as well.
+            shared.config_changed.notify_one();
         }
         shared.config_state().held.remove(&file.name);
         outcomes.push(json!({"file": file.name, "sha256": sha256(content), "peers": peers}));
@@ -289,6 +291,9 @@ async fn refuse_local_edits(shared: &Shared) {
             tracing::error!(error = %e, "cannot restore the cluster's copy of a config file");
             continue;
         }
+        // A service that read the edit (every node serves in multi-active
+        // modes) must read the cluster's copy again.
+        shared.config_changed.notify_one();
         let mut state = shared.config_state();
         state.refused_local_edits += 1;
         state.last_refused = Some(message);
