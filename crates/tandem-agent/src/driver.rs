@@ -565,6 +565,7 @@ impl Agent {
     /// Starts the service (from the current image slot, if one is booted)
     /// and, when that slot's boot awaits its health check, runs the check.
     async fn start_service(&mut self) {
+        self.replication.before_serving().await;
         let spec = self.service_spec().await;
         self.supervisor.start(spec, self.vip_sockets()).await;
         let firmware = self.firmware.clone();

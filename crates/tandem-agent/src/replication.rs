@@ -409,6 +409,7 @@ impl Replication {
             expected_peers: config.peers.iter().map(|p| p.name.clone()).collect(),
             events: Some(events_tx),
             handshake_timeout: Duration::from_secs(5),
+            log_dir: Some(config.node.state_dir.join("sync-log")),
         })
         .map_err(sync_error)?;
         let addr = config.node.sync;
@@ -484,6 +485,20 @@ impl Replication {
     /// `node.sync` and the HMAC crash detector must not run).
     pub fn enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Before the service starts here: every file acked to this node's
+    /// receiver is put in the data dir, durably (see
+    /// [`Receiver::checkpoint`]). A failure is logged: the files stay in
+    /// the standby log and are retried, but the service may start without
+    /// some of them.
+    pub async fn before_serving(&self) {
+        let Some(inner) = self.inner.as_ref() else {
+            return;
+        };
+        if let Err(e) = inner.shared.receiver.checkpoint().await {
+            tracing::error!(error = %e, "cannot put the standby log into the data dir before serving; acknowledged files may be missing until it succeeds");
+        }
     }
 
     /// Where the driver hears that a cluster config file changed on this

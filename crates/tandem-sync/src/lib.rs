@@ -48,6 +48,7 @@ pub mod frame;
 pub mod receiver;
 pub mod replicator;
 pub mod report;
+pub mod standby_log;
 pub mod store;
 pub mod tls;
 

@@ -2,10 +2,14 @@
 //! and applies what it sends under this node's data dir.
 //!
 //! Every node runs one, whatever its role, because the active can move.
-//! Puts and deletes are buffered until the batch's commit, then applied in
-//! one blocking task — temporary file, fsync, rename for each put, one
-//! fsync per directory touched — and only then acked. That ack is what lets
-//! the active's `commit` return under `data_sync = "semi"`.
+//! Puts and deletes are buffered until the batch's commit, then made
+//! durable in one blocking task — appended to the standby log and flushed
+//! once ([`crate::standby_log`]), or without a log applied in place (two
+//! flushes) — and only then acked. That ack is what lets the active's
+//! `commit` return under `data_sync = "semi"`. Logged operations reach the
+//! data dir within 100 ms, and at once before anything
+//! reads it: a manifest, the end of a catch-up or of a connection, and
+//! [`Receiver::checkpoint`] before this node serves.
 //!
 //! A batch with a path that is not plainly inside the data dir (`..`, an
 //! absolute path, a symlink out) is refused whole: nothing of it is written.
@@ -22,10 +26,11 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::frame::{ManifestSet, Message, read_frame, write_frame};
+use crate::standby_log::StandbyLog;
 use crate::store::{DataDir, Op, files_manifest, write_atomic};
 use crate::tls::{Channel, TlsIdentity, accept};
 use crate::{Error, Progress, Result, unix_ms};
@@ -54,7 +59,23 @@ pub struct ReceiverConfig {
     pub events: Option<mpsc::Sender<ReceiverEvent>>,
     /// Time allowed for the TLS handshake of a new connection.
     pub handshake_timeout: Duration,
+    /// Where the standby log lives (see [`crate::standby_log`]): commits
+    /// are acked after one flush of it and reach the data dir a little
+    /// later. `None`: every batch is applied in place before its ack (two
+    /// flushes).
+    pub log_dir: Option<PathBuf>,
 }
+
+/// How long acked operations wait in the standby log before they are put
+/// in the data dir: long enough for the relay to deliver most messages,
+/// whose put and delete then cancel out; short enough that the data dir
+/// is rarely behind.
+const MATERIALIZE_AFTER: Duration = Duration::from_millis(100);
+
+/// A batch above either bound (a catch-up chunk) is applied in place: it
+/// would only be written twice through the log.
+const LOGGED_OPS_MAX: usize = 64;
+const LOGGED_BYTES_MAX: u64 = 1 << 20;
 
 /// What the standby's data is, as far as this receiver knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +170,10 @@ struct Shared {
     config: ReceiverConfig,
     data: DataDir,
     configs: DataDir,
+    /// The standby log, when `log_dir` is set.
+    log: Option<StandbyLog>,
+    /// Starts the materialization timer when the log has pending work.
+    log_wake: Notify,
     /// Plain std mutex: held for a few field updates, never across await.
     status: Mutex<ReceiverStatus>,
 }
@@ -170,15 +195,22 @@ impl Shared {
 }
 
 impl Receiver {
-    /// Opens (creating if needed) the data and config dirs.
+    /// Opens (creating if needed) the data and config dirs, and the
+    /// standby log, replaying what a crash left in it. Blocking.
     pub fn new(config: ReceiverConfig) -> Result<Self> {
         let data = DataDir::open(&config.data_dir)?;
         let configs = DataDir::open(&config.config_dir)?;
+        let log = match &config.log_dir {
+            Some(dir) => Some(StandbyLog::open(dir, data.clone())?),
+            None => None,
+        };
         Ok(Receiver {
             shared: Arc::new(Shared {
                 config,
                 data,
                 configs,
+                log,
+                log_wake: Notify::new(),
                 status: Mutex::new(ReceiverStatus {
                     state: StandbyState::Disconnected,
                     active: None,
@@ -198,14 +230,25 @@ impl Receiver {
         self.shared.status().clone()
     }
 
+    /// Puts everything acked so far into the data dir, durably. The agent
+    /// calls it before its service starts on this node: the service must
+    /// find every acknowledged file, and must never write before the log
+    /// that could replay over its files is gone.
+    pub async fn checkpoint(&self) -> Result<()> {
+        materialize(&self.shared).await
+    }
+
     /// Accepts connections on `listener` until `shutdown` completes; then
     /// every connection is closed.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
+        let materializer = materialize_when_due(self.shared.clone());
+        tokio::pin!(materializer);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                () = &mut materializer => {}
                 accepted = listener.accept() => {
                     let Ok((tcp, _)) = accepted else {
                         // EMFILE and friends: back off instead of spinning.
@@ -263,6 +306,11 @@ async fn connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
         .event(ReceiverEvent::Connected { peer: peer.clone() })
         .await;
     let result = converse(&shared, channel).await;
+    // The active may be gone for good: this node may serve next, from
+    // the data dir.
+    if let Err(e) = materialize(&shared).await {
+        tracing::error!(error = %e, "cannot put the standby log into the data dir");
+    }
     {
         let mut status = shared.status();
         if status.active.as_deref() == Some(peer.as_str()) {
@@ -305,8 +353,7 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
                 let ops = std::mem::take(&mut batch);
                 let files = ops.len() as u64;
                 let bytes = ops.iter().map(Op::bytes).sum::<u64>();
-                let data = shared.data.clone();
-                match blocking(move || data.apply(&ops)).await {
+                match store_batch(shared, ops, bytes).await {
                     Ok(()) => {
                         let mut status = shared.status();
                         status.batches_applied += 1;
@@ -327,6 +374,11 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
                 }
             }
             Message::ManifestRequest { seq, set } => {
+                if set == ManifestSet::Data
+                    && let Err(e) = materialize(shared).await
+                {
+                    tracing::error!(error = %e, "cannot put the standby log into the data dir");
+                }
                 let data = shared.data.clone();
                 let files = shared.config.config_files.clone();
                 let manifest = blocking(move || match set {
@@ -353,6 +405,10 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
                 continue;
             }
             Message::CatchUpEnd { seq } => {
+                // In sync from here: the data dir says so too.
+                if let Err(e) = materialize(shared).await {
+                    tracing::error!(error = %e, "cannot put the standby log into the data dir");
+                }
                 {
                     let mut status = shared.status();
                     status.state = StandbyState::InSync;
@@ -398,9 +454,9 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
 /// Installs a pushed config file: first the reference copy under the
 /// config dir, then the file itself at the path this node lists under that
 /// name, each replaced atomically. In that order, an agent comparing the
-/// two never sees a fresh push as a local edit. Content already in both
-/// places is left alone (its mtime too, which services may watch). Returns
-/// the file's path when its content changed. The error is the Nack's
+/// two never sees a fresh push as a local edit. Content that is already
+/// the reference copy is left alone (and the file's mtime, which services
+/// may watch). Returns the file's path when its content changed. The error is the Nack's
 /// text: what was refused, and what to do.
 async fn install_config(
     shared: &Arc<Shared>,
@@ -434,11 +490,16 @@ async fn install_config(
     };
     let reference = shared.configs.root().join(name);
     blocking(move || {
-        let installed = std::fs::read(&target).ok();
-        if std::fs::read(&reference).ok().as_ref() != Some(&content) {
-            configs.apply(&[op])?;
+        if std::fs::read(&reference).ok().as_ref() == Some(&content) {
+            // No news: the cluster agreed on this already. A local file
+            // that differs is a local edit, for this node's own config
+            // sync to push (on a primary) or undo (on a standby); a
+            // periodic push must not overwrite an edit another serving
+            // node has not pushed yet.
+            return Ok(None);
         }
-        if installed.as_ref() == Some(&content) {
+        configs.apply(&[op])?;
+        if std::fs::read(&target).ok().as_ref() == Some(&content) {
             return Ok(None);
         }
         write_atomic(&target, &content, mode)?;
@@ -475,6 +536,61 @@ async fn journal(shared: &Arc<Shared>, peer: &str, seq: u64, record: Vec<u8>) ->
             seq,
             error: "the journal record was dropped unanswered".into(),
         },
+    }
+}
+
+/// Makes a batch durable on this node: appended to the standby log when
+/// there is one and the batch is a commit's, applied in place otherwise
+/// (after what the log holds, to keep the order).
+async fn store_batch(shared: &Arc<Shared>, ops: Vec<Op>, bytes: u64) -> Result<()> {
+    let worker = shared.clone();
+    let logged = blocking(move || match &worker.log {
+        Some(log) if ops.len() <= LOGGED_OPS_MAX && bytes <= LOGGED_BYTES_MAX => {
+            log.append(ops).map(Some)
+        }
+        Some(log) => {
+            log.materialize()?;
+            worker.data.apply(&ops).map(|()| None)
+        }
+        None => worker.data.apply(&ops).map(|()| None),
+    })
+    .await?;
+    match logged {
+        // So much is pending that memory and replay time come first.
+        Some(true) => materialize(shared).await,
+        Some(false) => {
+            shared.log_wake.notify_one();
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Puts what the standby log holds into the data dir (see
+/// [`StandbyLog::materialize`]).
+async fn materialize(shared: &Arc<Shared>) -> Result<()> {
+    let worker = shared.clone();
+    blocking(move || match &worker.log {
+        Some(log) if log.has_pending() => log.materialize(),
+        _ => Ok(()),
+    })
+    .await
+}
+
+/// Materializes `MATERIALIZE_AFTER` after the log got pending work; never
+/// returns. Idle (no timer) while nothing is pending.
+async fn materialize_when_due(shared: Arc<Shared>) {
+    if shared.log.is_none() {
+        return std::future::pending().await;
+    }
+    loop {
+        shared.log_wake.notified().await;
+        tokio::time::sleep(MATERIALIZE_AFTER).await;
+        if let Err(e) = materialize(&shared).await {
+            // The operations stay in the log (durable) and are retried.
+            tracing::error!(error = %e, "cannot put the standby log into the data dir; retrying");
+            shared.log_wake.notify_one();
+        }
     }
 }
 

@@ -164,33 +164,8 @@ impl DataDir {
     /// temporary file, fsync'd and renamed, each delete unlinked, and every
     /// directory touched is fsync'd once.
     pub fn apply(&self, ops: &[Op]) -> Result<()> {
-        for op in ops {
-            check_relative(op.path())?;
-        }
-        // Resolve and check every target first, creating parent dirs; each
-        // directory once (a batch of spool files shares one).
-        let mut targets = Vec::with_capacity(ops.len());
-        let mut touched_dirs = BTreeSet::new();
-        for op in ops {
-            let target = self.canonical.join(op.path());
-            let parent = target
-                .parent()
-                .map(Path::to_path_buf)
-                .ok_or_else(|| Error::BadPath {
-                    path: op.path().into(),
-                    reason: "has no parent directory".into(),
-                })?;
-            if !touched_dirs.contains(&parent) {
-                match op {
-                    Op::Put { .. } => fs::create_dir_all(&parent).map_err(io_err(&parent))?,
-                    Op::Delete { .. } if !parent.exists() => continue,
-                    Op::Delete { .. } => {}
-                }
-                self.check_inside(&parent, op.path())?;
-                touched_dirs.insert(parent);
-            }
-            targets.push((op, target));
-        }
+        let ops: Vec<&Op> = ops.iter().collect();
+        let (targets, touched_dirs) = self.targets(&ops)?;
         // Two disk flushes per batch, whatever its size — group commit one
         // level down. One fsync per file would cost one flush each (3–4 ms
         // on our VMs), which made the standby, not the network, the limit.
@@ -198,37 +173,11 @@ impl DataDir {
         // what per-file fsync gives: content durable before any rename
         // makes it visible (so no torn file can ever carry a real name),
         // and names durable before the ack.
-        let mut renames = Vec::new();
-        for (op, target) in &targets {
-            if let Op::Put { mode, content, .. } = op {
-                renames.push((write_tmp(target, content, *mode)?, target.clone()));
-            }
-        }
+        let renames = write_tmps(&targets)?;
         if !renames.is_empty() {
             self.sync_filesystem()?;
         }
-        // Renames and unlinks in batch order, so a path put then deleted
-        // (or the reverse) in one batch ends as its last operation says.
-        let mut renames = renames.into_iter();
-        for (op, target) in &targets {
-            match op {
-                Op::Put { .. } => {
-                    if let Some((tmp, target)) = renames.next() {
-                        fs::rename(&tmp, &target).map_err(io_err(&target))?;
-                    }
-                }
-                Op::Delete { .. } => match fs::remove_file(target) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(Error::Io {
-                            path: target.clone(),
-                            source: e,
-                        });
-                    }
-                },
-            }
-        }
+        rename_and_delete(&targets, renames)?;
         if touched_dirs.len() == 1 {
             // One directory (the usual spool batch): its fsync is enough.
             for dir in &touched_dirs {
@@ -240,9 +189,61 @@ impl DataDir {
         Ok(())
     }
 
+    /// Checks a batch as [`apply`](Self::apply) would (creating parent
+    /// directories), without writing it.
+    pub fn check(&self, ops: &[Op]) -> Result<()> {
+        let ops: Vec<&Op> = ops.iter().collect();
+        self.targets(&ops).map(|_| ())
+    }
+
+    /// Applies a batch with nothing flushed: for changes already durable
+    /// elsewhere (the standby log), made durable later by
+    /// [`sync_filesystem`](Self::sync_filesystem). A crash before that
+    /// may leave any of them torn; replaying the log repairs them.
+    pub(crate) fn apply_unflushed(&self, ops: &[&Op]) -> Result<()> {
+        let (targets, _) = self.targets(ops)?;
+        let renames = write_tmps(&targets)?;
+        rename_and_delete(&targets, renames)
+    }
+
+    /// Every op's target, checked (a plain relative path, resolving inside
+    /// the root), with the parent directories of puts created; and the
+    /// directories touched. A delete in a directory that does not exist
+    /// has nothing to do and is left out.
+    #[allow(clippy::type_complexity)]
+    fn targets<'a>(&self, ops: &[&'a Op]) -> Result<(Vec<(&'a Op, PathBuf)>, BTreeSet<PathBuf>)> {
+        for op in ops {
+            check_relative(op.path())?;
+        }
+        let mut targets = Vec::with_capacity(ops.len());
+        let mut touched_dirs = BTreeSet::new();
+        for &op in ops {
+            let target = self.canonical.join(op.path());
+            let parent = target
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| Error::BadPath {
+                    path: op.path().into(),
+                    reason: "has no parent directory".into(),
+                })?;
+            // Each directory once: a batch of spool files shares one.
+            if !touched_dirs.contains(&parent) {
+                match op {
+                    Op::Put { .. } => fs::create_dir_all(&parent).map_err(io_err(&parent))?,
+                    Op::Delete { .. } if !parent.exists() => continue,
+                    Op::Delete { .. } => {}
+                }
+                self.check_inside(&parent, op.path())?;
+                touched_dirs.insert(parent);
+            }
+            targets.push((op, target));
+        }
+        Ok((targets, touched_dirs))
+    }
+
     /// Flushes the filesystem holding the root (syncfs(2)): everything
     /// written to it so far is on disk when this returns.
-    fn sync_filesystem(&self) -> Result<()> {
+    pub(crate) fn sync_filesystem(&self) -> Result<()> {
         let root = fs::File::open(&self.canonical).map_err(io_err(&self.canonical))?;
         // SAFETY: syncfs takes a file descriptor, which `root` keeps open
         // for the duration of the call; it touches no memory of ours.
@@ -407,6 +408,44 @@ fn write_tmp(target: &Path, content: &[u8], mode: u32) -> Result<PathBuf> {
         .map_err(io_err(&tmp))?;
     file.write_all(content).map_err(io_err(&tmp))?;
     Ok(tmp)
+}
+
+/// Writes the content of every put to its temporary file; returns the
+/// renames to make, in batch order.
+fn write_tmps(targets: &[(&Op, PathBuf)]) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut renames = Vec::new();
+    for (op, target) in targets {
+        if let Op::Put { mode, content, .. } = op {
+            renames.push((write_tmp(target, content, *mode)?, target.clone()));
+        }
+    }
+    Ok(renames)
+}
+
+/// Renames and unlinks in batch order, so a path put then deleted (or the
+/// reverse) in one batch ends as its last operation says.
+fn rename_and_delete(targets: &[(&Op, PathBuf)], renames: Vec<(PathBuf, PathBuf)>) -> Result<()> {
+    let mut renames = renames.into_iter();
+    for (op, target) in targets {
+        match op {
+            Op::Put { .. } => {
+                if let Some((tmp, target)) = renames.next() {
+                    fs::rename(&tmp, &target).map_err(io_err(&target))?;
+                }
+            }
+            Op::Delete { .. } => match fs::remove_file(target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        path: target.clone(),
+                        source: e,
+                    });
+                }
+            },
+        }
+    }
+    Ok(())
 }
 
 /// Replaces `target` atomically and durably: a temporary file beside it,

@@ -59,6 +59,25 @@ struct Standby {
     task: tokio::task::JoinHandle<()>,
 }
 
+fn receiver_config(
+    cluster: &Cluster,
+    node: &str,
+    expected: &[&str],
+    events: mpsc::Sender<ReceiverEvent>,
+) -> ReceiverConfig {
+    ReceiverConfig {
+        identity: cluster.identity(node),
+        data_dir: cluster.data(node),
+        config_dir: cluster.path().join(node).join("config"),
+        config_files: vec![cluster.path().join(node).join("etc/mta.toml")],
+        config_hold: Some(cluster.path().join(node).join("config-disconnected")),
+        expected_peers: expected.iter().map(|s| s.to_string()).collect(),
+        events: Some(events),
+        handshake_timeout: Duration::from_secs(5),
+        log_dir: Some(cluster.path().join(node).join("sync-log")),
+    }
+}
+
 impl Standby {
     async fn start(cluster: &Cluster, node: &str, expected: &[&str]) -> Self {
         Self::start_on(cluster, node, expected, "127.0.0.1:0".parse().unwrap()).await
@@ -66,17 +85,7 @@ impl Standby {
 
     async fn start_on(cluster: &Cluster, node: &str, expected: &[&str], addr: SocketAddr) -> Self {
         let (events_tx, events) = mpsc::channel(64);
-        let receiver = Receiver::new(ReceiverConfig {
-            identity: cluster.identity(node),
-            data_dir: cluster.data(node),
-            config_dir: cluster.path().join(node).join("config"),
-            config_files: vec![cluster.path().join(node).join("etc/mta.toml")],
-            config_hold: Some(cluster.path().join(node).join("config-disconnected")),
-            expected_peers: expected.iter().map(|s| s.to_string()).collect(),
-            events: Some(events_tx),
-            handshake_timeout: Duration::from_secs(5),
-        })
-        .unwrap();
+        let receiver = Receiver::new(receiver_config(cluster, node, expected, events_tx)).unwrap();
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -410,8 +419,9 @@ async fn puts_and_deletes_are_on_the_standby_disk_when_a_semi_commit_returns() {
             .unwrap();
         assert_eq!(durability.level, DurabilityLevel::Replicated);
         assert_eq!(durability.acked_by, ["node-b"]);
-        // Checked at the moment commit returned: written and renamed into
-        // place (the receiver fsyncs before it acks).
+        // Acked: in the standby log, and in the data dir once the log is
+        // put there (before the standby serves, at a manifest, or soon).
+        standby.receiver.checkpoint().await.unwrap();
         let on_standby = cluster.data("node-b").join("queue/msg-1");
         assert_eq!(
             std::fs::read(&on_standby).unwrap(),
@@ -424,14 +434,29 @@ async fn puts_and_deletes_are_on_the_standby_disk_when_a_semi_commit_returns() {
             .commit(&[PathBuf::from("queue/msg-1")])
             .await
             .unwrap();
+        standby.receiver.checkpoint().await.unwrap();
         assert_eq!(std::fs::read(&on_standby).unwrap(), b"v2");
 
         // Delivered: the relay removes the file and commits its path.
         std::fs::remove_file(&path).unwrap();
         let durability = replicator.commit(&[path]).await.unwrap();
         assert_eq!(durability.level, DurabilityLevel::Replicated);
+        standby.receiver.checkpoint().await.unwrap();
         assert!(!on_standby.exists());
         assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
+
+        // The standby dies the moment a commit returns, before its log
+        // reaches the data dir: a new receiver replays the log.
+        let last = write(&cluster, "node-a", "queue/msg-2", b"the last one");
+        replicator.commit(&[last]).await.unwrap();
+        standby.task.abort();
+        let _ = standby.task.await;
+        let (events, _) = mpsc::channel(1);
+        Receiver::new(receiver_config(&cluster, "node-b", &["node-a"], events)).unwrap();
+        assert_eq!(
+            std::fs::read(cluster.data("node-b").join("queue/msg-2")).unwrap(),
+            b"the last one"
+        );
     })
     .await
 }
@@ -469,6 +494,7 @@ async fn concurrent_commits_share_round_trips() {
         println!("{COMMITS} concurrent commits: {batches} batches, {round_trips} round trips");
         assert!(batches < COMMITS as u64, "no batching: {batches} batches");
         assert_eq!(round_trips, batches);
+        standby.receiver.checkpoint().await.unwrap();
         assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
     })
     .await

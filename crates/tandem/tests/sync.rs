@@ -145,6 +145,10 @@ fn semi_acknowledged_mail_is_on_the_standby_and_delivered_after_kill_9() {
 
     let report = send(&rt, cluster.vip, 30);
     assert_eq!(report.acknowledged, 30, "{report:?}");
+    // The standby acks from its log; the sync report's manifest puts the
+    // log in its data dir first, and must find both nodes agreeing.
+    let (code, out, err) = tandem(&cluster, 0, &["sync", "report"]);
+    assert_eq!(code, 0, "{out}{err}");
     let on_active = queued(&cluster.data_dir(0));
     let on_standby = queued(&cluster.data_dir(1));
     assert_eq!(on_active.len(), 30, "every message spooled on the active");
