@@ -174,6 +174,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!("shutting down: saying goodbye and releasing the service");
     agent.step(Input::Shutdown).await;
     agent.supervisor.stop().await;
+    agent.replication.checkpoint_standby_log().await;
     Ok(())
 }
 
@@ -565,7 +566,7 @@ impl Agent {
     /// Starts the service (from the current image slot, if one is booted)
     /// and, when that slot's boot awaits its health check, runs the check.
     async fn start_service(&mut self) {
-        self.replication.before_serving().await;
+        self.replication.checkpoint_standby_log().await;
         let spec = self.service_spec().await;
         self.supervisor.start(spec, self.vip_sockets()).await;
         let firmware = self.firmware.clone();
@@ -961,6 +962,7 @@ impl Agent {
             tracing::error!(error = %e, "cannot journal the agent's re-execution; exiting so the supervisor restarts it");
             std::process::exit(1);
         }
+        self.replication.checkpoint_standby_log().await;
         let error = crate::firmware::exec_agent(agent);
         // exec only returns on failure: the boot try failed; a restart
         // (systemd) counts it and, after the last try, rolls back.

@@ -487,12 +487,13 @@ impl Replication {
         self.inner.is_some()
     }
 
-    /// Before the service starts here: every file acked to this node's
-    /// receiver is put in the data dir, durably (see
-    /// [`Receiver::checkpoint`]). A failure is logged: the files stay in
-    /// the standby log and are retried, but the service may start without
-    /// some of them.
-    pub async fn before_serving(&self) {
+    /// Puts every file acked to this node's receiver in the data dir,
+    /// durably (see [`Receiver::checkpoint`]): before the service starts
+    /// here, and before this agent stops or execs another (which may be an
+    /// older release that would not replay the log). A failure is logged:
+    /// the files stay in the standby log and are retried, but the service
+    /// may start without some of them.
+    pub async fn checkpoint_standby_log(&self) {
         let Some(inner) = self.inner.as_ref() else {
             return;
         };
