@@ -498,7 +498,7 @@ impl Replication {
             return;
         };
         if let Err(e) = inner.shared.receiver.checkpoint().await {
-            tracing::error!(error = %e, "cannot put the standby log into the data dir before serving; acknowledged files may be missing until it succeeds");
+            tracing::error!(error = %e, "cannot put the standby log into the data dir; acknowledged files are missing from it until that succeeds");
         }
     }
 

@@ -7,8 +7,8 @@
 //! once ([`crate::standby_log`]), or without a log applied in place (two
 //! flushes) — and only then acked. That ack is what lets the active's
 //! `commit` return under `data_sync = "semi"`. Logged operations reach the
-//! data dir within 100 ms, and at once before anything
-//! reads it: a manifest, the end of a catch-up or of a connection, and
+//! data dir within 100 ms, and at once before anything reads it: a
+//! manifest, the end of a catch-up or of a connection, and
 //! [`Receiver::checkpoint`] before this node serves.
 //!
 //! A batch with a path that is not plainly inside the data dir (`..`, an
@@ -174,6 +174,9 @@ struct Shared {
     log: Option<StandbyLog>,
     /// Starts the materialization timer when the log has pending work.
     log_wake: Notify,
+    /// Held while a pushed config file is installed; see
+    /// [`Receiver::config_guard`].
+    config_lock: tokio::sync::Mutex<()>,
     /// Plain std mutex: held for a few field updates, never across await.
     status: Mutex<ReceiverStatus>,
 }
@@ -211,6 +214,7 @@ impl Receiver {
                 configs,
                 log,
                 log_wake: Notify::new(),
+                config_lock: tokio::sync::Mutex::new(()),
                 status: Mutex::new(ReceiverStatus {
                     state: StandbyState::Disconnected,
                     active: None,
@@ -236,6 +240,15 @@ impl Receiver {
     /// that could replay over its files is gone.
     pub async fn checkpoint(&self) -> Result<()> {
         materialize(&self.shared).await
+    }
+
+    /// Holds off config pushes (they wait, and are installed after) while
+    /// the caller compares config files with their reference copies, or
+    /// puts a reference copy back: a push landing between reading a file
+    /// and its reference would make the old content look like a local
+    /// edit.
+    pub async fn config_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shared.config_lock.lock().await
     }
 
     /// Accepts connections on `listener` until `shutdown` completes; then
@@ -453,17 +466,19 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
 
 /// Installs a pushed config file: first the reference copy under the
 /// config dir, then the file itself at the path this node lists under that
-/// name, each replaced atomically. In that order, an agent comparing the
-/// two never sees a fresh push as a local edit. Content that is already
+/// name, each replaced atomically, under the config lock (an agent
+/// comparing the two must never see half a push: see
+/// [`Receiver::config_guard`]). Content that is already
 /// the reference copy is left alone (and the file's mtime, which services
-/// may watch). Returns the file's path when its content changed. The error is the Nack's
-/// text: what was refused, and what to do.
+/// may watch). Returns the file's path when its content changed. The
+/// error is the Nack's text: what was refused, and what to do.
 async fn install_config(
     shared: &Arc<Shared>,
     name: &str,
     mode: u32,
     content: Vec<u8>,
 ) -> std::result::Result<Option<PathBuf>, String> {
+    let _installing = shared.config_lock.lock().await;
     let node = shared.config.identity.node().to_string();
     if let Some(flag) = shared.config.config_hold.as_ref().filter(|f| f.exists()) {
         return Err(format!(
@@ -571,8 +586,8 @@ async fn store_batch(shared: &Arc<Shared>, ops: Vec<Op>, bytes: u64) -> Result<(
 async fn materialize(shared: &Arc<Shared>) -> Result<()> {
     let worker = shared.clone();
     blocking(move || match &worker.log {
-        Some(log) if log.has_pending() => log.materialize(),
-        _ => Ok(()),
+        Some(log) => log.materialize(),
+        None => Ok(()),
     })
     .await
 }

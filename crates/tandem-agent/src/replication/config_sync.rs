@@ -168,9 +168,10 @@ fn sha256(content: &[u8]) -> String {
     hex(&Sha256::digest(content))
 }
 
-/// Reads every config file, then its reference copy — in that order: a
-/// push landing in between then looks like a change to the new content,
-/// never like a change back to the old one.
+/// Reads every config file and its reference copy. Callers hold the
+/// receiver's config guard meanwhile: a push landing between the two reads
+/// would make the old content look like a local edit, and be pushed back
+/// or restored over the new.
 async fn read_files(shared: &Shared) -> Vec<ConfigFile> {
     let mut files = Vec::new();
     for path in &shared.settings.config {
@@ -200,7 +201,10 @@ pub(super) async fn push(
     periodic: bool,
     force: bool,
 ) -> Vec<Value> {
-    let files = read_files(shared).await;
+    let files = {
+        let _pushes_wait = shared.receiver.config_guard().await;
+        read_files(shared).await
+    };
     let any_change = files.iter().any(ConfigFile::changed);
     let blockers = if any_change && !force {
         disconnected_nodes(shared).await
@@ -273,6 +277,7 @@ async fn refuse_local_edits(shared: &Shared) {
     if super::config_disconnected(shared) {
         return;
     }
+    let _pushes_wait = shared.receiver.config_guard().await;
     for file in read_files(shared).await {
         let Some(reference) = &file.reference else {
             continue;

@@ -161,53 +161,51 @@ fn percent(part: f64, whole: f64) -> f64 {
 
 /// One load through a fresh pair with `data_sync = mode`: its figures.
 async fn measure(mode: &str, messages: u64, concurrency: usize) -> anyhow::Result<Value> {
-    {
-        let sink_addr = free_addr()?;
-        let _sink = Sink::bind(Listen::Bind(vec![sink_addr]), 0).await?;
-        let cluster = relay_pair(mode, sink_addr).await?;
-        // Sample the replication lag the active reports while the load runs.
-        let done = AtomicBool::new(false);
-        let sampler = async {
-            let mut lags = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                if let Some(lag) = cluster
-                    .status(0)
-                    .await
-                    .and_then(|s| s["sync"]["replicator"]["peers"][0]["lag_ms"].as_u64())
-                {
-                    lags.push(lag);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let sink_addr = free_addr()?;
+    let _sink = Sink::bind(Listen::Bind(vec![sink_addr]), 0).await?;
+    let cluster = relay_pair(mode, sink_addr).await?;
+    // Sample the replication lag the active reports while the load runs.
+    let done = AtomicBool::new(false);
+    let sampler = async {
+        let mut lags = Vec::new();
+        while !done.load(Ordering::Relaxed) {
+            if let Some(lag) = cluster
+                .status(0)
+                .await
+                .and_then(|s| s["sync"]["replicator"]["peers"][0]["lag_ms"].as_u64())
+            {
+                lags.push(lag);
             }
-            lags
-        };
-        let loader = async {
-            let result = send(cluster.vip, messages, concurrency).await;
-            done.store(true, Ordering::Relaxed);
-            result
-        };
-        let (result, lag_samples) = tokio::join!(loader, sampler);
-        let result = result?;
-        let status = cluster.status(0).await.unwrap_or_default();
-        let replicator = &status["sync"]["replicator"];
-        let mut figures = json!({
-            "msgs_per_s": (result.msgs_per_s * 10.0).round() / 10.0,
-            "acknowledged": result.acknowledged,
-            "smtp_p99_ms": result.latency.p99_ms,
-        });
-        match mode {
-            "async" => figures["lag_p99_ms"] = json!(p99(lag_samples)),
-            // Every 250 waited for its commit: the transaction's p99 bounds
-            // the commit's.
-            "semi" => {
-                figures["commit_p99_ms"] = json!(result.latency.p99_ms);
-                figures["batches"] = replicator["batches"].clone();
-                figures["commits"] = replicator["commits"].clone();
-            }
-            _ => {}
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(figures)
+        lags
+    };
+    let loader = async {
+        let result = send(cluster.vip, messages, concurrency).await;
+        done.store(true, Ordering::Relaxed);
+        result
+    };
+    let (result, lag_samples) = tokio::join!(loader, sampler);
+    let result = result?;
+    let status = cluster.status(0).await.unwrap_or_default();
+    let replicator = &status["sync"]["replicator"];
+    let mut figures = json!({
+        "msgs_per_s": (result.msgs_per_s * 10.0).round() / 10.0,
+        "acknowledged": result.acknowledged,
+        "smtp_p99_ms": result.latency.p99_ms,
+    });
+    match mode {
+        "async" => figures["lag_p99_ms"] = json!(p99(lag_samples)),
+        // Every 250 waited for its commit: the transaction's p99 bounds
+        // the commit's.
+        "semi" => {
+            figures["commit_p99_ms"] = json!(result.latency.p99_ms);
+            figures["batches"] = replicator["batches"].clone();
+            figures["commits"] = replicator["commits"].clone();
+        }
+        _ => {}
     }
+    Ok(figures)
 }
 
 /// `semi`, kill -9 of the active halfway through the load: counts the
