@@ -286,16 +286,17 @@ fn start_process(spec: &ServiceSpec, sockets: &[Arc<OwnedFd>]) -> std::io::Resul
     command.kill_on_drop(true);
     let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe calls (prctl, setpgid, fcntl, dup2) on integers.
+    // makes async-signal-safe calls (signal, prctl, setpgid, fcntl, dup2)
+    // on integers.
     unsafe {
-        command.pre_exec(move || pass_sockets(&fds));
+        command.pre_exec(move || set_up_child(&fds));
     }
     command.spawn()
 }
 
-/// In the forked child: die with the parent, lead a process group, and move
-/// the sockets to 3, 4, ... without close-on-exec.
-fn pass_sockets(fds: &[RawFd]) -> std::io::Result<()> {
+/// In the forked child: default signal handling, die with the parent, lead
+/// a process group, and move the sockets to 3, 4, ... without close-on-exec.
+fn set_up_child(fds: &[RawFd]) -> std::io::Result<()> {
     let check = |r: libc::c_int| {
         if r < 0 {
             Err(std::io::Error::last_os_error())
@@ -305,6 +306,23 @@ fn pass_sockets(fds: &[RawFd]) -> std::io::Result<()> {
     };
     // SAFETY: plain syscalls on integers, async-signal-safe.
     unsafe {
+        // An ignored signal stays ignored across exec, and a shell cannot
+        // even trap one ignored on entry: an agent started under nohup
+        // would pass its ignored SIGHUP on, and `on_config_change =
+        // "signal:HUP"` (or a stop's SIGTERM) would never reach the
+        // service. It starts as under systemd, with every disposition
+        // default.
+        for signal in [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGPIPE,
+        ] {
+            libc::signal(signal, libc::SIG_DFL);
+        }
         check(libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,

@@ -148,3 +148,37 @@ async fn a_missing_program_is_reported() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// An agent started with SIGHUP ignored (under nohup, say) must not pass
+/// that on: the service starts with default signal handling, so its reload
+/// signal (`on_config_change = "signal:HUP"`) reaches it.
+#[tokio::test]
+async fn the_service_gets_default_signal_handling_whatever_the_agent_ignores() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let heard = dir.path().join("heard");
+    // SAFETY: sets this test process's disposition of one signal; no
+    // test here sends SIGHUP to itself.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    let (tx, mut events) = mpsc::channel(16);
+    let service = supervisor::spawn(tx);
+    let script = format!(
+        "trap 'echo hup > {}' HUP; while :; do sleep 0.05 & wait $!; done",
+        heard.display()
+    );
+    service
+        .start(spec(&["sh", "-c", &script], 300), vec![])
+        .await;
+    let ServiceEvent::Started { pid } = next(&mut events).await else {
+        panic!("not started")
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the shell install its trap
+    let pid = libc::pid_t::try_from(pid).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: kill(2) on the service's pid, which the supervisor started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !heard.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.stop().await;
+    assert!(heard.exists(), "the service's SIGHUP trap never ran");
+}
