@@ -210,8 +210,7 @@ impl DataDir {
     /// the root), with the parent directories of puts created; and the
     /// directories touched. A delete in a directory that does not exist
     /// has nothing to do and is left out.
-    #[allow(clippy::type_complexity)]
-    fn targets<'a>(&self, ops: &[&'a Op]) -> Result<(Vec<(&'a Op, PathBuf)>, BTreeSet<PathBuf>)> {
+    fn targets<'a>(&self, ops: &[&'a Op]) -> Result<(Targets<'a>, BTreeSet<PathBuf>)> {
         for op in ops {
             check_relative(op.path())?;
         }
@@ -409,6 +408,9 @@ fn write_tmp(target: &Path, content: &[u8], mode: u32) -> Result<PathBuf> {
     file.write_all(content).map_err(io_err(&tmp))?;
     Ok(tmp)
 }
+
+/// Each op of a batch with the full path it changes.
+type Targets<'a> = Vec<(&'a Op, PathBuf)>;
 
 /// Writes the content of every put to its temporary file; returns the
 /// renames to make, in batch order.
