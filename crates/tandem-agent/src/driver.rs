@@ -592,22 +592,25 @@ impl Agent {
         match action {
             ConfigChangeAction::None => {}
             ConfigChangeAction::Signal(signal) => {
-                let Some(pid) = self.service_pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
-                    return;
-                };
-                tracing::info!(
-                    pid,
-                    signal,
-                    "config changed: signalling the service to reload"
-                );
-                // SAFETY: kill(2) with a pid the supervisor reported as running.
-                unsafe { libc::kill(pid, signal) };
+                if self.signal_service(signal) {
+                    tracing::info!(signal, "config changed: signalled the service to reload");
+                }
             }
             ConfigChangeAction::Restart => {
                 tracing::info!("config changed: restarting the service");
                 self.restart_service().await;
             }
         }
+    }
+
+    /// Sends `signal` to the service's main process; false when it has
+    /// none running.
+    fn signal_service(&self, signal: libc::c_int) -> bool {
+        let Some(pid) = self.service_pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+            return false;
+        };
+        // SAFETY: kill(2) with a pid the supervisor reported as running.
+        unsafe { libc::kill(pid, signal) == 0 }
     }
 
     async fn restart_service(&mut self) {
@@ -1032,11 +1035,11 @@ impl Agent {
         let suspend = action == ListenerAction::Suspend;
         match self.config.service.suspend {
             SuspendMethod::Signal => {
-                let Some(pid) = self.service_pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+                if self.service_pid.is_none() {
                     reply.outcome = "refused".into();
                     reply.reason = Some("the service is not running".into());
                     return reply;
-                };
+                }
                 if suspend {
                     let control = self.control_dir();
                     let written = std::fs::create_dir_all(&control).and_then(|()| {
@@ -1049,17 +1052,11 @@ impl Agent {
                         tracing::warn!(error = %e, "cannot pass the drain timeout; the service uses its own");
                     }
                 }
-                // SAFETY: kill(2) with a pid the supervisor reported as running.
-                unsafe {
-                    libc::kill(
-                        pid,
-                        if suspend {
-                            libc::SIGUSR1
-                        } else {
-                            libc::SIGUSR2
-                        },
-                    )
-                };
+                self.signal_service(if suspend {
+                    libc::SIGUSR1
+                } else {
+                    libc::SIGUSR2
+                });
             }
             SuspendMethod::Socket if suspend => {
                 for (_, fd) in self.vip.values().flatten() {
