@@ -139,12 +139,6 @@ impl StandbyLog {
         Ok(state.pending.len() >= MAX_PENDING_OPS || state.pending_bytes >= MAX_PENDING_BYTES)
     }
 
-    /// Whether acked operations are waiting to reach the data dir.
-    pub fn has_pending(&self) -> bool {
-        let state = self.state();
-        !state.pending.is_empty() || !state.retired.is_empty()
-    }
-
     /// Puts every pending operation into the data dir and makes it
     /// durable there (one `syncfs`), then deletes the log files that held
     /// them. Appends go on meanwhile, to the next generation. Blocking.
@@ -343,6 +337,14 @@ mod tests {
             data: tmp.path().join("data"),
             log: tmp.path().join("log"),
             _tmp: tmp,
+        }
+    }
+
+    impl StandbyLog {
+        /// Whether acked operations are waiting to reach the data dir.
+        fn has_pending(&self) -> bool {
+            let state = self.state();
+            !state.pending.is_empty() || !state.retired.is_empty()
         }
     }
 
