@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -513,6 +513,28 @@ fn a_certificate_from_another_ca_is_refused() {
 }
 
 /// Reads a file the test expects to exist, or an empty string.
+/// Lists `name` under `[sync] config` on every node, at
+/// `etc/NODE/name` (where its own service would read it), with the
+/// content given for each node; returns the files' paths. `[sync]` is the
+/// last section of a node's config, so the key can be appended.
+fn list_config_file(cluster: &LocalCluster, name: &str, contents: &[&str]) -> Vec<PathBuf> {
+    cluster
+        .nodes
+        .iter()
+        .zip(contents)
+        .map(|(node, content)| {
+            let mut config = read(&node.config);
+            config.push_str(&format!("config = [\"etc/{}/{name}\"]\n", node.name));
+            std::fs::write(&node.config, config).unwrap_or_else(|e| panic!("{e}"));
+            let file = cluster.dir.join("etc").join(&node.name).join(name);
+            std::fs::create_dir_all(file.parent().unwrap_or(Path::new("/")))
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&file, content).unwrap_or_else(|e| panic!("{e}"));
+            file
+        })
+        .collect()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -533,23 +555,12 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
         name_service(),
         "data_sync = \"semi\"\nconfig_sync_interval = \"1s\"",
     );
-    // Each node lists relay.toml where its own service would read it;
-    // [sync] is the last section, so the key can be appended.
-    let paths: Vec<std::path::PathBuf> = cluster
-        .nodes
-        .iter()
-        .map(|n| cluster.dir.join("etc").join(&n.name).join("relay.toml"))
-        .collect();
+    let paths = list_config_file(
+        &cluster,
+        "relay.toml",
+        &["limit = 1\n", "limit = 99 # stale\n"],
+    );
     let relay_toml = |i: usize| paths[i].clone();
-    for (i, text) in [(0, "limit = 1\n"), (1, "limit = 99 # stale\n")] {
-        let node = &cluster.nodes[i];
-        let mut config = read(&node.config);
-        config.push_str(&format!("config = [\"etc/{}/relay.toml\"]\n", node.name));
-        std::fs::write(&node.config, config).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::create_dir_all(relay_toml(i).parent().unwrap_or(Path::new("/")))
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(relay_toml(i), text).unwrap_or_else(|e| panic!("{e}"));
-    }
     cluster
         .start_all()
         .unwrap_or_else(|e| panic!("start: {e:#}"));
@@ -797,21 +808,8 @@ fn a_changed_config_file_reloads_the_running_service_on_every_node() {
             "data_sync = \"off\"\nconfig_sync_interval = \"1s\"\non_config_change = \"signal:HUP\"",
         )
         .unwrap_or_else(|e| panic!("sync: {e:#}"));
-    let paths: Vec<std::path::PathBuf> = cluster
-        .nodes
-        .iter()
-        .map(|n| cluster.dir.join("etc").join(&n.name).join("app.conf"))
-        .collect();
+    let paths = list_config_file(&cluster, "app.conf", &["workers = 1\n"; 2]);
     let app_conf = |i: usize| paths[i].clone();
-    for i in 0..2 {
-        let node = &cluster.nodes[i];
-        let mut config = read(&node.config);
-        config.push_str(&format!("config = [\"etc/{}/app.conf\"]\n", node.name));
-        std::fs::write(&node.config, config).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::create_dir_all(app_conf(i).parent().unwrap_or(Path::new("/")))
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(app_conf(i), "workers = 1\n").unwrap_or_else(|e| panic!("{e}"));
-    }
     cluster
         .start_all()
         .unwrap_or_else(|e| panic!("start: {e:#}"));

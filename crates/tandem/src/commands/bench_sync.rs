@@ -111,12 +111,8 @@ pub async fn run(
     }
     let mut report = serde_json::Map::new();
     for (mode, mut figures) in runs {
-        figures.sort_by(|a, b| {
-            a["msgs_per_s"]
-                .as_f64()
-                .partial_cmp(&b["msgs_per_s"].as_f64())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        let rate = |f: &Value| f["msgs_per_s"].as_f64().unwrap_or(0.0);
+        figures.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
         let all: Vec<Value> = figures.iter().map(|f| f["msgs_per_s"].clone()).collect();
         let mut median = figures[figures.len() / 2].clone();
         median["runs_msgs_per_s"] = json!(all);
