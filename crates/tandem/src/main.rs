@@ -18,6 +18,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Runs `future` to completion on a fresh [`runtime`].
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    runtime()?.block_on(future)
+}
+
 /// The agent's runtime: one thread. Its work is one event loop plus short
 /// I/O, and an idle HA daemon should cost little memory (the failover
 /// benchmark reports its RSS); slow file work goes to the blocking pool.
@@ -46,80 +51,63 @@ fn main() -> ExitCode {
     }
     logging::init(cli.verbose, cli.quiet, cli.log_format);
     let json = cli.json;
-    let result =
-        match cli.command {
-            Command::Path(args) => commands::path::run(&args, json),
-            Command::Image(command) => commands::image::run(command, json),
-            Command::Completions(args) => commands::completions::run(&args),
-            Command::Config(ConfigCommand::Check { file }) => commands::agent::check(&file, json),
-            Command::Config(ConfigCommand::Put {
-                name,
-                file,
-                force,
-                target,
-            }) => runtime().and_then(|rt| {
-                rt.block_on(commands::sync::config_put(
-                    &target, &name, &file, force, json,
-                ))
-            }),
-            Command::Config(ConfigCommand::Push { force, target }) => runtime()
-                .and_then(|rt| rt.block_on(commands::sync::config_push(&target, force, json))),
-            Command::Config(ConfigCommand::Show { target }) => {
-                runtime().and_then(|rt| rt.block_on(commands::sync::config_show(&target, json)))
-            }
-            Command::Agent { config } => {
-                agent_runtime().and_then(|rt| rt.block_on(commands::agent::run(&config)))
-            }
-            Command::Status { target, watch } => runtime()
-                .and_then(|rt| rt.block_on(commands::cluster::status(&target, watch, json))),
-            Command::Ha(command) => {
-                runtime().and_then(|rt| rt.block_on(commands::cluster::ha(command, json)))
-            }
-            Command::Failover(command) => {
-                runtime().and_then(|rt| rt.block_on(commands::cluster::failover(command, json)))
-            }
-            Command::Demo(args) => {
-                runtime().and_then(|rt| rt.block_on(commands::demo::run(args, json)))
-            }
-            Command::Backup(command) => {
-                runtime().and_then(|rt| rt.block_on(commands::backup::run(command, json)))
-            }
-            Command::Upgrade(command) => {
-                runtime().and_then(|rt| rt.block_on(commands::upgrade::run(command, json)))
-            }
-            Command::Listener(command) => {
-                runtime().and_then(|rt| rt.block_on(commands::cluster::listener(command, json)))
-            }
-            Command::Mta(command) => {
-                runtime().and_then(|rt| rt.block_on(commands::mta::run(command, json)))
-            }
-            Command::Bench(BenchCommand::Relay(args)) => {
-                runtime().and_then(|rt| rt.block_on(commands::mta::bench_relay(args, json)))
-            }
-            Command::Bench(BenchCommand::Failover { runs }) => {
-                runtime().and_then(|rt| rt.block_on(commands::bench::failover(runs, json)))
-            }
-            Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
-            Command::Bench(BenchCommand::Sync {
-                messages,
-                concurrency,
-                rounds,
-            }) => runtime().and_then(|rt| {
-                rt.block_on(commands::bench_sync::run(
-                    messages,
-                    concurrency,
-                    rounds,
-                    json,
-                ))
-            }),
-            Command::Sync(SyncCommand::Report { target }) => {
-                runtime().and_then(|rt| rt.block_on(commands::sync::report(&target, json)))
-            }
-            Command::Cert(CertCommand::Init { dir }) => commands::cert::init(&dir, json),
-            Command::Cert(CertCommand::Issue { ca, node, out }) => {
-                commands::cert::issue(&ca, &node, &out, json)
-            }
-        };
+    let result = match cli.command {
+        Command::Path(args) => commands::path::run(&args, json),
+        Command::Image(command) => commands::image::run(command, json),
+        Command::Completions(args) => commands::completions::run(&args),
+        Command::Config(ConfigCommand::Check { file }) => commands::agent::check(&file, json),
+        Command::Config(ConfigCommand::Put {
+            name,
+            file,
+            force,
+            target,
+        }) => block_on(commands::sync::config_put(
+            &target, &name, &file, force, json,
+        )),
+        Command::Config(ConfigCommand::Push { force, target }) => {
+            block_on(commands::sync::config_push(&target, force, json))
+        }
+        Command::Config(ConfigCommand::Show { target }) => {
+            block_on(commands::sync::config_show(&target, json))
+        }
+        Command::Agent { config } => {
+            agent_runtime().and_then(|rt| rt.block_on(commands::agent::run(&config)))
+        }
+        Command::Status { target, watch } => {
+            block_on(commands::cluster::status(&target, watch, json))
+        }
+        Command::Ha(command) => block_on(commands::cluster::ha(command, json)),
+        Command::Failover(command) => block_on(commands::cluster::failover(command, json)),
+        Command::Demo(args) => block_on(commands::demo::run(args, json)),
+        Command::Backup(command) => block_on(commands::backup::run(command, json)),
+        Command::Upgrade(command) => block_on(commands::upgrade::run(command, json)),
+        Command::Listener(command) => block_on(commands::cluster::listener(command, json)),
+        Command::Mta(command) => block_on(commands::mta::run(command, json)),
+        Command::Bench(BenchCommand::Relay(args)) => {
+            block_on(commands::mta::bench_relay(args, json))
+        }
+        Command::Bench(BenchCommand::Failover { runs }) => {
+            block_on(commands::bench::failover(runs, json))
+        }
+        Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
+        Command::Bench(BenchCommand::Sync {
+            messages,
+            concurrency,
+            rounds,
+        }) => block_on(commands::bench_sync::run(
+            messages,
+            concurrency,
+            rounds,
+            json,
+        )),
+        Command::Sync(SyncCommand::Report { target }) => {
+            block_on(commands::sync::report(&target, json))
+        }
+        Command::Cert(CertCommand::Init { dir }) => commands::cert::init(&dir, json),
+        Command::Cert(CertCommand::Issue { ca, node, out }) => {
+            commands::cert::issue(&ca, &node, &out, json)
+        }
+    };
     result.unwrap_or_else(|error| {
         eprintln!("tandem: error: {error:#}");
         ExitCode::from(1)
