@@ -560,37 +560,26 @@ impl Replicator {
     }
 
     async fn sync_all(&self, full: bool, progress: Option<ProgressFn>) -> Vec<PeerOutcome> {
-        let mut answers = Vec::new();
-        for peer in &self.shared().peers {
-            let (reply, answer) = oneshot::channel();
-            let job = Job::Sync {
-                full,
-                progress: progress.clone(),
-                reply,
-            };
-            let sent = peer.jobs.send(job).await.is_ok();
-            answers.push((peer.name.clone(), sent, answer));
-        }
-        let mut outcomes = Vec::new();
-        for (peer, sent, answer) in answers {
-            let result = match (sent, answer.await) {
-                (true, Ok(result)) => result,
-                _ => Err(Error::Stopped),
-            };
-            outcomes.push(match result {
-                Ok(progress) => PeerOutcome {
-                    peer,
-                    progress: Some(progress),
-                    error: None,
-                },
-                Err(e) => PeerOutcome {
-                    peer,
-                    progress: None,
-                    error: Some(e.to_string()),
-                },
-            });
-        }
-        outcomes
+        self.ask_each_peer(|reply| Job::Sync {
+            full,
+            progress: progress.clone(),
+            reply,
+        })
+        .await
+        .into_iter()
+        .map(|(peer, result)| match result {
+            Ok(progress) => PeerOutcome {
+                peer,
+                progress: Some(progress),
+                error: None,
+            },
+            Err(e) => PeerOutcome {
+                peer,
+                progress: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect()
     }
 
     /// Pushes a config file to every connected standby (written under its
@@ -628,26 +617,38 @@ impl Replicator {
         &self,
         job: impl Fn(oneshot::Sender<Result<()>>) -> Job,
     ) -> Vec<PeerOutcome> {
+        self.ask_each_peer(job)
+            .await
+            .into_iter()
+            .map(|(peer, result)| PeerOutcome {
+                peer,
+                progress: None,
+                error: result.err().map(|e| e.to_string()),
+            })
+            .collect()
+    }
+
+    /// Hands every peer's task the job `job` makes, then waits for each
+    /// answer, in peer order; a task that is gone answers `Stopped`.
+    async fn ask_each_peer<T>(
+        &self,
+        job: impl Fn(oneshot::Sender<Result<T>>) -> Job,
+    ) -> Vec<(String, Result<T>)> {
         let mut answers = Vec::new();
         for peer in &self.shared().peers {
             let (reply, answer) = oneshot::channel();
             let sent = peer.jobs.send(job(reply)).await.is_ok();
             answers.push((peer.name.clone(), sent, answer));
         }
-        let mut outcomes = Vec::new();
+        let mut results = Vec::new();
         for (peer, sent, answer) in answers {
-            let error = match (sent, answer.await) {
-                (true, Ok(Ok(()))) => None,
-                (true, Ok(Err(e))) => Some(e.to_string()),
-                _ => Some(Error::Stopped.to_string()),
+            let result = match (sent, answer.await) {
+                (true, Ok(result)) => result,
+                _ => Err(Error::Stopped),
             };
-            outcomes.push(PeerOutcome {
-                peer,
-                progress: None,
-                error,
-            });
+            results.push((peer, result));
         }
-        outcomes
+        results
     }
 
     /// The replicator's state now.
@@ -750,18 +751,11 @@ impl Replicator {
         let shared = self.shared();
         let mut manifests = BTreeMap::new();
         manifests.insert(shared.config.identity.node().to_string(), Ok(local));
-        let mut answers = Vec::new();
-        for peer in &shared.peers {
-            let (reply, answer) = oneshot::channel();
-            let sent = peer.jobs.send(Job::Manifest { set, reply }).await.is_ok();
-            answers.push((peer.name.clone(), sent, answer));
-        }
-        for (peer, sent, answer) in answers {
-            let manifest = match (sent, answer.await) {
-                (true, Ok(result)) => result.map_err(|e| e.to_string()),
-                _ => Err(Error::Stopped.to_string()),
-            };
-            manifests.insert(peer, manifest);
+        for (peer, manifest) in self
+            .ask_each_peer(|reply| Job::Manifest { set, reply })
+            .await
+        {
+            manifests.insert(peer, manifest.map_err(|e| e.to_string()));
         }
         report::compare(name, &manifests)
     }
