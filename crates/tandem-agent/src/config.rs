@@ -668,6 +668,11 @@ impl AgentConfig {
             OnFailureName::BecomeSecondary => OnFailure::BecomeSecondary,
         };
         config.version = self.node.version.clone();
+        // With data replicated, a node's data must be compared with the
+        // active's before it may take the service from it (issue 14).
+        config.replicated_data = self.sync.as_ref().is_some_and(|s| {
+            s.data_sync != tandem_sync::replicator::DataSync::Off && !s.allow_stale_takeover
+        });
         config
     }
 }

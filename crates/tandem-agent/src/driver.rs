@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::api::{self, ApiRequest, CommandReply, ListenerAction};
 use crate::config::{AgentConfig, ModeName, SuspendMethod};
 use crate::firmware::{BootVerdict, Firmware};
-use crate::links::{Datagram, HeartbeatLinks};
+use crate::links::{Datagram, HeartbeatLinks, LinkEvent};
 use crate::monitor::{self, Verdict};
 use crate::replication::{ConfigChangeAction, Replication};
 use crate::state::{self, SavedState};
@@ -113,7 +113,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep_until(deadline) => { agent.step(Input::Tick).await; }
-            Some(datagram) = agent.inbox.recv() => agent.receive(datagram).await,
+            Some(event) = agent.inbox.recv() => match event {
+                LinkEvent::Datagram(datagram) => agent.receive(datagram).await,
+                LinkEvent::Rejected { link, reason, claimed_sender, count } => {
+                    agent.step(Input::Rejected { link, reason, claimed_sender, count }).await;
+                }
+            },
             Some(event) = agent.peer_events.recv() => agent.peer_event(event).await,
             Some(input) = agent.replication.next_input() => { agent.step(input).await; }
             action = config_changes.next() => agent.on_config_change(action).await,
@@ -208,7 +213,7 @@ struct Agent {
     codec: Codec,
     saved: SavedState,
     links: HeartbeatLinks,
-    inbox: mpsc::Receiver<Datagram>,
+    inbox: mpsc::Receiver<LinkEvent>,
     peer_events: mpsc::Receiver<PeerLinkEvent>,
     api: mpsc::Receiver<ApiRequest>,
     /// Handovers whose drain is over, back from their waiting task.
@@ -652,17 +657,21 @@ impl Agent {
     }
 
     async fn receive(&mut self, datagram: Datagram) {
-        let input = match self.codec.open(&datagram.bytes) {
+        let input = match self.codec.open(&datagram.bytes, crate::upgrade::now_ms()) {
             Ok(envelope) => Input::Received {
                 link: datagram.link,
                 envelope,
             },
             Err(e) => {
                 tracing::debug!(from = %datagram.from, error = %e, "datagram rejected");
+                // The link's task authenticated it: only a replay is
+                // left to find here.
                 match e.reject_reason() {
                     Some(reason) => Input::Rejected {
                         link: datagram.link,
                         reason,
+                        claimed_sender: None,
+                        count: 1,
                     },
                     None => return,
                 }
@@ -1223,6 +1232,25 @@ impl Agent {
             "tandem_service_crashes_total",
             vec![(String::new(), self.counters.service_crashes.to_string())],
         );
+        metric(
+            "A peer heard on the sync channel whose heartbeats fail the MAC: different cluster keys (1 while it lasts).",
+            "gauge",
+            "tandem_key_mismatch",
+            status
+                .peers
+                .iter()
+                .map(|p| {
+                    let mismatch = status.key_mismatch.as_deref() == Some(p.name.as_str());
+                    (
+                        format!(",peer=\"{}\"", p.name),
+                        u8::from(mismatch).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        for (name, kind, help, value) in self.replication.metrics() {
+            metric(help, kind, name, vec![(String::new(), value.to_string())]);
+        }
         out
     }
 }

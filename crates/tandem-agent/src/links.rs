@@ -6,11 +6,22 @@
 //! separately per link and per peer (its own sequence number), so the
 //! receiver's replay window accepts the copy from each link and can tell
 //! which links still carry traffic.
+//!
+//! **Floods.** Anyone on the link can send garbage, fast (issue 14 found
+//! 350k datagrams/s enough to make the kernel drop the real heartbeats).
+//! Each receive task authenticates on its own — length, magic, cluster id,
+//! then the MAC, no state needed — and only datagrams that pass reach the
+//! agent's loop (which then checks replays). Rejections are counted here
+//! and reported at most every [`REJECT_REPORT_EVERY`] as one
+//! [`LinkEvent::Rejected`] per reason, so a flood costs the loop nothing.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tandem_core::LinkId;
+use tandem_core::wire::RejectReason;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -19,6 +30,26 @@ use crate::config::AgentConfig;
 
 /// The largest heartbeat datagram we accept.
 const MAX_DATAGRAM: usize = 2048;
+
+/// How often a receive task reports what it rejected.
+const REJECT_REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// What a receive task hands the agent.
+pub enum LinkEvent {
+    /// A datagram whose MAC checks out (replays not yet checked).
+    Datagram(Datagram),
+    /// Datagrams dropped since the last report, for one reason.
+    Rejected {
+        /// The link they came in on.
+        link: LinkId,
+        /// Why.
+        reason: RejectReason,
+        /// The sender a bad-MAC datagram named, if any.
+        claimed_sender: Option<String>,
+        /// How many.
+        count: u64,
+    },
+}
 
 /// A datagram that arrived on a link.
 pub struct Datagram {
@@ -41,8 +72,12 @@ impl HeartbeatLinks {
     /// Binds every link and starts a receive task per link feeding `inbox`.
     pub async fn bind(
         config: &AgentConfig,
-        inbox: mpsc::Sender<Datagram>,
+        inbox: mpsc::Sender<LinkEvent>,
     ) -> Result<HeartbeatLinks, Error> {
+        let filter = Arc::new(Filter {
+            key: config.secrets.cluster_key.clone(),
+            cluster: config.cluster.name.clone(),
+        });
         let mut sockets = Vec::new();
         for (index, link) in config.links.iter().enumerate() {
             let socket = UdpSocket::bind(link.listen)
@@ -54,7 +89,7 @@ impl HeartbeatLinks {
                 })?;
             let socket = Arc::new(socket);
             let id = LinkId(u8::try_from(index).unwrap_or(u8::MAX));
-            tokio::spawn(receive(socket.clone(), id, inbox.clone()));
+            tokio::spawn(receive(socket.clone(), id, inbox.clone(), filter.clone()));
             sockets.push(socket);
         }
         let peers = config
@@ -86,21 +121,69 @@ impl HeartbeatLinks {
     }
 }
 
-async fn receive(socket: Arc<UdpSocket>, link: LinkId, inbox: mpsc::Sender<Datagram>) {
+/// What a receive task needs to authenticate a datagram.
+struct Filter {
+    key: Vec<u8>,
+    cluster: String,
+}
+
+async fn receive(
+    socket: Arc<UdpSocket>,
+    link: LinkId,
+    inbox: mpsc::Sender<LinkEvent>,
+    filter: Arc<Filter>,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut rejected: BTreeMap<(RejectReason, Option<String>), u64> = BTreeMap::new();
+    let mut reported = tokio::time::Instant::now();
     loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, from)) => {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::debug!(link = link.0, error = %e, "heartbeat receive failed");
+                continue;
+            }
+        };
+        let bytes = &buf[..n];
+        match tandem_core::wire::decode(&filter.key, &filter.cluster, bytes) {
+            Ok(_) => {
                 let datagram = Datagram {
                     link,
                     from,
-                    bytes: buf[..n].to_vec(),
+                    bytes: bytes.to_vec(),
                 };
-                if inbox.send(datagram).await.is_err() {
+                if inbox.send(LinkEvent::Datagram(datagram)).await.is_err() {
                     return; // the agent is shutting down
                 }
             }
-            Err(e) => tracing::debug!(link = link.0, error = %e, "heartbeat receive failed"),
+            Err(e) => {
+                if let Some(reason) = e.reject_reason() {
+                    let claimed_sender = match e {
+                        tandem_core::Error::BadMac { claimed_sender } => Some(claimed_sender),
+                        _ => None,
+                    };
+                    // Bounded: a forger can name many senders.
+                    if rejected.len() < 64
+                        || rejected.contains_key(&(reason, claimed_sender.clone()))
+                    {
+                        *rejected.entry((reason, claimed_sender)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        if !rejected.is_empty() && reported.elapsed() >= REJECT_REPORT_EVERY {
+            reported = tokio::time::Instant::now();
+            for ((reason, claimed_sender), count) in std::mem::take(&mut rejected) {
+                let event = LinkEvent::Rejected {
+                    link,
+                    reason,
+                    claimed_sender,
+                    count,
+                };
+                if inbox.send(event).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

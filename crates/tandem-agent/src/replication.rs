@@ -60,6 +60,7 @@ use crate::Error;
 use crate::config::AgentConfig;
 
 mod config_sync;
+mod quarantine;
 
 /// `[sync]` as written in the config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +97,15 @@ pub struct SyncSection {
     /// `"restart"`.
     #[serde(default = "default_on_config_change")]
     pub on_config_change: String,
+    /// Merge quarantined files back into the active's data dir (issue
+    /// 14): on by default, which is what a spool of queued messages needs.
+    /// Off: they wait for `tandem sync quarantine restore|drop`.
+    #[serde(default = "default_merge_quarantine")]
+    pub merge_quarantine: bool,
+}
+
+fn default_merge_quarantine() -> bool {
+    true
 }
 
 fn default_on_config_change() -> String {
@@ -183,6 +193,8 @@ pub struct SyncSettings {
     pub allow_stale_takeover: bool,
     /// What the running service is told when a config file changes here.
     pub on_config_change: ConfigChangeAction,
+    /// Quarantined files go back to the active by themselves.
+    pub merge_quarantine: bool,
 }
 
 impl SyncSection {
@@ -266,6 +278,7 @@ impl SyncSection {
             config,
             config_sync_interval,
             allow_stale_takeover: self.allow_stale_takeover,
+            merge_quarantine: self.merge_quarantine,
             on_config_change: self
                 .on_config_change
                 .parse()
@@ -300,6 +313,8 @@ pub struct Replication {
 struct Inner {
     shared: Arc<Shared>,
     events: mpsc::Receiver<ReceiverEvent>,
+    /// Peers the replicator heard on the sync channel (keepalive answers).
+    heard: mpsc::Receiver<String>,
     /// Inputs for the core, handed out by `next_input`.
     queue: VecDeque<Input>,
     /// What this node's data is, as last told to the core.
@@ -333,6 +348,17 @@ struct Shared {
     /// Wakes the driver when a config file changed on this node, for
     /// `on_config_change`; a permit is kept, so none is lost.
     config_changed: tokio::sync::Notify,
+    /// What this node committed as active that a peer never acked: read
+    /// back by this node's receiver when that peer next connects.
+    unreplicated: tandem_sync::unreplicated::Unreplicated,
+    /// Where each replicator reports peers heard on the sync channel.
+    heard: mpsc::Sender<String>,
+    /// The sync channel's keepalive: the heartbeat interval.
+    keepalive: Duration,
+    /// Wakes the quarantine merge (a batch was just quarantined).
+    quarantine_wake: tokio::sync::Notify,
+    /// What merging quarantined files has done. Never held across await.
+    merges: Mutex<quarantine::MergeCounters>,
 }
 
 #[derive(Default)]
@@ -369,6 +395,10 @@ impl Shared {
         self.config_sync.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn merges(&self) -> MutexGuard<'_, quarantine::MergeCounters> {
+        self.merges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The stale marker: present while this node's data is known to be
     /// behind the active's (see [`Inner::tell_core`]).
     fn stale_marker(&self) -> PathBuf {
@@ -398,7 +428,14 @@ impl Replication {
         let identity =
             TlsIdentity::load(&settings.cert_dir, &config.node.name).map_err(sync_error)?;
         let (events_tx, events) = mpsc::channel(64);
+        let (heard_tx, heard) = mpsc::channel(16);
+        let state_dir = &config.node.state_dir;
+        let unreplicated =
+            tandem_sync::unreplicated::Unreplicated::open(&state_dir.join("unreplicated"))
+                .map_err(sync_error)?;
         let receiver = Receiver::new(ReceiverConfig {
+            unreplicated: Some(unreplicated.clone()),
+            quarantine_dir: Some(state_dir.join("quarantine")),
             identity: identity.clone(),
             data_dir: settings.data_dir.clone(),
             config_dir: settings.config_dir.clone(),
@@ -459,11 +496,18 @@ impl Replication {
             api_token: config.secrets.api_token.clone(),
             config_sync: Mutex::default(),
             config_changed: tokio::sync::Notify::new(),
+            unreplicated,
+            heard: heard_tx,
+            keepalive: config.cluster.interval,
+            quarantine_wake: tokio::sync::Notify::new(),
+            merges: Mutex::default(),
         });
         config_sync::start(shared.clone());
+        quarantine::start(shared.clone());
         let mut inner = Inner {
             shared,
             events,
+            heard,
             queue: VecDeque::new(),
             in_sync: true,
             connected_since_boot: false,
@@ -521,8 +565,10 @@ impl Replication {
             if let Some(input) = inner.queue.pop_front() {
                 return Some(input);
             }
-            let event = inner.events.recv().await?;
-            inner.on_event(event);
+            tokio::select! {
+                event = inner.events.recv() => inner.on_event(event?),
+                Some(peer) = inner.heard.recv() => return Some(Input::ChannelHeard { peer }),
+            }
         }
     }
 
@@ -535,6 +581,11 @@ impl Replication {
         };
         let status = node.status(now);
         let active = status.effective_role == EffectiveRole::Active;
+        if inner.shared.settings.data_sync != DataSync::Off {
+            // An active's data is the reference: it takes no replication
+            // from another active (a split brain resolves first).
+            inner.shared.receiver.set_serving(active);
+        }
         let active_peer = status
             .groups
             .iter()
@@ -626,6 +677,44 @@ impl Replication {
         ]
     }
 
+    /// Quarantine metrics `(name, kind, help, value)`; none without `[sync]`.
+    pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let Some(inner) = &self.inner else {
+            return Vec::new();
+        };
+        let files: usize = quarantine::batches(&inner.shared)
+            .iter()
+            .map(|b| b.paths.len())
+            .sum();
+        let merges = inner.shared.merges().clone();
+        vec![
+            (
+                "tandem_quarantined_files",
+                "gauge",
+                "Files in this node's quarantine: acknowledged here, never seen by the active that caught it up.",
+                files as u64,
+            ),
+            (
+                "tandem_quarantine_merged_total",
+                "counter",
+                "Quarantined files merged back into the active.",
+                merges.merged,
+            ),
+            (
+                "tandem_quarantine_duplicates_total",
+                "counter",
+                "Quarantined files the active already had (duplicates, not losses).",
+                merges.duplicates,
+            ),
+            (
+                "tandem_quarantine_conflicts_total",
+                "counter",
+                "Quarantined files the active has with other content (kept for the operator).",
+                merges.conflicts,
+            ),
+        ]
+    }
+
     /// The `sync` part of `/v1/status`.
     pub fn status(&self) -> serde_json::Value {
         let Some(inner) = &self.inner else {
@@ -641,6 +730,7 @@ impl Replication {
             "data_dir": settings.data_dir,
             "allow_stale_takeover": settings.allow_stale_takeover,
             "data_in_sync": state.data_in_sync,
+            "quarantine": quarantine::status(shared),
             "receiver": shared.receiver.status(),
             "replicator": state.replicator.as_ref().map(Replicator::status),
             "config": config_sync::status(shared),
@@ -658,6 +748,20 @@ impl Replication {
             .route("/v1/sync/commit", post(commit))
             .route("/v1/sync/resync", post(resync))
             .route("/v1/sync/report", get(report))
+            .route(
+                "/v1/sync/merge/{*path}",
+                axum::routing::put(quarantine::merge)
+                    .layer(axum::extract::DefaultBodyLimit::max(MAX_MERGED_FILE)),
+            )
+            .route("/v1/sync/quarantine", get(quarantine::list))
+            .route(
+                "/v1/sync/quarantine/{id}",
+                axum::routing::delete(quarantine::drop_batch),
+            )
+            .route(
+                "/v1/sync/quarantine/{id}/restore",
+                post(quarantine::restore),
+            )
             .merge(config_sync::routes())
             .with_state(inner.shared.clone())
     }
@@ -670,6 +774,15 @@ impl Inner {
                 tracing::info!(%peer, "sync connection from the active: catching up");
                 self.connected_since_boot = true;
                 self.tell_core(false);
+                self.queue.push_back(Input::ChannelHeard { peer });
+            }
+            ReceiverEvent::Heard { peer } => {
+                self.queue.push_back(Input::ChannelHeard { peer });
+            }
+            ReceiverEvent::Quarantined { peer, id, files } => {
+                tracing::warn!(%peer, batch = %id, files, dir = %self.shared.state_dir.join("quarantine").join(&id).display(),
+                    "files {peer} never saw were moved to quarantine before its catch-up (acknowledged here while it was away); they are merged back into the active when merge_quarantine is on, else see `tandem sync quarantine list`");
+                self.shared.quarantine_wake.notify_one();
             }
             ReceiverEvent::CaughtUp { peer } => {
                 tracing::info!(%peer, "data in sync with the active");
@@ -736,6 +849,10 @@ impl Inner {
     }
 }
 
+/// The largest file a peer may merge into this node (a quarantined spool
+/// file is one message).
+const MAX_MERGED_FILE: usize = 256 << 20;
+
 fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
     let settings = &shared.settings;
     let mut config = ReplicatorConfig::new(
@@ -747,6 +864,9 @@ fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
     config.sync_mode = settings.sync_mode;
     config.sync_timeout = settings.sync_timeout;
     config.config_files = settings.config.clone();
+    config.unreplicated = Some(shared.unreplicated.clone());
+    config.keepalive = Some(shared.keepalive);
+    config.heard = Some(shared.heard.clone());
     Replicator::start(config)
 }
 

@@ -126,6 +126,11 @@ pub struct NodeConfig {
     pub on_failure: OnFailure,
     /// Software version string carried in heartbeats (for status).
     pub version: String,
+    /// The service's data is replicated to this node (`[sync]` with
+    /// `data_sync` other than `off`): the node starts with its data
+    /// unverified ([`crate::node::DataState::Unverified`]) and cannot
+    /// preempt or accept a handover until an active has caught it up.
+    pub replicated_data: bool,
 }
 
 impl NodeConfig {
@@ -151,6 +156,7 @@ impl NodeConfig {
             holdoff_max: Duration::from_secs(300),
             on_failure: OnFailure::BecomeSecondary,
             version: String::new(),
+            replicated_data: false,
         }
     }
 

@@ -35,7 +35,7 @@
 //! loop {
 //!     let input = select! {
 //!         _ = sleep_until(node.next_deadline(now())) => Input::Tick,
-//!         (link, bytes) = udp_recv() => match codec.open(&bytes) {
+//!         (link, bytes) = udp_recv() => match codec.open(&bytes, unix_ms()) {
 //!             Ok(envelope) => Input::Received { link, envelope },
 //!             Err(e) => Input::Rejected { link, reason: e.reject_reason()? },
 //!         },
@@ -59,7 +59,9 @@
 //! ```
 //!
 //! `now()` is a monotonic clock (milliseconds since the agent started, as
-//! [`Millis`]). [`Node::status`] gives the snapshot for `tandem status`.
+//! [`Millis`]); `unix_ms()` is the wall clock (milliseconds since the Unix
+//! epoch), against which the codec refuses far-future boot epochs.
+//! [`Node::status`] gives the snapshot for `tandem status`.
 //!
 //! # Example
 //!

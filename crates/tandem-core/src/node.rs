@@ -57,6 +57,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+mod data;
+pub use data::DataState;
+
 /// Something that happened, for the node to react to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -79,6 +82,21 @@ pub enum Input {
         link: LinkId,
         /// Why.
         reason: RejectReason,
+        /// The sender named in a datagram whose MAC did not match (a peer
+        /// with another cluster key, or a forgery): unauthenticated, used
+        /// only to say "cluster key mismatch with NAME".
+        claimed_sender: Option<String>,
+        /// How many datagrams this stands for (the agent drops a flood
+        /// before its loop and reports it in batches).
+        count: u64,
+    },
+    /// An authenticated message or keepalive from `peer` arrived on the TLS
+    /// sync channel (issue 14: liveness comes from every authenticated
+    /// channel). It keeps a known peer alive when its heartbeats are lost,
+    /// e.g. to a flood at the heartbeat port; it never introduces a peer.
+    ChannelHeard {
+        /// The peer.
+        peer: String,
     },
     /// The agent's TCP connection to `peer` closed without a goodbye: the
     /// peer process is taken as crashed, at once (no heartbeat timeout).
@@ -290,6 +308,16 @@ pub enum Reason {
     },
     /// The agent is shutting down.
     ShuttingDown,
+    /// `peer` is heard on the sync channel but its heartbeats fail the MAC:
+    /// the two nodes have different cluster keys.
+    KeyMismatch {
+        /// The peer.
+        peer: String,
+    },
+    /// This node's data was not compared with the active's since it
+    /// started or lost the service: `syncing` while a peer is active and
+    /// has not caught it up, `standby` again when no peer is active.
+    DataUnverified,
     /// Re-evaluated with no single cause (should be rare; logged anyway).
     Reevaluated,
 }
@@ -399,6 +427,13 @@ pub enum Event {
         /// Now on?
         enabled: bool,
     },
+    /// A cluster key mismatch with `peer` was found (`found`), or is over.
+    KeyMismatch {
+        /// The peer.
+        peer: String,
+        /// Found now, or over.
+        found: bool,
+    },
 }
 
 /// Rank of a node for one group; the greatest wins.
@@ -438,11 +473,20 @@ struct PeerState {
     remote_ok: bool,
     /// (epoch, id) of the forwarded commands it sent us lately.
     commands_seen: VecDeque<(u64, u32)>,
+    /// Last message or keepalive on the authenticated sync channel.
+    channel_heard: Option<Millis>,
+    /// Last datagram naming this peer whose MAC did not match.
+    bad_mac_at: Option<Millis>,
 }
 
 impl PeerState {
     fn last_heard(&self) -> Option<Millis> {
-        self.links.iter().flatten().copied().max()
+        self.links
+            .iter()
+            .flatten()
+            .copied()
+            .chain(self.channel_heard)
+            .max()
     }
     fn eligible(&self) -> bool {
         self.alive
@@ -548,9 +592,14 @@ pub struct Node {
     shut_down: bool,
     local_healthy: bool,
     /// [`Input::DataSync`]: whether this node's data is in step with the
-    /// active's. Starts `true`: with no active seen yet there is nothing to
-    /// be behind of.
-    data_in_sync: bool,
+    /// active's (see [`DataState`]).
+    data: DataState,
+    /// When the node started (or `ha restart`): the start-up wait runs
+    /// from here.
+    started_at: Millis,
+    /// A peer heard on the sync channel but only with a wrong MAC (see
+    /// [`Reason::KeyMismatch`]); updated at every step.
+    key_mismatch: Option<String>,
     local_detail: String,
     /// Since when this node could serve (healthy, running); for
     /// `preempt_delay`.
@@ -609,10 +658,17 @@ impl Node {
                     departed: None,
                     remote_ok: true,
                     commands_seen: VecDeque::new(),
+                    channel_heard: None,
+                    bad_mac_at: None,
                 };
                 (p.clone(), st)
             })
             .collect();
+        let data = if config.replicated_data {
+            DataState::Unverified
+        } else {
+            DataState::InSync
+        };
         let mut node = Node {
             preempt: persisted.map_or(config.preempt, |p| p.preempt),
             ha_stopped: persisted.is_some_and(|p| p.ha_stopped),
@@ -621,7 +677,9 @@ impl Node {
             startup_until: now.plus(hold),
             shut_down: false,
             local_healthy: true,
-            data_in_sync: true,
+            data,
+            started_at: now,
+            key_mismatch: None,
             local_detail: String::new(),
             eligible_since: None,
             demoted: false,
@@ -669,7 +727,13 @@ impl Node {
                     *slot = Some(cx.now);
                 }
             }
-            Input::Rejected { reason, .. } => self.counters.reject(reason),
+            Input::Rejected {
+                reason,
+                claimed_sender,
+                count,
+                ..
+            } => self.on_rejected(cx.now, reason, claimed_sender, count),
+            Input::ChannelHeard { peer } => self.on_channel_heard(cx.now, &peer),
             Input::PeerConnectionClosed { peer } => {
                 let epoch = self.peers.get(&peer).and_then(|p| p.epoch);
                 self.depart(&mut cx, &peer, LossCause::ConnectionClosed, epoch);
@@ -685,8 +749,13 @@ impl Node {
             Input::Command(c) => self.execute(&mut cx, c, Origin::Operator),
             Input::Forward { to, command } => self.forward(&mut cx, to, command),
             Input::DataSync { in_sync } => {
-                if self.data_in_sync != in_sync {
-                    self.data_in_sync = in_sync;
+                let state = if in_sync {
+                    DataState::InSync
+                } else {
+                    DataState::Behind
+                };
+                if self.data != state {
+                    self.data = state;
                     cx.cause = Some(Reason::DataSync { in_sync });
                 }
             }
@@ -863,6 +932,8 @@ impl Node {
             preempt_state: self.preempt_state(now),
             version: self.config.version.clone(),
             groups,
+            data: self.data,
+            key_mismatch: self.key_mismatch.clone(),
             holdoff: self
                 .holdoff
                 .as_ref()
@@ -883,20 +954,19 @@ impl Node {
             Mode::ConfigOnly => self.config.role != ConfiguredRole::Off,
             _ => self.config.role.serves_groups(),
         };
-        !self.shut_down && !self.ha_stopped && self.local_healthy && role_serves && self.data_ok()
-    }
-
-    /// Stale data keeps a standby from serving; an active node's data is
-    /// the reference, so it is never stale.
-    fn data_ok(&self) -> bool {
-        self.data_in_sync || self.groups.iter().any(|g| g.active)
+        !self.shut_down
+            && !self.ha_stopped
+            && self.local_healthy
+            && role_serves
+            && self.data_ok()
+            && !self.key_mismatch_blocks()
     }
 
     /// The role when the node cannot serve at all, if so.
     fn inactive_role(&self) -> Option<EffectiveRole> {
         if self.shut_down || self.ha_stopped || self.config.role == ConfiguredRole::Off {
             Some(EffectiveRole::Off)
-        } else if !self.local_healthy {
+        } else if !self.local_healthy || self.key_mismatch_blocks() {
             Some(EffectiveRole::Failed)
         } else if !self.data_ok() {
             Some(EffectiveRole::Syncing)
@@ -1150,8 +1220,10 @@ impl Node {
         let Some(gi) = self.group_index(group) else {
             return;
         };
-        if !self.self_eligible() {
-            // The sender's handover times out and it keeps the group.
+        if !self.self_eligible() || self.data == DataState::Unverified {
+            // The sender's handover times out and it keeps the group. Data
+            // not yet compared with the sender's (the sender is active)
+            // must be caught up first (issue 14).
             return;
         }
         if !self.groups[gi].active {
@@ -1499,6 +1571,7 @@ impl Node {
         }
         self.demoted = false;
         self.eligible_since = None;
+        self.started_at = cx.now;
         self.startup_until = cx.now.plus(self.hold);
         for p in self.peers.values_mut() {
             // Re-learn the peers before claiming anything, as at boot.
@@ -1532,10 +1605,15 @@ impl Node {
     // ------------------------------------------------------------ reconcile
 
     fn set_active(&mut self, cx: &mut Ctx, gi: usize, active: bool, reason: Reason) {
-        let g = &mut self.groups[gi];
-        if g.active == active {
+        if self.groups[gi].active == active {
             return;
         }
+        if !active && matches!(reason, Reason::SplitBrain { .. } | Reason::TakenOver { .. }) {
+            // Its data was the reference; now another node's is, which
+            // may hold what this one never saw.
+            self.data_unverified();
+        }
+        let g = &mut self.groups[gi];
         g.active = active;
         g.change_reason = Some(reason);
         if active {
@@ -1573,6 +1651,7 @@ impl Node {
                 cause: LossCause::Timeout,
             });
         }
+        self.update_key_mismatch(cx);
         if let Some(h) = &self.holdoff
             && h.until <= now
         {
@@ -1625,9 +1704,13 @@ impl Node {
                     group: g.id,
                     from,
                     to: role,
-                    reason: reason
-                        .or_else(|| cx.cause.clone())
-                        .unwrap_or(Reason::Reevaluated),
+                    reason: reason.or_else(|| cx.cause.clone()).unwrap_or(
+                        if EffectiveRole::Syncing == role || EffectiveRole::Syncing == from {
+                            Reason::DataUnverified
+                        } else {
+                            Reason::Reevaluated
+                        },
+                    ),
                 });
             }
         }
@@ -1705,6 +1788,8 @@ impl Node {
                     Reason::LocalMonitorFailed {
                         detail: self.local_detail.clone(),
                     }
+                } else if let Some(peer) = self.key_mismatch.clone() {
+                    Reason::KeyMismatch { peer }
                 } else {
                     Reason::Reevaluated
                 }

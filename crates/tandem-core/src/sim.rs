@@ -241,7 +241,9 @@ impl Sim {
         if !n.up || n.hung {
             return;
         }
-        let input = match n.codec.open(&p.bytes) {
+        // The sim's clock doubles as the wall clock: its epochs (1, 2, ...)
+        // are never ahead of it by more than `wire::MAX_EPOCH_AHEAD`.
+        let input = match n.codec.open(&p.bytes, self.now.0) {
             Ok(envelope) => Input::Received {
                 link: p.link,
                 envelope,
@@ -250,6 +252,8 @@ impl Sim {
                 Some(reason) => Input::Rejected {
                     link: p.link,
                     reason,
+                    claimed_sender: None,
+                    count: 1,
                 },
                 None => return,
             },

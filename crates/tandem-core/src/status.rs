@@ -34,6 +34,11 @@ pub struct Status {
     pub version: String,
     /// Per failover group: its role there and who holds it.
     pub groups: Vec<GroupStatus>,
+    /// This node's replicated data compared with the active's.
+    pub data: crate::node::DataState,
+    /// A peer heard on the sync channel whose heartbeats fail the MAC:
+    /// the two nodes have different cluster keys.
+    pub key_mismatch: Option<String>,
     /// A peer's holdoff in force, if any.
     pub holdoff: Option<HoldoffStatus>,
     /// Every configured peer as this node sees it.
@@ -122,6 +127,10 @@ pub struct Counters {
 
 impl Counters {
     pub(crate) fn reject(&mut self, reason: RejectReason) {
-        *self.rejected.entry(reason).or_default() += 1;
+        self.reject_n(reason, 1);
+    }
+
+    pub(crate) fn reject_n(&mut self, reason: RejectReason, count: u64) {
+        *self.rejected.entry(reason).or_default() += count;
     }
 }

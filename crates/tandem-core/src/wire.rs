@@ -40,11 +40,23 @@
 //! destination last spoke to it ([`Codec::seal_for`]), so a cluster keeps
 //! working while an upgrade runs with mixed versions.
 //!
+//! # Replay protection
+//!
+//! [`Codec::open`] runs every authenticated datagram through the sender's
+//! [`ReplayGuard`] (module `replay`): each `(epoch, seq)` is accepted once,
+//! the two newest epochs of a peer stay live, and a new epoch more than
+//! [`MAX_EPOCH_AHEAD`] ahead of the receiver's wall clock is refused, so one
+//! datagram with a far-future epoch cannot lock the real sender out.
+//!
 //! # Why hand-written
 //!
 //! The format is small and fixed; a length-checked reader (`Reader`) keeps the
 //! crate free of serialization dependencies and makes "never panic on any
 //! input" easy to see (and is tested with proptest).
+
+mod replay;
+
+pub use replay::{MAX_EPOCH_AHEAD, REPLAY_WINDOW, ReplayGuard, ReplayVerdict};
 
 use crate::config::{ConfiguredRole, GroupId, MAX_NAME_LEN};
 use crate::error::Error;
@@ -62,6 +74,9 @@ pub const OLDEST_PROTOCOL_VERSION: u8 = 1;
 
 const MAGIC: &[u8; 4] = b"TNDM";
 const MAC_LEN: usize = 32;
+/// The shortest possible datagram: magic, version, kind, two empty strings
+/// (their length bytes), epoch, seq, body length, empty body, MAC.
+const MIN_LEN: usize = 4 + 1 + 1 + 1 + 1 + 8 + 8 + 2 + MAC_LEN;
 
 /// A node's periodic "I am alive, and this is my state".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -156,7 +171,8 @@ pub enum RejectReason {
     BadMac,
     /// Another cluster's datagram.
     ForeignCluster,
-    /// Replayed or from an old epoch.
+    /// Replayed, from an old epoch, or from an epoch implausibly far ahead
+    /// of this node's clock (see [`ReplayVerdict`]).
     Replay,
     /// Protocol version not spoken here.
     UnsupportedVersion,
@@ -448,13 +464,16 @@ impl<'a> Reader<'a> {
             _ => Err(Error::Malformed("bad boolean")),
         }
     }
-    fn str(&mut self) -> Result<String, Error> {
+    /// A length-prefixed string field, borrowed and not yet UTF-8 checked.
+    fn str_bytes(&mut self) -> Result<&'a [u8], Error> {
         let n = usize::from(self.u8()?);
         if n > MAX_NAME_LEN {
             return Err(Error::Malformed("string longer than 64 bytes"));
         }
-        let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| Error::Malformed("string is not UTF-8"))
+        self.take(n)
+    }
+    fn str(&mut self) -> Result<String, Error> {
+        utf8(self.str_bytes()?).map(str::to_owned)
     }
     fn end(&self) -> Result<(), Error> {
         if self.bytes.is_empty() {
@@ -463,6 +482,10 @@ impl<'a> Reader<'a> {
             Err(Error::Malformed("trailing bytes"))
         }
     }
+}
+
+fn utf8(b: &[u8]) -> Result<&str, Error> {
+    std::str::from_utf8(b).map_err(|_| Error::Malformed("string is not UTF-8"))
 }
 
 fn decode_command(r: &mut Reader<'_>) -> Result<Command, Error> {
@@ -555,13 +578,19 @@ fn decode_body(version: u8, kind: u8, body: &[u8]) -> Result<Message, Error> {
 /// Decodes and authenticates one datagram (no replay check: see
 /// [`ReplayGuard`] and [`Codec::open`]).
 ///
-/// Checks, in order: framing, protocol version, cluster id, MAC, body. The
-/// cluster id is read before the MAC is checked only to tell "another
-/// cluster" apart from "wrong key" in the error; either way the datagram is
-/// dropped. Never panics, whatever the bytes.
+/// Checks, in order: length, framing, protocol version, cluster id, MAC,
+/// body. Everything before the MAC is a few byte comparisons and allocates
+/// nothing, so junk, other protocols and other clusters' datagrams are
+/// dropped without paying for an HMAC (the one costly step). The cluster id
+/// is compared before the MAC also to tell "another cluster" apart from
+/// "wrong key" in the error; either way the datagram is dropped. Never
+/// panics, whatever the bytes.
 pub fn decode(key: &[u8], cluster: &str, bytes: &[u8]) -> Result<Envelope, Error> {
+    if bytes.len() < MIN_LEN {
+        return Err(Error::Malformed("too short"));
+    }
     let mut r = Reader { bytes };
-    if r.take(4).map_err(|_| Error::Malformed("too short"))? != MAGIC {
+    if r.take(4)? != MAGIC {
         return Err(Error::Malformed("not a tandem message (bad magic)"));
     }
     let version = r.u8()?;
@@ -569,17 +598,17 @@ pub fn decode(key: &[u8], cluster: &str, bytes: &[u8]) -> Result<Envelope, Error
         return Err(Error::UnsupportedVersion(version));
     }
     let kind = r.u8()?;
-    let found_cluster = r.str()?;
-    let sender = r.str()?;
+    let found_cluster = r.str_bytes()?;
+    let sender = utf8(r.str_bytes()?)?;
     let epoch = r.u64()?;
     let seq = r.u64()?;
     let body_len = usize::from(r.u16()?);
     let body = r.take(body_len)?;
     let tag = r.take(MAC_LEN)?;
     r.end()?;
-    if found_cluster != cluster {
+    if found_cluster != cluster.as_bytes() {
         return Err(Error::ForeignCluster {
-            found: found_cluster,
+            found: utf8(found_cluster)?.to_owned(),
             expected: cluster.to_owned(),
         });
     }
@@ -588,93 +617,17 @@ pub fn decode(key: &[u8], cluster: &str, bytes: &[u8]) -> Result<Envelope, Error
     m.update(signed);
     if m.verify_slice(tag).is_err() {
         return Err(Error::BadMac {
-            claimed_sender: sender,
+            claimed_sender: sender.to_owned(),
         });
     }
     let message = decode_body(version, kind, body)?;
     Ok(Envelope {
         version,
-        sender,
+        sender: sender.to_owned(),
         epoch,
         seq,
         message,
     })
-}
-
-// ---------------------------------------------------------------- replay
-
-/// Width of the replay window, in datagrams.
-pub const REPLAY_WINDOW: u64 = 64;
-
-/// Rejects replayed datagrams from one peer.
-///
-/// A datagram is accepted once: its epoch must not be older than the newest
-/// seen, and within that epoch its sequence number must be new. Rather than
-/// "seq must exceed the last one", it keeps a 64-datagram sliding window (as
-/// IPsec and WireGuard do): the agent seals one datagram per link, and links
-/// may reorder against each other; a strict rule would then drop the slower
-/// link's heartbeats and show a healthy link as down.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReplayGuard {
-    /// Newest epoch accepted, and the highest sequence number in it.
-    newest: Option<(u64, u64)>,
-    /// Bit i set: sequence number `highest - i` was accepted.
-    window: u64,
-}
-
-impl ReplayGuard {
-    /// A guard that has seen nothing.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Accepts (and records) `(epoch, seq)` or says why not.
-    pub fn check(&mut self, epoch: u64, seq: u64) -> Result<(), ReplayVerdict> {
-        match self.newest {
-            Some((e, _)) if epoch < e => Err(ReplayVerdict::OldEpoch),
-            Some((e, high)) if epoch == e => {
-                if seq > high {
-                    let shift = seq - high;
-                    self.window = if shift >= REPLAY_WINDOW {
-                        0
-                    } else {
-                        self.window << shift
-                    };
-                    self.window |= 1;
-                    self.newest = Some((e, seq));
-                    Ok(())
-                } else {
-                    let age = high - seq;
-                    if age >= REPLAY_WINDOW {
-                        return Err(ReplayVerdict::TooOld);
-                    }
-                    let bit = 1u64 << age;
-                    if self.window & bit != 0 {
-                        return Err(ReplayVerdict::Duplicate);
-                    }
-                    self.window |= bit;
-                    Ok(())
-                }
-            }
-            // First datagram, or a newer epoch: the sender restarted.
-            _ => {
-                self.newest = Some((epoch, seq));
-                self.window = 1;
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Why [`ReplayGuard::check`] refused a datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayVerdict {
-    /// From an epoch older than the newest seen (a previous run of the sender).
-    OldEpoch,
-    /// This sequence number was already accepted.
-    Duplicate,
-    /// Older than the replay window.
-    TooOld,
 }
 
 // ---------------------------------------------------------------- codec
@@ -698,8 +651,10 @@ pub struct Codec {
 
 impl Codec {
     /// A codec for node `name` of `cluster`. `epoch` must be larger at every
-    /// start of the agent (a persisted counter, or wall-clock seconds at
-    /// start), or peers reject its datagrams as replays.
+    /// start of the agent, or peers reject its datagrams as replays, and not
+    /// more than [`MAX_EPOCH_AHEAD`] ahead of the peers' wall clocks in Unix
+    /// milliseconds, or they reject it as from the future: the agent uses
+    /// `max(wall-clock ms at start, last epoch + 1)`.
     pub fn new(key: &[u8], cluster: &str, name: &str, epoch: u64) -> Self {
         Codec {
             key: key.to_vec(),
@@ -754,10 +709,17 @@ impl Codec {
 
     /// Decodes, authenticates and replay-checks a datagram. On success the
     /// sender's replay window and protocol version are updated.
-    pub fn open(&mut self, bytes: &[u8]) -> Result<Envelope, Error> {
+    ///
+    /// `now_unix_ms` is this node's wall clock in milliseconds since the Unix
+    /// epoch (not the monotonic [`crate::Millis`]): a sender's new epoch more
+    /// than [`MAX_EPOCH_AHEAD`] ahead of it is refused as a replay
+    /// ([`ReplayVerdict::FutureEpoch`]), so that one datagram with a
+    /// far-future epoch cannot lock the sender's real epoch out.
+    pub fn open(&mut self, bytes: &[u8], now_unix_ms: u64) -> Result<Envelope, Error> {
         let env = decode(&self.key, &self.cluster, bytes)?;
+        // Only an authenticated sender gets a guard: junk cannot grow the map.
         let guard = self.guards.entry(env.sender.clone()).or_default();
-        if guard.check(env.epoch, env.seq).is_err() {
+        if guard.check(env.epoch, env.seq, now_unix_ms).is_err() {
             return Err(Error::Replay {
                 sender: env.sender,
                 epoch: env.epoch,

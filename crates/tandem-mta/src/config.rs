@@ -15,6 +15,7 @@
 //! concurrency = 8
 //! retry_base = "1s"
 //! retry_max = "5m"
+//! rescan_interval = "1s"
 //! [listener]
 //! drain_timeout = "30s"
 //! ```
@@ -79,6 +80,11 @@ pub struct DeliveryConfig {
     pub reply_timeout: Duration,
     /// Messages one connection sends before it is closed and reopened.
     pub max_messages_per_connection: usize,
+    /// How often `queue/` is listed for messages another process wrote into
+    /// it (the HA agent merging quarantined messages back), so they are
+    /// delivered without a restart.
+    #[serde(deserialize_with = "de_duration")]
+    pub rescan_interval: Duration,
 }
 
 /// Listener behaviour.
@@ -123,6 +129,7 @@ impl Default for DeliveryConfig {
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(120),
             max_messages_per_connection: 10_000,
+            rescan_interval: Duration::from_secs(1),
         }
     }
 }
@@ -178,6 +185,9 @@ impl Config {
         if self.delivery.retry_base.is_zero() || self.delivery.retry_max < self.delivery.retry_base
         {
             return Err("delivery.retry_base must be positive and at most retry_max".into());
+        }
+        if self.delivery.rescan_interval.is_zero() {
+            return Err("delivery.rescan_interval must be positive".into());
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  Spool::store ─┐                        ┌─► worker 1 ─┐ (one connection each,
-//!  recover()  ───┼─► ready queue (mpsc) ──┼─► worker 2 ─┼─ reused across messages)
+//!  recover()  ───┤                        │             │  reused across messages)
+//!  rescan (1 s) ─┼─► ready queue (mpsc) ──┼─► worker 2 ─┤
 //!  retry timer ──┘          ▲             └─► worker N ─┘
 //!                           └──── 4xx / next hop down: back off, 2^n × base
 //! ```
@@ -13,6 +14,12 @@
 //! A 5xx moves the refused recipients' copy to `failed/` with the reason.
 //! Each id is in exactly one place at a time (ready queue, a worker, or the
 //! retry timer), so no message is sent twice concurrently.
+//!
+//! The rescan (every `delivery.rescan_interval`) delivers what another
+//! process put into `queue/` while the relay runs — the HA agent merging
+//! quarantined messages back — without a restart: [`Spool::adopt_new`] hands
+//! over only ids the spool does not know yet (not stored, recovered or
+//! adopted before), which keeps the "one place at a time" rule.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -24,12 +31,20 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::client::{Client, Transaction};
 use crate::config::DeliveryConfig;
 use crate::error::{Error, Result};
 use crate::spool::{Spool, SpooledMessage};
+
+/// Most files one rescan reads: bounds the work of a scan however many
+/// files landed at once (the rest waits for the next scan).
+const MAX_PROBES_PER_SCAN: usize = 1000;
+
+/// The shortest rescan period: a zero from code (not from a validated
+/// file) must not become a busy loop (or a panicking `interval`).
+const MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A message waiting for (another) delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,9 +105,17 @@ impl Queue {
         if !recovered.is_empty() {
             tracing::info!(count = recovered.len(), "recovered spooled messages");
         }
+        // Known before the rescan starts, so it does not queue them again.
+        spool.track(&recovered);
         for id in recovered {
             queue.push(id);
         }
+        let rescan_task = tokio::spawn(rescan(
+            spool.clone(),
+            queue.clone(),
+            config.rescan_interval,
+            shutdown.clone(),
+        ));
         let ready_rx = Arc::new(Mutex::new(ready_rx));
         let ctx = Arc::new(Worker {
             spool,
@@ -109,6 +132,7 @@ impl Queue {
             tasks.push(tokio::spawn(ctx.clone().run(n, shutdown.clone())));
         }
         tasks.push(tokio::spawn(retry_timer(retry_rx, ready_tx, shutdown)));
+        tasks.push(rescan_task);
         Ok((queue, tasks))
     }
 
@@ -173,6 +197,9 @@ impl Worker {
                 Err(Error::Path { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
+                    // Gone from queue/ (removed by someone else): if it comes
+                    // back, the rescan adopts it again.
+                    self.spool.forget(&item.id);
                     self.pending.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 }
@@ -318,6 +345,47 @@ impl Worker {
             .retry_base
             .saturating_mul(factor)
             .min(self.config.retry_max)
+    }
+}
+
+/// Every `every`, adopts the files another process wrote into `queue/` and
+/// queues them (see the module docs).
+async fn rescan(spool: Spool, queue: Queue, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every.max(MIN_RESCAN_INTERVAL));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick is immediate, and recovery has just listed queue/.
+    tick.tick().await;
+    // Warn when scanning starts failing, not every period while it fails.
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        match spool.adopt_new(MAX_PROBES_PER_SCAN).await {
+            Ok(ids) => {
+                if failing {
+                    tracing::info!("spool rescan works again");
+                    failing = false;
+                }
+                if !ids.is_empty() {
+                    tracing::info!(
+                        count = ids.len(),
+                        "adopted messages written into queue/ by another process"
+                    );
+                }
+                for id in ids {
+                    queue.push(id);
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot rescan the spool queue; retrying every period");
+                    failing = true;
+                }
+            }
+        }
     }
 }
 

@@ -26,19 +26,38 @@
 //!                      <- empty line
 //! <message, CRLF line endings, not dot-stuffed>
 //! ```
+//!
+//! # Files written by another process
+//!
+//! The HA agent merges quarantined messages back on the active node by
+//! writing spool files ([`encode`]) straight into `queue/`: complete files,
+//! renamed into place and fsync'd. The delivery queue picks them up without
+//! a restart by calling [`Spool::adopt_new`] periodically. To tell such files
+//! from its own, the spool keeps the set of ids it *knows*: stored by this
+//! process, recovered at start, or adopted; an id is forgotten when its
+//! message leaves `queue/` for good (delivered, quarantined, or vanished).
+//! `store` marks its id known *before* the rename, so a message renamed into
+//! `queue/` whose commit hook has not returned yet is never adopted (it would
+//! be delivered unacknowledged, and queued twice). Names starting with `.`
+//! are ignored (writers' temporary files); files that do not parse are left
+//! where they are, with one warning per version of the file.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::future::Future;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
 const MAGIC: &str = "TANDEM-SPOOL 1";
+/// The longest header [`Spool::adopt_new`] reads looking for its end; a file
+/// without one in this many bytes is not a spool file.
+const MAX_HEADER: usize = 1 << 20;
 
 /// The future a [`CommitHook`] returns.
 pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
@@ -100,6 +119,35 @@ struct Inner {
     nonce: u32,
     /// Per-process sequence number, part of every id.
     counter: AtomicU64,
+    /// Ids of `queue/` this process already handles (see the module docs):
+    /// [`Spool::adopt_new`] takes only the others. A std mutex: held for a
+    /// set operation, never across an await.
+    known: Mutex<HashSet<String>>,
+    /// Files of `queue/` that did not parse, as last seen: warned about once
+    /// and probed again only when they change.
+    unparsable: Mutex<HashMap<String, Stamp>>,
+}
+
+/// What identifies one version of a file cheaply (without reading it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// What [`probe`] found.
+enum Probe {
+    /// A complete spool file.
+    Valid,
+    /// No longer there (delivered or moved meanwhile).
+    Gone,
+    /// Not a (complete) spool file: why.
+    Invalid(String),
+}
+
+/// Locks `m`, ignoring poisoning: the sets stay consistent whatever panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Spool {
@@ -126,6 +174,8 @@ impl Spool {
                 hook,
                 nonce: random_u32(),
                 counter: AtomicU64::new(0),
+                known: Mutex::new(HashSet::new()),
+                unparsable: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -157,10 +207,26 @@ impl Spool {
     /// Makes a message durable under `id` and runs the commit hook.
     /// Returns only once it is safe to answer `250`.
     pub async fn store(&self, id: &str, envelope: &Envelope, body: Vec<u8>) -> Result<()> {
+        // Known before the rename into queue/: a rescan running meanwhile
+        // must not adopt (and deliver) a message not yet acknowledged.
+        let fresh = lock(&self.inner.known).insert(id.to_string());
+        let forget = |inner: &Inner| {
+            if fresh {
+                lock(&inner.known).remove(id);
+            }
+        };
         let inner = self.inner.clone();
         let id2 = id.to_string();
         let env = envelope.clone();
-        let final_path = spawn_blocking(move || inner.write_durable(&id2, &env, &body)).await?;
+        let final_path = match spawn_blocking(move || inner.write_durable(&id2, &env, &body)).await
+        {
+            Ok(path) => path,
+            Err(e) => {
+                // write_durable removed whatever it wrote.
+                forget(&self.inner);
+                return Err(e);
+            }
+        };
         let paths = [final_path];
         if let Err(e) = self.inner.hook.commit(&paths).await {
             // Not acknowledged: remove it so the client's retry is the only
@@ -169,7 +235,13 @@ impl Spool {
             // queue meanwhile). Telling them is best effort and not awaited,
             // like a delivery's: a copy left behind is delivered again after
             // a failover (a duplicate), never a loss.
-            let _ = tokio::fs::remove_file(&paths[0]).await;
+            match tokio::fs::remove_file(&paths[0]).await {
+                // Forgotten only once gone: a rescan must not adopt it.
+                Ok(()) => forget(&self.inner),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => forget(&self.inner),
+                // Left known: delivered after a restart, like before.
+                Err(_) => {}
+            }
             let hook = self.inner.hook.clone();
             tokio::spawn(async move {
                 if let Err(e) = hook.commit(&paths).await {
@@ -182,17 +254,45 @@ impl Spool {
     }
 
     /// Ids of every message in `queue/`, oldest first (ids start with the time).
+    /// Names starting with `.` (writers' temporary files) are skipped. A
+    /// plain listing: the ids are not marked known (see [`Spool::adopt_new`]).
     pub fn recover(&self) -> Result<Vec<String>> {
         let q = &self.inner.queue;
         let mut ids = Vec::new();
         for entry in fs::read_dir(q).map_err(|e| Error::path(q, e))? {
             let entry = entry.map_err(|e| Error::path(q, e))?;
-            if let Some(name) = entry.file_name().to_str() {
+            if let Some(name) = entry.file_name().to_str()
+                && !name.starts_with('.')
+            {
                 ids.push(name.to_string());
             }
         }
         ids.sort();
         Ok(ids)
+    }
+
+    /// Marks `ids` known: the delivery queue has them (recovered at start).
+    pub(crate) fn track(&self, ids: &[String]) {
+        lock(&self.inner.known).extend(ids.iter().cloned());
+    }
+
+    /// Forgets `id`: its message left `queue/` (gone when the worker looked).
+    pub(crate) fn forget(&self, id: &str) {
+        lock(&self.inner.known).remove(id);
+    }
+
+    /// Adopts the complete spool files in `queue/` this process does not
+    /// know (written there by another process, see the module docs): marks
+    /// them known and returns their ids, oldest first, for delivery.
+    ///
+    /// Reads at most `max_probes` files (their header only), so one call's
+    /// work is bounded however many files landed; the rest waits for the
+    /// next call. A file that does not parse is left alone, warned about
+    /// once, and read again only once it changed (a writer that finished it
+    /// in place).
+    pub async fn adopt_new(&self, max_probes: usize) -> Result<Vec<String>> {
+        let inner = self.inner.clone();
+        spawn_blocking(move || inner.adopt_new(max_probes)).await
     }
 
     /// Reads a queued message back.
@@ -247,12 +347,68 @@ impl Spool {
         let from = self.inner.queue.join(id);
         let to = self.inner.failed.join(id);
         fs::rename(&from, &to).map_err(|e| Error::path(&from, e))?;
+        self.forget(id);
         let reason_path = self.inner.failed.join(format!("{id}.reason"));
         fs::write(&reason_path, format!("{reason}\n")).map_err(|e| Error::path(&reason_path, e))
     }
 }
 
 impl Inner {
+    fn adopt_new(&self, max_probes: usize) -> Result<Vec<String>> {
+        let q = &self.queue;
+        let mut names = Vec::new();
+        for entry in fs::read_dir(q).map_err(|e| Error::path(q, e))? {
+            let entry = entry.map_err(|e| Error::path(q, e))?;
+            if let Some(name) = entry.file_name().to_str()
+                && !name.starts_with('.')
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        let mut unparsable = lock(&self.unparsable);
+        // Files gone since: stop remembering them (the map stays small).
+        unparsable.retain(|name, _| names.binary_search(name).is_ok());
+        let mut adopted = Vec::new();
+        let mut probes = 0;
+        for name in names {
+            if lock(&self.known).contains(&name) {
+                continue;
+            }
+            let path = q.join(&name);
+            let stamp = match fs::metadata(&path) {
+                Ok(m) => Stamp {
+                    len: m.len(),
+                    modified: m.modified().ok(),
+                },
+                Err(_) => continue, // gone meanwhile, or unreadable: next scan
+            };
+            if unparsable.get(&name) == Some(&stamp) {
+                continue;
+            }
+            if probes >= max_probes {
+                break;
+            }
+            probes += 1;
+            match probe(&path) {
+                Probe::Valid => {
+                    unparsable.remove(&name);
+                    // insert() is false if store() or recovery took it
+                    // since the check above.
+                    if lock(&self.known).insert(name.clone()) {
+                        adopted.push(name);
+                    }
+                }
+                Probe::Gone => {}
+                Probe::Invalid(why) => {
+                    tracing::warn!(path = %path.display(), error = %why, "not a spool file; left in queue/ and not delivered");
+                    unparsable.insert(name, stamp);
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
     fn write_durable(&self, id: &str, env: &Envelope, body: &[u8]) -> Result<PathBuf> {
         let tmp = self.tmp.join(id);
         let dst = self.queue.join(id);
@@ -295,7 +451,9 @@ impl Inner {
             // After the next hop's 250: removing is safe. Not fsyncing the
             // directory here means a crash may resurrect the file and deliver
             // it twice — at-least-once, never lost.
-            fs::remove_file(&src).map_err(|e| Error::path(&src, e))
+            fs::remove_file(&src).map_err(|e| Error::path(&src, e))?;
+            lock(&self.known).remove(&msg.id);
+            Ok(())
         } else if remaining.len() != msg.envelope.rcpts.len() {
             let env = Envelope {
                 from: msg.envelope.from.clone(),
@@ -324,6 +482,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::path(dir, e))
 }
 
+/// A whole spool file for `envelope` and `body` (CRLF line endings, not
+/// dot-stuffed): what another process writes into `queue/` to have the
+/// relay deliver a message (see the module docs).
+pub fn encode(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
+    let mut file = encode_header(envelope, body.len());
+    file.extend_from_slice(body);
+    file
+}
+
 fn encode_header(env: &Envelope, size: usize) -> Vec<u8> {
     let mut h = format!("{MAGIC}\nsize {size}\nfrom {}\n", env.from);
     for r in &env.rcpts {
@@ -337,12 +504,73 @@ fn encode_header(env: &Envelope, size: usize) -> Vec<u8> {
 
 /// Parses a spool file; the error says what is wrong.
 pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(Envelope, Vec<u8>), String> {
-    let end = bytes
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .ok_or("no end of header")?;
-    let header = std::str::from_utf8(&bytes[..end]).map_err(|_| "header is not UTF-8")?;
+    let end = header_end(bytes).ok_or("no end of header")?;
+    let (envelope, size) = parse_header(&bytes[..end])?;
     let body = &bytes[end + 2..];
+    check_size(size, body.len() as u64)?;
+    Ok((envelope, body.to_vec()))
+}
+
+/// Where the header ends (the first empty line).
+fn header_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|w| w == b"\n\n")
+}
+
+fn check_size(size: usize, body_len: u64) -> std::result::Result<(), String> {
+    if size as u64 == body_len {
+        Ok(())
+    } else {
+        Err(format!(
+            "truncated: header says {size} octets, file has {body_len}"
+        ))
+    }
+}
+
+/// Reads `path`'s header only (up to [`MAX_HEADER`] bytes) and checks it
+/// against the file's length: as good as [`decode`] for telling a complete
+/// spool file, without reading a large body.
+fn probe(path: &Path) -> Probe {
+    let invalid = |e: std::io::Error| Probe::Invalid(e.to_string());
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Probe::Gone,
+        Err(e) => return invalid(e),
+    };
+    // The open file's length: a rename over the path cannot change it.
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return invalid(e),
+    };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => return Probe::Invalid("no end of header".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return invalid(e),
+        };
+        // An empty line may straddle two chunks: look from one byte back.
+        let from = buf.len().saturating_sub(1);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = header_end(&buf[from..]).map(|i| i + from) {
+            let body_len = len.saturating_sub(end as u64 + 2);
+            return match parse_header(&buf[..end]).and_then(|(_, size)| check_size(size, body_len))
+            {
+                Ok(()) => Probe::Valid,
+                Err(why) => Probe::Invalid(why),
+            };
+        }
+        if buf.len() > MAX_HEADER {
+            return Probe::Invalid(format!("no end of header in the first {MAX_HEADER} bytes"));
+        }
+    }
+}
+
+/// Parses a header (without its final empty line): the envelope and the
+/// body size it announces.
+fn parse_header(header: &[u8]) -> std::result::Result<(Envelope, usize), String> {
+    let header = std::str::from_utf8(header).map_err(|_| "header is not UTF-8")?;
     let mut lines = header.lines();
     if lines.next() != Some(MAGIC) {
         return Err("bad magic line".into());
@@ -352,12 +580,6 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(Envelope, Vec<u8>), S
         .and_then(|l| l.strip_prefix("size "))
         .and_then(|s| s.parse().ok())
         .ok_or("bad size line")?;
-    if size != body.len() {
-        return Err(format!(
-            "truncated: header says {size} octets, file has {}",
-            body.len()
-        ));
-    }
     let from = lines
         .next()
         .and_then(|l| l.strip_prefix("from "))
@@ -377,7 +599,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(Envelope, Vec<u8>), S
             from: from.to_string(),
             rcpts,
         },
-        body.to_vec(),
+        size,
     ))
 }
 
@@ -478,6 +700,58 @@ mod tests {
             .unwrap();
         assert_eq!(first, second);
         assert!(!second[0].exists());
+        // Forgotten: the same id written by another process is adopted.
+        fs::write(&second[0], encode(&env, b"body\r\n")).unwrap();
+        assert_eq!(spool.adopt_new(10).await.unwrap(), vec![id]);
+    }
+
+    /// A hook that says when it is entered, then waits to be released.
+    struct GateHook {
+        entered: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    impl CommitHook for GateHook {
+        fn commit<'a>(&'a self, _paths: &'a [PathBuf]) -> HookFuture<'a> {
+            Box::pin(async {
+                self.entered.notify_one();
+                self.release.notified().await;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_in_the_middle_of_store_is_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(GateHook {
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let spool = Spool::open(dir.path(), gate.clone()).unwrap();
+        let env = Envelope {
+            from: "f@x".into(),
+            rcpts: vec!["a@x".into()],
+        };
+        let id = spool.new_id();
+        let storing = tokio::spawn({
+            let (spool, id, env) = (spool.clone(), id.clone(), env.clone());
+            async move { spool.store(&id, &env, b"body\r\n".to_vec()).await }
+        });
+        gate.entered.notified().await;
+        // Renamed into queue/, a complete spool file, hook not returned.
+        let queued = fs::read(spool.queue_dir().join(&id)).unwrap();
+        assert_eq!(decode(&queued).unwrap().0, env);
+        assert!(spool.adopt_new(10).await.unwrap().is_empty());
+        gate.release.notify_one();
+        storing.await.unwrap().unwrap();
+        assert!(spool.adopt_new(10).await.unwrap().is_empty());
+        // Junk is left alone; a valid foreign file is adopted once.
+        fs::write(spool.queue_dir().join("junk"), b"TANDEM-SPOOL 1\nsize 9\n").unwrap();
+        fs::write(spool.queue_dir().join("other"), encode(&env, b"x")).unwrap();
+        assert_eq!(spool.adopt_new(10).await.unwrap(), vec!["other"]);
+        assert!(spool.adopt_new(10).await.unwrap().is_empty());
+        assert!(spool.queue_dir().join("junk").exists());
     }
 
     #[test]

@@ -51,6 +51,8 @@ async fn run(mode: DataSync, writers: usize, span: Duration, size: usize) -> Res
         events: None,
         handshake_timeout: Duration::from_secs(5),
         log_dir: Some(dir.path().join("b/log")),
+        unreplicated: None,
+        quarantine_dir: None,
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

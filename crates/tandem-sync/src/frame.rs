@@ -18,7 +18,8 @@
 //! The conversation is request / response and the dialer (the active)
 //! always speaks first: [`Message::Put`] and [`Message::Delete`] are
 //! buffered by the standby until [`Message::Commit`], which it answers with
-//! [`Message::Ack`] once everything is durable, or [`Message::Nack`].
+//! [`Message::Ack`] once everything is durable, or [`Message::Nack`]. An
+//! idle active pings ([`Message::Ping`], answered [`Message::Pong`]).
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -123,6 +124,20 @@ pub enum Message {
         /// Request id.
         seq: u64,
     },
+    /// Active → standby on an idle channel (`keepalive`): answered with
+    /// [`Message::Pong`], so each end keeps hearing the other over the
+    /// authenticated channel (see [`crate::liveness`]). A receiver older
+    /// than this message cannot parse it and drops the connection: set
+    /// `keepalive` only once every node is upgraded.
+    Ping {
+        /// Request id.
+        seq: u64,
+    },
+    /// The answer to [`Message::Ping`].
+    Pong {
+        /// The request answered.
+        seq: u64,
+    },
 }
 
 /// The file sets a manifest can describe.
@@ -215,12 +230,17 @@ mod tests {
         write_frame(&mut wire, &Message::Commit { seq: 7 }, b"")
             .await
             .unwrap();
+        write_frame(&mut wire, &Message::Ping { seq: 8 }, b"")
+            .await
+            .unwrap();
         let mut reader = &wire[..];
         let first = read_frame(&mut reader).await.unwrap().unwrap();
         assert_eq!(first.message, put);
         assert_eq!(first.body, b"\0\x01binary");
         let second = read_frame(&mut reader).await.unwrap().unwrap();
         assert_eq!(second.message, Message::Commit { seq: 7 });
+        let ping = read_frame(&mut reader).await.unwrap().unwrap();
+        assert_eq!(ping.message, Message::Ping { seq: 8 });
         assert!(read_frame(&mut reader).await.unwrap().is_none());
     }
 

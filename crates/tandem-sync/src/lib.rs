@@ -32,6 +32,12 @@
 //! - [`receiver`]: the standby side: applies what the active sends.
 //! - [`replicator`]: the active side: cluster fsync, group commit,
 //!   degrade/strict, catch-up and resync.
+//! - [`unreplicated`]: which files this node acknowledged that a peer never
+//!   saw (degraded commits), so no catch-up from that peer deletes them.
+//! - [`quarantine`]: where those files go before such a catch-up, and the
+//!   operator's functions to list, restore and drop them.
+//! - [`liveness`]: rate-limited "heard from" hints, and the keepalive
+//!   pings that keep them coming on an idle channel.
 //! - [`report`]: the sync report (Huawei's "synchronization report").
 //!
 //! # Wiring it into the agent
@@ -40,17 +46,31 @@
 //! with its peers; `POST /v1/sync/commit` calls
 //! [`replicator::Replicator::commit`]. When the node stops being active, drop
 //! the `Replicator`.
+//!
+//! # Nothing acknowledged is ever lost (issue 14)
+//! A catch-up deletes on the standby what the active does not have. After
+//! a partition in which both nodes were active (`sync_mode = "degrade"`),
+//! that would delete mail the loser acknowledged. So each node records,
+//! durably and before the relay answers 250, the files it committed that a
+//! peer did not ack ([`unreplicated::Unreplicated`]); when that peer later
+//! connects as the active, the receiver first moves those files to the
+//! quarantine dir ([`quarantine`]), and only then takes the catch-up. A
+//! node that serves ([`receiver::Receiver::set_serving`]) takes no
+//! replication at all: two actives must not overwrite each other.
 
 #![deny(missing_docs)]
 
 pub mod cert;
 pub mod frame;
+pub mod liveness;
+pub mod quarantine;
 pub mod receiver;
 pub mod replicator;
 pub mod report;
 pub mod standby_log;
 pub mod store;
 pub mod tls;
+pub mod unreplicated;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -200,6 +220,19 @@ pub enum Error {
     /// The replicator's tasks have stopped (it is being dropped).
     #[error("the replicator has stopped")]
     Stopped,
+
+    /// A node name or quarantine batch id that cannot be used: these
+    /// become file names, so anything that could leave their directory is
+    /// refused.
+    #[error("{what} {name:?} refused: {reason}")]
+    BadName {
+        /// What the name is for ("peer name", "quarantine batch id").
+        what: String,
+        /// The name as given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
 }
 
 fn describe_failures(failures: &[(String, String)]) -> String {
@@ -234,6 +267,33 @@ pub(crate) fn unix_ms(at: std::time::SystemTime) -> u64 {
 
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks a name that becomes a file name (a peer's record, a quarantine
+/// batch): letters, digits, `-`, `_` and `.`, not starting with `.`, at
+/// most 255 bytes. So no `/`, no `..`, nothing hidden, nothing that could
+/// name a file outside its directory.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    let refuse = |reason: &str| {
+        Err(Error::BadName {
+            what: what.to_string(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() || name.len() > 255 {
+        return refuse("must be 1 to 255 bytes");
+    }
+    if name.starts_with('.') {
+        return refuse("must not start with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return refuse("only letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
 
 /// Wraps an I/O error with the path it is about.
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {

@@ -16,7 +16,20 @@
 //!
 //! The receiver is also the standby's crash detector for the active:
 //! [`ReceiverEvent::Closed`] arrives the moment the active's process dies
-//! and its kernel closes the connection.
+//! and its kernel closes the connection; and, since a silent network cut
+//! can leave a socket open for minutes, every frame from the active is
+//! reported as [`ReceiverEvent::Heard`] (the active pings an idle channel:
+//! see [`crate::liveness`]).
+//!
+//! **Before a catch-up, files it must not delete are put aside.** A peer
+//! that connects is about to catch this node up, deleting what it does not
+//! have. So first, the files this node acknowledged that the peer never
+//! saw (its [`Unreplicated`] record for the peer) are moved to quarantine
+//! ([`crate::quarantine`]); if that fails, the connection is refused.
+//!
+//! **A node that serves takes no replication** ([`Receiver::set_serving`]):
+//! with two actives, the one that connects must not overwrite the other's
+//! mail; the split brain resolves first.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,14 +39,19 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::frame::{ManifestSet, Message, read_frame, write_frame};
+use crate::liveness::RateLimit;
 use crate::standby_log::StandbyLog;
 use crate::store::{DataDir, Op, files_manifest, write_atomic};
-use crate::tls::{Channel, TlsIdentity, accept};
+use crate::tls::{Channel, TlsIdentity, accept_unanswered};
+use crate::unreplicated::Unreplicated;
 use crate::{Error, Progress, Result, unix_ms};
+
+mod admission;
+use admission::{admit, until_serving};
 
 /// How the receiver is set up.
 #[derive(Debug, Clone)]
@@ -64,6 +82,13 @@ pub struct ReceiverConfig {
     /// later. `None`: every batch is applied in place before its ack (two
     /// flushes).
     pub log_dir: Option<PathBuf>,
+    /// This node's unreplicated record (the same directory its replicator
+    /// writes): before a peer's catch-up, the files listed for that peer
+    /// are moved to `quarantine_dir`. `None`: nothing is put aside.
+    pub unreplicated: Option<Unreplicated>,
+    /// Where those files go (`STATE_DIR/quarantine`); required with
+    /// `unreplicated`.
+    pub quarantine_dir: Option<PathBuf>,
 }
 
 /// How long acked operations wait in the standby log before they are put
@@ -71,6 +96,10 @@ pub struct ReceiverConfig {
 /// whose put and delete then cancel out; short enough that the data dir
 /// is rarely behind.
 const MATERIALIZE_AFTER: Duration = Duration::from_millis(100);
+
+/// At most one [`ReceiverEvent::Heard`] per connection in this time: the
+/// agent needs "alive lately", not one event per frame.
+const HEARD_EVERY: Duration = Duration::from_millis(50);
 
 /// A batch above either bound (a catch-up chunk) is applied in place: it
 /// would only be written twice through the log.
@@ -147,6 +176,23 @@ pub enum ReceiverEvent {
         /// Its full path.
         path: PathBuf,
     },
+    /// Files this node acknowledged that `peer` never saw were moved to
+    /// quarantine before its catch-up (see [`crate::quarantine`]).
+    Quarantined {
+        /// The connecting active.
+        peer: String,
+        /// The batch, under the quarantine dir.
+        id: String,
+        /// How many files.
+        files: u64,
+    },
+    /// A frame arrived from the connected active: it is alive, over an
+    /// authenticated channel. At most one per connection per 50 ms, and
+    /// dropped rather than waited for when the events channel is half full.
+    Heard {
+        /// The active.
+        peer: String,
+    },
     /// A journal record arrived. Persist it, then answer on `ack`; the
     /// active's `send_journal` returns only after that answer.
     Journal {
@@ -177,6 +223,12 @@ struct Shared {
     /// Held while a pushed config file is installed; see
     /// [`Receiver::config_guard`].
     config_lock: tokio::sync::Mutex<()>,
+    /// True while this node serves: see [`Receiver::set_serving`].
+    serving: watch::Sender<bool>,
+    /// Held while files are moved to quarantine, and by
+    /// [`Receiver::checkpoint`]: the service must not start on a data dir
+    /// that files are leaving.
+    quarantining: tokio::sync::Mutex<()>,
     /// Plain std mutex: held for a few field updates, never across await.
     status: Mutex<ReceiverStatus>,
 }
@@ -195,12 +247,50 @@ impl Shared {
             let _ = events.send(event).await;
         }
     }
+
+    /// Sends a hint (`Heard`) only while the events channel is less than
+    /// half full: it never waits, and never takes the room the events
+    /// that are waited for (`Closed`, `Journal`, ...) need.
+    fn hint(&self, event: ReceiverEvent) {
+        if let Some(events) = &self.config.events
+            && events.capacity() * 2 > events.max_capacity()
+        {
+            let _ = events.try_send(event);
+        }
+    }
+
+    /// Counts and reports a refused connection.
+    async fn refused(&self, from: String, reason: String) {
+        tracing::warn!(%from, %reason, "refused a sync connection");
+        {
+            let mut status = self.status();
+            status.refused_connections += 1;
+            status.last_refused = Some(reason.clone());
+        }
+        self.event(ReceiverEvent::Refused { from, reason }).await;
+    }
+
+    /// Why a peer is refused while this node serves.
+    fn serving_refusal(&self, peer: &str) -> String {
+        format!(
+            "{} is active: it does not take replication from {peer} (two actives? the split brain resolves first)",
+            self.config.identity.node()
+        )
+    }
 }
 
 impl Receiver {
     /// Opens (creating if needed) the data and config dirs, and the
     /// standby log, replaying what a crash left in it. Blocking.
     pub fn new(config: ReceiverConfig) -> Result<Self> {
+        if let (Some(record), None) = (&config.unreplicated, &config.quarantine_dir) {
+            return Err(Error::BadFile {
+                path: record.dir().to_path_buf(),
+                message: "the receiver has an unreplicated record but no quarantine_dir to put \
+                          those files in before a catch-up; set quarantine_dir"
+                    .into(),
+            });
+        }
         let data = DataDir::open(&config.data_dir)?;
         let configs = DataDir::open(&config.config_dir)?;
         let log = match &config.log_dir {
@@ -215,6 +305,8 @@ impl Receiver {
                 log,
                 log_wake: Notify::new(),
                 config_lock: tokio::sync::Mutex::new(()),
+                serving: watch::Sender::new(false),
+                quarantining: tokio::sync::Mutex::new(()),
                 status: Mutex::new(ReceiverStatus {
                     state: StandbyState::Disconnected,
                     active: None,
@@ -237,9 +329,22 @@ impl Receiver {
     /// Puts everything acked so far into the data dir, durably. The agent
     /// calls it before its service starts on this node: the service must
     /// find every acknowledged file, and must never write before the log
-    /// that could replay over its files is gone.
+    /// that could replay over its files is gone. Waits for a quarantine
+    /// under way, so the service never starts on a data dir files are
+    /// leaving.
     pub async fn checkpoint(&self) -> Result<()> {
+        let _settled = self.shared.quarantining.lock().await;
         materialize(&self.shared).await
+    }
+
+    /// Says whether this node serves (is active). While it does, a peer
+    /// that connects is refused ([`Message::Refused`], counted, reported
+    /// as [`ReceiverEvent::Refused`]), and setting it ends the connections
+    /// open now: with two actives, neither may overwrite the other's data
+    /// (nor quarantine its own) before the split brain is resolved. Call it
+    /// with `true` before the service starts, then [`checkpoint`](Self::checkpoint).
+    pub fn set_serving(&self, serving: bool) {
+        self.shared.serving.send_replace(serving);
     }
 
     /// Holds off config pushes (they wait, and are installed after) while
@@ -285,7 +390,7 @@ async fn connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     let config = &shared.config;
-    let channel = match accept(
+    let admitted = match accept_unanswered(
         &config.identity,
         tcp,
         &config.expected_peers,
@@ -293,18 +398,22 @@ async fn connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
     )
     .await
     {
-        Ok(channel) => channel,
-        Err(e) => {
-            let reason = e.to_string();
-            tracing::warn!(%from, %reason, "refused a sync connection");
-            {
-                let mut status = shared.status();
-                status.refused_connections += 1;
-                status.last_refused = Some(reason.clone());
+        Ok(admission) => match admit(&shared, admission.peer()).await {
+            Ok(()) => admission.welcome().await,
+            Err(reason) => {
+                let _ = admission.refuse(&reason).await;
+                Err(Error::Refused {
+                    peer: from.clone(),
+                    reason,
+                })
             }
-            shared.event(ReceiverEvent::Refused { from, reason }).await;
-            return;
-        }
+        },
+        Err(e) => Err(e),
+    };
+    let channel = match admitted {
+        Ok(channel) => channel,
+        Err(Error::Refused { reason, .. }) => return shared.refused(from, reason).await,
+        Err(e) => return shared.refused(from, e.to_string()).await,
     };
     let peer = channel.peer.clone();
     tracing::info!(%peer, "sync connection from the active");
@@ -339,16 +448,35 @@ async fn connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
     shared.event(ReceiverEvent::Closed { peer, error }).await;
 }
 
-/// Reads requests and answers them until the active hangs up.
+/// Reads requests and answers them until the active hangs up, or this node
+/// starts serving.
 async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
     let peer = channel.peer.clone();
     let net = |source: std::io::Error| Error::Network {
         peer: peer.clone(),
         source,
     };
+    let mut serving = shared.serving.subscribe();
+    let mut heard = RateLimit::new(HEARD_EVERY);
     // Puts and deletes since the last commit; applied together.
     let mut batch: Vec<Op> = Vec::new();
-    while let Some(frame) = read_frame(&mut channel.stream).await.map_err(net)? {
+    loop {
+        // Only the read is given up when this node starts serving: a frame
+        // half read is lost with the connection, and anything read is
+        // answered before the next turn.
+        let frame = tokio::select! {
+            frame = read_frame(&mut channel.stream) => frame.map_err(net)?,
+            () = until_serving(&mut serving) => {
+                return Err(Error::Refused {
+                    peer: peer.clone(),
+                    reason: shared.serving_refusal(&peer),
+                });
+            }
+        };
+        let Some(frame) = frame else { break };
+        if heard.ready(std::time::Instant::now()) {
+            shared.hint(ReceiverEvent::Heard { peer: peer.clone() });
+        }
         let reply = match frame.message {
             Message::Put { path, mode } => {
                 batch.push(Op::Put {
@@ -449,6 +577,7 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
                 }
             }
             Message::Journal { seq } => journal(shared, &peer, seq, frame.body).await,
+            Message::Ping { seq } => Message::Pong { seq },
             other => {
                 return Err(Error::Protocol {
                     peer: peer.clone(),

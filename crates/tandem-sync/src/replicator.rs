@@ -33,6 +33,13 @@
 //! (path, size, SHA-256): it sends what differs and deletes what the
 //! active no longer has, with progress, before the peer can be `InSync`.
 //! Resync is the same with every file sent.
+//!
+//! **Degraded commits are recorded.** The paths of a batch some standby
+//! did not ack go to this node's unreplicated record for that standby
+//! ([`crate::unreplicated`]) before the commit returns, so that if the
+//! standby later catches this node up, those files are quarantined rather
+//! than deleted. **Idle channels are pinged** (`keepalive`), and every
+//! answer is reported as liveness ([`crate::liveness`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -47,11 +54,15 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::frame::{ManifestSet, Message, read_frame, write_frame};
+use crate::liveness::Liveness;
 use crate::receiver::blocking;
 use crate::report::{self, SyncReport};
 use crate::store::{DataDir, ManifestEntry, Op, files_manifest};
 use crate::tls::{Channel, TlsIdentity, connect};
+use crate::unreplicated::{Unreplicated, record_missed};
 use crate::{Error, Progress, Result, unix_ms};
+
+mod keepalive;
 
 /// `data_sync`: how far a commit goes before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +146,19 @@ pub struct ReplicatorConfig {
     /// A connected standby silent for this long (mid-request) is dropped
     /// and redialed; that brings a stalled peer back through catch-up.
     pub io_timeout: Duration,
+    /// This node's unreplicated record: the paths of every batch a standby
+    /// did not ack (`degrade`) are added to its entry, durably, before the
+    /// commit returns. `None`: not recorded (a split brain may then lose
+    /// mail).
+    pub unreplicated: Option<Unreplicated>,
+    /// Ping a standby after this long without an answer from it, so that
+    /// liveness keeps being heard on an idle channel. `None`: no pings
+    /// (receivers older than the ping drop the connection on one).
+    pub keepalive: Option<Duration>,
+    /// Where to report that a standby answered (its name): proof of life
+    /// over the authenticated channel. At most one per standby per
+    /// `keepalive` (1 s without), dropped when full: never waited for.
+    pub heard: Option<mpsc::Sender<String>>,
 }
 
 impl ReplicatorConfig {
@@ -151,6 +175,9 @@ impl ReplicatorConfig {
             connect_timeout: Duration::from_secs(5),
             redial_every: Duration::from_millis(500),
             io_timeout: Duration::from_secs(30),
+            unreplicated: None,
+            keepalive: None,
+            heard: None,
         }
     }
 }
@@ -302,6 +329,8 @@ struct Shared {
     counters: Mutex<Counters>,
     /// Bumped on every peer state change, for `wait_for`.
     changed: watch::Sender<u64>,
+    /// When each standby last answered; reports it on `config.heard`.
+    liveness: Liveness,
 }
 
 #[derive(Default)]
@@ -483,7 +512,12 @@ impl Replicator {
             })
             .collect::<Vec<_>>();
         let (changed, _) = watch::channel(0);
+        let liveness = Liveness::new(
+            config.heard.clone(),
+            config.keepalive.unwrap_or(Duration::from_secs(1)),
+        );
         let shared = Arc::new(Shared {
+            liveness,
             config,
             data,
             pending: Mutex::new(Pending::default()),
@@ -876,6 +910,20 @@ async fn run_batch(
         missing.push((peer.name.clone(), why));
     }
 
+    // Acknowledged (degrade), or already acknowledged (async) without
+    // these standbys: recorded before the answer, or a catch-up from one
+    // of them could delete the files. A strict semi commit fails instead.
+    let acked_anyway =
+        shared.config.sync_mode == SyncMode::Degrade || shared.config.data_sync == DataSync::Async;
+    if let Some(record) = shared.config.unreplicated.as_ref().filter(|_| acked_anyway) {
+        let peers = missing.iter().map(|(peer, _)| peer.clone()).collect();
+        if let Err(e) = record_missed(record, &ops, peers).await {
+            tracing::error!(error = %e, "cannot record what the standbys missed: the commit fails");
+            return Err(BatchFailure::Local(format!(
+                "cannot record what the standbys missed: {e}"
+            )));
+        }
+    }
     let level = if missing.is_empty() {
         DurabilityLevel::Replicated
     } else if shared.config.sync_mode == SyncMode::Strict {
@@ -987,6 +1035,9 @@ async fn session(
                 run_job(shared, peer, channel, seq, job).await?;
             }
             () = peer.wake.notified() => {}
+            () = keepalive::idle(shared, &peer.name) => {
+                keepalive::ping(shared, channel, seq).await?;
+            }
             // The standby speaks only when asked, so anything readable while
             // idle is its connection closing: notice it now, not at the next
             // commit (this is the active's crash detection of the standby).
@@ -1218,7 +1269,10 @@ async fn answer(shared: &Shared, channel: &mut Channel) -> Result<Message> {
             peer: channel.peer.clone(),
             source: std::io::ErrorKind::UnexpectedEof.into(),
         }),
-        Ok(Ok(Some(frame))) => Ok(frame.message),
+        Ok(Ok(Some(frame))) => {
+            shared.liveness.heard(&channel.peer);
+            Ok(frame.message)
+        }
     }
 }
 

@@ -8,7 +8,10 @@
 //!   (rustls), then checks that it names one of the peers it expects (here,
 //!   after the handshake, because rustls has no notion of "expected client
 //!   name"). It answers [`Message::Welcome`] or [`Message::Refused`], so a
-//!   refused dialer gets a reason rather than a reset.
+//!   refused dialer gets a reason rather than a reset. The receiver may
+//!   refuse an authenticated peer too, for reasons of its own (it serves,
+//!   or cannot put files aside): [`accept_unanswered`] leaves it the
+//!   answer.
 //! - Plaintext is refused before TLS even starts: a TLS connection opens
 //!   with a handshake record (byte 0x16); anything else gets one line of
 //!   explanation and a close.
@@ -239,6 +242,89 @@ pub async fn accept(
     expected_peers: &[String],
     timeout: Duration,
 ) -> Result<Channel> {
+    accept_unanswered(identity, tcp, expected_peers, timeout)
+        .await?
+        .welcome()
+        .await
+}
+
+/// An authenticated dialer not answered yet: the acceptor decides whether
+/// to [`welcome`](Admission::welcome) or [`refuse`](Admission::refuse) it
+/// on grounds TLS knows nothing about (this node serves, files to put
+/// aside first), and the dialer gets the reason.
+pub struct Admission {
+    peer: String,
+    node: String,
+    label: String,
+    stream: BufStream<TlsStream<TcpStream>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("peer", &self.peer)
+            .field("from", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// The dialer's node name, checked against its certificate.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Answers [`Message::Welcome`]: the connection is open for requests.
+    pub async fn welcome(mut self) -> Result<Channel> {
+        let welcome = Message::Welcome {
+            node: self.node.clone(),
+        };
+        self.answer(&welcome).await?;
+        Ok(Channel {
+            peer: self.peer,
+            stream: self.stream,
+        })
+    }
+
+    /// Answers [`Message::Refused`] with `reason`, and closes.
+    pub async fn refuse(mut self, reason: &str) -> Result<()> {
+        let refused = Message::Refused {
+            reason: reason.to_string(),
+        };
+        self.answer(&refused).await?;
+        let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
+        Ok(())
+    }
+
+    async fn answer(&mut self, message: &Message) -> Result<()> {
+        let sent = async {
+            write_frame(&mut self.stream, message, b"").await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(result) => result.map_err(|source| Error::Network {
+                peer: self.label.clone(),
+                source,
+            }),
+            Err(_) => Err(Error::Timeout {
+                peer: self.label.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+/// [`accept`] up to the answer: refuses plaintext, completes mutual TLS,
+/// and checks that the client's certificate names one of
+/// `expected_peers` (refusing it with the reason if not). The caller then
+/// welcomes or refuses the peer; each step has `timeout`.
+pub async fn accept_unanswered(
+    identity: &TlsIdentity,
+    tcp: TcpStream,
+    expected_peers: &[String],
+    timeout: Duration,
+) -> Result<Admission> {
     let label = tcp
         .peer_addr()
         .map_or_else(|_| "unknown address".to_string(), |a| a.to_string());
@@ -280,26 +366,22 @@ pub async fn accept(
                 reason: "no client certificate".into(),
             })
             .and_then(|leaf| certificate_names(&label, leaf, expected_peers));
-        let mut stream = BufStream::new(TlsStream::from(tls));
-        let reply = match &peer {
-            Ok(_) => Message::Welcome {
-                node: identity.node.clone(),
-            },
-            Err(e) => Message::Refused {
-                reason: format!("{} does not accept this certificate: {e}", identity.node),
-            },
+        let stream = BufStream::new(TlsStream::from(tls));
+        let admission = |peer| Admission {
+            peer,
+            node: identity.node.clone(),
+            label: label.clone(),
+            stream,
+            timeout,
         };
-        let sent = async {
-            write_frame(&mut stream, &reply, b"").await?;
-            stream.flush().await
+        match peer {
+            Ok(peer) => Ok(admission(peer)),
+            Err(e) => {
+                let reason = format!("{} does not accept this certificate: {e}", identity.node);
+                let _ = admission(String::new()).refuse(&reason).await;
+                Err(e)
+            }
         }
-        .await;
-        let peer = peer?;
-        sent.map_err(|source| Error::Network {
-            peer: label.clone(),
-            source,
-        })?;
-        Ok(Channel { peer, stream })
     };
     tokio::time::timeout(timeout, attempt)
         .await

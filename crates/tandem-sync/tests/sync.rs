@@ -75,6 +75,8 @@ fn receiver_config(
         events: Some(events),
         handshake_timeout: Duration::from_secs(5),
         log_dir: Some(cluster.path().join(node).join("sync-log")),
+        unreplicated: None,
+        quarantine_dir: None,
     }
 }
 

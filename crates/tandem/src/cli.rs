@@ -383,6 +383,38 @@ pub enum SyncCommand {
         #[command(flatten)]
         target: ApiTarget,
     },
+    /// Files a catch-up set aside instead of deleting: acknowledged on a
+    /// node while the active never saw them (a partition, a forced
+    /// takeover). With `merge_quarantine` (the default) they go back to
+    /// the active by themselves.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+/// `tandem sync quarantine ...`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Every node's quarantine batches: where, from whom, how many files.
+    List {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Merge batch ID into the active's data dir now (files it already
+    /// has with the same content count as duplicates; with other content
+    /// they stay).
+    Restore {
+        /// The batch (`tandem sync quarantine list`).
+        id: String,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Delete batch ID for good.
+    Drop {
+        /// The batch (`tandem sync quarantine list`).
+        id: String,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
 }
 
 /// `tandem cert ...`.

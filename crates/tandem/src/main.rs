@@ -103,6 +103,9 @@ fn main() -> ExitCode {
         Command::Sync(SyncCommand::Report { target }) => {
             block_on(commands::sync::report(&target, json))
         }
+        Command::Sync(SyncCommand::Quarantine(command)) => {
+            block_on(commands::quarantine::run(command, json))
+        }
         Command::Cert(CertCommand::Init { dir }) => commands::cert::init(&dir, json),
         Command::Cert(CertCommand::Issue { ca, node, out }) => {
             commands::cert::issue(&ca, &node, &out, json)

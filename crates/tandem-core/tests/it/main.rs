@@ -2,6 +2,8 @@
 
 /// Helpers shared by the modules below.
 mod common;
+/// Replicated data across faults: never active while behind.
+mod data_sync;
 /// Single-node rules, asserting the exact outputs (openraft engine-test style).
 mod engine;
 /// The seeds' procedures (ASA, Huawei, FortiMail) and other scenarios, run

@@ -7,6 +7,8 @@ use tandem_core::wire::{self, Header, RejectReason, ReplayGuard, ReplayVerdict};
 use tandem_core::*;
 
 const KEY: &[u8] = b"correct horse battery staple";
+/// The receiver's wall clock (Unix ms) in these tests.
+const NOW: u64 = 1_700_000_000_000;
 
 fn header(version: u8, seq: u64) -> Header<'static> {
     Header {
@@ -129,10 +131,10 @@ fn a_node_answers_an_old_peer_in_the_old_version() {
     let mut new = Codec::new(KEY, "mail", "new", 1);
     assert_eq!(new.version_for("old"), wire::PROTOCOL_VERSION);
     let from_old = old.seal(&heartbeat(), 1).unwrap();
-    assert_eq!(new.open(&from_old).unwrap().version, 1);
+    assert_eq!(new.open(&from_old, NOW).unwrap().version, 1);
     let reply = new.seal_for("old", &heartbeat()).unwrap();
     assert_eq!(reply[4], 1);
-    assert_eq!(old.open(&reply).unwrap().version, 1);
+    assert_eq!(old.open(&reply, NOW).unwrap().version, 1);
 }
 
 #[test]
@@ -187,30 +189,144 @@ fn replays_and_old_epochs_are_rejected() {
     let d1 = a.seal(&heartbeat(), 2).unwrap();
     let d2 = a.seal(&heartbeat(), 2).unwrap();
     // Links reorder: d2 first, then d1 — both accepted, once each.
-    assert!(b.open(&d2).is_ok());
-    assert!(b.open(&d1).is_ok());
-    let e = b.open(&d1).unwrap_err();
+    assert!(b.open(&d2, NOW).is_ok());
+    assert!(b.open(&d1, NOW).is_ok());
+    let e = b.open(&d1, NOW).unwrap_err();
     assert!(matches!(e, Error::Replay { ref sender, epoch: 5, seq: 1 } if sender == "a"));
     assert_eq!(e.reject_reason(), Some(RejectReason::Replay));
-    // a restarts with a new epoch: accepted; then the old run's datagrams are not.
+    // a restarts with a new epoch: accepted. The previous run stays live
+    // (the guard keeps two epochs), so its replays are still refused...
     let mut a2 = Codec::new(KEY, "mail", "a", 6);
-    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap()).is_ok());
+    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(matches!(
+        b.open(&d2, NOW),
+        Err(Error::Replay { epoch: 5, .. })
+    ));
+    // ...and once a restarts again, the run before last is an old epoch.
+    let mut a3 = Codec::new(KEY, "mail", "a", 7);
+    assert!(b.open(&a3.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
     let late = a.seal(&heartbeat(), 2).unwrap();
-    assert!(matches!(b.open(&late), Err(Error::Replay { epoch: 5, .. })));
+    assert!(matches!(
+        b.open(&late, NOW),
+        Err(Error::Replay { epoch: 5, .. })
+    ));
+}
+
+/// The real peer `a` booted five minutes before `NOW`.
+const REAL_EPOCH: u64 = NOW - 5 * 60 * 1000;
+
+/// A datagram from "a" sealed with the cluster key, with any epoch and seq:
+/// what a holder of the key (or a peer with a broken clock) can send.
+fn forged(epoch: u64, seq: u64) -> Vec<u8> {
+    let h = Header {
+        version: 2,
+        cluster: "mail",
+        sender: "a",
+        epoch,
+        seq,
+    };
+    wire::encode(KEY, &h, &Message::Goodbye).unwrap()
+}
+
+#[test]
+fn a_forged_far_future_epoch_is_refused_and_the_peer_stays_accepted() {
+    let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
+    let mut b = Codec::new(KEY, "mail", "b", 1);
+    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    for epoch in [u64::MAX, NOW + wire::MAX_EPOCH_AHEAD + 1] {
+        let e = b.open(&forged(epoch, 1), NOW).unwrap_err();
+        assert!(matches!(e, Error::Replay { epoch: x, .. } if x == epoch));
+        assert_eq!(e.reject_reason(), Some(RejectReason::Replay));
+    }
+    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    // Exactly an hour ahead is still allowed (clock skew).
+    assert!(b.open(&forged(NOW + wire::MAX_EPOCH_AHEAD, 1), NOW).is_ok());
+    let mut g = ReplayGuard::new();
+    assert_eq!(g.check(u64::MAX, 1, NOW), Err(ReplayVerdict::FutureEpoch));
+    assert_eq!(g.check(REAL_EPOCH, 1, NOW), Ok(()));
+}
+
+#[test]
+fn a_forged_epoch_within_the_hour_locks_neither_the_epoch_nor_the_restart_out() {
+    let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
+    let mut b = Codec::new(KEY, "mail", "b", 1);
+    let d1 = a.seal(&heartbeat(), 2).unwrap();
+    assert!(b.open(&d1, NOW).is_ok());
+    // A forged epoch 30 minutes ahead becomes the newest live epoch...
+    let f1 = forged(NOW + 30 * 60 * 1000, 1);
+    assert!(b.open(&f1, NOW).is_ok());
+    // ...but the real epoch stays live, with its own window.
+    let d2 = a.seal(&heartbeat(), 2).unwrap();
+    assert!(b.open(&d2, NOW).is_ok());
+    assert!(matches!(b.open(&d1, NOW), Err(Error::Replay { .. })));
+    assert!(matches!(b.open(&d2, NOW), Err(Error::Replay { .. })));
+    assert!(matches!(b.open(&f1, NOW), Err(Error::Replay { .. })));
+    // A far-future forgery on top changes nothing.
+    assert!(b.open(&forged(u64::MAX, 1), NOW).is_err());
+    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    // The real peer restarts (a larger epoch, still below the forged one):
+    // accepted, replacing the previous run as the older live epoch.
+    let mut a2 = Codec::new(KEY, "mail", "a", NOW);
+    let r1 = a2.seal(&heartbeat(), 2).unwrap();
+    assert!(b.open(&r1, NOW).is_ok());
+    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(matches!(b.open(&r1, NOW), Err(Error::Replay { .. })));
+    let late = a.seal(&heartbeat(), 2).unwrap();
+    assert!(matches!(
+        b.open(&late, NOW),
+        Err(Error::Replay {
+            epoch: REAL_EPOCH,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_restart_after_a_refused_far_future_epoch_is_accepted() {
+    let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
+    let mut b = Codec::new(KEY, "mail", "b", 1);
+    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(b.open(&forged(u64::MAX, 7), NOW).is_err());
+    let mut a2 = Codec::new(KEY, "mail", "a", NOW + 1);
+    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+}
+
+/// One step of [`no_single_forged_epoch_locks_a_real_epoch_out`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// A forged datagram (valid MAC) with this epoch (never the real one) and seq.
+    Forged(u64, u64),
+    /// The real peer's next datagram (a fresh sequence number).
+    Real,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let epoch = prop_oneof![
+        any::<u64>(),
+        Just(u64::MAX),
+        (REAL_EPOCH - 1000)..(REAL_EPOCH + 1000),
+        (REAL_EPOCH + 1)..=(NOW + wire::MAX_EPOCH_AHEAD + 1000),
+    ]
+    .prop_map(|e| if e == REAL_EPOCH { e + 1 } else { e });
+    prop_oneof![
+        (epoch, 0u64..200).prop_map(|(e, seq)| Step::Forged(e, seq)),
+        Just(Step::Real),
+    ]
 }
 
 #[test]
 fn replay_window() {
     let mut g = ReplayGuard::new();
-    assert_eq!(g.check(1, 100), Ok(()));
-    assert_eq!(g.check(1, 100), Err(ReplayVerdict::Duplicate));
-    assert_eq!(g.check(1, 99), Ok(()));
-    assert_eq!(g.check(1, 37), Ok(()));
-    assert_eq!(g.check(1, 36), Err(ReplayVerdict::TooOld));
-    assert_eq!(g.check(1, 300), Ok(()));
-    assert_eq!(g.check(1, 99), Err(ReplayVerdict::TooOld));
-    assert_eq!(g.check(0, 500), Err(ReplayVerdict::OldEpoch));
-    assert_eq!(g.check(2, 1), Ok(()));
+    assert_eq!(g.check(1, 100, NOW), Ok(()));
+    assert_eq!(g.check(1, 100, NOW), Err(ReplayVerdict::Duplicate));
+    assert_eq!(g.check(1, 99, NOW), Ok(()));
+    assert_eq!(g.check(1, 37, NOW), Ok(()));
+    assert_eq!(g.check(1, 36, NOW), Err(ReplayVerdict::TooOld));
+    assert_eq!(g.check(1, 300, NOW), Ok(()));
+    assert_eq!(g.check(1, 99, NOW), Err(ReplayVerdict::TooOld));
+    assert_eq!(g.check(0, 500, NOW), Err(ReplayVerdict::OldEpoch));
+    assert_eq!(g.check(2, 1, NOW), Ok(()));
 }
 
 fn role() -> impl Strategy<Value = EffectiveRole> {
@@ -304,7 +420,7 @@ proptest! {
     fn decode_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = wire::decode(KEY, "mail", &bytes);
         let mut c = Codec::new(KEY, "mail", "b", 1);
-        let _ = c.open(&bytes);
+        let _ = c.open(&bytes, NOW);
     }
 
     #[test]
@@ -334,16 +450,51 @@ proptest! {
         prop_assert_eq!(env.message, m);
     }
 
+    /// Property: the real peer's epoch E = `REAL_EPOCH` was accepted; then,
+    /// among up to 12 steps, forged datagrams (valid MAC, arbitrary epoch
+    /// other than E, arbitrary seq) interleave with the real peer's next
+    /// datagrams (fresh, increasing seq in E). Every real datagram is
+    /// accepted unless, before it, at least two distinct forged epochs
+    /// greater than E had been accepted (and then it is refused only as a
+    /// replay). No forged epoch more than `MAX_EPOCH_AHEAD` past `NOW` is
+    /// ever accepted.
+    #[test]
+    fn no_single_forged_epoch_locks_a_real_epoch_out(steps in prop::collection::vec(step(), 0..=12)) {
+        let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
+        let mut b = Codec::new(KEY, "mail", "b", 1);
+        prop_assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+        let mut newer_forged = std::collections::BTreeSet::new();
+        for s in steps.into_iter().chain([Step::Real]) {
+            match s {
+                Step::Forged(epoch, seq) => {
+                    let accepted = b.open(&forged(epoch, seq), NOW).is_ok();
+                    prop_assert!(!accepted || epoch <= NOW + wire::MAX_EPOCH_AHEAD);
+                    if accepted && epoch > REAL_EPOCH {
+                        newer_forged.insert(epoch);
+                    }
+                }
+                Step::Real => match b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        prop_assert!(newer_forged.len() >= 2, "refused: {e}, forged: {newer_forged:?}");
+                        let replay = matches!(e, Error::Replay { .. });
+                        prop_assert!(replay);
+                    }
+                },
+            }
+        }
+    }
+
     #[test]
     fn every_datagram_is_accepted_once(order in Just((0u64..40).collect::<Vec<_>>()).prop_shuffle()) {
         let mut a = Codec::new(KEY, "mail", "a", 1);
         let sealed: Vec<Vec<u8>> = (0..40).map(|_| a.seal(&Message::Goodbye, 2).unwrap()).collect();
         let mut b = Codec::new(KEY, "mail", "b", 1);
         for &i in &order {
-            prop_assert!(b.open(&sealed[i as usize]).is_ok());
+            prop_assert!(b.open(&sealed[i as usize], NOW).is_ok());
         }
         for &i in &order {
-            let replayed = matches!(b.open(&sealed[i as usize]), Err(Error::Replay { .. }));
+            let replayed = matches!(b.open(&sealed[i as usize], NOW), Err(Error::Replay { .. }));
             prop_assert!(replayed);
         }
     }

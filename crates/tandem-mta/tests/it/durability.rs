@@ -276,3 +276,50 @@ async fn load_refuses_non_loopback_targets() {
         .unwrap_err();
     assert!(err.to_string().contains("loopback"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_into_queue_while_running_is_delivered() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = sink().await;
+    let relay = relay(dir.path(), sink.local_addr().await, test_config()).await;
+    let queue = relay.spool().queue_dir().to_path_buf();
+    // Junk is left where it is: not delivered, not moved, no crash.
+    std::fs::write(queue.join("junk"), b"not a spool file\n").expect("junk");
+    // What the HA agent does when it merges a quarantined message back: the
+    // crate's own encoding, a temporary name, fsync, rename, fsync queue/.
+    let envelope = tandem_mta::Envelope {
+        from: "merge@test".into(),
+        rcpts: vec!["rcpt@test".into()],
+    };
+    let body = b"X-Tandem-Id: merged-1\r\nSubject: merged back\r\n\r\nhello\r\n";
+    let tmp = queue.join(".merged-1.tmp");
+    let mut file = std::fs::File::create(&tmp).expect("create");
+    file.write_all(&tandem_mta::spool::encode(&envelope, body))
+        .expect("write");
+    file.sync_all().expect("fsync");
+    drop(file);
+    let id = "00000000000000MERGED000001";
+    std::fs::rename(&tmp, queue.join(id)).expect("rename");
+    std::fs::File::open(&queue)
+        .and_then(|d| d.sync_all())
+        .expect("fsync queue/");
+
+    let got = sink
+        .run_until(
+            None,
+            Duration::from_secs(20),
+            Some(&["merged-1".to_string()]),
+        )
+        .await;
+    assert_eq!(got.missing, Some(0), "{got:?}");
+    assert_eq!(got.duplicates, 0, "{got:?}");
+    assert!(eventually(|| relay.queue_stats().pending == 0, Duration::from_secs(10)).await);
+    assert_eq!(relay.queue_stats().delivered, 1);
+    assert_eq!(
+        relay.spool().recover().expect("recover"),
+        vec!["junk".to_string()]
+    );
+    assert!(!relay.spool().failed_dir().join("junk").exists());
+    relay.shutdown().await;
+}

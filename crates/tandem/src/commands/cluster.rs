@@ -206,7 +206,16 @@ pub async fn status(target: &ApiTarget, watch: bool, json: bool) -> anyhow::Resu
             let _ = std::io::stdout().flush();
         }
         if !watch {
-            return Ok(ExitCode::SUCCESS);
+            // A key mismatch is a cluster that cannot fail over safely:
+            // scripts and monitors must see it in the exit status.
+            let mismatch = cluster["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.iter().any(|n| !n["node"]["key_mismatch"].is_null()));
+            return Ok(if mismatch {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -282,7 +291,7 @@ fn table(cluster: &Value) -> String {
                 (false, true) => "-".into(),
                 (false, false) => "unhealthy".into(),
             },
-            data_sync_cell(&report["sync"], &mut notes),
+            data_sync_cell(&report["sync"], &node["data"], &mut notes),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -304,6 +313,23 @@ fn table(cluster: &Value) -> String {
         if report["agent"]["allow_unsigned"] == true {
             notes.push(format!(
                 "{name}: accepts unsigned images (allow_unsigned = true)"
+            ));
+        }
+        if let Some(peer) = report["node"]["key_mismatch"].as_str() {
+            notes.push(format!(
+                "{name}: FAILED: cluster key mismatch with {peer} (its heartbeats fail the MAC while the sync channel hears it): give every node the same cluster key file"
+            ));
+        }
+        let quarantined = &report["sync"]["quarantine"];
+        if let Some(n) = quarantined["files"].as_u64().filter(|n| *n > 0) {
+            notes.push(format!(
+                "{name}: {n} file(s) in quarantine ({} batch(es)): acknowledged data a catch-up would have deleted; {} (`tandem sync quarantine list`)",
+                quarantined["batches"].as_u64().unwrap_or(0),
+                if quarantined["merge"] == true {
+                    "being merged back into the active"
+                } else {
+                    "restore or drop them"
+                }
             ));
         }
         config_sync_notes(&name, &report["sync"]["config"], &mut notes);
@@ -356,10 +382,11 @@ fn config_sync_notes(name: &str, config: &Value, notes: &mut Vec<String>) {
 }
 
 /// The DATA column (issue 6): `source` on the replicating active, the
-/// receiver's state on a standby (`in-sync`, `syncing`, `stale`), `-`
+/// receiver's state on a standby (`in-sync`, `syncing`, `stale`,
+/// `unverified`), `-`
 /// without `[sync]`. Each standby as the active sees it (state, lag,
 /// pending files) goes to the notes.
-fn data_sync_cell(sync: &Value, notes: &mut Vec<String>) -> String {
+fn data_sync_cell(sync: &Value, data: &Value, notes: &mut Vec<String>) -> String {
     if sync["enabled"] != true {
         return "-".into();
     }
@@ -384,6 +411,11 @@ fn data_sync_cell(sync: &Value, notes: &mut Vec<String>) -> String {
         return "source".into();
     }
     let state = text(&sync["receiver"]["state"]);
+    if data == "unverified" && sync["receiver"]["state"] != "in-sync" {
+        // Started (or lost the service) and not yet compared with the
+        // active's data: it cannot take the service back until it is.
+        return "unverified".into();
+    }
     if sync["data_in_sync"] == false {
         if state == "syncing" {
             state

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod image;
 pub mod mta;
 pub mod path;
+pub mod quarantine;
 pub mod sync;
 pub mod upgrade;
 

@@ -85,12 +85,41 @@ pub async fn report(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> 
         .json()
         .await
         .context("the agent's sync report is not what this tandem expects")?;
+    // Quarantined files are data the nodes' manifests no longer show:
+    // acknowledged on one node, set aside by a catch-up (issue 14).
+    let quarantined: Vec<(String, u64)> = match client.get("/v1/cluster").await {
+        Ok(cluster) => cluster["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| {
+                let files = n["sync"]["quarantine"]["files"]
+                    .as_u64()
+                    .filter(|f| *f > 0)?;
+                Some((n["node"]["node"].as_str().unwrap_or("?").to_string(), files))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        value["quarantine"] = quarantined
+            .iter()
+            .map(|(node, files)| serde_json::json!({"node": node, "files": files}))
+            .collect();
+        println!("{value}");
     } else {
         print!("{}", render_report(&report));
+        if !quarantined.is_empty() {
+            println!(
+                "quarantine (acknowledged files a catch-up set aside; `tandem sync quarantine list`):"
+            );
+            for (node, files) in &quarantined {
+                println!("  {node}: {files} file(s)");
+            }
+        }
     }
-    Ok(if report.agree {
+    Ok(if report.agree && quarantined.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -1,0 +1,330 @@
+//! Quarantined files back where they belong (issue 14).
+//!
+//! A catch-up never deletes a file this node may have acknowledged and the
+//! active never saw: the receiver moves such files to
+//! `STATE_DIR/quarantine/<when>-<from>/` first (see
+//! [`tandem_sync::quarantine`]). This module gets them delivered: with
+//! `merge_quarantine` (the default) a task sends each file to the active
+//! node, which writes it into its data dir where it is absent and
+//! replicates it like a commit — the relay picks new queue files up by
+//! itself, so a merged message is delivered at least once. A file the
+//! active already has with the same content is a duplicate (counted); with
+//! other content, a conflict, kept for the operator.
+//!
+//! ```text
+//!  standby: quarantine/ID/queue/X ── PUT /v1/sync/merge/queue/X ──► active:
+//!                                                  data/queue/X (absent) + commit
+//! ```
+//!
+//! The operator's side: `GET /v1/sync/quarantine`,
+//! `POST /v1/sync/quarantine/{id}/restore` (merge now, whatever
+//! `merge_quarantine` says) and `DELETE /v1/sync/quarantine/{id}`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tandem_sync::quarantine::{self, QuarantineBatch};
+use tandem_sync::store::{DataDir, write_atomic};
+
+use super::{Shared, error, not_active};
+
+/// How often the merge task looks for work when nothing wakes it.
+const MERGE_EVERY: Duration = Duration::from_secs(2);
+
+/// What merging has done since the agent started.
+#[derive(Debug, Default, Clone, Serialize)]
+pub(super) struct MergeCounters {
+    /// Files the active did not have, now in its data dir.
+    pub merged: u64,
+    /// Files the active already had with the same content.
+    pub duplicates: u64,
+    /// Files the active has with other content: kept here.
+    pub conflicts: u64,
+    /// Why the last merge attempt stopped, if it did.
+    pub last_error: Option<String>,
+}
+
+/// What one file's merge came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Outcome {
+    Merged,
+    Duplicate,
+    Conflict,
+}
+
+/// One batch's merge, for `tandem sync quarantine restore`.
+#[derive(Debug, Default, Serialize)]
+struct BatchSummary {
+    id: String,
+    merged: u64,
+    duplicates: u64,
+    conflicts: u64,
+}
+
+/// Starts the task that merges quarantined files into the active.
+pub(super) fn start(shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(MERGE_EVERY) => {}
+                () = shared.quarantine_wake.notified() => {}
+            }
+            if !shared.settings.merge_quarantine {
+                continue;
+            }
+            if let Err(e) = merge_all(&shared).await {
+                let mut counters = shared.merges();
+                if counters.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "cannot merge quarantined files yet; retrying");
+                }
+                counters.last_error = Some(e);
+            }
+        }
+    });
+}
+
+fn quarantine_dir(shared: &Shared) -> PathBuf {
+    shared.state_dir.join("quarantine")
+}
+
+/// The batches in quarantine; an unreadable dir reads as none (logged).
+pub(super) fn batches(shared: &Shared) -> Vec<QuarantineBatch> {
+    match quarantine::list(&quarantine_dir(shared)) {
+        Ok(batches) => batches,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the quarantine");
+            Vec::new()
+        }
+    }
+}
+
+/// The `quarantine` part of the sync status.
+pub(super) fn status(shared: &Shared) -> serde_json::Value {
+    let batches = batches(shared);
+    let list: Vec<serde_json::Value> = batches
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "id": b.id, "from": b.from, "at_unix_ms": b.at_unix_ms,
+                "files": b.paths.len(), "bytes": b.bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "dir": quarantine_dir(shared),
+        "list": list,
+        "batches": batches.len(),
+        "files": batches.iter().map(|b| b.paths.len()).sum::<usize>(),
+        "merge": shared.settings.merge_quarantine,
+        "counters": shared.merges().clone(),
+    })
+}
+
+async fn merge_all(shared: &Arc<Shared>) -> Result<(), String> {
+    for batch in batches(shared) {
+        merge_batch(shared, &batch.id).await?;
+    }
+    Ok(())
+}
+
+/// Merges every file of batch `id` into the active: here if this node is
+/// active, else through the active's API. A merged or duplicate file
+/// leaves the quarantine; a conflict stays.
+async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<BatchSummary, String> {
+    let dir = quarantine_dir(shared);
+    let files = quarantine::restore_paths(&dir, id).map_err(|e| e.to_string())?;
+    let mut summary = BatchSummary {
+        id: id.to_string(),
+        ..BatchSummary::default()
+    };
+    for (relative, file) in files {
+        let content = tokio::fs::read(&file)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mode = file_mode(&file);
+        let outcome = if shared.replicator().is_some() {
+            merge_here(shared, &relative, &content, mode).await?
+        } else {
+            merge_at_active(shared, &relative, content).await?
+        };
+        let mut counters = shared.merges();
+        match outcome {
+            Outcome::Merged => {
+                counters.merged += 1;
+                summary.merged += 1;
+            }
+            Outcome::Duplicate => {
+                counters.duplicates += 1;
+                summary.duplicates += 1;
+            }
+            Outcome::Conflict => {
+                counters.conflicts += 1;
+                summary.conflicts += 1;
+                continue;
+            }
+        }
+        counters.last_error = None;
+        drop(counters);
+        quarantine::remove_path(&dir, id, &relative).map_err(|e| e.to_string())?;
+    }
+    if summary.merged + summary.duplicates + summary.conflicts > 0 {
+        tracing::info!(
+            batch = id,
+            merged = summary.merged,
+            duplicates = summary.duplicates,
+            conflicts = summary.conflicts,
+            "quarantined files merged back into the active"
+        );
+    }
+    Ok(summary)
+}
+
+fn file_mode(file: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(file).map_or(0o644, |m| m.permissions().mode() & 0o7777)
+}
+
+/// On the active: puts `content` at `relative` in the data dir unless a
+/// file is there already, and replicates it.
+async fn merge_here(
+    shared: &Arc<Shared>,
+    relative: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<Outcome, String> {
+    let data_dir = shared.settings.data_dir.clone();
+    let relative = relative.to_string();
+    let content = content.to_vec();
+    let (outcome, path) = tokio::task::spawn_blocking(move || {
+        let data = DataDir::open(&data_dir).map_err(|e| e.to_string())?;
+        let relative = data
+            .relative(Path::new(&relative))
+            .map_err(|e| e.to_string())?;
+        let path = data_dir.join(&relative);
+        match std::fs::read(&path) {
+            Ok(existing) if existing == content => return Ok((Outcome::Duplicate, path)),
+            Ok(_) => return Ok((Outcome::Conflict, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        write_atomic(&path, &content, mode).map_err(|e| e.to_string())?;
+        Ok((Outcome::Merged, path))
+    })
+    .await
+    .map_err(|e| format!("merge task failed: {e}"))??;
+    if outcome == Outcome::Merged
+        && let Some(replicator) = shared.replicator()
+        && let Err(e) = replicator.commit(std::slice::from_ref(&path)).await
+    {
+        // The file is on this node's disk and its service delivers it; the
+        // standby gets it at its next catch-up.
+        tracing::warn!(path = %path.display(), error = %e, "a merged file is not replicated yet");
+    }
+    Ok(outcome)
+}
+
+/// On a standby: sends one file to the active's API.
+async fn merge_at_active(
+    shared: &Shared,
+    relative: &str,
+    content: Vec<u8>,
+) -> Result<Outcome, String> {
+    let Some((active, Some(api))) = shared.active_peer() else {
+        return Err("no active node to merge into".into());
+    };
+    let url = format!("http://{api}/v1/sync/merge/{relative}");
+    let response = shared
+        .client
+        .put(&url)
+        .bearer_auth(&shared.api_token)
+        .timeout(Duration::from_secs(30))
+        .body(content)
+        .send()
+        .await
+        .map_err(|e| format!("{active} at {api}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    match (status, body["outcome"].as_str()) {
+        (StatusCode::OK, Some("merged")) => Ok(Outcome::Merged),
+        (StatusCode::OK, Some("duplicate")) => Ok(Outcome::Duplicate),
+        (StatusCode::CONFLICT, _) if body["conflict"] == true => Ok(Outcome::Conflict),
+        _ => Err(format!(
+            "{active} refused {relative} ({status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        )),
+    }
+}
+
+// ------------------------------------------------------------------ routes
+
+/// `PUT /v1/sync/merge/{*path}`: on the active, a quarantined file from a
+/// peer. 200 `{"outcome": "merged"|"duplicate"}`; 409 with `conflict` when
+/// a different file is there; 409 naming the active when this node is not.
+pub(super) async fn merge(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(relative): UrlPath<String>,
+    content: Bytes,
+) -> Response {
+    if shared.replicator().is_none() {
+        return not_active(&shared);
+    }
+    match merge_here(&shared, &relative, &content, 0o644).await {
+        Ok(Outcome::Conflict) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": format!("{relative} exists on {} with other content; kept in the sender's quarantine", shared.node),
+                "conflict": true,
+            })),
+        )
+            .into_response(),
+        Ok(outcome) => Json(serde_json::json!({ "outcome": outcome })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `GET /v1/sync/quarantine`: this node's batches.
+pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Response {
+    Json(serde_json::json!({
+        "node": shared.node,
+        "merge": shared.settings.merge_quarantine,
+        "batches": batches(&shared),
+    }))
+    .into_response()
+}
+
+/// `POST /v1/sync/quarantine/{id}/restore`: merge the batch now.
+pub(super) async fn restore(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    match merge_batch(&shared, &id).await {
+        Ok(summary) => Json(summary).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+/// `DELETE /v1/sync/quarantine/{id}`: the operator gives the batch up.
+pub(super) async fn drop_batch(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    match quarantine::drop_batch(&quarantine_dir(&shared), &id) {
+        Ok(()) => {
+            tracing::warn!(batch = %id, "quarantine batch dropped by the operator");
+            Json(serde_json::json!({ "dropped": id })).into_response()
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}

@@ -1,0 +1,387 @@
+//! Nothing acknowledged is ever lost (issue 14), end to end on loopback:
+//! real agents with `data_sync = "semi"`, the relay as their service, real
+//! clients, a counting sink as the next hop, faults injected with kill -9,
+//! a flood at the heartbeat port and a wrong cluster key. After each fault
+//! the test counts what was acknowledged against what was delivered.
+//!
+//! The clusters of this file run one at a time (a shared lock): the hold
+//! time must not be eaten by clusters competing for the same cores.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use std::net::UdpSocket;
+
+use serde_json::Value;
+use tandem::localcluster::{ClusterSpec, LocalCluster};
+use tandem_core::{Codec, Message};
+use tandem_mta::Listen;
+use tandem_mta::load::{LoadOptions, LoadReport, load};
+use tandem_mta::sink::Sink;
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A relay pair with `data_sync = "semi"` (the defaults otherwise:
+/// `degrade`, preemption on), its next hop `next_hop`, not started.
+fn relay_cluster(next_hop: SocketAddr) -> LocalCluster {
+    let script =
+        format!("exec {EXE} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
+    let spec = ClusterSpec {
+        extra_toml: "cwd = \".\"\n".into(),
+        log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
+        exe: Some(EXE.into()),
+        ..ClusterSpec::new(&["alpha", "beta"], vec!["sh".into(), "-c".into(), script])
+    };
+    let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    cluster
+        .enable_sync("data_sync = \"semi\"\n")
+        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    cluster
+}
+
+/// [`relay_cluster`], started.
+fn relay_pair(next_hop: SocketAddr) -> LocalCluster {
+    let mut cluster = relay_cluster(next_hop);
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn role(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> String {
+    rt.block_on(cluster.status(i))
+        .and_then(|s| s["node"]["effective_role"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until node `active` is active and its replicator has the other
+/// node in sync.
+fn settle_in_sync(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: usize) {
+    rt.block_on(cluster.wait_for_active(active, Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_until("the standby in sync", Duration::from_secs(20), || {
+        rt.block_on(cluster.status(active)).is_some_and(|s| {
+            s["sync"]["replicator"]["peers"]
+                .as_array()
+                .is_some_and(|peers| peers.iter().all(|p| p["state"] == "in-sync"))
+        })
+    });
+}
+
+fn send(rt: &tokio::runtime::Runtime, to: SocketAddr, messages: u64) -> LoadReport {
+    rt.block_on(load(LoadOptions {
+        to,
+        messages,
+        concurrency: 4,
+        size: 1024,
+        timeout: Duration::from_secs(20),
+    }))
+    .unwrap_or_else(|e| panic!("load: {e}"))
+}
+
+/// Binds the sink at `next_hop` and waits until every id in `acked`
+/// arrived; prints the count. Panics naming what is missing.
+fn every_acked_delivered(rt: &tokio::runtime::Runtime, next_hop: SocketAddr, acked: &[String]) {
+    let sink = rt
+        .block_on(Sink::bind(Listen::Bind(vec![next_hop]), 0))
+        .unwrap_or_else(|e| panic!("sink: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = sink.report(Some(acked));
+        if report.missing == Some(0) {
+            println!(
+                "acknowledged {} delivered {} duplicates {}",
+                acked.len(),
+                report.distinct_ids,
+                report.duplicates
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged but never delivered: {:?} of {}",
+            report.missing,
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How the crashed primary comes back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    /// Restarted once, preemption on (the packaged unit's Restart=).
+    Restart,
+    /// Restarted, killed again at once (mid catch-up), restarted.
+    RestartTwice,
+    /// Preemption off: it stays standby.
+    NoPreempt,
+}
+
+/// The issue's first scenario: the active primary dies with mail queued
+/// (the next hop is down), the secondary takes over and acknowledges more,
+/// the primary comes back. Every acknowledged message must be delivered.
+fn a_returning_primary_loses_nothing(how: Return) {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let next_hop = free_addr();
+    let mut cluster = relay_pair(next_hop);
+    settle_in_sync(&rt, &cluster, 0);
+    if how == Return::NoPreempt {
+        let (code, out, err) = cluster.cli(0, &["ha", "preempt", "off"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let before = send(&rt, cluster.vip, 50);
+    assert_eq!(before.acknowledged, 50, "{before:?}");
+
+    cluster.kill(0);
+    wait_until("beta active", Duration::from_secs(10), || {
+        role(&rt, &cluster, 1) == "active"
+    });
+    let during = send(&rt, cluster.vip, 300);
+    assert_eq!(during.acknowledged, 300, "{during:?}");
+
+    let restarted = Instant::now();
+    cluster
+        .start(0)
+        .unwrap_or_else(|e| panic!("restart: {e:#}"));
+    if how == Return::RestartTwice {
+        std::thread::sleep(Duration::from_millis(150));
+        cluster.kill(0);
+        cluster
+            .start(0)
+            .unwrap_or_else(|e| panic!("restart: {e:#}"));
+    }
+    if how == Return::NoPreempt {
+        settle_in_sync(&rt, &cluster, 1);
+    } else {
+        // It takes the service back, but only once caught up.
+        settle_in_sync(&rt, &cluster, 0);
+        println!(
+            "primary restart to active again: {} ms",
+            restarted.elapsed().as_millis()
+        );
+    }
+    let acked: Vec<String> = before
+        .acked_ids
+        .iter()
+        .chain(&during.acked_ids)
+        .cloned()
+        .collect();
+    every_acked_delivered(&rt, next_hop, &acked);
+}
+
+#[test]
+fn a_returning_primary_is_caught_up_before_it_takes_the_service_back() {
+    a_returning_primary_loses_nothing(Return::Restart);
+}
+
+#[test]
+fn a_primary_restarted_during_its_catch_up_loses_nothing() {
+    a_returning_primary_loses_nothing(Return::RestartTwice);
+}
+
+#[test]
+fn a_returning_primary_without_preemption_loses_nothing() {
+    a_returning_primary_loses_nothing(Return::NoPreempt);
+}
+
+/// Samples both roles every 50 ms for `how_long`, failing at the first
+/// sign of beta serving beside (or instead of) alpha.
+fn alpha_stays_the_only_active(
+    rt: &tokio::runtime::Runtime,
+    cluster: &LocalCluster,
+    how_long: Duration,
+    beta_allowed: &[&str],
+) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        let beta = role(rt, cluster, 1);
+        assert!(
+            beta_allowed.contains(&beta.as_str()),
+            "beta is {beta:?} (allowed: {beta_allowed:?})"
+        );
+        assert_eq!(role(rt, cluster, 0), "active", "alpha lost the service");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rejected(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> u64 {
+    rt.block_on(cluster.status(i))
+        .and_then(|s| {
+            s["node"]["counters"]["rejected"]
+                .as_object()
+                .map(|r| r.values().filter_map(Value::as_u64).sum())
+        })
+        .unwrap_or(0)
+}
+
+/// Garbage at the standby's heartbeat port, as fast as two threads can
+/// send it, while the sync connection is up: the standby keeps hearing the
+/// active on the authenticated sync channel and does not take over.
+#[test]
+fn a_flood_at_the_heartbeat_port_causes_no_takeover() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let next_hop = free_addr();
+    let cluster = relay_pair(next_hop);
+    settle_in_sync(&rt, &cluster, 0);
+    let before = send(&rt, cluster.vip, 20);
+    assert_eq!(before.acknowledged, 20, "{before:?}");
+
+    let target = cluster.nodes[1].link;
+    let flood = Duration::from_secs(4);
+    let floods: Vec<_> = (0..2u8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+                let mut packet = [0u8; 96];
+                let until = Instant::now() + flood;
+                let mut sent = 0u64;
+                // Bounded in count and time.
+                while sent < 20_000_000 && Instant::now() < until {
+                    packet[0] = t;
+                    packet[1..9].copy_from_slice(&sent.to_le_bytes());
+                    let _ = socket.send_to(&packet, target);
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    alpha_stays_the_only_active(&rt, &cluster, flood, &["standby", "syncing"]);
+    let sent: u64 = floods.into_iter().map(|f| f.join().unwrap_or(0)).sum();
+    let counted = rejected(&rt, &cluster, 1);
+    println!("flood: {sent} datagrams sent, {counted} counted as rejected by beta");
+    assert!(counted > 0, "the flood was not counted");
+    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
+    assert_eq!(beta["node"]["counters"]["split_brain_events"], 0, "{beta}");
+    every_acked_delivered(&rt, next_hop, &before.acked_ids);
+}
+
+/// Beta starts with another cluster key: its heartbeats and alpha's fail
+/// each other's MAC, while the sync channel (the cluster CA) shows alpha
+/// alive. Beta must not take the service; it shows `failed` and why, and
+/// `tandem status` exits non-zero.
+#[test]
+fn a_wrong_cluster_key_fails_the_node_and_never_doubles_the_active() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let next_hop = free_addr();
+    let mut cluster = relay_cluster(next_hop);
+    let config = &cluster.nodes[1].config;
+    let text = std::fs::read_to_string(config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("key_file = \"cluster.key\""), "{text}");
+    std::fs::write(
+        config,
+        text.replace("key_file = \"cluster.key\"", "key_file = \"other.key\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let other = cluster.dir.join("other.key");
+    std::fs::write(&other, "a different cluster key, of 48 characters....\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    cluster.start(0).unwrap_or_else(|e| panic!("start: {e:#}"));
+    wait_until("alpha active", Duration::from_secs(10), || {
+        role(&rt, &cluster, 0) == "active"
+    });
+    cluster.start(1).unwrap_or_else(|e| panic!("start: {e:#}"));
+    wait_until("beta up", Duration::from_secs(10), || {
+        !role(&rt, &cluster, 1).is_empty()
+    });
+    alpha_stays_the_only_active(
+        &rt,
+        &cluster,
+        Duration::from_secs(4),
+        &["standby", "syncing", "failed"],
+    );
+    wait_until("beta failed", Duration::from_secs(10), || {
+        role(&rt, &cluster, 1) == "failed"
+    });
+    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
+    assert_eq!(beta["node"]["key_mismatch"], "alpha", "{beta}");
+    let (code, table, err) = cluster.cli(1, &["status"]);
+    assert_ne!(code, 0, "{table}{err}");
+    assert!(table.contains("cluster key mismatch with alpha"), "{table}");
+    let delivered = send(&rt, cluster.vip, 10);
+    assert_eq!(
+        delivered.acknowledged, 10,
+        "alpha still serves: {delivered:?}"
+    );
+}
+
+/// One datagram sealed with the cluster key and carrying epoch 2^64−1
+/// must not lock alpha out of beta's replay protection.
+#[test]
+fn a_forged_far_future_epoch_does_not_silence_the_peer() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let next_hop = free_addr();
+    let cluster = relay_pair(next_hop);
+    settle_in_sync(&rt, &cluster, 0);
+    let key = std::fs::read(cluster.dir.join("cluster.key")).unwrap_or_else(|e| panic!("{e}"));
+    let mut forger = Codec::new(key.trim_ascii(), "local", "alpha", u64::MAX);
+    let forged = forger
+        .seal(
+            &Message::Holdoff {
+                duration: Duration::from_millis(1),
+            },
+            tandem_core::wire::PROTOCOL_VERSION,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .send_to(&forged, cluster.nodes[1].link)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Longer than the hold time: every heartbeat of alpha's must still be
+    // heard, or beta would see alpha dead.
+    alpha_stays_the_only_active(&rt, &cluster, Duration::from_secs(2), &["standby"]);
+    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
+    let alpha_seen = &beta["node"]["peers"][0];
+    assert_eq!(alpha_seen["alive"], true, "{beta}");
+    let heard = alpha_seen["links"][0]["last_heard_ms_ago"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(
+        heard < 1000,
+        "alpha's heartbeats not heard for {heard} ms: {beta}"
+    );
+    assert!(
+        rejected(&rt, &cluster, 1) >= 1,
+        "the forgery was not counted"
+    );
+}
