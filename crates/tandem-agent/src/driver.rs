@@ -698,11 +698,13 @@ impl Agent {
             ServiceEvent::Started { pid } => {
                 self.counters.service_starts += 1;
                 self.service_pid = Some(pid);
+                self.replication.service_alive(true);
                 tracing::info!(pid, "service running");
             }
             ServiceEvent::Crashed { status, restart_in } => {
                 self.counters.service_crashes += 1;
                 self.service_pid = None;
+                self.replication.service_alive(false);
                 tracing::warn!(%status, restart_in_ms = restart_in.as_millis() as u64, "service crashed");
             }
             ServiceEvent::CrashLoop | ServiceEvent::SpawnFailed { .. } => {
@@ -719,6 +721,7 @@ impl Agent {
             }
             ServiceEvent::Stopped => {
                 self.service_pid = None;
+                self.replication.service_alive(false);
                 tracing::info!("service stopped");
             }
         }

@@ -323,6 +323,11 @@ struct Inner {
     connected_since_boot: bool,
     /// The stale marker is on disk.
     marked_stale: bool,
+    /// This node is active (as of the last step).
+    active: bool,
+    /// The service's process runs here (it may still be draining after
+    /// the node stopped being active).
+    service_alive: bool,
 }
 
 /// What the API handlers and the driver share.
@@ -512,6 +517,8 @@ impl Replication {
             in_sync: true,
             connected_since_boot: false,
             marked_stale: false,
+            active: false,
+            service_alive: false,
         };
         if inner.shared.stale_marker().exists() {
             // It stopped while behind the active: until an active has
@@ -581,11 +588,8 @@ impl Replication {
         };
         let status = node.status(now);
         let active = status.effective_role == EffectiveRole::Active;
-        if inner.shared.settings.data_sync != DataSync::Off {
-            // An active's data is the reference: it takes no replication
-            // from another active (a split brain resolves first).
-            inner.shared.receiver.set_serving(active);
-        }
+        inner.active = active;
+        inner.update_serving();
         let active_peer = status
             .groups
             .iter()
@@ -618,6 +622,17 @@ impl Replication {
             // Booted while another node serves: whatever this node has is
             // older than the active's until the active has caught it up.
             inner.tell_core(false);
+        }
+    }
+
+    /// The service's process started (`true`) or is gone (`false`). Until
+    /// it is gone, a node that stopped being active takes no catch-up: its
+    /// draining service may still deliver (and delete) files that a
+    /// catch-up would otherwise quarantine and merge too — delivered twice.
+    pub fn service_alive(&mut self, alive: bool) {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.service_alive = alive;
+            inner.update_serving();
         }
     }
 
@@ -806,6 +821,17 @@ impl Inner {
                 // leave the active waiting.
                 let _ = ack.send(Err("this agent does not keep an upgrade journal yet".into()));
             }
+        }
+    }
+
+    /// An active's data is the reference: it takes no replication from
+    /// another active (a split brain resolves first), nor while its
+    /// service still runs here.
+    fn update_serving(&self) {
+        if self.shared.settings.data_sync != DataSync::Off {
+            self.shared
+                .receiver
+                .set_serving(self.active || self.service_alive);
         }
     }
 

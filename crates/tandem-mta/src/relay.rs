@@ -74,11 +74,15 @@ impl RelayHandle {
         &self.spool
     }
 
-    /// Stops accepting, closes sessions (421), stops delivery. Everything
-    /// acknowledged and not yet delivered stays in `queue/` for the next start.
+    /// Stops delivery, then stops accepting and closes sessions (421).
+    /// Everything acknowledged and not yet delivered stays in `queue/` for
+    /// the next start. Delivery stops first: a relay told to stop has lost
+    /// the service, and the new active delivers its queue from the
+    /// replicated copy; a delivery attempt made while the sessions close
+    /// would only send the same message twice.
     pub async fn shutdown(self) {
-        self.control.close().await;
         let _ = self.shutdown.send(true);
+        self.control.close().await;
         for t in self.tasks {
             let _ = t.await;
         }

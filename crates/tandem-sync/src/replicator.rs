@@ -1340,6 +1340,19 @@ async fn sync_peer(
         let data = shared.data.clone();
         (remote, blocking(move || data.manifest()).await?)
     };
+    // What this node recorded as never seen by the peer, read before the
+    // local manifest: once this catch-up ends, the peer has each of these
+    // files (or deleted it with this node), so they leave the record —
+    // else the peer's next catch-up of this node would quarantine files
+    // both have, and their merge would deliver them twice.
+    let recorded = match (&shared.config.unreplicated, shared.config.data_sync) {
+        (Some(record), DataSync::Semi | DataSync::Async) => {
+            let record = record.clone();
+            let name = peer.name.clone();
+            Some((record.clone(), blocking(move || record.paths(&name)).await?))
+        }
+        _ => None,
+    };
 
     let remote_by_path: BTreeMap<&str, &ManifestEntry> =
         remote.iter().map(|e| (e.path.as_str(), e)).collect();
@@ -1427,6 +1440,13 @@ async fn sync_peer(
         inner.last_sync = Some(now);
         if full {
             inner.last_full_sync = Some(now);
+        }
+    }
+    if let Some((record, seen)) = recorded.filter(|(_, seen)| !seen.is_empty()) {
+        let name = peer.name.clone();
+        if let Err(e) = blocking(move || record.forget(&name, &seen)).await {
+            // Kept: at worst a duplicate delivery later, never a loss.
+            tracing::warn!(peer = %peer.name, error = %e, "cannot update the unreplicated record");
         }
     }
     tracing::info!(

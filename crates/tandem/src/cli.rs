@@ -700,6 +700,10 @@ pub enum BenchCommand {
         /// mode's figures are its median round.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
         rounds: u64,
+        /// Runs of the returning primary (issue 14): it crashes with mail
+        /// queued, the secondary takes more, it restarts.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+        returns: u64,
     },
 
     /// The failover benchmark's service (run by the agent, not by hand).

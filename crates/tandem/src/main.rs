@@ -94,10 +94,12 @@ fn main() -> ExitCode {
             messages,
             concurrency,
             rounds,
+            returns,
         }) => block_on(commands::bench_sync::run(
             messages,
             concurrency,
             rounds,
+            returns,
             json,
         )),
         Command::Sync(SyncCommand::Report { target }) => {

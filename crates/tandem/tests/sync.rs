@@ -749,8 +749,8 @@ fn active_active_with_data_replication_is_refused_by_the_config() {
     }
 }
 
-/// `tandem bench sync --json` prints the figures issue 6 names, and its
-/// crash run loses nothing acknowledged: the benchmark itself can fail,
+/// `tandem bench sync --json` prints the figures issues 6 and 14 name, and
+/// its crash and return runs lose nothing acknowledged: the benchmark itself can fail,
 /// not only the tests beside it.
 #[test]
 fn bench_sync_prints_its_figures_and_loses_nothing_in_the_crash_run() {
@@ -759,7 +759,7 @@ fn bench_sync_prints_its_figures_and_loses_nothing_in_the_crash_run() {
         .unwrap_or_else(|p| p.into_inner());
     let out = std::process::Command::new(EXE)
         .args(["--json", "bench", "sync", "--messages", "200"])
-        .args(["--concurrency", "4", "--rounds", "1"])
+        .args(["--concurrency", "4", "--rounds", "1", "--returns", "1"])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -780,6 +780,10 @@ fn bench_sync_prints_its_figures_and_loses_nothing_in_the_crash_run() {
     assert!(crash["acknowledged"].as_u64() > Some(0), "{report}");
     assert_eq!(crash["lost"], 0, "{report}");
     assert_eq!(crash["delivered"], crash["acknowledged"], "{report}");
+    let back = &report["return"];
+    assert!(back["acknowledged"].as_u64() > Some(0), "{report}");
+    assert_eq!(back["lost"], 0, "{report}");
+    assert!(back["restart_to_active_ms_median"].is_u64(), "{report}");
 }
 
 /// `on_config_change = "signal:HUP"`: a cluster config file changed on

@@ -3,8 +3,10 @@
 //! A local pair runs the relay (spool in its `[sync]` data dir) in front of
 //! an in-process counting sink; the same load goes through it with
 //! `data_sync = off`, `async` and `semi`, then once more in `semi` with a
-//! kill -9 of the active agent in the middle of the load. The figures are
-//! printed, never asserted: the machine decides them.
+//! kill -9 of the active agent in the middle of the load, and `returns`
+//! times the returning primary of issue 14 (it crashes with mail queued,
+//! the secondary takes more, it comes back). The figures are printed,
+//! never asserted: the machine decides them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +90,7 @@ pub async fn run(
     messages: u64,
     concurrency: usize,
     rounds: u64,
+    returns: u64,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let rounds = rounds.max(1) as usize;
@@ -123,6 +126,10 @@ pub async fn run(
     report.insert("semi_vs_off_pct".into(), json!(ratios[ratios.len() / 2]));
     report.insert("semi_vs_off_pct_by_round".into(), json!(ratios));
     report.insert("crash".into(), crash(messages, concurrency).await?);
+    report.insert(
+        "return".into(),
+        returning(messages, concurrency, returns).await?,
+    );
     if json {
         println!("{}", Value::Object(report));
     } else {
@@ -142,6 +149,15 @@ pub async fn run(
             r["crash"]["delivered"],
             r["crash"]["lost"],
             r["crash"]["duplicates"]
+        );
+        println!(
+            "return (the crashed primary restarts, {} runs): acknowledged {}  delivered {}  lost {}  duplicates {}  restart to active again: median {} ms",
+            r["return"]["runs"],
+            r["return"]["acknowledged"],
+            r["return"]["delivered"],
+            r["return"]["lost"],
+            r["return"]["duplicates"],
+            r["return"]["restart_to_active_ms_median"]
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -231,5 +247,63 @@ async fn crash(messages: u64, concurrency: usize) -> anyhow::Result<Value> {
         "lost": delivered.missing.unwrap_or(0),
         "duplicates": delivered.duplicates,
         "rejected_during_failover": result.rejected + result.failed_sessions,
+    }))
+}
+
+/// Issue 14's returning primary, `runs` times on fresh pairs: with the next
+/// hop down, the active primary is killed with mail queued, the secondary
+/// takes over and acknowledges more, the primary restarts (it must be
+/// caught up before it takes the service back). Then the next hop comes
+/// up and every acknowledged message is counted at the sink.
+async fn returning(messages: u64, concurrency: usize, runs: u64) -> anyhow::Result<Value> {
+    let batch = (messages / 8).clamp(10, 500);
+    let (mut acknowledged, mut delivered, mut lost, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
+    let mut back_ms = Vec::new();
+    for _ in 0..runs.max(1) {
+        let sink_addr = free_addr()?;
+        let mut cluster = relay_pair("semi", sink_addr).await?;
+        let before = send(cluster.vip, batch, concurrency).await?;
+        cluster.kill(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while cluster.status(1).await.unwrap_or_default()["node"]["effective_role"] != "active" {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "beta did not take over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let during = send(cluster.vip, batch * 6, concurrency).await?;
+        let restarted = tokio::time::Instant::now();
+        cluster.start(0)?;
+        cluster.wait_for_active(0, Duration::from_secs(30)).await?;
+        back_ms.push(restarted.elapsed().as_millis() as u64);
+        let acked: Vec<String> = before
+            .acked_ids
+            .into_iter()
+            .chain(during.acked_ids)
+            .collect();
+        let sink = Sink::bind(Listen::Bind(vec![sink_addr]), 0).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while sink.report(Some(&acked)).missing != Some(0) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let report = sink.report(Some(&acked));
+        let missing = report.missing.unwrap_or(acked.len() as u64);
+        acknowledged += acked.len() as u64;
+        delivered += acked.len() as u64 - missing;
+        lost += missing;
+        duplicates += report.duplicates;
+    }
+    let mut sorted = back_ms.clone();
+    sorted.sort_unstable();
+    Ok(json!({
+        "runs": back_ms.len(),
+        "acknowledged": acknowledged,
+        "delivered": delivered,
+        "lost": lost,
+        "duplicates": duplicates,
+        "restart_to_active_ms": back_ms,
+        "restart_to_active_ms_median": sorted[sorted.len() / 2],
     }))
 }
