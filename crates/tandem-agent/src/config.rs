@@ -673,6 +673,10 @@ impl AgentConfig {
         config.replicated_data = self.sync.as_ref().is_some_and(|s| {
             s.data_sync != tandem_sync::replicator::DataSync::Off && !s.allow_stale_takeover
         });
+        // A service that drains itself drains before a preemption too, as
+        // before any planned handover.
+        config.drain_before_preemption =
+            self.sync.is_some() && self.service.suspend == SuspendMethod::Signal;
         config
     }
 }

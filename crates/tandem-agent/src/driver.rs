@@ -29,7 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tandem_core::{
-    Codec, Command, Destination, Event, GroupId, Input, LinkId, Millis, Mode, Node, Output,
+    Codec, Command, Destination, Event, GroupId, HandoverCause, Input, LinkId, Millis, Mode, Node,
+    Output,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -124,6 +125,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             action = config_changes.next() => agent.on_config_change(action).await,
             Some(request) = agent.api.recv() => agent.api_request(request).await,
             Some(held) = agent.drained.recv() => agent.answer_command(held).await,
+            Some((group, to, cause)) = agent.preemption_drained.recv() => {
+                agent.hand_over_drained(group, to, cause).await;
+            }
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
             Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
             () = tokio::time::sleep_until(agent.exec_after.as_ref().map_or_else(Instant::now, |(at, _)| *at)), if agent.exec_after.is_some() => {
@@ -219,6 +223,12 @@ struct Agent {
     /// Handovers whose drain is over, back from their waiting task.
     drained: mpsc::Receiver<HeldCommand>,
     drained_tx: mpsc::Sender<HeldCommand>,
+    /// Preemptions whose drain is over (or was not possible).
+    preemption_drained: mpsc::Receiver<(GroupId, String, HandoverCause)>,
+    preemption_drained_tx: mpsc::Sender<(GroupId, String, HandoverCause)>,
+    /// The listener was suspended for a preemption's drain: resumed if the
+    /// handover does not happen after all.
+    suspended_for_preemption: bool,
     service_events: mpsc::Receiver<ServiceEvent>,
     supervisor: SupervisorHandle,
     service_running: bool,
@@ -327,6 +337,7 @@ impl Agent {
         let supervisor = supervisor::spawn(service_tx);
         let (verdict_tx, verdicts) = mpsc::channel(16);
         let (drained_tx, drained) = mpsc::channel(4);
+        let (preemption_drained_tx, preemption_drained) = mpsc::channel(4);
         let serving = Arc::new(AtomicBool::new(false));
         if config.monitor.lservice
             && let Some(vip) = config.vip.listen.first()
@@ -374,6 +385,9 @@ impl Agent {
             api,
             drained,
             drained_tx,
+            preemption_drained,
+            preemption_drained_tx,
+            suspended_for_preemption: false,
             service_events,
             supervisor,
             service_running: false,
@@ -501,6 +515,9 @@ impl Agent {
             Output::Event(event) => log_event(event),
             Output::Refused { command, reason } => {
                 tracing::warn!(%command, %reason, "command refused");
+            }
+            Output::DrainForHandover { group, to, cause } => {
+                self.drain_for_preemption(*group, to.clone(), *cause).await;
             }
         }
     }
@@ -783,46 +800,84 @@ impl Agent {
             .node
             .as_ref()
             .is_none_or(|n| *n == self.config.node.name);
-        here && handover.command == Command::FailoverStandby
-            && self.replication.enabled()
+        here && handover.command == Command::FailoverStandby && self.service_drains()
+    }
+
+    /// Whether the running service can drain its sessions before a planned
+    /// handover: data sync on, the service running and draining itself,
+    /// its listener not already suspended.
+    fn service_drains(&self) -> bool {
+        self.replication.enabled()
             && self.service_running
             && self.service_pid.is_some()
             && self.config.service.suspend == SuspendMethod::Signal
             && !self.listener_suspended
     }
 
-    /// Suspends the listener and hands `handover` to a task that waits
-    /// (bounded) for the service's drained marker, then gives it back to
-    /// the loop ([`Agent::answer_command`]).
-    async fn drain_then_hand_over(&mut self, mut handover: HeldCommand) {
+    /// Suspends the listener and clears the drained marker; `None` when the
+    /// service cannot drain now (the handover goes on without).
+    async fn start_drain(&mut self) -> Option<std::path::PathBuf> {
+        if !self.service_drains() {
+            return None;
+        }
         let marker = self.control_dir().join(DRAINED_MARKER);
         if let Err(e) = std::fs::remove_file(&marker)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(error = %e, "cannot clear the drained marker; handing over without a drain");
-            return self.answer_command(handover).await;
+            return None;
         }
         let suspended = self.listener(ListenerAction::Suspend, HANDOVER_DRAIN).await;
-        if suspended.outcome != "done" {
-            return self.answer_command(handover).await;
+        (suspended.outcome == "done").then_some(marker)
+    }
+
+    /// A preemption is due (the core asks, issue 14): drain the service's
+    /// sessions as a planned handover does, then give the core
+    /// [`Input::Drained`] from the loop.
+    async fn drain_for_preemption(&mut self, group: GroupId, to: String, cause: HandoverCause) {
+        let back = self.preemption_drained_tx.clone();
+        let Some(marker) = self.start_drain().await else {
+            let _ = back.try_send((group, to, cause));
+            return;
+        };
+        self.suspended_for_preemption = true;
+        tracing::info!(%to, "preemption: draining the service's sessions before handing over");
+        tokio::spawn(async move {
+            wait_for_drain(&marker).await;
+            let _ = back.send((group, to, cause)).await;
+        });
+    }
+
+    /// The drain for a preemption is over: the core hands over if that is
+    /// still right; if it did not, this node still serves and its listener
+    /// is resumed.
+    async fn hand_over_drained(&mut self, group: GroupId, to: String, cause: HandoverCause) {
+        let outputs = self.step(Input::Drained { group, to, cause }).await;
+        let handing_over = outputs
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::HandoverStarted { .. })));
+        if self.suspended_for_preemption && !handing_over {
+            self.suspended_for_preemption = false;
+            if self.listener_suspended && self.service_running {
+                self.listener(ListenerAction::Resume, HANDOVER_DRAIN).await;
+            }
+        } else if handing_over {
+            self.suspended_for_preemption = false;
         }
+    }
+
+    /// Suspends the listener and hands `handover` to a task that waits
+    /// (bounded) for the service's drained marker, then gives it back to
+    /// the loop ([`Agent::answer_command`]).
+    async fn drain_then_hand_over(&mut self, mut handover: HeldCommand) {
+        let Some(marker) = self.start_drain().await else {
+            return self.answer_command(handover).await;
+        };
         tracing::info!("planned handover: draining the service's sessions first");
         handover.drained = true;
         let back = self.drained_tx.clone();
         tokio::spawn(async move {
-            let started = Instant::now();
-            let deadline = started + HANDOVER_DRAIN + DRAIN_MARGIN;
-            while !marker.exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            if marker.exists() {
-                tracing::info!(
-                    drain_ms = started.elapsed().as_millis() as u64,
-                    "service drained; handing over"
-                );
-            } else {
-                tracing::warn!("the service did not report its drain in time; handing over anyway");
-            }
+            wait_for_drain(&marker).await;
             let _ = back.send(handover).await;
         });
     }
@@ -1255,6 +1310,23 @@ impl Agent {
             metric(help, kind, name, vec![(String::new(), value.to_string())]);
         }
         out
+    }
+}
+
+/// Waits (bounded) for the service's drained marker.
+async fn wait_for_drain(marker: &std::path::Path) {
+    let started = Instant::now();
+    let deadline = started + HANDOVER_DRAIN + DRAIN_MARGIN;
+    while !marker.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if marker.exists() {
+        tracing::info!(
+            drain_ms = started.elapsed().as_millis() as u64,
+            "service drained; handing over"
+        );
+    } else {
+        tracing::warn!("the service did not report its drain in time; handing over anyway");
     }
 }
 

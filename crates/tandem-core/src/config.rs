@@ -131,6 +131,10 @@ pub struct NodeConfig {
     /// unverified ([`crate::node::DataState::Unverified`]) and cannot
     /// preempt or accept a handover until an active has caught it up.
     pub replicated_data: bool,
+    /// The service drains its sessions before a planned handover: a due
+    /// preemption first asks the agent to drain
+    /// ([`crate::Output::DrainForHandover`]), then hands over.
+    pub drain_before_preemption: bool,
 }
 
 impl NodeConfig {
@@ -157,6 +161,7 @@ impl NodeConfig {
             on_failure: OnFailure::BecomeSecondary,
             version: String::new(),
             replicated_data: false,
+            drain_before_preemption: false,
         }
     }
 

@@ -153,6 +153,16 @@ pub enum Input {
         /// `true` once caught up; `false` while catching up or stale.
         in_sync: bool,
     },
+    /// The service drained after [`Output::DrainForHandover`]: hand
+    /// `group` to `to` now if that is still right (the node re-checks).
+    Drained {
+        /// The group.
+        group: GroupId,
+        /// The peer to hand it to.
+        to: String,
+        /// Why.
+        cause: HandoverCause,
+    },
     /// The agent is shutting down cleanly: release everything and say
     /// goodbye. The node ignores every later input.
     Shutdown,
@@ -199,6 +209,18 @@ pub enum Output {
     Persist(PersistentState),
     /// Log this (and count it in metrics). Every change of role is one.
     Event(Event),
+    /// A preemption (or restore) is due, and the service drains its
+    /// sessions before a planned handover (`drain_before_preemption`):
+    /// drain, then send [`Input::Drained`]. Asked again after
+    /// [`PREEMPT_DRAIN_WAIT`] if that never comes.
+    DrainForHandover {
+        /// The group.
+        group: GroupId,
+        /// The peer that will take it.
+        to: String,
+        /// Why.
+        cause: HandoverCause,
+    },
     /// An operator command was not carried out; tell the operator why.
     Refused {
         /// The command.
@@ -207,6 +229,10 @@ pub enum Output {
         reason: Refusal,
     },
 }
+
+/// How long a node waits for [`Input::Drained`] before asking for the
+/// drain of a preemption again.
+pub const PREEMPT_DRAIN_WAIT: Duration = Duration::from_secs(10);
 
 /// State that must survive a restart of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -544,6 +570,8 @@ struct GroupState {
     grace_from: BTreeSet<String>,
     /// Asked a peer to take the group over.
     handover: Option<PendingHandover>,
+    /// Asked the agent to drain for a preemption: not again until then.
+    drain_asked_until: Option<Millis>,
     /// Peers seen active at the same time as us (each counted once).
     split_brain_with: BTreeSet<String>,
     /// The last node seen holding the group.
@@ -759,6 +787,7 @@ impl Node {
                     cx.cause = Some(Reason::DataSync { in_sync });
                 }
             }
+            Input::Drained { group, to, cause } => self.on_drained(&mut cx, group, &to, cause),
             Input::Shutdown => self.shutdown(&mut cx),
         }
         self.reconcile(&mut cx);
@@ -1623,6 +1652,7 @@ impl Node {
         } else {
             g.grace_until = None;
             g.handover = None;
+            g.drain_asked_until = None;
         }
         if let Some(group) = g.id {
             cx.out.push(if active {
@@ -1895,27 +1925,59 @@ impl Node {
         }
         // Preemption: hand over to a better-ranked peer that is ready.
         if self.groups[gi].handover.is_none() && actives.is_empty() && !in_grace {
-            let ready = self
-                .peers
-                .iter()
-                .filter(|(_, p)| {
-                    p.eligible()
-                        && p.info
-                            .as_ref()
-                            .is_some_and(|h| h.preempt == PreemptState::Ready)
-                })
-                .filter_map(|(n, p)| self.peer_rank(gi, n, p))
-                .filter(|r| *r > me)
-                .max();
-            if let Some(r) = ready {
-                let cause = if self.restore_until.is_some_and(|t| t > now) {
-                    HandoverCause::Restore
-                } else {
-                    HandoverCause::Preemption
-                };
-                let to = r.name.to_owned();
-                self.start_handover(cx, gi, to, cause);
+            let Some(to) = self.preemption_target(gi) else {
+                self.groups[gi].drain_asked_until = None;
+                return;
+            };
+            let cause = if self.restore_until.is_some_and(|t| t > now) {
+                HandoverCause::Restore
+            } else {
+                HandoverCause::Preemption
+            };
+            if !self.config.drain_before_preemption {
+                return self.start_handover(cx, gi, to, cause);
             }
+            let g = &mut self.groups[gi];
+            if let Some(group) = g.id
+                && g.drain_asked_until.is_none_or(|t| now >= t)
+            {
+                g.drain_asked_until = Some(now.plus(PREEMPT_DRAIN_WAIT));
+                cx.out.push(Output::DrainForHandover { group, to, cause });
+            }
+        }
+    }
+
+    /// The better-ranked peer, eligible and ready to preempt, that group
+    /// `gi` should go to, if any.
+    fn preemption_target(&self, gi: usize) -> Option<String> {
+        let me = self.self_rank(gi);
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.eligible()
+                    && p.info
+                        .as_ref()
+                        .is_some_and(|h| h.preempt == PreemptState::Ready)
+            })
+            .filter_map(|(n, p)| self.peer_rank(gi, n, p))
+            .filter(|r| *r > me)
+            .max()
+            .map(|r| r.name.to_owned())
+    }
+
+    /// The service drained for a preemption: hand over if the same peer
+    /// is still the one to preempt (else the agent resumes the listener).
+    fn on_drained(&mut self, cx: &mut Ctx, group: GroupId, to: &str, cause: HandoverCause) {
+        let Some(gi) = self.group_index(group) else {
+            return;
+        };
+        let g = &mut self.groups[gi];
+        g.drain_asked_until = None;
+        if !g.active || g.handover.is_some() {
+            return;
+        }
+        if self.preemption_target(gi).as_deref() == Some(to) {
+            self.start_handover(cx, gi, to.to_owned(), cause);
         }
     }
 
@@ -1980,6 +2042,7 @@ impl GroupState {
             grace_until: None,
             grace_from: BTreeSet::new(),
             handover: None,
+            drain_asked_until: None,
             split_brain_with: BTreeSet::new(),
             last_active: None,
         }

@@ -130,6 +130,7 @@ impl Sim {
     }
 
     fn apply(&mut self, name: &str, out: &[Output]) {
+        let mut drained = Vec::new();
         for o in out {
             self.log.push((self.now, name.to_owned(), o.clone()));
             let Some(n) = self.nodes.get_mut(name) else {
@@ -168,7 +169,18 @@ impl Sim {
                 Output::StopService => n.service = false,
                 Output::Persist(p) => n.persisted = Some(*p),
                 Output::Event(_) | Output::Refused { .. } => {}
+                Output::DrainForHandover { group, to, cause } => {
+                    // The simulated service drains at once.
+                    drained.push(Input::Drained {
+                        group: *group,
+                        to: to.clone(),
+                        cause: *cause,
+                    });
+                }
             }
+        }
+        for input in drained {
+            self.input(name, input);
         }
     }
 

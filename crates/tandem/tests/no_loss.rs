@@ -40,10 +40,15 @@ fn free_addr() -> SocketAddr {
 /// A relay pair with `data_sync = "semi"` (the defaults otherwise:
 /// `degrade`, preemption on), its next hop `next_hop`, not started.
 fn relay_cluster(next_hop: SocketAddr) -> LocalCluster {
+    relay_cluster_with(next_hop, "")
+}
+
+/// [`relay_cluster`] with more `[service]` keys.
+fn relay_cluster_with(next_hop: SocketAddr, service_keys: &str) -> LocalCluster {
     let script =
         format!("exec {EXE} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
     let spec = ClusterSpec {
-        extra_toml: "cwd = \".\"\n".into(),
+        extra_toml: format!("cwd = \".\"\n{service_keys}"),
         log_dir: std::env::var_os("TANDEM_TEST_LOGS").map(Into::into),
         exe: Some(EXE.into()),
         ..ClusterSpec::new(&["alpha", "beta"], vec!["sh".into(), "-c".into(), script])
@@ -384,4 +389,84 @@ fn a_forged_far_future_epoch_does_not_silence_the_peer() {
         rejected(&rt, &cluster, 1) >= 1,
         "the forgery was not counted"
     );
+}
+
+/// Reads one SMTP reply (every line of a multi-line one); its last line.
+fn smtp_reply(reader: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return line,
+            Ok(_) if line.as_bytes().get(3) == Some(&b'-') => continue,
+            Ok(_) => return line,
+        }
+    }
+}
+
+/// The returning primary preempts only after its catch-up, and then with
+/// the drain of a planned handover: a session open on the secondary when
+/// the preemption comes is finished there (its 250), and its message is on
+/// the primary, which serves again.
+#[test]
+fn a_preemption_drains_the_sessions_in_progress_first() {
+    use std::io::{BufReader, Write};
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let mut cluster = relay_cluster_with(free_addr(), "suspend = \"signal\"\n");
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    settle_in_sync(&rt, &cluster, 0);
+    cluster.kill(0);
+    wait_until("beta active", Duration::from_secs(10), || {
+        role(&rt, &cluster, 1) == "active"
+    });
+
+    let stream = std::net::TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut writer = stream.try_clone().unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = BufReader::new(stream);
+    let mut say = |line: &str, reader: &mut BufReader<std::net::TcpStream>| {
+        writer
+            .write_all(line.as_bytes())
+            .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
+        smtp_reply(reader)
+    };
+    assert!(smtp_reply(&mut reader).starts_with("220"));
+    assert!(say("EHLO preempt.test\r\n", &mut reader).starts_with("250"));
+    assert!(say("MAIL FROM:<a@client.test>\r\n", &mut reader).starts_with("250"));
+    assert!(say("RCPT TO:<b@dest.test>\r\n", &mut reader).starts_with("250"));
+    assert!(say("DATA\r\n", &mut reader).starts_with("354"));
+
+    cluster
+        .start(0)
+        .unwrap_or_else(|e| panic!("restart: {e:#}"));
+    wait_until(
+        "beta to drain for the preemption",
+        Duration::from_secs(20),
+        || {
+            rt.block_on(cluster.status(1)).is_some_and(|s| {
+                s["agent"]["listener"] == "suspended" || s["node"]["effective_role"] != "active"
+            })
+        },
+    );
+    let answer = say(
+        "X-Tandem-Id: preempt-1\r\nSubject: open at the preemption\r\n\r\nbody\r\n.\r\n",
+        &mut reader,
+    );
+    assert!(
+        answer.starts_with("250"),
+        "the message of a session open at the preemption: {answer:?}"
+    );
+    let _ = say("QUIT\r\n", &mut reader);
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let spool = cluster.data_dir(0).join("spool/queue");
+    let queued = std::fs::read_dir(&spool).map_or(0, |d| d.count());
+    assert_eq!(queued, 1, "the acknowledged message on the primary");
 }

@@ -66,6 +66,8 @@ fn configs(n: usize) -> Vec<NodeConfig> {
             };
             let mut c = NodeConfig::new(NAMES[i], role, 200 - 50 * i as u8, &peers);
             c.replicated_data = true;
+            // As the agent sets it for a service that drains itself.
+            c.drain_before_preemption = true;
             c
         })
         .collect()
@@ -235,7 +237,8 @@ proptest! {
 
 /// The first scenario, deterministic: the primary crashes, the
 /// secondary serves, the primary restarts with preemption on. It must not
-/// take the service back before it was caught up, then must.
+/// take the service back before it was caught up, then must, after its
+/// peer drained.
 #[test]
 fn a_returning_primary_waits_for_its_catch_up_then_preempts() {
     let mut sim = Sim::new(configs(2), 1).unwrap();
@@ -250,7 +253,23 @@ fn a_returning_primary_waits_for_its_catch_up_then_preempts() {
     assert_eq!(sim.holders(GroupId(0)), vec!["b".to_string()]);
     let a = sim.node("a").unwrap();
     assert_eq!(a.effective_role(sim.now), EffectiveRole::Syncing);
+    let caught_up = sim.now;
     sim.input("a", Input::DataSync { in_sync: true });
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.holders(GroupId(0)), vec!["a".to_string()]);
+    // b drained its sessions before it handed the service back.
+    let out = sim.outputs_since("b", caught_up);
+    let drain = out
+        .iter()
+        .position(|o| matches!(o, Output::DrainForHandover { to, .. } if to == "a"));
+    let handover = out.iter().position(|o| {
+        matches!(
+            o,
+            Output::Event(Event::HandoverStarted {
+                cause: HandoverCause::Preemption,
+                ..
+            })
+        )
+    });
+    assert!(drain.is_some() && drain < handover, "{out:#?}");
 }
