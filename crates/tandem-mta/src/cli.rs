@@ -221,7 +221,15 @@ async fn serve(a: ServeArgs, json: bool, hook: Arc<dyn CommitHook>) -> Result<()
     // is still safe, only later.
     let report = relay.listener().suspend(EXIT_DRAIN).await;
     tracing::info!(?report, "listener closed for exit");
-    let flush_until = tokio::time::Instant::now() + EXIT_FLUSH;
+    // Under an agent with `[sync]` (it sets TANDEM_API) the new active has
+    // every acknowledged message; delivering them here too after losing
+    // the service would only send them twice (issue 14), so no flush.
+    let flush = if std::env::var_os("TANDEM_API").is_some() {
+        std::time::Duration::ZERO
+    } else {
+        EXIT_FLUSH
+    };
+    let flush_until = tokio::time::Instant::now() + flush;
     while relay.queue_stats().pending > 0 && tokio::time::Instant::now() < flush_until {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

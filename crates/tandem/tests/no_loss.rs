@@ -40,11 +40,11 @@ fn free_addr() -> SocketAddr {
 /// A relay pair with `data_sync = "semi"` (the defaults otherwise:
 /// `degrade`, preemption on), its next hop `next_hop`, not started.
 fn relay_cluster(next_hop: SocketAddr) -> LocalCluster {
-    relay_cluster_with(next_hop, "")
+    relay_cluster_with(next_hop, "", "")
 }
 
-/// [`relay_cluster`] with more `[service]` keys.
-fn relay_cluster_with(next_hop: SocketAddr, service_keys: &str) -> LocalCluster {
+/// [`relay_cluster`] with more `[service]` and `[sync]` keys.
+fn relay_cluster_with(next_hop: SocketAddr, service_keys: &str, sync_keys: &str) -> LocalCluster {
     let script =
         format!("exec {EXE} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
     let spec = ClusterSpec {
@@ -55,7 +55,7 @@ fn relay_cluster_with(next_hop: SocketAddr, service_keys: &str) -> LocalCluster 
     };
     let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
     cluster
-        .enable_sync("data_sync = \"semi\"\n")
+        .enable_sync(&format!("data_sync = \"semi\"\n{sync_keys}"))
         .unwrap_or_else(|e| panic!("sync: {e:#}"));
     cluster
 }
@@ -415,7 +415,7 @@ fn a_preemption_drains_the_sessions_in_progress_first() {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let rt = runtime();
-    let mut cluster = relay_cluster_with(free_addr(), "suspend = \"signal\"\n");
+    let mut cluster = relay_cluster_with(free_addr(), "suspend = \"signal\"\n", "");
     cluster
         .start_all()
         .unwrap_or_else(|e| panic!("start: {e:#}"));
@@ -469,4 +469,85 @@ fn a_preemption_drains_the_sessions_in_progress_first() {
     let spool = cluster.data_dir(0).join("spool/queue");
     let queued = std::fs::read_dir(&spool).map_or(0, |d| d.count());
     assert_eq!(queued, 1, "the acknowledged message on the primary");
+}
+
+/// Both nodes fail in turn: the standby dies, the active takes mail alone
+/// (recorded as never seen by the standby) and dies; the standby comes
+/// back alone and serves; the old active returns and is caught up. Its
+/// mail is not deleted by that catch-up: it is quarantined, shown in
+/// `status` and the sync report, listed, and (with `merge_quarantine =
+/// false`) restored by the operator into the active, which delivers it.
+#[test]
+fn quarantined_mail_is_listed_and_restored_by_the_operator() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let rt = runtime();
+    let next_hop = free_addr();
+    let mut cluster = relay_cluster_with(next_hop, "", "merge_quarantine = false\n");
+    cluster
+        .start_all()
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    settle_in_sync(&rt, &cluster, 0);
+    cluster.kill(1);
+    let alone = send(&rt, cluster.vip, 15);
+    assert_eq!(alone.acknowledged, 15, "{alone:?}");
+    cluster.kill(0);
+    cluster
+        .start(1)
+        .unwrap_or_else(|e| panic!("start beta: {e:#}"));
+    wait_until("beta active alone", Duration::from_secs(15), || {
+        role(&rt, &cluster, 1) == "active"
+    });
+    let later = send(&rt, cluster.vip, 10);
+    assert_eq!(later.acknowledged, 10, "{later:?}");
+    cluster
+        .start(0)
+        .unwrap_or_else(|e| panic!("start alpha: {e:#}"));
+
+    // alpha's 15 are set aside before beta's catch-up deletes them.
+    let listed = || {
+        let (code, out, err) = cluster.cli(1, &["--json", "sync", "quarantine", "list"]);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    wait_until(
+        "a quarantine batch on alpha",
+        Duration::from_secs(20),
+        || listed().as_array().is_some_and(|l| !l.is_empty()),
+    );
+    // alpha, caught up, takes the service back (preemption).
+    settle_in_sync(&rt, &cluster, 0);
+    let batches = listed();
+    assert_eq!(batches[0]["node"], "alpha", "{batches}");
+    assert_eq!(batches[0]["batch"]["from"], "beta", "{batches}");
+    assert_eq!(batches[0]["batch"]["files"], 15, "{batches}");
+    let id = batches[0]["batch"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (code, table, _) = cluster.cli(1, &["status"]);
+    assert!(table.contains("file(s) in quarantine"), "{code} {table}");
+    let (code, report, err) = cluster.cli(1, &["sync", "report"]);
+    assert_eq!(
+        code, 1,
+        "quarantined files make the report fail: {report}{err}"
+    );
+    assert!(report.contains("quarantine"), "{report}");
+    let (code, _, err) = cluster.cli(1, &["sync", "quarantine", "drop", "no-such-batch"]);
+    assert_ne!(code, 0, "{err}");
+
+    let (code, out, err) = cluster.cli(1, &["--json", "sync", "quarantine", "restore", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let restored: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(restored["merged"], 15, "{restored}");
+    assert!(listed().as_array().is_some_and(Vec::is_empty));
+
+    let acked: Vec<String> = alone
+        .acked_ids
+        .iter()
+        .chain(&later.acked_ids)
+        .cloned()
+        .collect();
+    every_acked_delivered(&rt, next_hop, &acked);
 }

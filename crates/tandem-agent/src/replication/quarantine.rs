@@ -200,6 +200,13 @@ async fn merge_here(
     content: &[u8],
     mode: u32,
 ) -> Result<Outcome, String> {
+    // Taken first and held: a node that stops being active mid-merge must
+    // still replicate what it wrote (or say it failed, so the sender keeps
+    // its copy) — never leave a file only here, for the next catch-up to
+    // delete.
+    let Some(replicator) = shared.replicator() else {
+        return Err(format!("{} is not active", shared.node));
+    };
     let data_dir = shared.settings.data_dir.clone();
     let relative = relative.to_string();
     let content = content.to_vec();
@@ -224,13 +231,13 @@ async fn merge_here(
     })
     .await
     .map_err(|e| format!("merge task failed: {e}"))??;
-    if outcome == Outcome::Merged
-        && let Some(replicator) = shared.replicator()
-        && let Err(e) = replicator.commit(std::slice::from_ref(&path)).await
-    {
-        // The file is on this node's disk and its service delivers it; the
-        // standby gets it at its next catch-up.
-        tracing::warn!(path = %path.display(), error = %e, "a merged file is not replicated yet");
+    if outcome == Outcome::Merged {
+        // Degraded is fine: a standby that missed it is recorded, and the
+        // file is quarantined there, not deleted, at its next catch-up.
+        replicator
+            .commit(std::slice::from_ref(&path))
+            .await
+            .map_err(|e| format!("{} not replicated: {e}", path.display()))?;
     }
     Ok(outcome)
 }
