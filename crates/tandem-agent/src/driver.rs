@@ -1348,6 +1348,9 @@ fn log_event(event: &Event) {
         Event::RoleChanged { .. } | Event::SplitBrain { .. } | Event::PeerLost { .. } => {
             tracing::warn!(event = %record, "HA event");
         }
+        Event::KeyMismatch { peer, found: true } => {
+            tracing::error!(event = %record, %peer, "cluster key mismatch with {peer}: its heartbeats fail the MAC while the sync channel hears it; this node will not serve beside it (give every node the same cluster key file)");
+        }
         _ => tracing::info!(event = %record, "HA event"),
     }
 }
