@@ -359,6 +359,17 @@ impl AgentConfig {
     /// Reads, parses and validates a config file, and reads the key and
     /// token files it names.
     pub fn load(path: &Path) -> Result<AgentConfig, Error> {
+        // Absolute from here on: every relative path in the file is
+        // resolved against its directory, and config sync compares those
+        // paths with the absolute ones inotify reports (a relative
+        // `--config` left edits unseen until the periodic push).
+        let absolute = std::path::absolute(path).map_err(|e| Error::Config {
+            origin: path.display().to_string(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot resolve the path: {e}"),
+        })?;
+        let path = absolute.as_path();
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
             origin: path.display().to_string(),
             line: 0,
@@ -719,4 +730,49 @@ fn read_secret(
         )));
     }
     Ok(trimmed.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tandem agent --config examples/pair/alpha.toml`, as the example
+    /// suggests: every path the agent uses comes out absolute, so config
+    /// sync matches the absolute paths inotify reports.
+    #[test]
+    fn a_relative_config_path_gives_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let example = include_str!("../../../examples/pair/alpha.toml");
+        let text = format!(
+            "{example}\n[sync]\ncert_dir = \"certs\"\ndata_dir = \"data\"\nconfig = [\"mta.toml\"]\n"
+        );
+        std::fs::write(dir.path().join("alpha.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        for secret in ["cluster.key", "api.token"] {
+            let file = dir.path().join(secret);
+            std::fs::write(&file, "a secret of more than sixteen bytes\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // The same file, named relative to the current directory.
+        let cwd = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let relative = up.join(
+            dir.path()
+                .join("alpha.toml")
+                .strip_prefix("/")
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert!(relative.is_relative());
+        let config = AgentConfig::load(&relative).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.origin.is_absolute(), "{}", config.origin.display());
+        assert!(config.node.state_dir.is_absolute());
+        let sync = config.sync.unwrap_or_else(|| panic!("[sync] parsed"));
+        assert!(
+            sync.config.iter().all(|p| p.is_absolute()),
+            "{:?}",
+            sync.config
+        );
+        assert!(sync.data_dir.is_absolute());
+    }
 }
