@@ -674,7 +674,10 @@ impl Agent {
     }
 
     async fn receive(&mut self, datagram: Datagram) {
-        let input = match self.codec.open(&datagram.bytes, crate::upgrade::now_ms()) {
+        let input = match self
+            .codec
+            .admit(datagram.envelope, crate::upgrade::now_ms())
+        {
             Ok(envelope) => Input::Received {
                 link: datagram.link,
                 envelope,
@@ -856,13 +859,9 @@ impl Agent {
         let handing_over = outputs
             .iter()
             .any(|o| matches!(o, Output::Event(Event::HandoverStarted { .. })));
-        if self.suspended_for_preemption && !handing_over {
-            self.suspended_for_preemption = false;
-            if self.listener_suspended && self.service_running {
-                self.listener(ListenerAction::Resume, HANDOVER_DRAIN).await;
-            }
-        } else if handing_over {
-            self.suspended_for_preemption = false;
+        let suspended_here = std::mem::take(&mut self.suspended_for_preemption);
+        if suspended_here && !handing_over && self.listener_suspended && self.service_running {
+            self.listener(ListenerAction::Resume, HANDOVER_DRAIN).await;
         }
     }
 

@@ -57,8 +57,9 @@ pub struct Datagram {
     pub link: LinkId,
     /// Who sent it (for logs; the MAC, not the address, identifies a peer).
     pub from: SocketAddr,
-    /// Its bytes, not yet authenticated.
-    pub bytes: Vec<u8>,
+    /// The message, authenticated (its replay check is the agent's:
+    /// [`tandem_core::Codec::admit`]).
+    pub envelope: tandem_core::Envelope,
 }
 
 /// The bound link sockets and where each peer listens on each link.
@@ -146,11 +147,11 @@ async fn receive(
         };
         let bytes = &buf[..n];
         match tandem_core::wire::decode(&filter.key, &filter.cluster, bytes) {
-            Ok(_) => {
+            Ok(envelope) => {
                 let datagram = Datagram {
                     link,
                     from,
-                    bytes: bytes.to_vec(),
+                    envelope,
                 };
                 if inbox.send(LinkEvent::Datagram(datagram)).await.is_err() {
                     return; // the agent is shutting down

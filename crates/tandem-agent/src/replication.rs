@@ -218,7 +218,7 @@ impl Replication {
                 .map_err(sync_error)?;
         let receiver = Receiver::new(ReceiverConfig {
             unreplicated: Some(unreplicated.clone()),
-            quarantine_dir: Some(state_dir.join("quarantine")),
+            quarantine_dir: Some(quarantine::quarantine_dir(state_dir)),
             identity: identity.clone(),
             data_dir: settings.data_dir.clone(),
             config_dir: settings.config_dir.clone(),
@@ -572,9 +572,8 @@ impl Inner {
             ReceiverEvent::Heard { peer } => {
                 self.queue.push_back(Input::ChannelHeard { peer });
             }
-            ReceiverEvent::Quarantined { peer, id, files } => {
-                tracing::warn!(%peer, batch = %id, files, dir = %self.shared.state_dir.join("quarantine").join(&id).display(),
-                    "files {peer} never saw were moved to quarantine before its catch-up (acknowledged here while it was away); they are merged back into the active when merge_quarantine is on, else see `tandem sync quarantine list`");
+            ReceiverEvent::Quarantined { .. } => {
+                // The receiver logged it (count, batch, dir); merge it soon.
                 self.shared.quarantine_wake.notify_one();
             }
             ReceiverEvent::CaughtUp { peer } => {

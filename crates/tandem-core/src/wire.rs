@@ -717,6 +717,13 @@ impl Codec {
     /// far-future epoch cannot lock the sender's real epoch out.
     pub fn open(&mut self, bytes: &[u8], now_unix_ms: u64) -> Result<Envelope, Error> {
         let env = decode(&self.key, &self.cluster, bytes)?;
+        self.admit(env, now_unix_ms)
+    }
+
+    /// The replay check of [`Codec::open`] for an envelope [`decode`]
+    /// already authenticated with this codec's key (the agent authenticates
+    /// in each link's receive task, so a flood never reaches its loop).
+    pub fn admit(&mut self, env: Envelope, now_unix_ms: u64) -> Result<Envelope, Error> {
         // Only an authenticated sender gets a guard: junk cannot grow the map.
         let guard = self.guards.entry(env.sender.clone()).or_default();
         if guard.check(env.epoch, env.seq, now_unix_ms).is_err() {

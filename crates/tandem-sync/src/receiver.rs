@@ -344,7 +344,13 @@ impl Receiver {
     /// (nor quarantine its own) before the split brain is resolved. Call it
     /// with `true` before the service starts, then [`checkpoint`](Self::checkpoint).
     pub fn set_serving(&self, serving: bool) {
-        self.shared.serving.send_replace(serving);
+        // The agent calls this after every step: only a change wakes the
+        // connections.
+        self.shared.serving.send_if_modified(|now| {
+            let changed = *now != serving;
+            *now = serving;
+            changed
+        });
     }
 
     /// Holds off config pushes (they wait, and are installed after) while

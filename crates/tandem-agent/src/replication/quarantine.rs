@@ -91,13 +91,14 @@ pub(super) fn start(shared: Arc<Shared>) {
     });
 }
 
-fn quarantine_dir(shared: &Shared) -> PathBuf {
-    shared.state_dir.join("quarantine")
+/// Where the receiver puts files aside: `STATE_DIR/quarantine`.
+pub(super) fn quarantine_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("quarantine")
 }
 
 /// The batches in quarantine; an unreadable dir reads as none (logged).
 pub(super) fn batches(shared: &Shared) -> Vec<QuarantineBatch> {
-    match quarantine::list(&quarantine_dir(shared)) {
+    match quarantine::list(&quarantine_dir(&shared.state_dir)) {
         Ok(batches) => batches,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the quarantine");
@@ -119,7 +120,7 @@ pub(super) fn status(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "dir": quarantine_dir(shared),
+        "dir": quarantine_dir(&shared.state_dir),
         "list": list,
         "batches": batches.len(),
         "files": batches.iter().map(|b| b.paths.len()).sum::<usize>(),
@@ -139,7 +140,7 @@ async fn merge_all(shared: &Arc<Shared>) -> Result<(), String> {
 /// active, else through the active's API. A merged or duplicate file
 /// leaves the quarantine; a conflict stays.
 async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<BatchSummary, String> {
-    let dir = quarantine_dir(shared);
+    let dir = quarantine_dir(&shared.state_dir);
     let files = quarantine::restore_paths(&dir, id).map_err(|e| e.to_string())?;
     let mut summary = BatchSummary {
         id: id.to_string(),
@@ -327,7 +328,7 @@ pub(super) async fn drop_batch(
     State(shared): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    match quarantine::drop_batch(&quarantine_dir(&shared), &id) {
+    match quarantine::drop_batch(&quarantine_dir(&shared.state_dir), &id) {
         Ok(()) => {
             tracing::warn!(batch = %id, "quarantine batch dropped by the operator");
             Json(serde_json::json!({ "dropped": id })).into_response()

@@ -55,8 +55,9 @@ pub(super) async fn admit(shared: &Arc<Shared>, peer: &str) -> std::result::Resu
                 id = %batch.id,
                 files = batch.files,
                 bytes = batch.bytes,
+                dir = %dir.join(&batch.id).display(),
                 "files this node acknowledged that the connecting active never saw were moved to \
-                 quarantine before its catch-up; restore them into the active's spool"
+                 quarantine before its catch-up, not deleted (`tandem sync quarantine list`)"
             );
             shared
                 .event(ReceiverEvent::Quarantined {
