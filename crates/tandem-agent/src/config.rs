@@ -18,9 +18,15 @@ use tandem_core::{ConfiguredRole, FailoverGroup, GroupId, Mode, NodeConfig, OnFa
 use toml::Spanned;
 
 use crate::Error;
-use crate::firmware::ImagesSection;
-use crate::monitor::MonitorSection;
+
+mod images;
+mod monitor;
+mod sync;
+
 use crate::vip_ip::{GarpPlan, IpVip};
+pub use images::ImagesSection;
+pub use monitor::MonitorSection;
+pub use sync::{ConfigChangeAction, SyncSection, SyncSettings};
 
 /// A validated agent configuration.
 #[derive(Debug, Clone)]
@@ -46,7 +52,7 @@ pub struct AgentConfig {
     /// The HMAC key for heartbeats and the API token, read from their files.
     pub secrets: Secrets,
     /// `[sync]`: config and data sync; `None` when absent (no replication).
-    pub sync: Option<crate::replication::SyncSettings>,
+    pub sync: Option<SyncSettings>,
 }
 
 /// The name of the extra link `remote_as_heartbeat` adds; it is the last.
@@ -101,7 +107,10 @@ pub struct ClusterSection {
     #[serde(default = "default_mode")]
     pub mode: ModeName,
     /// Heartbeat interval.
-    #[serde(default = "default_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "tandem_toml::duration::field"
+    )]
     pub interval: Duration,
     /// Missed heartbeats (on every link) before a peer is dead.
     #[serde(default = "default_lost_threshold")]
@@ -110,10 +119,13 @@ pub struct ClusterSection {
     #[serde(default = "default_true")]
     pub preempt: bool,
     /// How long a node must be healthy before it preempts.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "tandem_toml::duration::field")]
     pub preempt_delay: Duration,
     /// The longest holdoff honoured.
-    #[serde(default = "default_holdoff_max", deserialize_with = "duration")]
+    #[serde(
+        default = "default_holdoff_max",
+        deserialize_with = "tandem_toml::duration::field"
+    )]
     pub holdoff_max: Duration,
     /// What a failing local monitor does: `off`, `restore`, `become-secondary`.
     #[serde(default = "default_on_failure")]
@@ -212,7 +224,10 @@ pub struct VipSection {
     #[serde(default = "default_garp_count")]
     pub garp_count: u32,
     /// `ip` mode: time between those frames.
-    #[serde(default = "default_garp_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_garp_interval",
+        deserialize_with = "tandem_toml::duration::field"
+    )]
     pub garp_interval: Duration,
 }
 
@@ -258,7 +273,10 @@ pub struct ServiceSection {
     /// The command and its arguments.
     pub command: Vec<String>,
     /// Time from SIGTERM to SIGKILL on stop.
-    #[serde(default = "default_grace", deserialize_with = "duration")]
+    #[serde(
+        default = "default_grace",
+        deserialize_with = "tandem_toml::duration::field"
+    )]
     pub grace: Duration,
     /// Working directory.
     pub cwd: Option<PathBuf>,
@@ -326,17 +344,6 @@ fn default_grace() -> Duration {
     Duration::from_secs(5)
 }
 
-pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
-/// `"500ms"`, `"10s"`, `"2m"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    // One spelling of durations across every tandem file: the images'.
-    tandem_image::manifest::parse_duration(text)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -352,7 +359,7 @@ struct RawConfig {
     monitor: MonitorSection,
     #[serde(default)]
     images: ImagesSection,
-    sync: Option<Spanned<crate::replication::SyncSection>>,
+    sync: Option<Spanned<SyncSection>>,
 }
 
 impl AgentConfig {
@@ -395,13 +402,13 @@ impl AgentConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Error> {
         let error = |span: Range<usize>, key: &str, message: String| Error::Config {
             origin: origin.display().to_string(),
-            line: tandem_version::toml_location::position(text, span.start).0,
+            line: tandem_toml::location::position(text, span.start).0,
             key: key.to_string(),
             message,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let key = tandem_version::toml_location::key_on_line(text, span.start, "config");
+            let key = tandem_toml::location::key_on_line(text, span.start, "config");
             error(span, &key, e.message().trim().to_string())
         })?;
 
@@ -580,9 +587,7 @@ impl AgentConfig {
                 if service.suspend == SuspendMethod::Signal
                     && matches!(
                         settings.on_config_change,
-                        crate::replication::ConfigChangeAction::Signal(
-                            libc::SIGUSR1 | libc::SIGUSR2
-                        )
+                        ConfigChangeAction::Signal(libc::SIGUSR1 | libc::SIGUSR2)
                     )
                 {
                     return Err(error(

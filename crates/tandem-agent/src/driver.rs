@@ -36,14 +36,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::api::{self, ApiRequest, CommandReply, ListenerAction};
+use crate::config::ConfigChangeAction;
 use crate::config::{AgentConfig, ModeName, SuspendMethod};
+use crate::crash_link::{self, Identity, PeerLinkEvent};
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks, LinkEvent};
 use crate::monitor::{self, Verdict};
-use crate::replication::{ConfigChangeAction, Replication};
+use crate::replication::Replication;
 use crate::state::{self, SavedState};
 use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
-use crate::sync::{self, Identity, PeerLinkEvent};
 use crate::upgrade::{self, Upgrades};
 use crate::vip_ip::IpVip;
 use crate::{Error, vip};
@@ -304,7 +305,7 @@ impl Agent {
         // crash detector (see crate::replication).
         let replication = Replication::start(&config).await?;
         if !replication.enabled() {
-            sync::start(config.node.sync, identity, sync_peers, peer_tx).await?;
+            crash_link::start(config.node.sync, identity, sync_peers, peer_tx).await?;
         }
         let (api_tx, api) = mpsc::channel(64);
         let api_peers = config

@@ -28,7 +28,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use tandem_image::archive::Limits;
 use tandem_image::health;
 use tandem_image::manifest::{HealthProbe, Manifest};
@@ -36,17 +35,7 @@ use tandem_image::signing::{self, TrustPolicy};
 use tandem_image::slots::{BootAttempt, SlotName, SlotState, SlotStore, SlotTable};
 use tokio::sync::Mutex;
 
-/// `[images]` in the config.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImagesSection {
-    /// Public keys (minisign format) whose signatures this node accepts.
-    #[serde(default)]
-    pub trusted_keys: Vec<PathBuf>,
-    /// Accept images without a signature (status warns).
-    #[serde(default)]
-    pub allow_unsigned: bool,
-}
+use crate::config::ImagesSection;
 
 /// What a slot operation reports back.
 pub type Outcome = Result<serde_json::Value, String>;

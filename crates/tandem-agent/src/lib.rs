@@ -19,8 +19,8 @@
 //! - [`firmware`]: the node's images and A/B slots (install, boot with a
 //!   health check, rollback).
 //! - [`links`]: heartbeat links (UDP).
-//! - [`sync`]: authenticated TCP connections to peers, for instant crash
-//!   detection.
+//! - [`crash_link`]: authenticated TCP connections to peers, for instant
+//!   crash detection (the `[node] sync` address, older than data sync).
 //! - [`replication`]: `[sync]`: the TLS sync receiver, the active's
 //!   replicator, cluster fsync and resync routes (issue 6).
 //! - [`api`]: the HTTP/JSON control API and Prometheus `/metrics`.
@@ -34,6 +34,7 @@
 pub mod api;
 pub mod backup;
 pub mod config;
+pub mod crash_link;
 pub mod driver;
 pub mod firmware;
 pub mod links;
@@ -41,7 +42,6 @@ pub mod monitor;
 pub mod replication;
 pub mod state;
 pub mod supervisor;
-pub mod sync;
 pub mod upgrade;
 pub mod vip;
 pub mod vip_ip;

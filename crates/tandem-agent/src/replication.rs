@@ -19,7 +19,7 @@
 //! so a burst of commits never delays a heartbeat.
 //!
 //! **Crash detection.** With `[sync]`, the TLS receiver owns `node.sync`
-//! and replaces the HMAC crash detector of [`crate::sync`]: the active
+//! and replaces the HMAC crash detector of [`crate::crash_link`]: the active
 //! dials every standby, and the standby's receiver reports the close of
 //! that connection the moment the active's process dies; it becomes
 //! [`Input::PeerConnectionClosed`] at once. One connection, one port, one
@@ -61,9 +61,8 @@ use crate::config::AgentConfig;
 
 mod config_sync;
 mod quarantine;
-mod settings;
 
-pub use settings::{ConfigChangeAction, SyncSection, SyncSettings};
+use crate::config::{ConfigChangeAction, SyncSettings};
 
 /// See [`Replication::config_changes`].
 pub struct ConfigChanges {

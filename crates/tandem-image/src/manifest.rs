@@ -20,7 +20,8 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tandem_version::{Version, toml_location};
+use tandem_toml::{location as toml_location, parse_duration};
+use tandem_version::Version;
 use toml::Spanned;
 
 use crate::Error;
@@ -208,26 +209,6 @@ fn check_relative(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `"500ms"`, `"10s"`, `"2m"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a duration: write e.g. \"500ms\", \"10s\" or \"2m\"")
-    })?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        other => Err(format!(
-            "unknown unit {other:?} in {text:?}: use ms, s or m"
-        )),
-    }
-}
-
 mod duration_text {
     use std::time::Duration;
 
@@ -302,14 +283,5 @@ timeout = "1500ms"
         assert!(error_of(&missing).contains("missing field `data_format`"));
         let no_protocol = GOOD.replace("[1, 2]", "[]");
         assert!(error_of(&no_protocol).contains("protocol: must list"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("").is_err());
     }
 }

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{Config, parse_duration};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::load::{LoadOptions, LoadReport, load};
 use crate::relay::{RelayOptions, start};
 use crate::server::Listen;
 use crate::sink::{SinkOptions, SinkReport, sink};
 use crate::spool::{CommitHook, NoopHook};
+use tandem_toml::parse_duration;
 
 /// The mail relay and its test tools.
 #[derive(Debug, Subcommand)]

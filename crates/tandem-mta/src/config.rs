@@ -23,7 +23,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
@@ -56,7 +56,7 @@ pub struct Limits {
     /// Most commands that fail (5xx) in one session before we hang up.
     pub max_errors: usize,
     /// How long we wait for a command or a line of DATA. Then: `421 4.4.2`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "tandem_toml::duration::field")]
     pub command_timeout: Duration,
 }
 
@@ -67,23 +67,23 @@ pub struct DeliveryConfig {
     /// Parallel connections to the next hop; each is reused across messages.
     pub concurrency: usize,
     /// First retry delay after a temporary failure; doubles on each attempt.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "tandem_toml::duration::field")]
     pub retry_base: Duration,
     /// Longest retry delay.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "tandem_toml::duration::field")]
     pub retry_max: Duration,
     /// Time allowed to connect to the next hop.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "tandem_toml::duration::field")]
     pub connect_timeout: Duration,
     /// Time allowed for each reply of the next hop.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "tandem_toml::duration::field")]
     pub reply_timeout: Duration,
     /// Messages one connection sends before it is closed and reopened.
     pub max_messages_per_connection: usize,
     /// How often `queue/` is listed for messages another process wrote into
     /// it (the HA agent merging quarantined messages back), so they are
     /// delivered without a restart.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "tandem_toml::duration::field")]
     pub rescan_interval: Duration,
 }
 
@@ -92,7 +92,7 @@ pub struct DeliveryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
     /// Default drain timeout of a suspend (sessions still open then get `421 4.3.2`).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "tandem_toml::duration::field")]
     pub drain_timeout: Duration,
 }
 
@@ -190,42 +190,6 @@ impl Config {
             return Err("delivery.rescan_interval must be positive".into());
         }
         Ok(())
-    }
-}
-
-/// Parses "250ms", "30s", "5m", "1h" or a bare number of seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 500ms, 30s, 5m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m or h)")),
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration {s:?} out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Secs(u64),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-        Raw::Secs(n) => Ok(Duration::from_secs(n)),
     }
 }
 

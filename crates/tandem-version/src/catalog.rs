@@ -193,7 +193,7 @@ struct Locator<'a> {
 impl Locator<'_> {
     /// 1-based line and column of a byte offset.
     fn position(&self, offset: usize) -> (usize, usize) {
-        crate::toml_location::position(self.text, offset)
+        tandem_toml::location::position(self.text, offset)
     }
 
     fn error(
@@ -215,7 +215,7 @@ impl Locator<'_> {
     /// The key a TOML parse error is about: the key on its line, or the
     /// table header when the error points at one.
     fn key_at(&self, start: usize) -> String {
-        crate::toml_location::key_on_line(self.text, start, "catalog")
+        tandem_toml::location::key_on_line(self.text, start, "catalog")
     }
 }
 

@@ -15,8 +15,6 @@
 //!   key.
 //! - [`rules`]: whether one hop is supported ([`Catalog::check_hop`]), and
 //!   the reason it is or is not ([`HopRule`], [`HopRefusal`]).
-//! - [`toml_location`]: line, column and key of a TOML error, shared by
-//!   every file tandem reads.
 //! - [`plan`]: the fewest-hop path ([`Catalog::plan`]) from the running
 //!   release to a target.
 //!
@@ -43,7 +41,6 @@
 pub mod catalog;
 pub mod plan;
 pub mod rules;
-pub mod toml_location;
 pub mod version;
 
 pub use catalog::{Catalog, Edge, Release, ReleaseDate, Rules, VersionPattern};

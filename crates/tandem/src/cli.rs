@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
+use tandem_toml::parse_duration;
 use tandem_version::Version;
 
 /// Keep a stateful service available on a cluster of Linux nodes, and
@@ -662,10 +663,6 @@ pub enum ListenerCommand {
         #[command(flatten)]
         target: ApiTarget,
     },
-}
-
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    tandem_agent::config::parse_duration(text)
 }
 
 /// `tandem bench ...`.

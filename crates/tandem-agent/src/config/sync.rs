@@ -148,7 +148,7 @@ impl SyncSection {
     pub fn resolve(self, base: &Path) -> Result<SyncSettings, (&'static str, String)> {
         let data_sync = self.data_sync.parse().map_err(|e| ("sync.data_sync", e))?;
         let sync_mode = self.sync_mode.parse().map_err(|e| ("sync.sync_mode", e))?;
-        let sync_timeout = crate::config::parse_duration(&self.sync_timeout)
+        let sync_timeout = tandem_toml::parse_duration(&self.sync_timeout)
             .map_err(|e| ("sync.sync_timeout", e))?;
         if sync_timeout.is_zero() || sync_timeout > Duration::from_secs(60) {
             return Err((
@@ -179,7 +179,7 @@ impl SyncSection {
                 ),
             ));
         }
-        let config_sync_interval = crate::config::parse_duration(&self.config_sync_interval)
+        let config_sync_interval = tandem_toml::parse_duration(&self.config_sync_interval)
             .map_err(|e| ("sync.config_sync_interval", e))?;
         if config_sync_interval < Duration::from_secs(1) {
             return Err((

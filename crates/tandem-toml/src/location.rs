@@ -3,8 +3,7 @@
 //! Every file tandem reads — release catalogs, image manifests, agent
 //! configs — reports errors as `FILE:LINE[:COLUMN]: KEY: what is wrong`, so
 //! an operator goes straight to the line. `toml` gives byte spans; these
-//! turn them into what people read. They live here, in the lowest crate of
-//! the workspace, so every loader shares one definition.
+//! turn them into what people read.
 
 /// 1-based line and column of a byte offset in `text`.
 pub fn position(text: &str, offset: usize) -> (usize, usize) {

@@ -5,8 +5,8 @@
 //! `interval × lost_threshold`. When the peer *process* dies, its kernel
 //! closes its sockets at once, so a connection kept open to it tells us in
 //! well under a millisecond on loopback. A close that was not preceded by a
-//! goodbye (the core tracks that) means takeover now. This connection is
-//! also where the sync channel will run.
+//! goodbye (the core tracks that) means takeover now. With `[sync]` the
+//! TLS data channel does this job instead (see [`crate::replication`]).
 //!
 //! The connection is authenticated — otherwise anyone able to connect and
 //! hang up could trigger a failover: the accepting side sends a random
