@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Shared, answer, net_error};
+use super::Shared;
+use super::peer::{answer, net_error};
 use crate::frame::{Message, write_frame};
 use crate::tls::Channel;
 use crate::{Error, Result};
