@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use crate::api::{BackupAnswer, BackupList, BackupSummary, RestoreAnswer};
 
 const CONFIG: &str = "config.toml";
 const FILES: [(&str, &str); 2] = [
@@ -25,7 +25,7 @@ fn backups_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Copies the config and HA state into a new backup; returns its id.
-pub fn create(state_dir: &Path, config: &Path) -> Result<Value, String> {
+pub fn create(state_dir: &Path, config: &Path) -> Result<BackupAnswer, String> {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -40,17 +40,23 @@ pub fn create(state_dir: &Path, config: &Path) -> Result<Value, String> {
         n += 1;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut saved = vec![CONFIG];
+    let mut saved = vec![CONFIG.to_string()];
     std::fs::copy(config, dir.join(CONFIG)).map_err(|e| format!("{}: {e}", config.display()))?;
     for (source, name) in FILES {
         let source = state_dir.join(source);
         if source.exists() {
             std::fs::copy(&source, dir.join(name))
                 .map_err(|e| format!("{}: {e}", source.display()))?;
-            saved.push(name);
+            saved.push(name.to_string());
         }
     }
-    Ok(serde_json::json!({"backup": id, "dir": dir, "files": saved, "node": node_of(&dir)}))
+    let node = node_of(&dir);
+    Ok(BackupAnswer {
+        backup: id,
+        dir,
+        files: saved,
+        node,
+    })
 }
 
 /// The node a backup was made on, from the `[node] name` of its config.
@@ -61,7 +67,7 @@ fn node_of(dir: &Path) -> Option<String> {
 }
 
 /// Every backup of this node, oldest first.
-pub fn list(state_dir: &Path) -> Result<Value, String> {
+pub fn list(state_dir: &Path) -> Result<BackupList, String> {
     let dir = backups_dir(state_dir);
     let mut ids: Vec<String> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -73,10 +79,10 @@ pub fn list(state_dir: &Path) -> Result<Value, String> {
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
     ids.sort();
-    let backups: Vec<Value> = ids
-        .iter()
+    let backups = ids
+        .into_iter()
         .map(|id| {
-            let path = dir.join(id);
+            let path = dir.join(&id);
             let files: Vec<String> = std::fs::read_dir(&path)
                 .map(|d| {
                     d.filter_map(|e| e.ok())
@@ -84,10 +90,14 @@ pub fn list(state_dir: &Path) -> Result<Value, String> {
                         .collect()
                 })
                 .unwrap_or_default();
-            serde_json::json!({"backup": id, "node": node_of(&path), "files": files})
+            BackupSummary {
+                node: node_of(&path),
+                backup: id,
+                files,
+            }
         })
         .collect();
-    Ok(serde_json::json!({"backups": backups}))
+    Ok(BackupList { backups })
 }
 
 /// Restores backup `id` onto this node (`me`, whose config file is
@@ -98,7 +108,7 @@ pub fn restore(
     me: &str,
     id: &str,
     force: bool,
-) -> Result<Value, String> {
+) -> Result<RestoreAnswer, String> {
     if id.is_empty() || id.contains('/') || id.starts_with('.') {
         return Err(format!(
             "{id:?} is not a backup id (see tandem backup list)"
@@ -125,11 +135,11 @@ pub fn restore(
             std::fs::copy(&source, &target).map_err(|e| format!("{}: {e}", target.display()))?;
         }
     }
-    Ok(serde_json::json!({
-        "restored": id,
-        "previous_state_saved_as": before["backup"],
-        "note": "restart the agent to run with the restored configuration",
-    }))
+    Ok(RestoreAnswer {
+        restored: id.to_string(),
+        previous_state_saved_as: before.backup,
+        note: "restart the agent to run with the restored configuration".into(),
+    })
 }
 
 #[cfg(test)]
@@ -148,12 +158,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
 
         let made = create(&state, &config).unwrap_or_else(|e| panic!("{e}"));
-        let id = made["backup"].as_str().unwrap_or_default().to_string();
-        assert_eq!(made["node"], "beta");
-        assert_eq!(
-            made["files"],
-            serde_json::json!(["config.toml", "ha-state.json"])
-        );
+        let id = made.backup.clone();
+        assert_eq!(made.node.as_deref(), Some("beta"));
+        assert_eq!(made.files, ["config.toml", "ha-state.json"]);
 
         std::fs::write(&config, "[node]\nname = \"beta\"\npriority = 99\n")
             .unwrap_or_else(|e| panic!("{e}"));
@@ -166,9 +173,9 @@ mod tests {
         );
         let listed = list(&state).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            listed["backups"].as_array().map(Vec::len),
-            Some(2),
-            "the pre-restore state was saved: {restored}"
+            listed.backups.len(),
+            2,
+            "the pre-restore state was saved: {restored:?}"
         );
 
         // A backup of alpha's config on beta: refused unless forced.

@@ -19,36 +19,46 @@
 //! read it. New connections meanwhile wait in the VIP socket's backlog and
 //! are served by the new active. The wait happens in a task, never in
 //! the loop, which gets the command back when the drain is over.
+//!
+//! # Layout
+//! This file holds the `Agent`, its start-up, the loop and the execution
+//! of the core's outputs. Its effects on the service (start, signals,
+//! listener suspend and the drains) are in `driver/service.rs`, on image
+//! slots in `driver/boot.rs`, on the VIP in `driver/vip_claim.rs`, and what
+//! it shows of itself (`/v1/status`, `/metrics`) in `driver/observe.rs`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tandem_core::{
-    Codec, Command, Destination, Event, GroupId, HandoverCause, Input, LinkId, Millis, Mode, Node,
-    Output,
+    Codec, Command, Destination, Event, GroupId, HandoverCause, Input, LinkId, Millis, Node, Output,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::api::{self, ApiRequest, CommandReply, ListenerAction};
-use crate::config::ConfigChangeAction;
-use crate::config::{AgentConfig, ModeName, SuspendMethod};
+use crate::api::{CommandOutcome, CommandReply, ListenerAction};
+use crate::config::{AgentConfig, ModeName};
 use crate::crash_link::{self, Identity, PeerLinkEvent};
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks, LinkEvent};
 use crate::monitor::{self, Verdict};
 use crate::replication::Replication;
+use crate::server::{self, ApiRequest};
 use crate::state::{self, SavedState};
-use crate::supervisor::{self, ServiceEvent, ServiceSpec, SupervisorHandle};
-use crate::upgrade::{self, Upgrades};
+use crate::supervisor::{self, ServiceEvent, SupervisorHandle};
+use crate::upgrade::Upgrades;
 use crate::vip_ip::IpVip;
 use crate::{Error, vip};
-use tandem_image::slots::SlotName;
+
+mod boot;
+mod observe;
+mod service;
+mod vip_claim;
 
 /// How long the service must go without failing before the local monitor
 /// reports it healthy again.
@@ -321,7 +331,7 @@ impl Agent {
             config.secrets.api_token.clone(),
         )
         .map_err(Error::State)?;
-        api::serve(api::ApiSetup {
+        server::serve(server::ApiSetup {
             addr: config.node.api,
             token: config.secrets.api_token.clone(),
             peers: api_peers,
@@ -523,157 +533,6 @@ impl Agent {
         }
     }
 
-    /// Binds the group's VIP addresses and, in active-active mode, gives a
-    /// running service the new socket too.
-    async fn claim_vip(&mut self, group: GroupId) {
-        // In ip mode the address goes on the interface first: sockets can
-        // only bind to an address the host has.
-        if let Some(ip) = self.ip_vip(group) {
-            match ip.claim().await {
-                Ok(report) => {
-                    tracing::info!(group = group.0, report = ?report, "VIP address added")
-                }
-                Err(e) => {
-                    tracing::error!(group = group.0, error = %e, "cannot add the VIP address")
-                }
-            }
-        }
-        self.bind_vip(group);
-        // A service already running (another group of active-active) must
-        // get the new socket too.
-        if self.service_running && self.node.config().mode == Mode::ActiveActive {
-            self.restart_service().await;
-        }
-    }
-
-    /// Binds the group's VIP addresses. In active-passive mode every listen
-    /// address belongs to the one group; in active-active, group N owns the
-    /// N-th address.
-    fn bind_vip(&mut self, group: GroupId) {
-        let addrs: Vec<SocketAddr> = match self.config.cluster.mode {
-            ModeName::ActiveActive => self
-                .config
-                .vip
-                .listen
-                .get(usize::from(group.0))
-                .copied()
-                .into_iter()
-                .collect(),
-            _ => self.config.vip.listen.clone(),
-        };
-        let mut sockets = Vec::new();
-        for addr in addrs {
-            match vip::bind(addr) {
-                Ok(fd) => sockets.push((addr, fd)),
-                Err(e) => tracing::error!(%addr, error = %e, "cannot bind the VIP"),
-            }
-        }
-        tracing::info!(group = group.0, addrs = ?sockets.iter().map(|(a, _)| a).collect::<Vec<_>>(), "VIP claimed");
-        self.vip.insert(group, sockets);
-    }
-
-    /// The `ip` mode address of a group: group N has the N-th address
-    /// (active-passive has one group and one address).
-    fn ip_vip(&self, group: GroupId) -> Option<&IpVip> {
-        self.ip_vips.get(usize::from(group.0))
-    }
-
-    fn vip_sockets(&self) -> Vec<Arc<OwnedFd>> {
-        self.vip
-            .values()
-            .flatten()
-            .map(|(_, fd)| fd.clone())
-            .collect()
-    }
-
-    /// Starts the service (from the current image slot, if one is booted)
-    /// and, when that slot's boot awaits its health check, runs the check.
-    async fn start_service(&mut self) {
-        self.replication.checkpoint_standby_log().await;
-        let spec = self.service_spec().await;
-        self.supervisor.start(spec, self.vip_sockets()).await;
-        let firmware = self.firmware.clone();
-        let verdicts = self.boot_verdicts.clone();
-        if firmware.boot_in_progress().await.is_some() {
-            tokio::spawn(async move {
-                let _ = verdicts.send(firmware.check_boot(false).await).await;
-            });
-        } else if firmware.take_unchecked().await {
-            tokio::spawn(async move {
-                let _ = verdicts.send(firmware.check_first_serve().await).await;
-            });
-        }
-    }
-
-    /// A cluster config file changed on this node: tell the running
-    /// service as `[sync] on_config_change` says. One not running reads
-    /// the new file when it starts.
-    async fn on_config_change(&mut self, action: ConfigChangeAction) {
-        if !self.service_running {
-            return;
-        }
-        match action {
-            ConfigChangeAction::None => {}
-            ConfigChangeAction::Signal(signal) => {
-                if self.signal_service(signal) {
-                    tracing::info!(signal, "config changed: signalled the service to reload");
-                }
-            }
-            ConfigChangeAction::Restart => {
-                tracing::info!("config changed: restarting the service");
-                self.restart_service().await;
-            }
-        }
-    }
-
-    /// Sends `signal` to the service's main process; false when it has
-    /// none running.
-    fn signal_service(&self, signal: libc::c_int) -> bool {
-        let Some(pid) = self.service_pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
-            return false;
-        };
-        // SAFETY: kill(2) with a pid the supervisor reported as running.
-        unsafe { libc::kill(pid, signal) == 0 }
-    }
-
-    async fn restart_service(&mut self) {
-        self.supervisor.request_stop().await;
-        self.start_service().await;
-    }
-
-    /// The service command: the current slot's entrypoint (resolved in the
-    /// slot) followed by `[service] args`, or `[service] command` when no
-    /// image has been booted.
-    async fn service_spec(&self) -> ServiceSpec {
-        let mut env = vec![
-            ("TANDEM_NODE".into(), self.config.node.name.clone()),
-            (
-                "TANDEM_CONTROL_DIR".into(),
-                self.control_dir().display().to_string(),
-            ),
-        ];
-        let argv = match self.firmware.current().await {
-            Some((_, manifest, root)) => {
-                env.push(("TANDEM_IMAGE_ROOT".into(), root.display().to_string()));
-                env.push(("TANDEM_IMAGE_VERSION".into(), manifest.version.to_string()));
-                let mut argv: Vec<String> = manifest.entrypoint.clone();
-                if let Some(program) = argv.first_mut() {
-                    *program = root.join(&*program).display().to_string();
-                }
-                argv.extend(self.config.service.args.iter().cloned());
-                argv
-            }
-            None => self.config.service.command.clone(),
-        };
-        env.extend(self.replication.service_env(&self.config));
-        ServiceSpec {
-            argv,
-            cwd: self.config.service.cwd.clone(),
-            env,
-            grace: self.config.service.grace,
-        }
-    }
-
     async fn receive(&mut self, datagram: Datagram) {
         let input = match self
             .codec
@@ -710,40 +569,6 @@ impl Agent {
                 self.counters.peer_connections_closed += 1;
                 tracing::info!(%peer, "crash-detection connection closed");
                 self.step(Input::PeerConnectionClosed { peer }).await;
-            }
-        }
-    }
-
-    async fn service_event(&mut self, event: ServiceEvent) {
-        match event {
-            ServiceEvent::Started { pid } => {
-                self.counters.service_starts += 1;
-                self.service_pid = Some(pid);
-                self.replication.service_alive(true);
-                tracing::info!(pid, "service running");
-            }
-            ServiceEvent::Crashed { status, restart_in } => {
-                self.counters.service_crashes += 1;
-                self.service_pid = None;
-                self.replication.service_alive(false);
-                tracing::warn!(%status, restart_in_ms = restart_in.as_millis() as u64, "service crashed");
-            }
-            ServiceEvent::CrashLoop | ServiceEvent::SpawnFailed { .. } => {
-                let detail = match event {
-                    ServiceEvent::SpawnFailed { error } => error,
-                    _ => "the service is crash-looping".to_string(),
-                };
-                self.recover_at = Some(Instant::now() + RECOVERY_QUIET);
-                self.step(Input::LocalMonitor {
-                    healthy: false,
-                    detail,
-                })
-                .await;
-            }
-            ServiceEvent::Stopped => {
-                self.service_pid = None;
-                self.replication.service_alive(false);
-                tracing::info!("service stopped");
             }
         }
     }
@@ -796,92 +621,6 @@ impl Agent {
         }
     }
 
-    /// Whether `handover` is a planned handover of this active node that
-    /// must drain first (module doc): data sync on, the service running
-    /// and draining itself, its listener not already suspended.
-    fn drains_before(&self, handover: &HeldCommand) -> bool {
-        let here = handover
-            .node
-            .as_ref()
-            .is_none_or(|n| *n == self.config.node.name);
-        here && handover.command == Command::FailoverStandby && self.service_drains()
-    }
-
-    /// Whether the running service can drain its sessions before a planned
-    /// handover: data sync on, the service running and draining itself,
-    /// its listener not already suspended.
-    fn service_drains(&self) -> bool {
-        self.replication.enabled()
-            && self.service_running
-            && self.service_pid.is_some()
-            && self.config.service.suspend == SuspendMethod::Signal
-            && !self.listener_suspended
-    }
-
-    /// Suspends the listener and clears the drained marker; `None` when the
-    /// service cannot drain now (the handover goes on without).
-    async fn start_drain(&mut self) -> Option<std::path::PathBuf> {
-        if !self.service_drains() {
-            return None;
-        }
-        let marker = self.control_dir().join(DRAINED_MARKER);
-        if let Err(e) = std::fs::remove_file(&marker)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(error = %e, "cannot clear the drained marker; handing over without a drain");
-            return None;
-        }
-        let suspended = self.listener(ListenerAction::Suspend, HANDOVER_DRAIN).await;
-        (suspended.outcome == "done").then_some(marker)
-    }
-
-    /// A preemption is due (the core asks, issue 14): drain the service's
-    /// sessions as a planned handover does, then give the core
-    /// [`Input::Drained`] from the loop.
-    async fn drain_for_preemption(&mut self, group: GroupId, to: String, cause: HandoverCause) {
-        let back = self.preemption_drained_tx.clone();
-        let Some(marker) = self.start_drain().await else {
-            let _ = back.try_send((group, to, cause));
-            return;
-        };
-        self.suspended_for_preemption = true;
-        tracing::info!(%to, "preemption: draining the service's sessions before handing over");
-        tokio::spawn(async move {
-            wait_for_drain(&marker).await;
-            let _ = back.send((group, to, cause)).await;
-        });
-    }
-
-    /// The drain for a preemption is over: the core hands over if that is
-    /// still right; if it did not, this node still serves and its listener
-    /// is resumed.
-    async fn hand_over_drained(&mut self, group: GroupId, to: String, cause: HandoverCause) {
-        let outputs = self.step(Input::Drained { group, to, cause }).await;
-        let handing_over = outputs
-            .iter()
-            .any(|o| matches!(o, Output::Event(Event::HandoverStarted { .. })));
-        let suspended_here = std::mem::take(&mut self.suspended_for_preemption);
-        if suspended_here && !handing_over && self.listener_suspended && self.service_running {
-            self.listener(ListenerAction::Resume, HANDOVER_DRAIN).await;
-        }
-    }
-
-    /// Suspends the listener and hands `handover` to a task that waits
-    /// (bounded) for the service's drained marker, then gives it back to
-    /// the loop ([`Agent::answer_command`]).
-    async fn drain_then_hand_over(&mut self, mut handover: HeldCommand) {
-        let Some(marker) = self.start_drain().await else {
-            return self.answer_command(handover).await;
-        };
-        tracing::info!("planned handover: draining the service's sessions first");
-        handover.drained = true;
-        let back = self.drained_tx.clone();
-        tokio::spawn(async move {
-            wait_for_drain(&marker).await;
-            let _ = back.send(handover).await;
-        });
-    }
-
     /// Runs a command and answers it. A planned handover that was drained
     /// first and then refused resumes the listener: this node still serves.
     async fn answer_command(&mut self, held: HeldCommand) {
@@ -894,7 +633,10 @@ impl Agent {
             drained,
         } = held;
         let answer = self.command(command, node, force, &caller).await;
-        if drained && answer.outcome == "refused" && self.listener_suspended && self.service_running
+        if drained
+            && answer.outcome == CommandOutcome::Refused
+            && self.listener_suspended
+            && self.service_running
         {
             self.listener(ListenerAction::Resume, HANDOVER_DRAIN).await;
         }
@@ -913,7 +655,7 @@ impl Agent {
         if target != me && !self.config.peers.iter().any(|p| p.name == target) {
             return CommandReply {
                 node: target.clone(),
-                outcome: "refused".into(),
+                outcome: CommandOutcome::Refused,
                 reason: Some(format!("{target:?} is not a node of this cluster")),
                 events: vec![],
                 warning: None,
@@ -955,7 +697,11 @@ impl Agent {
         }
         let mut reply = CommandReply {
             node: target,
-            outcome: if forwarded { "forwarded" } else { "done" }.into(),
+            outcome: if forwarded {
+                CommandOutcome::Forwarded
+            } else {
+                CommandOutcome::Done
+            },
             reason: None,
             events: vec![],
             warning,
@@ -963,7 +709,7 @@ impl Agent {
         for output in outputs {
             match output {
                 Output::Refused { reason, .. } => {
-                    reply.outcome = "refused".into();
+                    reply.outcome = CommandOutcome::Refused;
                     reply.reason = Some(reason.to_string());
                 }
                 Output::Event(event) => reply.events.push(describe(&event)),
@@ -973,368 +719,6 @@ impl Agent {
         tracing::info!(caller, outcome = %reply.outcome, reason = ?reply.reason, "command handled");
         reply
     }
-
-    /// Boots an image slot: journal the switch, then restart the service
-    /// from it when this node serves (its health check follows). A standby
-    /// has no service to check: its boot stays open until it next serves.
-    async fn boot(&mut self, slot: Option<SlotName>) -> Result<serde_json::Value, String> {
-        let slot = self.firmware.begin_boot(slot).await?;
-        self.report_version().await;
-        let version = self.node.config().version.clone();
-        // An image with its own agent: this process hands over to it (same
-        // pid) once the answer is out; the new agent finishes the boot.
-        if let Some((_, manifest, root)) = self.firmware.current().await
-            && let Some(agent) = manifest.agent
-        {
-            self.exec_after = Some((Instant::now() + EXEC_DELAY, root.join(agent)));
-            return Ok(
-                serde_json::json!({"booted": slot, "health": "the agent restarts from the slot", "version": version}),
-            );
-        }
-        if self.service_running {
-            self.restart_service().await;
-            return Ok(
-                serde_json::json!({"booted": slot, "health": "checking", "version": version}),
-            );
-        }
-        // A standby: back as a healthy standby on the new slot is its boot
-        // check (Standby Ready); the service is checked when it next serves.
-        // With no service to restart between tries, spend them all now: a
-        // failing slot must end rolled back (marked bad, the previous one
-        // current), never left pending, or an upgrade waits on it forever.
-        let mut verdict = self.firmware.check_boot(true).await;
-        for _ in 0..4 {
-            if !matches!(verdict, BootVerdict::Retry { .. }) {
-                break;
-            }
-            verdict = self.firmware.check_boot(true).await;
-        }
-        match verdict {
-            BootVerdict::Good { .. } => {
-                self.firmware.mark_unchecked(slot).await;
-                Ok(
-                    serde_json::json!({"booted": slot, "health": "standby ready; the service is checked when this node next serves", "version": version}),
-                )
-            }
-            verdict => {
-                self.report_version().await;
-                Err(format!("the boot of slot {slot} failed: {verdict:?}"))
-            }
-        }
-    }
-
-    /// Leaves the cluster cleanly (goodbye, VIP released, service stopped)
-    /// and replaces this process with the slot's agent, keeping the pid.
-    async fn exec_into(&mut self, agent: &std::path::Path) {
-        self.step(Input::Shutdown).await;
-        self.supervisor.stop().await;
-        if let Err(e) = self.firmware.prepare_agent_exec().await {
-            tracing::error!(error = %e, "cannot journal the agent's re-execution; exiting so the supervisor restarts it");
-            std::process::exit(1);
-        }
-        self.replication.checkpoint_standby_log().await;
-        let error = crate::firmware::exec_agent(agent);
-        // exec only returns on failure: the boot try failed; a restart
-        // (systemd) counts it and, after the last try, rolls back.
-        tracing::error!(agent = %agent.display(), error = %error, "cannot execute the slot's agent");
-        std::process::exit(1);
-    }
-
-    /// On-demand rollback to the other slot.
-    async fn rollback(&mut self) -> Result<serde_json::Value, String> {
-        let slot = self.firmware.rollback().await?;
-        self.report_version().await;
-        if self.service_running {
-            self.restart_service().await;
-        }
-        Ok(serde_json::json!({"running": slot, "version": self.node.config().version}))
-    }
-
-    /// Carries the current slot's version into the heartbeats.
-    async fn report_version(&mut self) {
-        if let Some(version) = self.firmware.version().await
-            && let Err(e) = self.node.set_version(&version)
-        {
-            tracing::warn!(error = %e, "cannot report the new version");
-        }
-    }
-
-    async fn boot_verdict(&mut self, verdict: BootVerdict) {
-        match verdict {
-            BootVerdict::Good { slot, version } if !self.service_running => {
-                tracing::info!(%slot, version, "image slot is Standby Ready; its service is checked when this node next serves");
-                self.firmware.mark_unchecked(slot).await;
-            }
-            BootVerdict::Good { slot, version } => {
-                tracing::info!(%slot, version, "image slot passed its health check: marked good");
-            }
-            BootVerdict::Retry { reason } => {
-                tracing::warn!(reason, "image slot failed its health check; trying again");
-                if self.service_running {
-                    self.restart_service().await;
-                }
-            }
-            BootVerdict::RolledBack { from, reason } => {
-                tracing::error!(%from, reason, "image slot failed every boot try: rolled back");
-                self.report_version().await;
-                if self.service_running {
-                    self.restart_service().await;
-                }
-            }
-            BootVerdict::Failed(reason) => tracing::error!(reason, "image slot check failed"),
-        }
-    }
-
-    /// `tandem listener suspend|resume` on this node.
-    async fn listener(&mut self, action: ListenerAction, drain_timeout: Duration) -> CommandReply {
-        let mut reply = CommandReply {
-            node: self.config.node.name.clone(),
-            outcome: "done".into(),
-            reason: None,
-            events: vec![],
-            warning: None,
-        };
-        if !self.service_running {
-            reply.outcome = "refused".into();
-            reply.reason = Some("this node does not run the service now (not active)".into());
-            return reply;
-        }
-        let suspend = action == ListenerAction::Suspend;
-        match self.config.service.suspend {
-            SuspendMethod::Signal => {
-                if self.service_pid.is_none() {
-                    reply.outcome = "refused".into();
-                    reply.reason = Some("the service is not running".into());
-                    return reply;
-                }
-                if suspend {
-                    let control = self.control_dir();
-                    let written = std::fs::create_dir_all(&control).and_then(|()| {
-                        std::fs::write(
-                            control.join("drain-timeout-ms"),
-                            drain_timeout.as_millis().to_string(),
-                        )
-                    });
-                    if let Err(e) = written {
-                        tracing::warn!(error = %e, "cannot pass the drain timeout; the service uses its own");
-                    }
-                }
-                self.signal_service(if suspend {
-                    libc::SIGUSR1
-                } else {
-                    libc::SIGUSR2
-                });
-            }
-            SuspendMethod::Socket if suspend => {
-                for (_, fd) in self.vip.values().flatten() {
-                    // SAFETY: shutdown(2) on a socket this agent owns. On a
-                    // listening socket it stops accepting for every process
-                    // sharing it; established sessions are separate sockets.
-                    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
-                }
-            }
-            SuspendMethod::Socket => {
-                // A shut-down listener cannot listen again: bind fresh
-                // sockets and restart the service on them.
-                let groups: Vec<GroupId> = self.vip.keys().copied().collect();
-                for group in groups {
-                    self.vip.remove(&group);
-                    self.bind_vip(group);
-                }
-                self.restart_service().await;
-            }
-        }
-        self.listener_suspended = suspend;
-        reply.events.push(serde_json::json!({
-            "listener": if suspend { "suspended" } else { "resumed" },
-            "method": format!("{:?}", self.config.service.suspend).to_lowercase(),
-            "drain_timeout_ms": drain_timeout.as_millis() as u64,
-        }));
-        reply
-    }
-
-    /// Where the agent leaves instructions for the service.
-    fn control_dir(&self) -> std::path::PathBuf {
-        self.config.node.state_dir.join("control")
-    }
-
-    fn report(&self) -> serde_json::Value {
-        let now = self.clock.now();
-        let status = self.node.status(now);
-        let vip: Vec<String> = self
-            .vip
-            .values()
-            .flatten()
-            .map(|(a, _)| a.to_string())
-            .collect();
-        serde_json::json!({
-            "node": status,
-            "agent": {
-                "pid": std::process::id(),
-                "epoch": self.saved.epoch,
-                "uptime_ms": now.0,
-                "api": self.config.node.api,
-                "config": self.config.origin,
-                "vip_bound": vip,
-                "service_running": self.service_running,
-                "listener": if self.listener_suspended { "suspended" } else { "open" },
-                "allow_unsigned": self.config.images.allow_unsigned,
-                "config_link": upgrade::config_link(&self.config.node.state_dir),
-                "service_pid": self.service_pid,
-                "service_starts": self.counters.service_starts,
-                "service_crashes": self.counters.service_crashes,
-                "peer_connections_closed": self.counters.peer_connections_closed,
-            },
-            "sync": self.replication.status(),
-        })
-    }
-
-    fn metrics(&self) -> String {
-        let status = self.node.status(self.clock.now());
-        let node = &self.config.node.name;
-        let mut out = String::new();
-        let mut metric = |help: &str, kind: &str, name: &str, samples: Vec<(String, String)>| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, value) in samples {
-                out.push_str(&format!("{name}{{node=\"{node}\"{labels}}} {value}\n"));
-            }
-        };
-        let role = status.effective_role.to_string();
-        metric(
-            "Effective role of this node (1 for the current one).",
-            "gauge",
-            "tandem_role",
-            [
-                "active",
-                "standby",
-                "held-off",
-                "failed",
-                "off",
-                "syncing",
-                "disconnected",
-            ]
-            .iter()
-            .map(|r| (format!(",role=\"{r}\""), u8::from(role == *r).to_string()))
-            .collect(),
-        );
-        metric(
-            "Role transitions since start.",
-            "counter",
-            "tandem_role_transitions_total",
-            vec![(String::new(), status.counters.transitions.to_string())],
-        );
-        metric(
-            "Heartbeats sent.",
-            "counter",
-            "tandem_heartbeats_sent_total",
-            vec![(String::new(), status.counters.heartbeats_sent.to_string())],
-        );
-        metric(
-            "Heartbeats received and accepted.",
-            "counter",
-            "tandem_heartbeats_received_total",
-            vec![(
-                String::new(),
-                status.counters.heartbeats_received.to_string(),
-            )],
-        );
-        metric(
-            "Datagrams rejected, by reason.",
-            "counter",
-            "tandem_heartbeats_rejected_total",
-            status
-                .counters
-                .rejected
-                .iter()
-                .map(|(reason, n)| {
-                    (
-                        format!(",reason=\"{}\"", reason_label(*reason)),
-                        n.to_string(),
-                    )
-                })
-                .collect(),
-        );
-        metric(
-            "Split-brain events resolved.",
-            "counter",
-            "tandem_split_brain_events_total",
-            vec![(
-                String::new(),
-                status.counters.split_brain_events.to_string(),
-            )],
-        );
-        metric(
-            "Whether each peer is alive.",
-            "gauge",
-            "tandem_peer_up",
-            status
-                .peers
-                .iter()
-                .map(|p| {
-                    (
-                        format!(",peer=\"{}\"", p.name),
-                        u8::from(p.alive).to_string(),
-                    )
-                })
-                .collect(),
-        );
-        metric(
-            "Service starts.",
-            "counter",
-            "tandem_service_starts_total",
-            vec![(String::new(), self.counters.service_starts.to_string())],
-        );
-        metric(
-            "Service crashes.",
-            "counter",
-            "tandem_service_crashes_total",
-            vec![(String::new(), self.counters.service_crashes.to_string())],
-        );
-        metric(
-            "A peer heard on the sync channel whose heartbeats fail the MAC: different cluster keys (1 while it lasts).",
-            "gauge",
-            "tandem_key_mismatch",
-            status
-                .peers
-                .iter()
-                .map(|p| {
-                    let mismatch = status.key_mismatch.as_deref() == Some(p.name.as_str());
-                    (
-                        format!(",peer=\"{}\"", p.name),
-                        u8::from(mismatch).to_string(),
-                    )
-                })
-                .collect(),
-        );
-        for (name, kind, help, value) in self.replication.metrics() {
-            metric(help, kind, name, vec![(String::new(), value.to_string())]);
-        }
-        out
-    }
-}
-
-/// Waits (bounded) for the service's drained marker.
-async fn wait_for_drain(marker: &std::path::Path) {
-    let started = Instant::now();
-    let deadline = started + HANDOVER_DRAIN + DRAIN_MARGIN;
-    while !marker.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if marker.exists() {
-        tracing::info!(
-            drain_ms = started.elapsed().as_millis() as u64,
-            "service drained; handing over"
-        );
-    } else {
-        tracing::warn!("the service did not report its drain in time; handing over anyway");
-    }
-}
-
-fn reason_label(reason: tandem_core::wire::RejectReason) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{reason:?}"))
 }
 
 /// An event as one JSON value, for logs and API replies.

@@ -35,10 +35,10 @@ use tandem_image::signing::{self, TrustPolicy};
 use tandem_image::slots::{BootAttempt, SlotName, SlotState, SlotStore, SlotTable};
 use tokio::sync::Mutex;
 
+use crate::api::{
+    ChunkReceived, ImageEntry, ImageList, InstallAnswer, PartialUpload, StoredImage, UploadAnswer,
+};
 use crate::config::ImagesSection;
-
-/// What a slot operation reports back.
-pub type Outcome = Result<serde_json::Value, String>;
 
 /// The node's images and slots.
 #[derive(Clone)]
@@ -119,7 +119,7 @@ impl Firmware {
         name: &str,
         bytes: Vec<u8>,
         sha256: Option<String>,
-    ) -> Outcome {
+    ) -> Result<UploadAnswer, String> {
         self.store_chunk(name, 0, bytes, true, sha256).await
     }
 
@@ -130,10 +130,13 @@ impl Firmware {
     }
 
     /// How many bytes of a chunked upload of `name` have arrived.
-    pub async fn partial_size(&self, name: &str) -> Outcome {
+    pub async fn partial_size(&self, name: &str) -> Result<PartialUpload, String> {
         let partial = self.partial_path(name)?;
         let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
-        Ok(serde_json::json!({"name": name, "have": have}))
+        Ok(PartialUpload {
+            name: name.to_string(),
+            have,
+        })
     }
 
     /// Appends one chunk of a chunked upload at `offset` (0 starts over).
@@ -147,7 +150,7 @@ impl Firmware {
         chunk: Vec<u8>,
         done: bool,
         sha256: Option<String>,
-    ) -> Outcome {
+    ) -> Result<UploadAnswer, String> {
         let path = self.upload_path(name)?;
         let partial = self.partial_path(name)?;
         tokio::task::spawn_blocking(move || {
@@ -169,7 +172,7 @@ impl Firmware {
             file.write_all(&chunk).map_err(io)?;
             let have = offset + chunk.len() as u64;
             if !done {
-                return Ok(serde_json::json!({"have": have}));
+                return Ok(UploadAnswer::Received(ChunkReceived { have }));
             }
             let digest = signing::sha256_file(&partial).map_err(|e| e.to_string())?;
             if let Some(want) = sha256
@@ -183,14 +186,18 @@ impl Firmware {
             file.sync_all()
                 .and_then(|()| std::fs::rename(&partial, &path))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(serde_json::json!({"stored": path, "sha256": digest, "size": have}))
+            Ok(UploadAnswer::Stored(StoredImage {
+                stored: path,
+                sha256: digest,
+                size: have,
+            }))
         })
         .await
         .map_err(|e| e.to_string())?
     }
 
     /// Every stored image with what verification says of it, and the slots.
-    pub async fn list(&self) -> Outcome {
+    pub async fn list(&self) -> Result<ImageList, String> {
         let images = self.images.clone();
         let trust = self.trust.clone();
         let table = self.table().await;
@@ -199,38 +206,64 @@ impl Firmware {
             let mut names: Vec<PathBuf> = std::fs::read_dir(&images)
                 .map_err(|e| e.to_string())?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_none_or(|x| x != "minisig" && x != "upload"))
+                .filter(|p| {
+                    p.extension()
+                        .is_none_or(|x| x != "minisig" && x != "upload")
+                })
                 // Uploads in progress (`.NAME.partial`) are not images yet.
-                .filter(|p| p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+                })
                 .collect();
             names.sort();
-            let listed: Vec<serde_json::Value> = names
+            let images = names
                 .iter()
                 .map(|path| {
-                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let image = name_of(path);
                     match trust.verify(path) {
                         Ok(v) => {
-                            let slot = [SlotName::A, SlotName::B]
-                                .into_iter()
-                                .find(|s| table.slot(*s).sha256.as_deref() == Some(v.sha256.as_str()));
-                            serde_json::json!({
-                                "image": name, "version": v.contents.manifest.version, "name": v.contents.manifest.name,
-                                "signer": v.signer.map(|k| k.to_string()), "verified": true, "size": v.size,
-                                "slot": slot, "sha256": v.sha256,
-                            })
+                            let slot = [SlotName::A, SlotName::B].into_iter().find(|s| {
+                                table.slot(*s).sha256.as_deref() == Some(v.sha256.as_str())
+                            });
+                            ImageEntry {
+                                image,
+                                verified: true,
+                                version: Some(v.contents.manifest.version),
+                                name: Some(v.contents.manifest.name),
+                                signer: v.signer.map(|k| k.to_string()),
+                                size: Some(v.size),
+                                slot,
+                                sha256: Some(v.sha256),
+                                error: None,
+                            }
                         }
-                        Err(e) => serde_json::json!({"image": name, "verified": false, "error": e.to_string()}),
+                        Err(e) => ImageEntry {
+                            image,
+                            verified: false,
+                            version: None,
+                            name: None,
+                            signer: None,
+                            size: None,
+                            slot: None,
+                            sha256: None,
+                            error: Some(e.to_string()),
+                        },
                     }
                 })
                 .collect();
-            Ok(serde_json::json!({"images": listed, "slots": table, "allow_unsigned": allow_unsigned}))
+            Ok(ImageList {
+                images,
+                slots: table,
+                allow_unsigned,
+            })
         })
         .await
         .map_err(|e| e.to_string())?
     }
 
     /// Verifies a stored image and installs it into the inactive slot.
-    pub async fn install(&self, name: &str) -> Outcome {
+    pub async fn install(&self, name: &str) -> Result<InstallAnswer, String> {
         let path = self.upload_path(name)?;
         let trust = self.trust.clone();
         let store = self.store.clone();
@@ -238,25 +271,25 @@ impl Firmware {
             let verified = trust.verify(&path).map_err(|e| e.to_string())?;
             let mut store = store.blocking_lock();
             let slot = store.install(&verified, trust.limits).map_err(slot_error)?;
-            Ok(serde_json::json!({
-                "installed": name_of(&path), "slot": slot, "version": verified.contents.manifest.version,
-                "signer": verified.signer.map(|k| k.to_string()),
-            }))
+            Ok(InstallAnswer {
+                installed: name_of(&path),
+                slot,
+                version: verified.contents.manifest.version,
+                signer: verified.signer.map(|k| k.to_string()),
+            })
         })
         .await
         .map_err(|e| e.to_string())?
     }
 
     /// Installs the verified image of `version` that this node holds.
-    pub async fn install_version(&self, version: &str) -> Outcome {
+    pub async fn install_version(&self, version: &str) -> Result<InstallAnswer, String> {
         let listing = self.list().await?;
-        let name = listing["images"]
-            .as_array()
+        let name = listing
+            .images
             .into_iter()
-            .flatten()
-            .find(|i| i["verified"] == true && i["version"].as_str() == Some(version))
-            .and_then(|i| i["image"].as_str())
-            .map(str::to_string)
+            .find(|i| i.verified && i.version.is_some_and(|v| v.to_string() == version))
+            .map(|i| i.image)
             .ok_or_else(|| {
                 format!("no verified image of {version} on this node: push one first")
             })?;

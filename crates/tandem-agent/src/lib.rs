@@ -13,23 +13,33 @@
 //! ```
 //!
 //! # Layout
+//! - [`api`]: the control API's contract: its request and answer types
+//!   (listed in `docs/api.md`) and the one [`api::ApiClient`] every caller
+//!   uses.
 //! - [`backup`]: backups of the node's config and HA state, and restores.
-//! - [`config`]: the TOML config file, validated with file/line/key errors.
-//! - [`driver`]: the one loop that feeds the core and executes its outputs.
+//! - [`config`]: the TOML config file, validated with file/line/key errors;
+//!   each section beyond the core's in `config/` (`[sync]`, `[images]`,
+//!   `[monitor]`).
+//! - [`crash_link`]: authenticated TCP connections to peers, for instant
+//!   crash detection (the `[node] sync` address, older than data sync).
+//! - [`driver`]: the one loop that feeds the core and executes its outputs;
+//!   its effects on the service (`driver/service.rs`) and the VIP
+//!   (`driver/vip_claim.rs`), and what it shows (`driver/observe.rs`:
+//!   status and metrics).
 //! - [`firmware`]: the node's images and A/B slots (install, boot with a
 //!   health check, rollback).
 //! - [`links`]: heartbeat links (UDP).
-//! - [`crash_link`]: authenticated TCP connections to peers, for instant
-//!   crash detection (the `[node] sync` address, older than data sync).
-//! - [`replication`]: `[sync]`: the TLS sync receiver, the active's
-//!   replicator, cluster fsync and resync routes (issue 6).
-//! - [`api`]: the HTTP/JSON control API and Prometheus `/metrics`.
 //! - [`monitor`]: lservice and rservice probes (FortiMail's monitors).
-//! - [`supervisor`]: runs the service with the VIP's sockets.
-//! - [`upgrade`]: cluster upgrades coordinated by the active node, with a
-//!   journal replicated to every peer.
-//! - [`vip`]: the VIP's listening sockets in `bind` mode.
+//! - [`replication`]: `[sync]`: the TLS sync receiver, the active's
+//!   replicator, cluster fsync, resync, config sync and the quarantine.
+//! - [`server`]: the HTTP/JSON control API and Prometheus `/metrics`.
 //! - [`state`]: the boot epoch and persisted HA state.
+//! - [`supervisor`]: runs the service with the VIP's sockets.
+//! - [`upgrade`]: cluster upgrades coordinated by the active node (the
+//!   steps, the observation of the cluster, the journal replicated to every
+//!   peer, the config link in `upgrade/`).
+//! - [`vip`] and [`vip_ip`]: the VIP's listening sockets in `bind` mode, and
+//!   the address itself in `ip` mode.
 
 pub mod api;
 pub mod backup;
@@ -40,6 +50,7 @@ pub mod firmware;
 pub mod links;
 pub mod monitor;
 pub mod replication;
+pub mod server;
 pub mod state;
 pub mod supervisor;
 pub mod upgrade;
@@ -90,6 +101,45 @@ pub enum Error {
     /// The saved HA state is unusable.
     #[error("HA state: {0}")]
     State(String),
+
+    /// An agent's API did not answer.
+    #[error(
+        "no agent answers at {addr} ({path}): {source} (is it running, and is the address right?)"
+    )]
+    ApiUnreachable {
+        /// The agent's API address.
+        addr: SocketAddr,
+        /// The route called.
+        path: String,
+        /// What failed.
+        source: reqwest::Error,
+    },
+
+    /// An agent's API answered with an error.
+    #[error("agent at {addr} refused {path} ({status}): {}", body.error)]
+    ApiRefused {
+        /// The agent's API address.
+        addr: SocketAddr,
+        /// The route called.
+        path: String,
+        /// The HTTP status.
+        status: u16,
+        /// What it said.
+        body: Box<crate::api::ErrorBody>,
+    },
+
+    /// An agent's API answered something this version cannot read.
+    #[error(
+        "agent at {addr} gave an unreadable answer to {path}: {detail} (do both ends run the same tandem version?)"
+    )]
+    ApiAnswer {
+        /// The agent's API address.
+        addr: SocketAddr,
+        /// The route called.
+        path: String,
+        /// What did not parse.
+        detail: String,
+    },
 
     /// The state machine refused its configuration.
     #[error(transparent)]

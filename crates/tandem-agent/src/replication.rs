@@ -49,7 +49,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use tandem_core::{EffectiveRole, Input, Node};
 use tandem_sync::receiver::{Receiver, ReceiverConfig, ReceiverEvent};
 use tandem_sync::replicator::{DataSync, PeerAddr, Replicator, ReplicatorConfig};
@@ -57,7 +56,12 @@ use tandem_sync::tls::TlsIdentity;
 use tokio::sync::mpsc;
 
 use crate::Error;
+use crate::api::{
+    ApiClient, CommitBody, ErrorBody, ResyncDone, ResyncLine, ResyncProgress, SyncDetail,
+    SyncStatus,
+};
 use crate::config::AgentConfig;
+use crate::server::error_answer;
 
 mod config_sync;
 mod quarantine;
@@ -121,10 +125,9 @@ struct Shared {
     state: Mutex<RoleState>,
     /// The node's state dir: the config-disconnected flag, the stale marker.
     state_dir: PathBuf,
-    /// Asks peers whether they are disconnected from cluster config.
-    client: reqwest::Client,
-    /// The API token (the same on every node).
-    api_token: String,
+    /// Peers' APIs (whether they are disconnected from cluster config,
+    /// where to merge quarantined files), aimed with [`ApiClient::at`].
+    api: ApiClient,
     /// What config sync has done. Plain std mutex, never held across await.
     config_sync: Mutex<config_sync::ConfigSyncState>,
     /// Wakes the driver when a config file changed on this node, for
@@ -140,7 +143,7 @@ struct Shared {
     /// Wakes the quarantine merge (a batch was just quarantined).
     quarantine_wake: tokio::sync::Notify,
     /// What merging quarantined files has done. Never held across await.
-    merges: Mutex<quarantine::MergeCounters>,
+    merges: Mutex<crate::api::MergeCounters>,
 }
 
 #[derive(Default)]
@@ -177,7 +180,7 @@ impl Shared {
         self.config_sync.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn merges(&self) -> MutexGuard<'_, quarantine::MergeCounters> {
+    fn merges(&self) -> MutexGuard<'_, crate::api::MergeCounters> {
         self.merges.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -271,11 +274,11 @@ impl Replication {
                 ..RoleState::default()
             }),
             state_dir: config.node.state_dir.clone(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .map_err(|e| Error::State(format!("HTTP client: {e}")))?,
-            api_token: config.secrets.api_token.clone(),
+            // A peer slower than this counts as away: config sync must not
+            // stall on it.
+            api: ApiClient::new(config.node.api, config.secrets.api_token.clone())?
+                .with_timeout(Duration::from_secs(2))
+                .on_behalf_of(format!("agent {}", config.node.name)),
             config_sync: Mutex::default(),
             config_changed: tokio::sync::Notify::new(),
             unreplicated,
@@ -508,25 +511,30 @@ impl Replication {
     }
 
     /// The `sync` part of `/v1/status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> SyncStatus {
         let Some(inner) = &self.inner else {
-            return serde_json::json!({"enabled": false});
+            return SyncStatus {
+                enabled: false,
+                detail: None,
+            };
         };
         let shared = &inner.shared;
         let state = shared.state();
         let settings = &shared.settings;
-        serde_json::json!({
-            "enabled": true,
-            "data_sync": settings.data_sync,
-            "sync_mode": settings.sync_mode,
-            "data_dir": settings.data_dir,
-            "allow_stale_takeover": settings.allow_stale_takeover,
-            "data_in_sync": state.data_in_sync,
-            "quarantine": quarantine::status(shared),
-            "receiver": shared.receiver.status(),
-            "replicator": state.replicator.as_ref().map(Replicator::status),
-            "config": config_sync::status(shared),
-        })
+        SyncStatus {
+            enabled: true,
+            detail: Some(SyncDetail {
+                data_sync: settings.data_sync,
+                sync_mode: settings.sync_mode,
+                data_dir: settings.data_dir.clone(),
+                allow_stale_takeover: settings.allow_stale_takeover,
+                data_in_sync: state.data_in_sync,
+                quarantine: quarantine::status(shared),
+                receiver: shared.receiver.status(),
+                replicator: state.replicator.as_ref().map(Replicator::status),
+                config: config_sync::status(shared),
+            }),
+        }
     }
 
     /// The sync routes, to merge into the API: `POST /v1/sync/commit`,
@@ -674,68 +682,50 @@ fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
 
 // ------------------------------------------------------------------ routes
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
-
 /// 409 naming the active node and its API, so a client can ask there.
 fn not_active(shared: &Shared) -> Response {
-    let (active, api) = match shared.active_peer() {
-        Some((name, api)) => (Some(name), api.map(|a| a.to_string())),
+    let (active, active_api) = match shared.active_peer() {
+        Some((name, api)) => (Some(name), api),
         None => (None, None),
     };
-    let message = match &active {
+    let error = match &active {
         Some(name) => format!(
             "{} is not the active node; {name} is (ask its API at {})",
             shared.node,
-            api.as_deref().unwrap_or("?")
+            active_api.map_or_else(|| "?".to_string(), |a| a.to_string())
         ),
         None => format!("{} is not the active node, and no node is", shared.node),
     };
-    (
-        StatusCode::CONFLICT,
-        Json(serde_json::json!({"error": message, "active": active, "active_api": api})),
-    )
-        .into_response()
-}
-
-/// The body of `POST /v1/sync/commit`: `{"paths": [...]}` or a bare list.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum CommitRequest {
-    /// `{"paths": ["queue/ID", ...]}`
-    Paths {
-        /// Files under the data dir, absolute or relative to it.
-        paths: Vec<PathBuf>,
-    },
-    /// `["queue/ID", ...]`
-    List(Vec<PathBuf>),
+    let body = ErrorBody {
+        error,
+        active,
+        active_api,
+    };
+    (StatusCode::CONFLICT, Json(body)).into_response()
 }
 
 /// Cluster fsync. 200 with the durability reached; 503 when `strict` and
 /// a standby did not confirm (the caller must not acknowledge: the relay
 /// answers 451); 400 for a path outside the data dir; 409 when this
 /// node is not active (a service running here must not acknowledge).
-async fn commit(State(shared): State<Arc<Shared>>, Json(request): Json<CommitRequest>) -> Response {
-    let paths = match request {
-        CommitRequest::Paths { paths } | CommitRequest::List(paths) => paths,
-    };
+async fn commit(State(shared): State<Arc<Shared>>, Json(request): Json<CommitBody>) -> Response {
+    let paths = request.into_paths();
     let Some(replicator) = shared.replicator() else {
         return not_active(&shared);
     };
     match replicator.commit(&paths).await {
         Ok(durability) => Json(durability).into_response(),
         Err(e @ tandem_sync::Error::NotReplicated { .. }) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            error_answer(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
-        Err(e @ tandem_sync::Error::BadPath { .. }) => error(
+        Err(e @ tandem_sync::Error::BadPath { .. }) => error_answer(
             StatusCode::BAD_REQUEST,
             format!(
                 "{e} (paths must be under the data dir {})",
                 shared.settings.data_dir.display()
             ),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error_answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -746,7 +736,7 @@ async fn resync(State(shared): State<Arc<Shared>>) -> Response {
     let Some(replicator) = shared.replicator() else {
         return not_active(&shared);
     };
-    let (lines, mut rx) = mpsc::channel::<String>(64);
+    let (lines, mut rx) = mpsc::channel::<ResyncLine>(64);
     let progress_lines = lines.clone();
     tokio::spawn(async move {
         // A resync is the operator's explicit "make them equal": held
@@ -755,22 +745,33 @@ async fn resync(State(shared): State<Arc<Shared>>) -> Response {
         let progress: tandem_sync::replicator::ProgressFn = Arc::new(move |p| {
             // A full channel only thins the progress bar; never block the
             // transfer on a slow client.
-            let _ = progress_lines.try_send(serde_json::json!({ "progress": p }).to_string());
+            let line = ResyncLine::Progress(ResyncProgress {
+                progress: p.clone(),
+            });
+            let _ = progress_lines.try_send(line);
         });
         let outcomes = replicator.resync(Some(progress)).await;
-        let _ = lines
-            .send(serde_json::json!({"done": outcomes, "config": config_outcomes}).to_string())
-            .await;
+        let done = ResyncLine::Done(ResyncDone {
+            done: outcomes,
+            config: config_outcomes,
+        });
+        let _ = lines.send(done).await;
     });
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|line| line.map(|l| Ok::<_, std::io::Error>(format!("{l}\n"))))
-    });
+    let stream =
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|line| line.map(json_line)));
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// One line of the resync stream; a line that cannot be written ends the
+/// stream, which the client reports as a resync without a result.
+fn json_line(line: ResyncLine) -> Result<String, std::io::Error> {
+    let mut text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// `tandem sync report`: every node's data manifest compared file by file.
@@ -780,6 +781,6 @@ async fn report(State(shared): State<Arc<Shared>>) -> Response {
     };
     match replicator.report().await {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error_answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

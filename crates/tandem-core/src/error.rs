@@ -39,7 +39,7 @@ pub enum Error {
     /// A protocol version this node does not speak (it speaks
     /// [`crate::wire::PROTOCOL_VERSION`] and the one before).
     #[error("unsupported protocol version {0} (this node speaks {min}..={max})",
-        min = crate::wire::OLDEST_PROTOCOL_VERSION, max = crate::wire::PROTOCOL_VERSION)]
+        min = crate::protocol::OLDEST_PROTOCOL_VERSION, max = crate::protocol::PROTOCOL_VERSION)]
     UnsupportedVersion(u8),
     /// The bytes are not a well-formed tandem message.
     #[error("malformed message: {0}")]

@@ -16,10 +16,13 @@
 //!   election, failover, holdoff, preemption and command rules.
 //! - [`config`]: [`NodeConfig`] and the operator's words: configured role,
 //!   mode, failover groups, on-failure.
-//! - [`role`]: [`EffectiveRole`], operator [`Command`]s and [`Refusal`]s.
+//! - [`role`]: [`EffectiveRole`], [`DataState`](role::DataState), operator
+//!   [`Command`]s and [`Refusal`]s.
 //! - [`wire`]: [`Message`]s, their HMAC-SHA256 binary encoding (protocol
 //!   version 2, and version 1 for mixed-version upgrades), [`wire::Codec`]
 //!   and [`wire::ReplayGuard`].
+//! - `protocol` (private): the protocol version numbers, re-exported by
+//!   [`wire`]; `error` needs them too.
 //! - [`status`]: the [`Status`] snapshot for `tandem status`.
 //! - [`time`]: [`Millis`], the explicit monotonic time.
 //! - [`sim`]: an in-memory deterministic cluster (network that drops, cuts,
@@ -82,6 +85,7 @@
 pub mod config;
 pub mod error;
 pub mod node;
+mod protocol;
 pub mod role;
 pub mod sim;
 pub mod status;

@@ -72,7 +72,7 @@ mod peer;
 mod query;
 mod reconcile;
 
-pub use data::DataState;
+pub use crate::role::DataState;
 pub use io::{
     Destination, Event, Input, LossCause, Output, PREEMPT_DRAIN_WAIT, PersistentState, Reason,
 };

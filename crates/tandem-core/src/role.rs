@@ -1,9 +1,13 @@
-//! Roles a node reports, and the commands and refusals around them.
+//! Roles a node reports, and the states and commands around them.
 //!
 //! [`EffectiveRole`] is what a node does now (as opposed to the
-//! [`crate::ConfiguredRole`] the operator set). [`Command`] is an operator
-//! command (the CLI's `ha …` and `failover …`); [`Refusal`] is why one was
-//! not carried out — the operator is always told.
+//! [`crate::ConfiguredRole`] the operator set). [`DataState`], how its
+//! replicated data compares with the active's, decides whether it may
+//! serve or is `syncing`; the node keeps it and status shows it, so it is
+//! defined here with the other role vocabulary rather than in the node
+//! (where it made `node` and `status` import each other). [`Command`] is
+//! an operator command (the CLI's `ha …` and `failover …`); [`Refusal`] is
+//! why one was not carried out — the operator is always told.
 
 use crate::config::{ConfiguredRole, GroupId};
 use serde::{Deserialize, Serialize};
@@ -44,6 +48,24 @@ impl std::fmt::Display for EffectiveRole {
             EffectiveRole::Disconnected => "disconnected",
         })
     }
+}
+
+/// This node's replicated data compared with the active's.
+///
+/// Unless [`DataState::InSync`] (or no active is reachable to be behind
+/// of), a node does not serve: it reports [`EffectiveRole::Syncing`]. The
+/// rules that move it are in the node (`node::data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataState {
+    /// Caught up by the active (or nothing is replicated, or this node is
+    /// the active: its data is the reference).
+    InSync,
+    /// Not compared with an active since the node started or stepped down
+    /// unplanned: `syncing` while a peer is active, fine when none is.
+    Unverified,
+    /// Known to lack what the active has: never serves unless forced.
+    Behind,
 }
 
 /// A node's readiness to preempt, as carried in its heartbeat.

@@ -4,13 +4,13 @@
 //! are in milliseconds so the JSON stays flat.
 
 use crate::config::{ConfiguredRole, GroupId, Mode};
-use crate::role::{EffectiveRole, PreemptState};
+use crate::role::{DataState, EffectiveRole, PreemptState};
 use crate::wire::RejectReason;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One node's view of itself and its peers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// This node's name.
     pub node: String,
@@ -35,7 +35,7 @@ pub struct Status {
     /// Per failover group: its role there and who holds it.
     pub groups: Vec<GroupStatus>,
     /// This node's replicated data compared with the active's.
-    pub data: crate::node::DataState,
+    pub data: DataState,
     /// A peer heard on the sync channel whose heartbeats fail the MAC:
     /// the two nodes have different cluster keys.
     pub key_mismatch: Option<String>,
@@ -48,7 +48,7 @@ pub struct Status {
 }
 
 /// One failover group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {
     /// The group.
     pub group: GroupId,
@@ -61,7 +61,7 @@ pub struct GroupStatus {
 }
 
 /// A holdoff in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldoffStatus {
     /// The peer that asked for it.
     pub from: String,
@@ -71,7 +71,7 @@ pub struct HoldoffStatus {
 
 /// A peer as this node sees it. Fields from its heartbeat are `None` until
 /// one has been received.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// The peer's name.
     pub name: String,
@@ -100,7 +100,7 @@ pub struct PeerStatus {
 }
 
 /// One heartbeat link to one peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
     /// The link's name.
     pub link: String,
@@ -111,7 +111,7 @@ pub struct LinkStatus {
 }
 
 /// Counters since the node started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Changes of effective role (every `RoleChanged` event).
     pub transitions: u64,

@@ -56,21 +56,17 @@
 
 mod replay;
 
+pub use crate::protocol::{OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 pub use replay::{MAX_EPOCH_AHEAD, REPLAY_WINDOW, ReplayGuard, ReplayVerdict};
 
 use crate::config::{ConfiguredRole, GroupId, MAX_NAME_LEN};
 use crate::error::Error;
 use crate::role::{Command, EffectiveRole, HandoverCause, PreemptState};
 use hmac::{Hmac, KeyInit, Mac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// The protocol version this build speaks natively and sends by default.
-pub const PROTOCOL_VERSION: u8 = 2;
-/// The oldest protocol version this build still decodes and can send.
-pub const OLDEST_PROTOCOL_VERSION: u8 = 1;
 
 const MAGIC: &[u8; 4] = b"TNDM";
 const MAC_LEN: usize = 32;
@@ -164,7 +160,7 @@ pub struct Envelope {
 
 /// Why a datagram was dropped; the node counts each (see
 /// [`crate::Input::Rejected`]) and status shows the counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RejectReason {
     /// MAC mismatch: key mismatch?

@@ -276,7 +276,9 @@ timeout = "1500ms"
         let two_probes = GOOD.replace("timeout", "http = \"http://x/\"\ntimeout");
         assert!(error_of(&two_probes).contains("health: give exactly one of tcp, http"));
         let bad_timeout = GOOD.replace("1500ms", "1500 parsecs");
-        assert!(error_of(&bad_timeout).contains("health.timeout: unknown unit"));
+        let error = error_of(&bad_timeout);
+        assert!(error.contains("health.timeout: \"1500 parsecs\" is not a duration"), "{error}");
+        assert!(error.contains("unknown unit \"parsecs\""), "{error}");
         let unknown = format!("{GOOD}\ncolour = \"red\"\n");
         assert!(error_of(&unknown).contains("unknown field `colour`"));
         let missing = GOOD.replace("data_format = 2\n", "");

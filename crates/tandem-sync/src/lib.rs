@@ -39,6 +39,9 @@
 //! - [`liveness`]: rate-limited "heard from" hints, and the keepalive
 //!   pings that keep them coming on an idle channel.
 //! - [`report`]: the sync report (Huawei's "synchronization report").
+//! - `peer_status` (private; its types are re-exported by [`replicator`]):
+//!   a standby as the active sees it, shared by the replicator's status
+//!   and the report.
 //!
 //! # Wiring it into the agent
 //! Every node: [`tls::TlsIdentity::load`], then [`receiver::Receiver::serve`]
@@ -63,6 +66,7 @@
 pub mod cert;
 pub mod frame;
 pub mod liveness;
+mod peer_status;
 pub mod quarantine;
 pub mod receiver;
 pub mod replicator;
@@ -299,4 +303,18 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, source }
+}
+
+/// Runs blocking file work off the async threads. A crate-wide helper
+/// (the receiver, the replicator and the unreplicated record all use it),
+/// so it lives here with the error it reports, not in any one of them.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(format!("file task failed: {e}")),
+        })?
 }

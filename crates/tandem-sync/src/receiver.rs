@@ -48,7 +48,7 @@ use crate::standby_log::StandbyLog;
 use crate::store::{DataDir, Op, files_manifest, write_atomic};
 use crate::tls::{Channel, TlsIdentity, accept_unanswered};
 use crate::unreplicated::Unreplicated;
-use crate::{Error, Progress, Result, unix_ms};
+use crate::{Error, Progress, Result, blocking, unix_ms};
 
 mod admission;
 use admission::{admit, until_serving};
@@ -742,16 +742,4 @@ async fn materialize_when_due(shared: Arc<Shared>) {
             shared.log_wake.notify_one();
         }
     }
-}
-
-/// Runs blocking file work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Io {
-            path: PathBuf::new(),
-            source: std::io::Error::other(format!("file task failed: {e}")),
-        })?
 }

@@ -55,9 +55,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::blocking;
 use crate::frame::ManifestSet;
 use crate::liveness::Liveness;
-use crate::receiver::blocking;
 use crate::report::{self, SyncReport};
 use crate::store::{DataDir, ManifestEntry, files_manifest};
 use crate::{Error, Progress, Result, unix_ms};

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::replicator::{PeerState, PeerStatus};
+use crate::peer_status::{PeerState, PeerStatus};
 use crate::store::{ManifestEntry, hex};
 
 /// The whole report.

@@ -208,7 +208,7 @@ pub(crate) async fn record_missed(
         return Ok(());
     }
     let record = record.clone();
-    crate::receiver::blocking(move || {
+    crate::blocking(move || {
         for peer in &peers {
             record.record(peer, &paths)?;
         }

@@ -7,7 +7,7 @@
 use tandem_core::Mode;
 use tandem_version::Version;
 
-use crate::plan::Strategy;
+use crate::strategy::Strategy;
 
 /// Why no plan could be made, or why a journal cannot be resumed.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,8 @@
 //!   the four strategies from the seeds (switchover — ASA 004 and Huawei
 //!   003; holdoff — FortiMail 000; rolling — ESA 002; active-active — ASA
 //!   failover groups), hop by hop along the catalog's path.
+//!   ([`Strategy`] is defined in the private `strategy` module, which
+//!   `error` shares.)
 //! - [`step`]: [`Step`], [`StepKind`], [`Action`], [`ClientImpact`]: what
 //!   each step needs, asks for, and counts as done.
 //! - [`run`]: [`UpgradeRun`], [`Observation`]: the journal and step machine:
@@ -62,6 +64,7 @@ pub mod error;
 pub mod plan;
 pub mod run;
 pub mod step;
+mod strategy;
 
 pub use cluster::{ClusterState, ConfigLink, ImageFile, Listener, NodeState, SlotStatus, SlotView};
 pub use error::{ModeName, PlanError};

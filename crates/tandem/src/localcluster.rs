@@ -14,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
-use crate::commands::cluster::ApiClient;
+use tandem_agent::api::{ApiClient, StatusReport};
+use tandem_core::EffectiveRole;
 
 /// What to build.
 pub struct ClusterSpec {
@@ -429,79 +429,67 @@ impl LocalCluster {
 
     /// An API client for node `i`.
     pub fn client(&self, i: usize) -> anyhow::Result<ApiClient> {
-        ApiClient::with_token(self.nodes[i].api, self.token.clone())
+        Ok(ApiClient::new(self.nodes[i].api, self.token.clone())?)
     }
 
     /// Node `i`'s own status report, if its agent answers.
-    pub async fn status(&self, i: usize) -> Option<Value> {
-        self.client(i).ok()?.get("/v1/status").await.ok()
+    pub async fn status(&self, i: usize) -> Option<StatusReport> {
+        self.client(i).ok()?.status().await.ok()
     }
 
     /// Waits until every running node reports itself active (config-only
     /// mode, where every node serves; active-active, where each holds a
     /// group); fails after `timeout`.
     pub async fn wait_for_all_active(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let mut settled = true;
-            for (i, node) in self.nodes.iter().enumerate() {
-                if node.process.is_none() {
-                    continue;
-                }
-                let role = self.status(i).await.map(|s| {
-                    s["node"]["effective_role"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string()
-                });
-                if role.as_deref() != Some("active") {
-                    settled = false;
-                }
-            }
-            if settled {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
+        self.wait_for_roles(|_| EffectiveRole::Active, timeout)
+            .await
+            .with_context(|| {
+                format!(
                     "not every node became active within {} s",
                     timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                )
+            })
     }
 
     /// Waits until node `active` is active and every other running node is
     /// standby, as each reports itself; fails after `timeout`.
     pub async fn wait_for_active(&self, active: usize, timeout: Duration) -> anyhow::Result<()> {
+        let want = |i| {
+            if i == active {
+                EffectiveRole::Active
+            } else {
+                EffectiveRole::Standby
+            }
+        };
+        self.wait_for_roles(want, timeout).await.with_context(|| {
+            format!(
+                "the cluster did not settle with {} active within {} s",
+                self.nodes[active].name,
+                timeout.as_secs()
+            )
+        })
+    }
+
+    /// Waits until every running node `i` reports the role `want(i)`.
+    async fn wait_for_roles(
+        &self,
+        want: impl Fn(usize) -> EffectiveRole,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let mut settled = true;
             for (i, node) in self.nodes.iter().enumerate() {
-                if node.process.is_none() {
-                    continue;
-                }
-                let role = self.status(i).await.map(|s| {
-                    s["node"]["effective_role"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string()
-                });
-                let want = if i == active { "active" } else { "standby" };
-                if role.as_deref() != Some(want) {
+                if node.process.is_some()
+                    && self.status(i).await.map(|s| s.node.effective_role) != Some(want(i))
+                {
                     settled = false;
                 }
             }
             if settled {
                 return Ok(());
             }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "the cluster did not settle with {} active within {} s",
-                    self.nodes[active].name,
-                    timeout.as_secs()
-                );
-            }
+            anyhow::ensure!(tokio::time::Instant::now() <= deadline, "timed out");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tandem::localcluster::{ClusterSpec, LocalCluster};
-use tandem_core::{Codec, Message};
+use tandem_agent::api::{ListenerState, StatusReport};
+use tandem_core::wire::RejectReason;
+use tandem_core::{Codec, EffectiveRole, Message};
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -83,16 +85,24 @@ fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, S
     cluster.cli(node, args)
 }
 
-fn role(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, node: usize) -> String {
+/// Node `node`'s effective role; `None` while its agent does not answer.
+fn role(
+    rt: &tokio::runtime::Runtime,
+    cluster: &LocalCluster,
+    node: usize,
+) -> Option<EffectiveRole> {
     rt.block_on(cluster.status(node))
-        .map(|s| {
-            s["node"]["effective_role"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default()
+        .map(|s| s.node.effective_role)
 }
+
+/// Node `node`'s status report; the test fails if its agent does not answer.
+fn report(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, node: usize) -> StatusReport {
+    rt.block_on(cluster.status(node))
+        .unwrap_or_else(|| panic!("node {node}'s agent does not answer its status"))
+}
+
+const ACTIVE: Option<EffectiveRole> = Some(EffectiveRole::Active);
+const STANDBY: Option<EffectiveRole> = Some(EffectiveRole::Standby);
 
 #[test]
 fn kill_9_of_the_active_moves_the_vip_and_the_primary_comes_back() {
@@ -103,8 +113,9 @@ fn kill_9_of_the_active_moves_the_vip_and_the_primary_comes_back() {
     let mut cluster = pair();
     settle(&rt, &cluster, 0);
     wait_vip(cluster.vip, "alpha");
-    let service =
-        rt.block_on(cluster.status(0)).unwrap_or_default()["agent"]["service_pid"].as_u64();
+    let service = rt
+        .block_on(cluster.status(0))
+        .and_then(|s| s.agent.service_pid);
     let Some(service) = service else {
         panic!("alpha runs its service")
     };
@@ -124,8 +135,12 @@ fn kill_9_of_the_active_moves_the_vip_and_the_primary_comes_back() {
     assert!(gone, "alpha's service (pid {service}) outlived its agent");
     settle(&rt, &cluster, 1);
     wait_vip(cluster.vip, "beta");
-    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
-    assert_eq!(beta["node"]["peers"][0]["alive"], false, "{beta}");
+    let beta = report(&rt, &cluster, 1);
+    assert_eq!(
+        beta.node.peers.first().map(|p| p.alive),
+        Some(false),
+        "{beta:?}"
+    );
 
     // The restarted primary takes its role back (preemption is on).
     cluster.start(0).unwrap_or_else(|e| panic!("{e:#}"));
@@ -145,7 +160,7 @@ fn a_hung_active_is_replaced_and_one_active_remains_after_it_wakes() {
     cluster.signal(0, libc::SIGSTOP);
     let mut took_over = false;
     for _ in 0..100 {
-        if role(&rt, &cluster, 1) == "active" {
+        if role(&rt, &cluster, 1) == ACTIVE {
             took_over = true;
             break;
         }
@@ -156,25 +171,25 @@ fn a_hung_active_is_replaced_and_one_active_remains_after_it_wakes() {
     cluster.signal(0, libc::SIGCONT);
     // Split brain on heal: one steps down at once; then preemption may move
     // the service back to the primary. Either way, one active.
-    let mut roles = (String::new(), String::new());
+    let mut roles = (None, None);
     for _ in 0..100 {
         roles = (role(&rt, &cluster, 0), role(&rt, &cluster, 1));
-        let actives = [&roles.0, &roles.1]
-            .iter()
-            .filter(|r| r.as_str() == "active")
-            .count();
-        if actives == 1 && [&roles.0, &roles.1].iter().any(|r| r.as_str() == "standby") {
+        let both = [roles.0, roles.1];
+        let actives = both.iter().filter(|r| **r == ACTIVE).count();
+        if actives == 1 && both.contains(&STANDBY) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        (roles.0 == "active") ^ (roles.1 == "active"),
+        (roles.0 == ACTIVE) ^ (roles.1 == ACTIVE),
         "exactly one active after the heal: {roles:?}"
     );
-    let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
-    let events = alpha["node"]["counters"]["split_brain_events"].as_u64().unwrap_or(0)
-        + rt.block_on(cluster.status(1)).unwrap_or_default()["node"]["counters"]["split_brain_events"].as_u64().unwrap_or(0);
+    let split_brains = |node| {
+        rt.block_on(cluster.status(node))
+            .map_or(0, |s| s.node.counters.split_brain_events)
+    };
+    let events = split_brains(0) + split_brains(1);
     assert!(events >= 1, "the split brain was counted");
 }
 
@@ -198,17 +213,31 @@ fn remote_as_heartbeat_keeps_a_peer_whose_service_answers() {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(
             role(&rt, &cluster, 1),
-            "standby",
+            STANDBY,
             "beta must not take over from a serving peer"
         );
     }
-    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
-    let links = &beta["node"]["peers"][0]["links"];
-    assert_eq!(links[0]["up"], false, "heartbeats are lost: {links}");
-    assert_eq!(links[1]["link"], "service");
+    let beta = report(&rt, &cluster, 1);
+    let links = beta
+        .node
+        .peers
+        .first()
+        .map(|p| p.links.as_slice())
+        .unwrap_or_default();
     assert_eq!(
-        links[1]["up"], true,
-        "the service link carries the peer: {links}"
+        links.first().map(|l| l.up),
+        Some(false),
+        "heartbeats are lost: {links:?}"
+    );
+    assert_eq!(
+        links.get(1).map(|l| l.link.as_str()),
+        Some("service"),
+        "{links:?}"
+    );
+    assert_eq!(
+        links.get(1).map(|l| l.up),
+        Some(true),
+        "the service link carries the peer: {links:?}"
     );
     cluster.signal(0, libc::SIGCONT);
 }
@@ -301,14 +330,14 @@ fn operator_commands_through_the_cli() {
     // would refuse to take over.
     let (code, _, err) = tandem(&cluster, 0, &["ha", "preempt", "off"]);
     assert_eq!(code, 0, "{err}");
-    let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
-    assert_eq!(alpha["node"]["preempt"], false, "{alpha}");
+    let alpha = report(&rt, &cluster, 0);
+    assert!(!alpha.node.preempt, "{alpha:?}");
     let (code, _, err) = tandem(&cluster, 0, &["ha", "holdoff", "30"]);
     assert_eq!(code, 0, "{err}");
     let mut held = false;
     for _ in 0..40 {
-        let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
-        if beta["node"]["holdoff"]["from"] == "alpha" {
+        let holdoff = rt.block_on(cluster.status(1)).and_then(|s| s.node.holdoff);
+        if holdoff.is_some_and(|h| h.from == "alpha") {
             held = true;
             break;
         }
@@ -408,24 +437,29 @@ fn foreign_keys_and_replayed_datagrams_are_rejected_and_counted() {
         .send_to(&forged, alpha_link)
         .unwrap_or_else(|e| panic!("{e}"));
 
-    let mut rejected = serde_json::Value::Null;
+    let mut rejected = std::collections::BTreeMap::new();
+    let count = |rejected: &std::collections::BTreeMap<RejectReason, u64>, reason| {
+        rejected.get(&reason).copied().unwrap_or(0)
+    };
     for _ in 0..40 {
-        let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
-        rejected = alpha["node"]["counters"]["rejected"].clone();
-        if rejected["replay"].as_u64().unwrap_or(0) >= 1
-            && rejected["bad-mac"].as_u64().unwrap_or(0) >= 1
+        rejected = rt
+            .block_on(cluster.status(0))
+            .map(|s| s.node.counters.rejected)
+            .unwrap_or_default();
+        if count(&rejected, RejectReason::Replay) >= 1
+            && count(&rejected, RejectReason::BadMac) >= 1
         {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        rejected["replay"].as_u64().unwrap_or(0) >= 1,
-        "replay counted: {rejected}"
+        count(&rejected, RejectReason::Replay) >= 1,
+        "replay counted: {rejected:?}"
     );
     assert!(
-        rejected["bad-mac"].as_u64().unwrap_or(0) >= 1,
-        "bad MAC counted: {rejected}"
+        count(&rejected, RejectReason::BadMac) >= 1,
+        "bad MAC counted: {rejected:?}"
     );
     let (code, table, _) = tandem(&cluster, 0, &["status"]);
     assert_eq!(code, 0);
@@ -434,8 +468,8 @@ fn foreign_keys_and_replayed_datagrams_are_rejected_and_counted() {
         "{table}"
     );
     // The forged goodbye changed nothing.
-    assert_eq!(role(&rt, &cluster, 0), "active");
-    assert_eq!(role(&rt, &cluster, 1), "standby");
+    assert_eq!(role(&rt, &cluster, 0), ACTIVE);
+    assert_eq!(role(&rt, &cluster, 1), STANDBY);
 }
 
 #[test]
@@ -454,19 +488,19 @@ fn a_service_that_stops_answering_fails_the_node_over() {
     );
     // lservice sees no greeting three times in a row: alpha fails
     // (on_failure = become-secondary) and beta takes the service.
-    let mut roles = (String::new(), String::new());
+    let mut roles = (None, None);
     for _ in 0..200 {
         roles = (role(&rt, &cluster, 0), role(&rt, &cluster, 1));
-        if roles.1 == "active" && roles.0 != "active" {
+        if roles.1 == ACTIVE && roles.0 != ACTIVE {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(roles.1, "active", "beta took over: {roles:?}");
-    assert_ne!(roles.0, "active", "alpha gave up the service: {roles:?}");
+    assert_eq!(roles.1, ACTIVE, "beta took over: {roles:?}");
+    assert_ne!(roles.0, ACTIVE, "alpha gave up the service: {roles:?}");
     wait_vip(cluster.vip, "beta");
-    let alpha = rt.block_on(cluster.status(0)).unwrap_or_default();
-    assert_eq!(alpha["node"]["healthy"], false, "{alpha}");
+    let alpha = report(&rt, &cluster, 0);
+    assert!(!alpha.node.healthy, "{alpha:?}");
 }
 
 #[test]
@@ -601,8 +635,12 @@ fn listener_suspend_drains_and_resume_reopens_the_relay() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let status = rt.block_on(cluster.status(0)).unwrap_or_default();
-    assert_eq!(status["agent"]["listener"], "suspended", "{status}");
+    let status = report(&rt, &cluster, 0);
+    assert_eq!(
+        status.agent.listener,
+        ListenerState::Suspended,
+        "{status:?}"
+    );
     // After the drain timeout the idle session is told to come back later.
     let told = smtp_line(&mut session);
     assert!(

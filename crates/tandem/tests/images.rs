@@ -10,6 +10,8 @@ use std::process::Command as Process;
 use std::time::Duration;
 
 use tandem::localcluster::{ClusterSpec, LocalCluster};
+use tandem_agent::api::{StatusReport, UploadAnswer};
+use tandem_core::EffectiveRole;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -83,25 +85,45 @@ fn vip_answer(vip: SocketAddr) -> Option<String> {
     Some(line.trim().to_string())
 }
 
-fn status(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, node: usize) -> serde_json::Value {
-    rt.block_on(cluster.status(node)).unwrap_or_default()
+/// Node `node`'s status report; `None` while its agent does not answer.
+fn status(
+    rt: &tokio::runtime::Runtime,
+    cluster: &LocalCluster,
+    node: usize,
+) -> Option<StatusReport> {
+    rt.block_on(cluster.status(node))
 }
 
-/// Polls until `check` holds for node `node`'s status; bounded.
+/// Node `node`'s release, as its status reports it.
+fn version(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, node: usize) -> Option<String> {
+    status(rt, cluster, node).map(|s| s.node.version)
+}
+
+/// Node `node`'s effective role, as its status reports it.
+fn role(
+    rt: &tokio::runtime::Runtime,
+    cluster: &LocalCluster,
+    node: usize,
+) -> Option<EffectiveRole> {
+    status(rt, cluster, node).map(|s| s.node.effective_role)
+}
+
+/// Polls until `check` holds for node `node`'s status (`None` while its
+/// agent does not answer); bounded.
 fn wait_until(
     rt: &tokio::runtime::Runtime,
     cluster: &LocalCluster,
     node: usize,
     what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
+    check: impl Fn(Option<&StatusReport>) -> bool,
 ) {
     for _ in 0..200 {
-        if check(&status(rt, cluster, node)) {
+        if check(status(rt, cluster, node).as_ref()) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what}: {}", status(rt, cluster, node));
+    panic!("{what}: {:?}", status(rt, cluster, node));
 }
 
 /// A signing key pair in `dir`: (secret, public).
@@ -174,12 +196,13 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     let bytes = std::fs::read(&first).unwrap_or_else(|e| panic!("{e}"));
     assert!(bytes.len() > 100);
     let beta = cluster.client(1).unwrap_or_else(|e| panic!("{e:#}"));
-    rt.block_on(beta.put(
-        &format!("/v1/images/{first_name}?offset=0"),
-        bytes[..100].to_vec(),
-        None,
-    ))
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let _: UploadAnswer = rt
+        .block_on(beta.put_bytes(
+            &format!("/v1/images/{first_name}?offset=0"),
+            bytes[..100].to_vec(),
+            None,
+        ))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let (code, out, err) = tandem(
         &cluster,
         0,
@@ -207,7 +230,7 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     wait_until(&rt, &cluster, 0, "alpha marks its slot good", |_| {
         slots(&cluster, 0)["a"]["state"] == "good"
     });
-    assert_eq!(status(&rt, &cluster, 0)["node"]["version"], "6.2.0");
+    assert_eq!(version(&rt, &cluster, 0).as_deref(), Some("6.2.0"));
     assert_eq!(vip_answer(vip).as_deref(), Some("alpha"));
 
     // An unsigned image is refused at install, and nothing changes.
@@ -300,7 +323,10 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
         &cluster,
         1,
         "beta rolls the broken release back",
-        |s| s["node"]["version"] == "6.2.5" && slots(&cluster, 1)["a"]["state"] == "bad",
+        |s| {
+            s.is_some_and(|s| s.node.version == "6.2.5")
+                && slots(&cluster, 1)["a"]["state"] == "bad"
+        },
     );
     assert_eq!(slots(&cluster, 1)["current"], "b");
     let mut answered = None;
@@ -360,7 +386,7 @@ fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
         assert_eq!(code, 0, "{node}: {err}");
     }
     wait_until(&rt, &cluster, 1, "beta on 6.2.0", |s| {
-        s["node"]["version"] == "6.2.0"
+        s.is_some_and(|s| s.node.version == "6.2.0")
     });
 
     // 6.2.5 probes a port nobody listens on: it can never pass a service
@@ -386,9 +412,9 @@ fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
     cluster.kill(1);
     cluster.start(1).unwrap_or_else(|e| panic!("{e:#}"));
     wait_until(&rt, &cluster, 1, "beta back as standby", |s| {
-        s["node"]["effective_role"] == "standby"
+        s.is_some_and(|s| s.node.effective_role == EffectiveRole::Standby)
     });
-    assert_eq!(status(&rt, &cluster, 1)["node"]["version"], "6.2.5");
+    assert_eq!(version(&rt, &cluster, 1).as_deref(), Some("6.2.5"));
 
     // It takes over: the check it owes runs, fails, and 6.2.0 comes back.
     let (code, _, err) = tandem(&cluster, 0, &["failover", "standby"]);
@@ -398,7 +424,7 @@ fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
         &cluster,
         1,
         "beta checks 6.2.5 on its first serve and goes back to 6.2.0",
-        |s| s["node"]["version"] == "6.2.0",
+        |s| s.is_some_and(|s| s.node.version == "6.2.0"),
     );
     assert_eq!(slots(&cluster, 1)["current"], "a");
     cluster.kill(0);
@@ -428,11 +454,8 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = tandem(&cluster, 1, &["image", "install", "relay-6.2.5.tandem"]);
     assert_eq!(code, 0, "{err}");
-    let before = status(&rt, &cluster, 1);
-    let (pid, epoch) = (
-        before["agent"]["pid"].clone(),
-        before["agent"]["epoch"].clone(),
-    );
+    let before = status(&rt, &cluster, 1).unwrap_or_else(|| panic!("beta answers its status"));
+    let (pid, epoch) = (before.agent.pid, before.agent.epoch);
 
     let (code, out, err) = tandem(&cluster, 1, &["image", "boot"]);
     assert_eq!(code, 0, "{err}");
@@ -445,15 +468,16 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
         1,
         "beta runs its slot's agent and confirms the boot",
         |s| {
-            s["agent"]["pid"] == pid
-                && s["agent"]["epoch"] != epoch
-                && s["node"]["version"] == "6.2.5"
-                && s["node"]["effective_role"] == "standby"
-                && {
-                    let slots = slots(&cluster, 1);
-                    let current = slots["current"].as_str().unwrap_or("?").to_string();
-                    slots[current.as_str()]["state"] == "good"
-                }
+            s.is_some_and(|s| {
+                s.agent.pid == pid
+                    && s.agent.epoch != epoch
+                    && s.node.version == "6.2.5"
+                    && s.node.effective_role == EffectiveRole::Standby
+            }) && {
+                let slots = slots(&cluster, 1);
+                let current = slots["current"].as_str().unwrap_or("?").to_string();
+                slots[current.as_str()]["state"] == "good"
+            }
         },
     );
     let history = std::fs::read_to_string(cluster.dir.join("state/beta/slots/history.jsonl"))
@@ -467,8 +491,8 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
         "the re-execution used up no try: {history}"
     );
     assert_eq!(
-        status(&rt, &cluster, 0)["node"]["effective_role"],
-        "active",
+        role(&rt, &cluster, 0),
+        Some(EffectiveRole::Active),
         "alpha kept serving"
     );
     cluster.kill(0);
@@ -509,7 +533,7 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
         }
         let old_version = format!("6.2.{}", steps * 2);
         wait_until(&rt, &cluster, 1, "beta runs the old release", |s| {
-            s["node"]["version"] == old_version.as_str()
+            s.is_some_and(|s| s.node.version == old_version)
         });
 
         // Restart beta armed to die after `steps` durable slot steps, then
@@ -520,7 +544,7 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
             .start_with_env(1, &[("TANDEM_FAULT_SLOT_STEPS", armed.as_str())])
             .unwrap_or_else(|e| panic!("{e:#}"));
         wait_until(&rt, &cluster, 1, "beta is back", |s| {
-            s["node"]["effective_role"] == "standby"
+            s.is_some_and(|s| s.node.effective_role == EffectiveRole::Standby)
         });
         let _ = tandem(&cluster, 1, &["image", "install", &new_name]);
         let _ = tandem(&cluster, 1, &["image", "boot"]);
@@ -537,9 +561,9 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
             let listing: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
             let slots = &listing["slots"];
             let current = slots["current"].as_str().unwrap_or("none").to_string();
-            let role = status(&rt, &cluster, 1)["node"]["effective_role"].clone();
+            let role = role(&rt, &cluster, 1);
             if code == 0
-                && role == "standby"
+                && role == Some(EffectiveRole::Standby)
                 && slots["boot"].is_null()
                 && slots[current.as_str()]["state"] == "good"
             {

@@ -15,10 +15,12 @@ use std::net::UdpSocket;
 
 use serde_json::Value;
 use tandem::localcluster::{ClusterSpec, LocalCluster};
-use tandem_core::{Codec, Message};
+use tandem_agent::api::{ListenerState, StatusReport};
+use tandem_core::{Codec, EffectiveRole, Message};
 use tandem_mta::Listen;
 use tandem_mta::load::{LoadOptions, LoadReport, load};
 use tandem_mta::sink::Sink;
+use tandem_sync::replicator::PeerState;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -77,10 +79,16 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn role(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> String {
+/// Node `i`'s role; `None` while its agent does not answer.
+fn role(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> Option<EffectiveRole> {
     rt.block_on(cluster.status(i))
-        .and_then(|s| s["node"]["effective_role"].as_str().map(str::to_string))
-        .unwrap_or_default()
+        .map(|s| s.node.effective_role)
+}
+
+/// Node `i`'s status report; panics when its agent does not answer.
+fn status_of(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> StatusReport {
+    rt.block_on(cluster.status(i))
+        .unwrap_or_else(|| panic!("{} did not answer", cluster.nodes[i].name))
 }
 
 /// Waits until node `active` is active and its replicator has the other
@@ -90,9 +98,8 @@ fn settle_in_sync(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: 
         .unwrap_or_else(|e| panic!("{e:#}"));
     wait_until("the standby in sync", Duration::from_secs(20), || {
         rt.block_on(cluster.status(active)).is_some_and(|s| {
-            s["sync"]["replicator"]["peers"]
-                .as_array()
-                .is_some_and(|peers| peers.iter().all(|p| p["state"] == "in-sync"))
+            s.replicator()
+                .is_some_and(|r| r.peers.iter().all(|p| p.state == PeerState::InSync))
         })
     });
 }
@@ -167,7 +174,7 @@ fn a_returning_primary_loses_nothing(how: Return) {
 
     cluster.kill(0);
     wait_until("beta active", Duration::from_secs(10), || {
-        role(&rt, &cluster, 1) == "active"
+        role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
     });
     let during = send(&rt, cluster.vip, 300);
     assert_eq!(during.acknowledged, 300, "{during:?}");
@@ -223,27 +230,27 @@ fn alpha_stays_the_only_active(
     rt: &tokio::runtime::Runtime,
     cluster: &LocalCluster,
     how_long: Duration,
-    beta_allowed: &[&str],
+    beta_allowed: &[EffectiveRole],
 ) {
     let until = Instant::now() + how_long;
     while Instant::now() < until {
         let beta = role(rt, cluster, 1);
         assert!(
-            beta_allowed.contains(&beta.as_str()),
+            beta.is_some_and(|r| beta_allowed.contains(&r)),
             "beta is {beta:?} (allowed: {beta_allowed:?})"
         );
-        assert_eq!(role(rt, cluster, 0), "active", "alpha lost the service");
+        assert_eq!(
+            role(rt, cluster, 0),
+            Some(EffectiveRole::Active),
+            "alpha lost the service"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn rejected(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> u64 {
     rt.block_on(cluster.status(i))
-        .and_then(|s| {
-            s["node"]["counters"]["rejected"]
-                .as_object()
-                .map(|r| r.values().filter_map(Value::as_u64).sum())
-        })
+        .map(|s| s.node.counters.rejected.values().sum())
         .unwrap_or(0)
 }
 
@@ -282,13 +289,18 @@ fn a_flood_at_the_heartbeat_port_causes_no_takeover() {
             })
         })
         .collect();
-    alpha_stays_the_only_active(&rt, &cluster, flood, &["standby", "syncing"]);
+    alpha_stays_the_only_active(
+        &rt,
+        &cluster,
+        flood,
+        &[EffectiveRole::Standby, EffectiveRole::Syncing],
+    );
     let sent: u64 = floods.into_iter().map(|f| f.join().unwrap_or(0)).sum();
     let counted = rejected(&rt, &cluster, 1);
     println!("flood: {sent} datagrams sent, {counted} counted as rejected by beta");
     assert!(counted > 0, "the flood was not counted");
-    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
-    assert_eq!(beta["node"]["counters"]["split_brain_events"], 0, "{beta}");
+    let beta = status_of(&rt, &cluster, 1);
+    assert_eq!(beta.node.counters.split_brain_events, 0, "{beta:?}");
     every_acked_delivered(&rt, next_hop, &before.acked_ids);
 }
 
@@ -320,23 +332,27 @@ fn a_wrong_cluster_key_fails_the_node_and_never_doubles_the_active() {
 
     cluster.start(0).unwrap_or_else(|e| panic!("start: {e:#}"));
     wait_until("alpha active", Duration::from_secs(10), || {
-        role(&rt, &cluster, 0) == "active"
+        role(&rt, &cluster, 0) == Some(EffectiveRole::Active)
     });
     cluster.start(1).unwrap_or_else(|e| panic!("start: {e:#}"));
     wait_until("beta up", Duration::from_secs(10), || {
-        !role(&rt, &cluster, 1).is_empty()
+        role(&rt, &cluster, 1).is_some()
     });
     alpha_stays_the_only_active(
         &rt,
         &cluster,
         Duration::from_secs(4),
-        &["standby", "syncing", "failed"],
+        &[
+            EffectiveRole::Standby,
+            EffectiveRole::Syncing,
+            EffectiveRole::Failed,
+        ],
     );
     wait_until("beta failed", Duration::from_secs(10), || {
-        role(&rt, &cluster, 1) == "failed"
+        role(&rt, &cluster, 1) == Some(EffectiveRole::Failed)
     });
-    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
-    assert_eq!(beta["node"]["key_mismatch"], "alpha", "{beta}");
+    let beta = status_of(&rt, &cluster, 1);
+    assert_eq!(beta.node.key_mismatch.as_deref(), Some("alpha"), "{beta:?}");
     let (code, table, err) = cluster.cli(1, &["status"]);
     assert_ne!(code, 0, "{table}{err}");
     assert!(table.contains("cluster key mismatch with alpha"), "{table}");
@@ -374,16 +390,22 @@ fn a_forged_far_future_epoch_does_not_silence_the_peer() {
         .unwrap_or_else(|e| panic!("{e}"));
     // Longer than the hold time: every heartbeat of alpha's must still be
     // heard, or beta would see alpha dead.
-    alpha_stays_the_only_active(&rt, &cluster, Duration::from_secs(2), &["standby"]);
-    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
-    let alpha_seen = &beta["node"]["peers"][0];
-    assert_eq!(alpha_seen["alive"], true, "{beta}");
-    let heard = alpha_seen["links"][0]["last_heard_ms_ago"]
-        .as_u64()
+    alpha_stays_the_only_active(
+        &rt,
+        &cluster,
+        Duration::from_secs(2),
+        &[EffectiveRole::Standby],
+    );
+    let beta = status_of(&rt, &cluster, 1);
+    let alpha_seen = beta.node.peers.first();
+    assert!(alpha_seen.is_some_and(|p| p.alive), "{beta:?}");
+    let heard = alpha_seen
+        .and_then(|p| p.links.first())
+        .and_then(|l| l.last_heard_ms_ago)
         .unwrap_or(u64::MAX);
     assert!(
         heard < 1000,
-        "alpha's heartbeats not heard for {heard} ms: {beta}"
+        "alpha's heartbeats not heard for {heard} ms: {beta:?}"
     );
     assert!(
         rejected(&rt, &cluster, 1) >= 1,
@@ -422,7 +444,7 @@ fn a_preemption_drains_the_sessions_in_progress_first() {
     settle_in_sync(&rt, &cluster, 0);
     cluster.kill(0);
     wait_until("beta active", Duration::from_secs(10), || {
-        role(&rt, &cluster, 1) == "active"
+        role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
     });
 
     let stream = std::net::TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
@@ -451,7 +473,8 @@ fn a_preemption_drains_the_sessions_in_progress_first() {
         Duration::from_secs(20),
         || {
             rt.block_on(cluster.status(1)).is_some_and(|s| {
-                s["agent"]["listener"] == "suspended" || s["node"]["effective_role"] != "active"
+                s.agent.listener == ListenerState::Suspended
+                    || s.node.effective_role != EffectiveRole::Active
             })
         },
     );
@@ -497,7 +520,7 @@ fn quarantined_mail_is_listed_and_restored_by_the_operator() {
         .start(1)
         .unwrap_or_else(|e| panic!("start beta: {e:#}"));
     wait_until("beta active alone", Duration::from_secs(15), || {
-        role(&rt, &cluster, 1) == "active"
+        role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
     });
     let later = send(&rt, cluster.vip, 10);
     assert_eq!(later.acknowledged, 10, "{later:?}");

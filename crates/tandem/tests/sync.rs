@@ -14,9 +14,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tandem::localcluster::{ClusterSpec, LocalCluster};
+use tandem_agent::api::{
+    ConfigLinkAnswer, ConfigLinkRequest, ConfigSyncStatus, ListenerState, StatusReport,
+};
+use tandem_core::EffectiveRole;
 use tandem_mta::Listen;
 use tandem_mta::load::{LoadOptions, LoadReport, load};
 use tandem_mta::sink::Sink;
+use tandem_sync::replicator::PeerState;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -82,10 +87,10 @@ fn name_service_pair(keys: &str) -> LocalCluster {
 fn settle_in_sync(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: usize) {
     rt.block_on(cluster.wait_for_active(active, Duration::from_secs(15)))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let peers_in_sync = |status: &Value| {
-        status["sync"]["replicator"]["peers"]
-            .as_array()
-            .is_some_and(|peers| peers.iter().all(|p| p["state"] == "in-sync"))
+    let peers_in_sync = |status: &StatusReport| {
+        status
+            .replicator()
+            .is_some_and(|r| r.peers.iter().all(|p| p.state == PeerState::InSync))
     };
     wait_until("the standby in sync", Duration::from_secs(10), || {
         rt.block_on(cluster.status(active))
@@ -128,6 +133,17 @@ fn queued(data_dir: &Path) -> BTreeSet<String> {
 
 fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, String) {
     cluster.cli(node, args)
+}
+
+/// Node `i`'s status report; panics when its agent does not answer.
+fn status_of(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> StatusReport {
+    rt.block_on(cluster.status(i))
+        .unwrap_or_else(|| panic!("{} did not answer", cluster.nodes[i].name))
+}
+
+/// The config sync part of a status report, if the node has `[sync]`.
+fn config_sync(status: &StatusReport) -> Option<&ConfigSyncStatus> {
+    status.sync.detail.as_ref().map(|d| &d.config)
 }
 
 /// The guarantee of `semi`: a 250 means the standby has the message on
@@ -184,8 +200,12 @@ fn semi_acknowledged_mail_is_on_the_standby_and_delivered_after_kill_9() {
         delivered.distinct_ids,
         delivered.duplicates
     );
-    let status = rt.block_on(cluster.status(1)).unwrap_or_default();
-    assert_eq!(status["node"]["effective_role"], "active", "{status}");
+    let status = status_of(&rt, &cluster, 1);
+    assert_eq!(
+        status.node.effective_role,
+        EffectiveRole::Active,
+        "{status:?}"
+    );
 }
 
 /// Both nodes die right after their 250s: first the standby (before its
@@ -217,8 +237,12 @@ fn acknowledged_mail_survives_a_kill_9_of_both_nodes_from_the_standby_log() {
         Duration::from_secs(30),
         || sink.report(Some(&report.acked_ids)).missing == Some(0),
     );
-    let status = rt.block_on(cluster.status(1)).unwrap_or_default();
-    assert_eq!(status["node"]["effective_role"], "active", "{status}");
+    let status = status_of(&rt, &cluster, 1);
+    assert_eq!(
+        status.node.effective_role,
+        EffectiveRole::Active,
+        "{status:?}"
+    );
 }
 
 /// Reads one SMTP reply (every line of a multi-line one); its last line.
@@ -296,7 +320,8 @@ fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() 
         // has already given up the service.
         wait_until("the handover to begin", Duration::from_secs(10), || {
             rt.block_on(cluster.status(0)).is_some_and(|s| {
-                s["agent"]["listener"] == "suspended" || s["node"]["effective_role"] != "active"
+                s.agent.listener == ListenerState::Suspended
+                    || s.node.effective_role != EffectiveRole::Active
             })
         });
         let answer = say(
@@ -338,13 +363,17 @@ fn a_refused_handover_resumes_the_drained_listener() {
     cluster.kill(1);
     wait_until("the standby seen gone", Duration::from_secs(10), || {
         rt.block_on(cluster.status(0))
-            .is_some_and(|s| s["node"]["peers"][0]["alive"] == false)
+            .is_some_and(|s| s.node.peers.first().is_some_and(|p| !p.alive))
     });
     let (code, out, err) = tandem(&cluster, 0, &["failover", "standby"]);
     assert_ne!(code, 0, "no standby to hand over to: {out}{err}");
-    let status = rt.block_on(cluster.status(0)).unwrap_or_default();
-    assert_eq!(status["node"]["effective_role"], "active", "{status}");
-    assert_eq!(status["agent"]["listener"], "open", "{status}");
+    let status = status_of(&rt, &cluster, 0);
+    assert_eq!(
+        status.node.effective_role,
+        EffectiveRole::Active,
+        "{status:?}"
+    );
+    assert_eq!(status.agent.listener, ListenerState::Open, "{status:?}");
     let after = send(&rt, cluster.vip, 3);
     assert_eq!(after.acknowledged, 3, "served after the refusal: {after:?}");
     wait_until("the mail delivered", Duration::from_secs(10), || {
@@ -375,24 +404,27 @@ fn standby_down_degrade_carries_on_strict_refuses() {
 
         cluster.kill(1);
         wait_until("the standby seen gone", Duration::from_secs(5), || {
-            rt.block_on(cluster.status(0))
-                .is_some_and(|s| s["sync"]["replicator"]["peers"][0]["state"] == "disconnected")
+            rt.block_on(cluster.status(0)).is_some_and(|s| {
+                s.replicator()
+                    .and_then(|r| r.peers.first())
+                    .is_some_and(|p| p.state == PeerState::Disconnected)
+            })
         });
         let after = send(&rt, cluster.vip, 3);
-        let status = rt.block_on(cluster.status(0)).unwrap_or_default();
-        let replicator = &status["sync"]["replicator"];
+        let status = status_of(&rt, &cluster, 0);
+        let replicator = status.replicator();
         if mode == "degrade" {
             assert_eq!(after.acknowledged, 3, "degrade: {after:?}");
             assert!(
-                replicator["degraded_commits"].as_u64() >= Some(3),
-                "{replicator}"
+                replicator.is_some_and(|r| r.degraded_commits >= 3),
+                "{replicator:?}"
             );
         } else {
             assert_eq!(after.acknowledged, 0, "strict: {after:?}");
             assert_eq!(after.rejected, 3, "strict: {after:?}");
             assert!(
-                replicator["failed_commits"].as_u64() >= Some(3),
-                "{replicator}"
+                replicator.is_some_and(|r| r.failed_commits >= 3),
+                "{replicator:?}"
             );
         }
         // Nothing acknowledged is lost either way.
@@ -482,33 +514,39 @@ fn a_certificate_from_another_ca_is_refused() {
         .unwrap_or_else(|e| panic!("start: {e:#}"));
     let role = |i: usize| {
         rt.block_on(cluster.status(i))
-            .map(|s| s["node"]["effective_role"].clone())
-            .unwrap_or_default()
+            .map(|s| s.node.effective_role)
     };
     // alpha serves; beta, which the active cannot reach, counts as stale.
     wait_until(
         "alpha active, beta syncing",
         Duration::from_secs(15),
-        || role(0) == "active" && role(1) == "syncing",
+        || role(0) == Some(EffectiveRole::Active) && role(1) == Some(EffectiveRole::Syncing),
     );
     wait_until(
         "beta to refuse alpha's certificate",
         Duration::from_secs(10),
         || {
             rt.block_on(cluster.status(1))
-                .and_then(|s| s["sync"]["receiver"]["refused_connections"].as_u64())
-                .is_some_and(|n| n > 0)
+                .and_then(|s| s.sync.detail)
+                .is_some_and(|d| d.receiver.refused_connections > 0)
         },
     );
-    let standby = rt.block_on(cluster.status(1)).unwrap_or_default();
-    let why = standby["sync"]["receiver"]["last_refused"]
-        .as_str()
+    let standby = status_of(&rt, &cluster, 1);
+    let why = standby
+        .sync
+        .detail
+        .as_ref()
+        .and_then(|d| d.receiver.last_refused.as_deref())
         .unwrap_or("");
-    assert!(why.contains("TLS"), "{standby}");
-    let active = rt.block_on(cluster.status(0)).unwrap_or_default();
+    assert!(why.contains("TLS"), "{standby:?}");
+    let active = status_of(&rt, &cluster, 0);
     assert_ne!(
-        active["sync"]["replicator"]["peers"][0]["state"], "in-sync",
-        "{active}"
+        active
+            .replicator()
+            .and_then(|r| r.peers.first())
+            .map(|p| p.state),
+        Some(PeerState::InSync),
+        "{active:?}"
     );
 }
 
@@ -581,10 +619,15 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     wait_until("the standby's edit undone", wait, || {
         read(&relay_toml(1)) == "limit = 2\n"
     });
-    let beta = rt.block_on(cluster.status(1)).unwrap_or_default();
-    let refused = &beta["sync"]["config"];
-    assert!(refused["refused_local_edits"].as_u64() >= Some(1), "{beta}");
-    let why = refused["last_refused"].as_str().unwrap_or("");
+    let beta = status_of(&rt, &cluster, 1);
+    let refused = config_sync(&beta);
+    assert!(
+        refused.is_some_and(|c| c.refused_local_edits >= 1),
+        "{beta:?}"
+    );
+    let why = refused
+        .and_then(|c| c.last_refused.as_deref())
+        .unwrap_or("");
     assert!(why.contains("standby") && why.contains("alpha"), "{why}");
     let (_, table, _) = tandem(&cluster, 0, &["status"]);
     assert!(
@@ -607,7 +650,8 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     // beta disconnects from cluster config (an upgrade): changes are
     // refused cluster-wide, unless forced; beta keeps its own copy.
     let beta_api = cluster.client(1).unwrap_or_else(|e| panic!("{e:#}"));
-    rt.block_on(beta_api.post("/v1/config-link", &serde_json::json!({"connected": false})))
+    let _: ConfigLinkAnswer = rt
+        .block_on(beta_api.post("/v1/config-link", &ConfigLinkRequest { connected: false }))
         .unwrap_or_else(|e| panic!("{e:#}"));
     std::fs::write(cluster.dir.join("relay.new.toml"), "limit = 5\n")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -639,7 +683,7 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     std::fs::write(relay_toml(0), "limit = 6\n").unwrap_or_else(|e| panic!("{e}"));
     wait_until("the change held", wait, || {
         rt.block_on(cluster.status(0))
-            .is_some_and(|s| s["sync"]["config"]["held"]["relay.toml"].is_string())
+            .is_some_and(|s| config_sync(&s).is_some_and(|c| c.held.contains_key("relay.toml")))
     });
     let (code, out, _) = tandem(&cluster, 0, &["config", "show"]);
     assert_eq!(code, 1, "a held change: {out}");
@@ -654,7 +698,8 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
         "{table}"
     );
     // ...and goes out once beta reconnects (the periodic push).
-    rt.block_on(beta_api.post("/v1/config-link", &serde_json::json!({"connected": true})))
+    let _: ConfigLinkAnswer = rt
+        .block_on(beta_api.post("/v1/config-link", &ConfigLinkRequest { connected: true }))
         .unwrap_or_else(|e| panic!("{e:#}"));
     wait_until("the held change pushed", wait, || {
         read(&relay_toml(1)) == "limit = 6\n"
@@ -682,11 +727,10 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
     cluster.start(1).unwrap_or_else(|e| panic!("start: {e:#}"));
     let role = |cluster: &LocalCluster, i: usize| {
         rt.block_on(cluster.status(i))
-            .map(|s| s["node"]["effective_role"].clone())
-            .unwrap_or_default()
+            .map(|s| s.node.effective_role)
     };
     wait_until("beta up", Duration::from_secs(10), || {
-        role(&cluster, 1) != Value::Null
+        role(&cluster, 1).is_some()
     });
     // Alone, an unmarked node takes over within its dead interval (under
     // a second here); give it several times that.
@@ -694,7 +738,7 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
     while std::time::Instant::now() < until {
         assert_eq!(
             role(&cluster, 1),
-            "syncing",
+            Some(EffectiveRole::Syncing),
             "a stale node must not serve alone"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -709,7 +753,7 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
         "the forced takeover says its cost: {err}"
     );
     wait_until("beta active", Duration::from_secs(10), || {
-        role(&cluster, 1) == "active" && !marker.exists()
+        role(&cluster, 1) == Some(EffectiveRole::Active) && !marker.exists()
     });
     // alpha, the preferred node, comes back: it may preempt only once beta
     // has caught it up, so nothing beta took is left behind.
@@ -828,8 +872,8 @@ fn a_changed_config_file_reloads_the_running_service_on_every_node() {
     wait_until("both nodes serving and pushing", wait, || {
         (0..2).all(|i| {
             rt.block_on(cluster.status(i)).is_some_and(|s| {
-                s["agent"]["service_pid"].is_u64()
-                    && s["sync"]["config"]["last_push_unix_ms"].is_u64()
+                s.agent.service_pid.is_some()
+                    && config_sync(&s).is_some_and(|c| c.last_push_unix_ms.is_some())
             })
         })
     });

@@ -43,13 +43,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use notify::Watcher;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tandem_sync::replicator::Replicator;
 use tandem_sync::store::{hex, write_atomic};
 use tokio::sync::mpsc;
 
 use super::Shared;
+use crate::api::{
+    ClusterConfigFile, ClusterConfigReport, ConfigLink, ConfigLocked, ConfigPushOutcome,
+    ConfigPushReport, ConfigPushResult, ConfigSyncStatus, PeerConfigLink,
+};
+use crate::server::error_answer;
 
 /// What config sync has done, for status and the log.
 #[derive(Debug, Default, Clone)]
@@ -200,7 +204,7 @@ pub(super) async fn push(
     replicator: &Replicator,
     periodic: bool,
     force: bool,
-) -> Vec<Value> {
+) -> Vec<ConfigPushOutcome> {
     let files = {
         let _pushes_wait = shared.receiver.config_guard().await;
         read_files(shared).await
@@ -230,7 +234,10 @@ pub(super) async fn push(
                 tracing::warn!(file = %file.path.display(), reason = %why, "config change held, not pushed");
                 state.held.insert(file.name.clone(), why.clone());
             }
-            outcomes.push(json!({"file": file.name, "held": why}));
+            outcomes.push(ConfigPushOutcome {
+                file: file.name,
+                result: ConfigPushResult::Held { held: why },
+            });
             continue;
         }
         if !(periodic || changed || first) {
@@ -240,7 +247,12 @@ pub(super) async fn push(
             Ok(peers) => peers,
             Err(e) => {
                 errors.push(format!("{}: {e}", file.name));
-                outcomes.push(json!({"file": file.name, "error": e.to_string()}));
+                outcomes.push(ConfigPushOutcome {
+                    file: file.name,
+                    result: ConfigPushResult::Failed {
+                        error: e.to_string(),
+                    },
+                });
                 continue;
             }
         };
@@ -263,7 +275,13 @@ pub(super) async fn push(
             shared.config_changed.notify_one();
         }
         shared.config_state().held.remove(&file.name);
-        outcomes.push(json!({"file": file.name, "sha256": sha256(content), "peers": peers}));
+        outcomes.push(ConfigPushOutcome {
+            result: ConfigPushResult::Pushed {
+                sha256: sha256(content),
+                peers,
+            },
+            file: file.name,
+        });
     }
     let mut state = shared.config_state();
     state.last_push_unix_ms = Some(crate::upgrade::now_ms());
@@ -323,17 +341,15 @@ async fn disconnected_nodes(shared: &Shared) -> Vec<String> {
         nodes.push(shared.node.clone());
     }
     for (name, api) in &shared.peer_apis {
-        let answer = shared
-            .client
-            .get(format!("http://{api}/v1/status"))
-            .bearer_auth(&shared.api_token)
-            .send()
-            .await;
-        let Ok(answer) = answer else { continue };
-        let Ok(status) = answer.json::<Value>().await else {
+        let Ok(status) = shared
+            .api
+            .at(*api)
+            .get::<PeerConfigLink>("/v1/status")
+            .await
+        else {
             continue;
         };
-        if status["agent"]["config_link"] == "disconnected" {
+        if status.agent.config_link == ConfigLink::Disconnected {
             nodes.push(name.clone());
         }
     }
@@ -341,18 +357,18 @@ async fn disconnected_nodes(shared: &Shared) -> Vec<String> {
 }
 
 /// The `config` part of the sync status.
-pub(super) fn status(shared: &Shared) -> Value {
+pub(super) fn status(shared: &Shared) -> ConfigSyncStatus {
     let state = shared.config_state().clone();
-    json!({
-        "files": shared.settings.config,
-        "interval_ms": shared.settings.config_sync_interval.as_millis() as u64,
-        "disconnected": super::config_disconnected(shared),
-        "held": state.held,
-        "refused_local_edits": state.refused_local_edits,
-        "last_refused": state.last_refused,
-        "last_push_unix_ms": state.last_push_unix_ms,
-        "last_push_errors": state.last_push_errors,
-    })
+    ConfigSyncStatus {
+        files: shared.settings.config.clone(),
+        interval_ms: shared.settings.config_sync_interval.as_millis() as u64,
+        disconnected: super::config_disconnected(shared),
+        held: state.held,
+        refused_local_edits: state.refused_local_edits,
+        last_refused: state.last_refused,
+        last_push_unix_ms: state.last_push_unix_ms,
+        last_push_errors: state.last_push_errors,
+    }
 }
 
 // ------------------------------------------------------------------ routes
@@ -372,37 +388,36 @@ struct Force {
     force: bool,
 }
 
-fn answer(status: StatusCode, body: Value) -> Response {
-    (status, Json(body)).into_response()
-}
-
 /// 409 for a change asked of a standby: names the primary.
 fn not_primary(shared: &Shared) -> Response {
-    answer(
+    error_answer(
         StatusCode::CONFLICT,
-        json!({"error": format!(
+        format!(
             "{} is a standby: cluster config is changed on the primary ({}), which pushes it to every node",
             shared.node,
             primary(shared)
-        )}),
+        ),
     )
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Response {
-    let files: Vec<Value> = read_files(&shared)
+    let files = read_files(&shared)
         .await
         .into_iter()
-        .map(|f| {
-            json!({
-                "name": f.name,
-                "path": f.path,
-                "sha256": f.content.as_deref().map(sha256),
-                "agreed_sha256": f.reference.as_deref().map(sha256),
-                "changed": f.changed(),
-            })
+        .map(|f| ClusterConfigFile {
+            sha256: f.content.as_deref().map(sha256),
+            agreed_sha256: f.reference.as_deref().map(sha256),
+            changed: f.changed(),
+            name: f.name,
+            path: f.path,
         })
         .collect();
-    Json(json!({"node": shared.node, "files": files, "sync": status(&shared)})).into_response()
+    Json(ClusterConfigReport {
+        node: shared.node.clone(),
+        files,
+        sync: status(&shared),
+    })
+    .into_response()
 }
 
 /// Pushes every config file now; with `force`, held changes too.
@@ -411,7 +426,7 @@ async fn push_now(State(shared): State<Arc<Shared>>, Query(force): Query<Force>)
         return not_primary(&shared);
     };
     let outcomes = push(&shared, &replicator, true, force.force).await;
-    Json(json!({"pushed": outcomes})).into_response()
+    Json(ConfigPushReport { pushed: outcomes }).into_response()
 }
 
 /// A cluster config change through the API: refused on a standby (naming
@@ -436,13 +451,17 @@ async fn put_file(
             .iter()
             .map(|p| file_name(p))
             .collect();
-        return answer(
+        return error_answer(
             StatusCode::NOT_FOUND,
-            json!({"error": format!(
+            format!(
                 "{name} is not a cluster config file of {} (its [sync] config lists: {})",
                 shared.node,
-                if names.is_empty() { "nothing".into() } else { names.join(", ") }
-            )}),
+                if names.is_empty() {
+                    "nothing".into()
+                } else {
+                    names.join(", ")
+                }
+            ),
         );
     };
     let Some(replicator) = shared.replicator() else {
@@ -451,13 +470,14 @@ async fn put_file(
     if !force.force {
         let blockers = disconnected_nodes(&shared).await;
         if !blockers.is_empty() {
-            return answer(
-                StatusCode::LOCKED,
-                json!({"error": format!(
+            let locked = ConfigLocked {
+                error: format!(
                     "cluster config changes are refused while {} is disconnected from cluster config (an upgrade is under way); retry once every node has reconnected, or use --force to change the connected nodes now",
                     blockers.join(", ")
-                ), "disconnected": blockers}),
-            );
+                ),
+                disconnected: blockers,
+            };
+            return (StatusCode::LOCKED, Json(locked)).into_response();
         }
     }
     let mode = file_mode(&path).await;
@@ -471,13 +491,19 @@ async fn put_file(
             .and_then(|done| done.map_err(|e| e.to_string()))
     };
     if let Err(error) = written {
-        return answer(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": error}));
+        return error_answer(StatusCode::INTERNAL_SERVER_ERROR, error);
     }
     tracing::info!(file = %path.display(), force = force.force, "config change made through the API");
     let outcomes = push(&shared, &replicator, false, true).await;
     let outcome = outcomes
         .into_iter()
-        .find(|o| o["file"] == name.as_str())
-        .unwrap_or_else(|| json!({"file": name, "sha256": sha256(&content), "peers": []}));
+        .find(|o| o.file == name)
+        .unwrap_or_else(|| ConfigPushOutcome {
+            result: ConfigPushResult::Pushed {
+                sha256: sha256(&content),
+                peers: Vec::new(),
+            },
+            file: name,
+        });
     Json(outcome).into_response()
 }

@@ -29,45 +29,21 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use tandem_sync::quarantine::{self, QuarantineBatch};
 use tandem_sync::store::{DataDir, write_atomic};
 
-use super::{Shared, error, not_active};
+use super::{Shared, not_active};
+use crate::api::{
+    DroppedBatch, MergeAnswer, MergeOutcome, MergeRefusal, QuarantineList, QuarantineStatus,
+    QuarantineSummary, RestoredBatch,
+};
+use crate::server::error_answer;
 
 /// How often the merge task looks for work when nothing wakes it.
 const MERGE_EVERY: Duration = Duration::from_secs(2);
 
-/// What merging has done since the agent started.
-#[derive(Debug, Default, Clone, Serialize)]
-pub(super) struct MergeCounters {
-    /// Files the active did not have, now in its data dir.
-    pub merged: u64,
-    /// Files the active already had with the same content.
-    pub duplicates: u64,
-    /// Files the active has with other content: kept here.
-    pub conflicts: u64,
-    /// Why the last merge attempt stopped, if it did.
-    pub last_error: Option<String>,
-}
-
-/// What one file's merge came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum Outcome {
-    Merged,
-    Duplicate,
-    Conflict,
-}
-
-/// One batch's merge, for `tandem sync quarantine restore`.
-#[derive(Debug, Default, Serialize)]
-struct BatchSummary {
-    id: String,
-    merged: u64,
-    duplicates: u64,
-    conflicts: u64,
-}
+/// How long the active may take to write and replicate one merged file.
+const MERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the task that merges quarantined files into the active.
 pub(super) fn start(shared: Arc<Shared>) {
@@ -108,25 +84,25 @@ pub(super) fn batches(shared: &Shared) -> Vec<QuarantineBatch> {
 }
 
 /// The `quarantine` part of the sync status.
-pub(super) fn status(shared: &Shared) -> serde_json::Value {
+pub(super) fn status(shared: &Shared) -> QuarantineStatus {
     let batches = batches(shared);
-    let list: Vec<serde_json::Value> = batches
-        .iter()
-        .map(|b| {
-            serde_json::json!({
-                "id": b.id, "from": b.from, "at_unix_ms": b.at_unix_ms,
-                "files": b.paths.len(), "bytes": b.bytes,
+    QuarantineStatus {
+        dir: quarantine_dir(&shared.state_dir),
+        list: batches
+            .iter()
+            .map(|b| QuarantineSummary {
+                id: b.id.clone(),
+                from: b.from.clone(),
+                at_unix_ms: b.at_unix_ms,
+                files: b.paths.len(),
+                bytes: b.bytes,
             })
-        })
-        .collect();
-    serde_json::json!({
-        "dir": quarantine_dir(&shared.state_dir),
-        "list": list,
-        "batches": batches.len(),
-        "files": batches.iter().map(|b| b.paths.len()).sum::<usize>(),
-        "merge": shared.settings.merge_quarantine,
-        "counters": shared.merges().clone(),
-    })
+            .collect(),
+        batches: batches.len(),
+        files: batches.iter().map(|b| b.paths.len()).sum(),
+        merge: shared.settings.merge_quarantine,
+        counters: shared.merges().clone(),
+    }
 }
 
 async fn merge_all(shared: &Arc<Shared>) -> Result<(), String> {
@@ -139,12 +115,12 @@ async fn merge_all(shared: &Arc<Shared>) -> Result<(), String> {
 /// Merges every file of batch `id` into the active: here if this node is
 /// active, else through the active's API. A merged or duplicate file
 /// leaves the quarantine; a conflict stays.
-async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<BatchSummary, String> {
+async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<RestoredBatch, String> {
     let dir = quarantine_dir(&shared.state_dir);
     let files = quarantine::restore_paths(&dir, id).map_err(|e| e.to_string())?;
-    let mut summary = BatchSummary {
+    let mut summary = RestoredBatch {
         id: id.to_string(),
-        ..BatchSummary::default()
+        ..RestoredBatch::default()
     };
     for (relative, file) in files {
         let content = tokio::fs::read(&file)
@@ -158,15 +134,15 @@ async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<BatchSummary, Str
         };
         let mut counters = shared.merges();
         match outcome {
-            Outcome::Merged => {
+            MergeOutcome::Merged => {
                 counters.merged += 1;
                 summary.merged += 1;
             }
-            Outcome::Duplicate => {
+            MergeOutcome::Duplicate => {
                 counters.duplicates += 1;
                 summary.duplicates += 1;
             }
-            Outcome::Conflict => {
+            MergeOutcome::Conflict => {
                 counters.conflicts += 1;
                 summary.conflicts += 1;
                 continue;
@@ -200,7 +176,7 @@ async fn merge_here(
     relative: &str,
     content: &[u8],
     mode: u32,
-) -> Result<Outcome, String> {
+) -> Result<MergeOutcome, String> {
     // Taken first and held: a node that stops being active mid-merge must
     // still replicate what it wrote (or say it failed, so the sender keeps
     // its copy) — never leave a file only here, for the next catch-up to
@@ -218,8 +194,8 @@ async fn merge_here(
             .map_err(|e| e.to_string())?;
         let path = data_dir.join(&relative);
         match std::fs::read(&path) {
-            Ok(existing) if existing == content => return Ok((Outcome::Duplicate, path)),
-            Ok(_) => return Ok((Outcome::Conflict, path)),
+            Ok(existing) if existing == content => return Ok((MergeOutcome::Duplicate, path)),
+            Ok(_) => return Ok((MergeOutcome::Conflict, path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
@@ -228,11 +204,11 @@ async fn merge_here(
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         write_atomic(&path, &content, mode).map_err(|e| e.to_string())?;
-        Ok((Outcome::Merged, path))
+        Ok((MergeOutcome::Merged, path))
     })
     .await
     .map_err(|e| format!("merge task failed: {e}"))??;
-    if outcome == Outcome::Merged {
+    if outcome == MergeOutcome::Merged {
         // Degraded is fine: a standby that missed it is recorded, and the
         // file is quarantined there, not deleted, at its next catch-up.
         replicator
@@ -248,31 +224,38 @@ async fn merge_at_active(
     shared: &Shared,
     relative: &str,
     content: Vec<u8>,
-) -> Result<Outcome, String> {
+) -> Result<MergeOutcome, String> {
     let Some((active, Some(api))) = shared.active_peer() else {
         return Err("no active node to merge into".into());
     };
-    let url = format!("http://{api}/v1/sync/merge/{relative}");
+    let unreachable = |e: reqwest::Error| format!("{active} at {api}: {e}");
+    // Read raw: a conflict is the active's answer in a 409, not a failure.
     let response = shared
-        .client
-        .put(&url)
-        .bearer_auth(&shared.api_token)
-        .timeout(Duration::from_secs(30))
+        .api
+        .at(api)
+        .with_timeout(MERGE_TIMEOUT)
+        .request(reqwest::Method::PUT, &format!("/v1/sync/merge/{relative}"))
         .body(content)
         .send()
         .await
-        .map_err(|e| format!("{active} at {api}: {e}"))?;
+        .map_err(unreachable)?;
     let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    match (status, body["outcome"].as_str()) {
-        (StatusCode::OK, Some("merged")) => Ok(Outcome::Merged),
-        (StatusCode::OK, Some("duplicate")) => Ok(Outcome::Duplicate),
-        (StatusCode::CONFLICT, _) if body["conflict"] == true => Ok(Outcome::Conflict),
-        _ => Err(format!(
-            "{active} refused {relative} ({status}): {}",
-            body["error"].as_str().unwrap_or("no reason given")
-        )),
+    let body = response.bytes().await.map_err(unreachable)?;
+    if status.is_success() {
+        return serde_json::from_slice::<MergeAnswer>(&body)
+            .map(|answer| answer.outcome)
+            .map_err(|e| format!("{active} gave an unreadable answer for {relative}: {e}"));
     }
+    let refusal: MergeRefusal = serde_json::from_slice(&body).unwrap_or_default();
+    if status == reqwest::StatusCode::CONFLICT && refusal.conflict {
+        return Ok(MergeOutcome::Conflict);
+    }
+    let why = if refusal.error.is_empty() {
+        "no reason given"
+    } else {
+        &refusal.error
+    };
+    Err(format!("{active} refused {relative} ({status}): {why}"))
 }
 
 // ------------------------------------------------------------------ routes
@@ -289,26 +272,28 @@ pub(super) async fn merge(
         return not_active(&shared);
     }
     match merge_here(&shared, &relative, &content, 0o644).await {
-        Ok(Outcome::Conflict) => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({
-                "error": format!("{relative} exists on {} with other content; kept in the sender's quarantine", shared.node),
-                "conflict": true,
-            })),
-        )
-            .into_response(),
-        Ok(outcome) => Json(serde_json::json!({ "outcome": outcome })).into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Ok(MergeOutcome::Conflict) => {
+            let refusal = MergeRefusal {
+                error: format!(
+                    "{relative} exists on {} with other content; kept in the sender's quarantine",
+                    shared.node
+                ),
+                conflict: true,
+            };
+            (StatusCode::CONFLICT, Json(refusal)).into_response()
+        }
+        Ok(outcome) => Json(MergeAnswer { outcome }).into_response(),
+        Err(e) => error_answer(StatusCode::BAD_REQUEST, e),
     }
 }
 
 /// `GET /v1/sync/quarantine`: this node's batches.
 pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Response {
-    Json(serde_json::json!({
-        "node": shared.node,
-        "merge": shared.settings.merge_quarantine,
-        "batches": batches(&shared),
-    }))
+    Json(QuarantineList {
+        node: shared.node.clone(),
+        merge: shared.settings.merge_quarantine,
+        batches: batches(&shared),
+    })
     .into_response()
 }
 
@@ -319,7 +304,7 @@ pub(super) async fn restore(
 ) -> Response {
     match merge_batch(&shared, &id).await {
         Ok(summary) => Json(summary).into_response(),
-        Err(e) => error(StatusCode::CONFLICT, e),
+        Err(e) => error_answer(StatusCode::CONFLICT, e),
     }
 }
 
@@ -331,8 +316,8 @@ pub(super) async fn drop_batch(
     match quarantine::drop_batch(&quarantine_dir(&shared.state_dir), &id) {
         Ok(()) => {
             tracing::warn!(batch = %id, "quarantine batch dropped by the operator");
-            Json(serde_json::json!({ "dropped": id })).into_response()
+            Json(DroppedBatch { dropped: id }).into_response()
         }
-        Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error_answer(StatusCode::NOT_FOUND, e.to_string()),
     }
 }

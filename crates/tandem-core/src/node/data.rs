@@ -21,27 +21,11 @@
 //! serving beside it. Only a configured primary that already serves keeps
 //! serving, so two mismatched nodes end with one active.
 
-use serde::Serialize;
-
 use super::{Ctx, Event, Node, Reason};
 use crate::config::ConfiguredRole;
-use crate::role::EffectiveRole;
+use crate::role::{DataState, EffectiveRole};
 use crate::time::Millis;
 use crate::wire::RejectReason;
-
-/// This node's replicated data compared with the active's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataState {
-    /// Caught up by the active (or nothing is replicated, or this node is
-    /// the active: its data is the reference).
-    InSync,
-    /// Not compared with an active since the node started or stepped down
-    /// unplanned: `syncing` while a peer is active, fine when none is.
-    Unverified,
-    /// Known to lack what the active has: never serves unless forced.
-    Behind,
-}
 
 /// How long a non-primary node waits at start, at most, when a peer is
 /// heard only with a wrong MAC: long enough for the active's sync

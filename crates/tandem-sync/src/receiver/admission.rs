@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{ReceiverEvent, Shared, blocking, materialize};
+use super::{ReceiverEvent, Shared, materialize};
+use crate::blocking;
 use crate::quarantine::quarantine_unreplicated;
 
 /// Decides whether `peer` may replicate to this node: not while it

@@ -18,7 +18,7 @@ use super::Shared;
 use super::config::{DataSync, SyncMode};
 use super::peer::Job;
 use super::status::PeerState;
-use crate::receiver::blocking;
+use crate::blocking;
 use crate::store::Op;
 use crate::unreplicated::record_missed;
 use crate::{Error, Result};

@@ -4,63 +4,97 @@
 
 use std::process::ExitCode;
 
+use serde::Serialize;
+use tandem_agent::api::{BackupAnswer, BackupList, RestoreAnswer, RestoreRequest};
+
 use crate::cli::BackupCommand;
 use crate::commands::cluster::clients;
+use crate::commands::refusal;
+
+/// One node's answer in the `--json` output.
+#[derive(Serialize)]
+struct NodeAnswer<T> {
+    /// The node.
+    node: String,
+    /// What its agent answered.
+    answer: T,
+}
 
 /// Runs one `tandem backup` subcommand on the aimed-at node(s).
 pub async fn run(command: BackupCommand, json: bool) -> anyhow::Result<ExitCode> {
-    let (targets, path, body) = match &command {
-        BackupCommand::Create { all, target } => (
-            clients(target, *all).await?,
-            "/v1/backup",
-            Some(serde_json::json!({})),
-        ),
-        BackupCommand::List { target } => (clients(target, false).await?, "/v1/backups", None),
-        BackupCommand::Restore { id, force, target } => (
-            clients(target, false).await?,
-            "/v1/backup/restore",
-            Some(serde_json::json!({"backup": id, "force": force})),
-        ),
-    };
-    let mut answers = Vec::new();
-    for (node, client) in targets {
-        let answer = match &body {
-            Some(body) => client.post(path, body).await?,
-            None => client.get(path).await?,
-        };
-        if let Some(error) = answer["error"].as_str() {
-            eprintln!("tandem: {node}: {error}");
-            return Ok(ExitCode::from(1));
+    match command {
+        BackupCommand::Create { all, target } => {
+            let mut answers = Vec::new();
+            for (node, client) in clients(&target, all).await? {
+                // A backup takes no body.
+                let made: BackupAnswer = match refusal(client.post("/v1/backup", &()).await)? {
+                    Ok(made) => made,
+                    Err(error) => return Ok(refused(&node, &error)),
+                };
+                if !json {
+                    println!("{node}: backup {} ({})", made.backup, made.dir.display());
+                }
+                answers.push(NodeAnswer { node, answer: made });
+            }
+            print_json(&answers, json)
         }
-        if !json {
-            match &command {
-                BackupCommand::Create { .. } => println!(
-                    "{node}: backup {} ({})",
-                    answer["backup"].as_str().unwrap_or("?"),
-                    answer["dir"].as_str().unwrap_or("")
-                ),
-                BackupCommand::List { .. } => {
-                    for b in answer["backups"].as_array().into_iter().flatten() {
+        BackupCommand::List { target } => {
+            let mut answers = Vec::new();
+            for (node, client) in clients(&target, false).await? {
+                let listed: BackupList = match refusal(client.get("/v1/backups").await)? {
+                    Ok(listed) => listed,
+                    Err(error) => return Ok(refused(&node, &error)),
+                };
+                if !json {
+                    for b in &listed.backups {
                         println!(
                             "{}  node {}  {}",
-                            b["backup"].as_str().unwrap_or("?"),
-                            b["node"].as_str().unwrap_or("?"),
-                            b["files"]
+                            b.backup,
+                            b.node.as_deref().unwrap_or("?"),
+                            serde_json::to_string(&b.files)?
                         );
                     }
                 }
-                BackupCommand::Restore { .. } => println!(
-                    "{node}: restored {} (the state before was saved as backup {}); {}",
-                    answer["restored"].as_str().unwrap_or("?"),
-                    answer["previous_state_saved_as"].as_str().unwrap_or("?"),
-                    answer["note"].as_str().unwrap_or("")
-                ),
+                answers.push(NodeAnswer {
+                    node,
+                    answer: listed,
+                });
             }
+            print_json(&answers, json)
         }
-        answers.push(serde_json::json!({"node": node, "answer": answer}));
+        BackupCommand::Restore { id, force, target } => {
+            let request = RestoreRequest { backup: id, force };
+            let mut answers = Vec::new();
+            for (node, client) in clients(&target, false).await? {
+                let restored: RestoreAnswer =
+                    match refusal(client.post("/v1/backup/restore", &request).await)? {
+                        Ok(restored) => restored,
+                        Err(error) => return Ok(refused(&node, &error)),
+                    };
+                if !json {
+                    println!(
+                        "{node}: restored {} (the state before was saved as backup {}); {}",
+                        restored.restored, restored.previous_state_saved_as, restored.note
+                    );
+                }
+                answers.push(NodeAnswer {
+                    node,
+                    answer: restored,
+                });
+            }
+            print_json(&answers, json)
+        }
     }
+}
+
+fn refused(node: &str, error: &str) -> ExitCode {
+    eprintln!("tandem: {node}: {error}");
+    ExitCode::from(1)
+}
+
+fn print_json<T: Serialize>(answers: &[NodeAnswer<T>], json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::Value::Array(answers));
+        println!("{}", serde_json::to_string(answers)?);
     }
     Ok(ExitCode::SUCCESS)
 }

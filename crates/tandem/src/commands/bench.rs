@@ -32,6 +32,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::localcluster::{ClusterSpec, LocalCluster};
+use tandem_agent::api::{CommandOutcome, CommandRequest};
 
 /// One probe's outcome.
 #[derive(Clone)]
@@ -122,7 +123,10 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
                 "crash" => cluster.start(0)?,
                 "hang" => cluster.signal(0, libc::SIGCONT),
                 _ => {
-                    cluster.client(0)?.command(Command::HaRestore, None).await?;
+                    cluster
+                        .client(0)?
+                        .command(&CommandRequest::here(Command::HaRestore))
+                        .await?;
                 }
             }
         }
@@ -177,10 +181,13 @@ async fn measure(cluster: &mut LocalCluster, fault: &str) -> anyhow::Result<(f64
         _ => {
             let reply = cluster
                 .client(0)?
-                .command(Command::FailoverStandby, None)
+                .command(&CommandRequest::here(Command::FailoverStandby))
                 .await?;
-            if reply["outcome"] == "refused" {
-                bail!("failover standby was refused: {}", reply["reason"]);
+            if reply.outcome == CommandOutcome::Refused {
+                bail!(
+                    "failover standby was refused: {}",
+                    reply.reason.unwrap_or_default()
+                );
             }
         }
     }

@@ -15,12 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tandem_mta::Listen;
 use tandem_mta::load::{LoadOptions, LoadReport, load};
 use tandem_mta::sink::Sink;
 
 use crate::localcluster::{ClusterSpec, LocalCluster};
+use tandem_agent::api::StatusReport;
+use tandem_core::EffectiveRole;
+use tandem_sync::replicator::PeerState;
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -47,10 +50,11 @@ async fn relay_pair(mode: &str, next_hop: SocketAddr) -> anyhow::Result<LocalClu
     cluster.wait_for_active(0, Duration::from_secs(15)).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let status = cluster.status(0).await.unwrap_or_default();
-        let in_sync = status["sync"]["replicator"]["peers"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(|p| p["state"] == "in-sync"));
+        let status = cluster.status(0).await;
+        let in_sync = status
+            .as_ref()
+            .and_then(StatusReport::replicator)
+            .is_some_and(|r| r.peers.iter().all(|p| p.state == PeerState::InSync));
         // The relay must be up too: it greets on the VIP.
         if in_sync && tokio::net::TcpStream::connect(cluster.vip).await.is_ok() {
             return Ok(cluster);
@@ -84,6 +88,67 @@ fn p99(mut samples: Vec<u64>) -> u64 {
 
 const MODES: [&str; 3] = ["off", "async", "semi"];
 
+/// One mode's figures: one run, or the median run of a few.
+#[derive(Debug, Clone, Serialize)]
+struct ModeFigures {
+    msgs_per_s: f64,
+    acknowledged: u64,
+    smtp_p99_ms: f64,
+    /// `async`: the replication lag the active reported, p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_p99_ms: Option<u64>,
+    /// `semi`: every 250 waited for its commit, so the transaction's p99
+    /// bounds the commit's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_p99_ms: Option<f64>,
+    /// `semi`: group-commit batches and commits (their ratio is the
+    /// batching factor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batches: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commits: Option<u64>,
+    /// Every round's throughput, on the median.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    runs_msgs_per_s: Vec<f64>,
+}
+
+/// Kill -9 of the active mid-load.
+#[derive(Debug, Serialize)]
+struct CrashFigures {
+    acknowledged: u64,
+    delivered: u64,
+    lost: u64,
+    duplicates: u64,
+    rejected_during_failover: u64,
+}
+
+/// The returning primary of issue 14, over `runs` pairs.
+#[derive(Debug, Serialize)]
+struct ReturnFigures {
+    runs: usize,
+    acknowledged: u64,
+    delivered: u64,
+    lost: u64,
+    duplicates: u64,
+    restart_to_active_ms: Vec<u64>,
+    restart_to_active_ms_median: u64,
+}
+
+/// What `bench sync --json` prints.
+#[derive(Debug, Serialize)]
+struct SyncBench {
+    off: ModeFigures,
+    #[serde(rename = "async")]
+    async_: ModeFigures,
+    semi: ModeFigures,
+    rounds: usize,
+    semi_vs_off_pct: f64,
+    semi_vs_off_pct_by_round: Vec<f64>,
+    crash: CrashFigures,
+    #[serde(rename = "return")]
+    return_: ReturnFigures,
+}
+
 /// Runs the benchmark and prints the figures: each mode's median run of
 /// `rounds`, and semi's throughput as a share of off's.
 pub async fn run(
@@ -94,7 +159,7 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let rounds = rounds.max(1) as usize;
-    let mut runs: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut runs: BTreeMap<&str, Vec<ModeFigures>> = BTreeMap::new();
     let mut ratios = Vec::new();
     for round in 0..rounds {
         // Each round starts with the next mode, so a machine that drifts
@@ -103,61 +168,72 @@ pub async fn run(
             let mode = MODES[(round + i) % MODES.len()];
             let figures = measure(mode, messages, concurrency).await?;
             if !json {
-                eprintln!("round {}/{rounds} {mode}: {figures}", round + 1);
+                eprintln!(
+                    "round {}/{rounds} {mode}: {}",
+                    round + 1,
+                    serde_json::to_string(&figures)?
+                );
             }
             runs.entry(mode).or_default().push(figures);
         }
         // Off and semi of the same round ran side by side: their ratio is
         // the least noisy figure this machine gives.
-        let last = |mode| runs[mode][round]["msgs_per_s"].as_f64().unwrap_or(0.0);
+        let last = |mode| {
+            runs.get(mode)
+                .and_then(|r| r.get(round))
+                .map_or(0.0, |f| f.msgs_per_s)
+        };
         ratios.push(percent(last("semi"), last("off")));
     }
-    let mut report = serde_json::Map::new();
-    for (mode, mut figures) in runs {
-        let rate = |f: &Value| f["msgs_per_s"].as_f64().unwrap_or(0.0);
-        figures.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
-        let all: Vec<Value> = figures.iter().map(|f| f["msgs_per_s"].clone()).collect();
-        let mut median = figures[figures.len() / 2].clone();
-        median["runs_msgs_per_s"] = json!(all);
-        report.insert(mode.into(), median);
-    }
+    let mut median = |mode| -> anyhow::Result<ModeFigures> {
+        let mut figures = runs.remove(mode).unwrap_or_default();
+        figures.sort_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
+        let all = figures.iter().map(|f| f.msgs_per_s).collect();
+        let mut median = figures
+            .get(figures.len() / 2)
+            .cloned()
+            .with_context(|| format!("no run of {mode}"))?;
+        median.runs_msgs_per_s = all;
+        Ok(median)
+    };
     ratios.sort_by(f64::total_cmp);
-    report.insert("rounds".into(), json!(rounds));
-    report.insert("semi_vs_off_pct".into(), json!(ratios[ratios.len() / 2]));
-    report.insert("semi_vs_off_pct_by_round".into(), json!(ratios));
-    report.insert("crash".into(), crash(messages, concurrency).await?);
-    report.insert(
-        "return".into(),
-        returning(messages, concurrency, returns).await?,
-    );
+    let r = SyncBench {
+        off: median("off")?,
+        async_: median("async")?,
+        semi: median("semi")?,
+        rounds,
+        semi_vs_off_pct: ratios[ratios.len() / 2],
+        semi_vs_off_pct_by_round: ratios,
+        crash: crash(messages, concurrency).await?,
+        return_: returning(messages, concurrency, returns).await?,
+    };
     if json {
-        println!("{}", Value::Object(report));
+        println!("{}", serde_json::to_string(&r)?);
     } else {
-        let r = Value::Object(report);
+        let or_dash = |v: Option<u64>| v.map_or_else(|| "-".into(), |v| v.to_string());
         println!(
             "off {} msg/s  async {} msg/s (lag p99 {} ms)  semi {} msg/s (p99 {} ms): semi {} % of off (median of {rounds} rounds)",
-            r["off"]["msgs_per_s"],
-            r["async"]["msgs_per_s"],
-            r["async"]["lag_p99_ms"],
-            r["semi"]["msgs_per_s"],
-            r["semi"]["commit_p99_ms"],
-            r["semi_vs_off_pct"],
+            r.off.msgs_per_s,
+            r.async_.msgs_per_s,
+            or_dash(r.async_.lag_p99_ms),
+            r.semi.msgs_per_s,
+            r.semi.commit_p99_ms.unwrap_or_default(),
+            r.semi_vs_off_pct,
         );
+        let c = &r.crash;
         println!(
             "crash (kill -9 of the active mid-load, semi): acknowledged {}  delivered {}  lost {}  duplicates {}",
-            r["crash"]["acknowledged"],
-            r["crash"]["delivered"],
-            r["crash"]["lost"],
-            r["crash"]["duplicates"]
+            c.acknowledged, c.delivered, c.lost, c.duplicates
         );
+        let b = &r.return_;
         println!(
             "return (the crashed primary restarts, {} runs): acknowledged {}  delivered {}  lost {}  duplicates {}  restart to active again: median {} ms",
-            r["return"]["runs"],
-            r["return"]["acknowledged"],
-            r["return"]["delivered"],
-            r["return"]["lost"],
-            r["return"]["duplicates"],
-            r["return"]["restart_to_active_ms_median"]
+            b.runs,
+            b.acknowledged,
+            b.delivered,
+            b.lost,
+            b.duplicates,
+            b.restart_to_active_ms_median
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -172,7 +248,7 @@ fn percent(part: f64, whole: f64) -> f64 {
 }
 
 /// One load through a fresh pair with `data_sync = mode`: its figures.
-async fn measure(mode: &str, messages: u64, concurrency: usize) -> anyhow::Result<Value> {
+async fn measure(mode: &str, messages: u64, concurrency: usize) -> anyhow::Result<ModeFigures> {
     let sink_addr = free_addr()?;
     let _sink = Sink::bind(Listen::Bind(vec![sink_addr]), 0).await?;
     let cluster = relay_pair(mode, sink_addr).await?;
@@ -184,7 +260,7 @@ async fn measure(mode: &str, messages: u64, concurrency: usize) -> anyhow::Resul
             if let Some(lag) = cluster
                 .status(0)
                 .await
-                .and_then(|s| s["sync"]["replicator"]["peers"][0]["lag_ms"].as_u64())
+                .and_then(|s| s.replicator()?.peers.first()?.lag_ms)
             {
                 lags.push(lag);
             }
@@ -199,30 +275,24 @@ async fn measure(mode: &str, messages: u64, concurrency: usize) -> anyhow::Resul
     };
     let (result, lag_samples) = tokio::join!(loader, sampler);
     let result = result?;
-    let status = cluster.status(0).await.unwrap_or_default();
-    let replicator = &status["sync"]["replicator"];
-    let mut figures = json!({
-        "msgs_per_s": (result.msgs_per_s * 10.0).round() / 10.0,
-        "acknowledged": result.acknowledged,
-        "smtp_p99_ms": result.latency.p99_ms,
-    });
-    match mode {
-        "async" => figures["lag_p99_ms"] = json!(p99(lag_samples)),
-        // Every 250 waited for its commit: the transaction's p99 bounds
-        // the commit's.
-        "semi" => {
-            figures["commit_p99_ms"] = json!(result.latency.p99_ms);
-            figures["batches"] = replicator["batches"].clone();
-            figures["commits"] = replicator["commits"].clone();
-        }
-        _ => {}
-    }
-    Ok(figures)
+    let status = cluster.status(0).await;
+    let replicator = status.as_ref().and_then(StatusReport::replicator);
+    let semi = mode == "semi";
+    Ok(ModeFigures {
+        msgs_per_s: (result.msgs_per_s * 10.0).round() / 10.0,
+        acknowledged: result.acknowledged,
+        smtp_p99_ms: result.latency.p99_ms,
+        lag_p99_ms: (mode == "async").then(|| p99(lag_samples)),
+        commit_p99_ms: semi.then_some(result.latency.p99_ms),
+        batches: replicator.filter(|_| semi).map(|r| r.batches),
+        commits: replicator.filter(|_| semi).map(|r| r.commits),
+        runs_msgs_per_s: Vec::new(),
+    })
 }
 
 /// `semi`, kill -9 of the active halfway through the load: counts the
 /// acknowledged messages that never reach the sink after the failover.
-async fn crash(messages: u64, concurrency: usize) -> anyhow::Result<Value> {
+async fn crash(messages: u64, concurrency: usize) -> anyhow::Result<CrashFigures> {
     let sink_addr = free_addr()?;
     let sink = Sink::bind(Listen::Bind(vec![sink_addr]), 0).await?;
     let mut cluster = relay_pair("semi", sink_addr).await?;
@@ -241,13 +311,14 @@ async fn crash(messages: u64, concurrency: usize) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivered = sink.report(Some(&acked));
-    Ok(json!({
-        "acknowledged": acked.len(),
-        "delivered": acked.len() as u64 - delivered.missing.unwrap_or(0),
-        "lost": delivered.missing.unwrap_or(0),
-        "duplicates": delivered.duplicates,
-        "rejected_during_failover": result.rejected + result.failed_sessions,
-    }))
+    let lost = delivered.missing.unwrap_or(0);
+    Ok(CrashFigures {
+        acknowledged: acked.len() as u64,
+        delivered: acked.len() as u64 - lost,
+        lost,
+        duplicates: delivered.duplicates,
+        rejected_during_failover: result.rejected + result.failed_sessions,
+    })
 }
 
 /// Issue 14's returning primary, `runs` times on fresh pairs: with the next
@@ -255,7 +326,7 @@ async fn crash(messages: u64, concurrency: usize) -> anyhow::Result<Value> {
 /// takes over and acknowledges more, the primary restarts (it must be
 /// caught up before it takes the service back). Then the next hop comes
 /// up and every acknowledged message is counted at the sink.
-async fn returning(messages: u64, concurrency: usize, runs: u64) -> anyhow::Result<Value> {
+async fn returning(messages: u64, concurrency: usize, runs: u64) -> anyhow::Result<ReturnFigures> {
     let batch = (messages / 8).clamp(10, 500);
     let (mut acknowledged, mut delivered, mut lost, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
     let mut back_ms = Vec::new();
@@ -265,7 +336,8 @@ async fn returning(messages: u64, concurrency: usize, runs: u64) -> anyhow::Resu
         let before = send(cluster.vip, batch, concurrency).await?;
         cluster.kill(0);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while cluster.status(1).await.unwrap_or_default()["node"]["effective_role"] != "active" {
+        while cluster.status(1).await.map(|s| s.node.effective_role) != Some(EffectiveRole::Active)
+        {
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
                 "beta did not take over"
@@ -297,13 +369,13 @@ async fn returning(messages: u64, concurrency: usize, runs: u64) -> anyhow::Resu
     }
     let mut sorted = back_ms.clone();
     sorted.sort_unstable();
-    Ok(json!({
-        "runs": back_ms.len(),
-        "acknowledged": acknowledged,
-        "delivered": delivered,
-        "lost": lost,
-        "duplicates": duplicates,
-        "restart_to_active_ms": back_ms,
-        "restart_to_active_ms_median": sorted[sorted.len() / 2],
-    }))
+    Ok(ReturnFigures {
+        runs: back_ms.len(),
+        acknowledged,
+        delivered,
+        lost,
+        duplicates,
+        restart_to_active_ms_median: sorted[sorted.len() / 2],
+        restart_to_active_ms: back_ms,
+    })
 }

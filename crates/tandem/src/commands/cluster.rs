@@ -8,179 +8,73 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use tandem_core::{Command, GroupId};
+use tandem_agent::api::{
+    ApiClient, BootAnswer, BootRequest, ClusterNode, ClusterReport, CommandOutcome, CommandReply,
+    CommandRequest, ConfigSyncStatus, ListenerAction, ListenerRequest, StatusReport, SyncStatus,
+};
+use tandem_core::node::DataState;
+use tandem_core::status::PeerStatus;
+use tandem_core::wire::RejectReason;
+use tandem_core::{Command, EffectiveRole, GroupId};
+use tandem_sync::receiver::StandbyState;
 
 use crate::cli::{ApiTarget, FailoverCommand, HaCommand, ListenerCommand};
 
-/// An agent's API, ready to call.
-pub struct ApiClient {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+/// The agent the target names (config file, or address and token file)
+/// and the cluster's API token.
+fn resolve(target: &ApiTarget) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    let (api, token_file) = match &target.config {
+        Some(path) => {
+            let config = tandem_agent::config::AgentConfig::parse(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                path,
+            )?;
+            (
+                target.api.unwrap_or(config.node.api),
+                target.token_file.clone().unwrap_or(config.node.token_file),
+            )
+        }
+        None => match (target.api, &target.token_file) {
+            (Some(api), Some(file)) => (api, file.clone()),
+            _ => {
+                bail!("say which agent to ask: --config FILE, or --api ADDR with --token-file FILE")
+            }
+        },
+    };
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read the API token from {}", token_file.display()))?
+        .trim()
+        .to_string();
+    Ok((api, token))
 }
 
-impl ApiClient {
-    /// A client for the agent at `api`, with the token in hand.
-    pub fn with_token(api: std::net::SocketAddr, token: String) -> anyhow::Result<ApiClient> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(ApiClient {
-            base: format!("http://{api}"),
-            token,
-            http,
-        })
-    }
-
-    /// A client for the agent the target names (config file, or address
-    /// and token file).
-    pub fn new(target: &ApiTarget) -> anyhow::Result<ApiClient> {
-        let (api, token_file) = match &target.config {
-            Some(path) => {
-                let config = tandem_agent::config::AgentConfig::parse(
-                    &std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?,
-                    path,
-                )?;
-                (
-                    target.api.unwrap_or(config.node.api),
-                    target.token_file.clone().unwrap_or(config.node.token_file),
-                )
-            }
-            None => match (target.api, &target.token_file) {
-                (Some(api), Some(file)) => (api, file.clone()),
-                _ => bail!(
-                    "say which agent to ask: --config FILE, or --api ADDR with --token-file FILE"
-                ),
-            },
-        };
-        let token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("cannot read the API token from {}", token_file.display()))?
-            .trim()
-            .to_string();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(ApiClient {
-            base: format!("http://{api}"),
-            token,
-            http,
-        })
-    }
-
-    /// The agent's address.
-    pub fn addr(&self) -> &str {
-        self.base.trim_start_matches("http://")
-    }
-
-    /// The agent's base URL (`http://ADDR`).
-    pub fn base(&self) -> String {
-        self.base.clone()
-    }
-
-    /// PUT raw bytes (an image upload), with their sha256 when known.
-    pub async fn put(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-        sha256: Option<&str>,
-    ) -> anyhow::Result<Value> {
-        let mut request = self
-            .request(reqwest::Method::PUT, path)
-            .timeout(Duration::from_secs(300))
-            .body(body);
-        if let Some(sha) = sha256 {
-            request = request.header("x-sha256", sha);
-        }
-        self.answer(request, false, "refused the upload").await
-    }
-
-    /// Sends a request and reads its JSON answer. Non-2xx answers are
-    /// errors, except 409 when `conflict_is_answer` (a refusal the caller
-    /// reports itself).
-    async fn answer(
-        &self,
-        request: reqwest::RequestBuilder,
-        conflict_is_answer: bool,
-        failed: &str,
-    ) -> anyhow::Result<Value> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("no agent answers at {} (is it running?)", self.addr()))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status.is_success() || conflict_is_answer && status == reqwest::StatusCode::CONFLICT {
-            return Ok(body);
-        }
-        bail!(
-            "agent at {} {failed} ({status}): {}",
-            self.addr(),
-            body["error"].as_str().unwrap_or("")
-        )
-    }
-
-    /// The same token, another agent (`api` is `HOST:PORT`).
-    pub fn with_api(&self, api: &str) -> ApiClient {
-        ApiClient {
-            base: format!("http://{api}"),
-            token: self.token.clone(),
-            http: self.http.clone(),
-        }
-    }
-
-    /// A request with the token set, for callers that need the raw answer
-    /// (statuses with a meaning, streamed bodies).
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-    }
-
-    /// GET a path; non-2xx answers are errors.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.answer(self.request(reqwest::Method::GET, path), false, "answered")
-            .await
-    }
-
-    /// POST an HA command; a refusal is an answer, not an error.
-    pub async fn command(&self, command: Command, node: Option<String>) -> anyhow::Result<Value> {
-        self.post(
-            "/v1/command",
-            &serde_json::json!({"command": command, "node": node}),
-        )
-        .await
-    }
-
-    /// POST a mutating call, naming the caller; 409 (refused) is an answer.
-    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let request = self
-            .request(reqwest::Method::POST, path)
-            .header("x-tandem-user", user)
-            .json(body);
-        self.answer(request, true, "answered").await
-    }
+/// The agent the target names, ready to call.
+pub fn api_client(target: &ApiTarget) -> anyhow::Result<ApiClient> {
+    let (api, token) = resolve(target)?;
+    Ok(ApiClient::new(api, token)?)
 }
 
 /// The API clients of the aimed-at node(s): every node with `all`.
 pub async fn clients(target: &ApiTarget, all: bool) -> anyhow::Result<Vec<(String, ApiClient)>> {
-    let local = ApiClient::new(target)?;
+    let local = api_client(target)?;
     if !all && target.node.is_none() {
         return Ok(vec![("this node".into(), local)]);
     }
-    let cluster = local.get("/v1/cluster").await?;
+    let cluster = local.cluster().await?;
     let mut out = Vec::new();
-    for report in cluster["nodes"].as_array().into_iter().flatten() {
-        let name = report["node"]["node"].as_str().unwrap_or("?").to_string();
+    for node in &cluster.nodes {
+        let name = node.name().to_string();
         if !all && target.node.as_deref() != Some(name.as_str()) {
             continue;
         }
-        let api: std::net::SocketAddr = report["agent"]["api"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("node {name} is unreachable: {}", report["error"]))?;
-        out.push((name, local.with_api(&api.to_string())));
+        let api = match node {
+            ClusterNode::Reachable(report) => report.agent.api,
+            ClusterNode::Unreachable(gone) => {
+                bail!("node {name} is unreachable: {}", gone.error)
+            }
+        };
+        out.push((name, local.at(api)));
     }
     if out.is_empty() {
         anyhow::bail!(
@@ -193,11 +87,11 @@ pub async fn clients(target: &ApiTarget, all: bool) -> anyhow::Result<Vec<(Strin
 
 /// `tandem status`: one table for the whole cluster.
 pub async fn status(target: &ApiTarget, watch: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(target)?;
+    let client = api_client(target)?;
     loop {
-        let cluster = client.get("/v1/cluster").await?;
+        let cluster = client.cluster().await?;
         if json {
-            println!("{cluster}");
+            println!("{}", serde_json::to_string(&cluster)?);
         } else {
             if watch {
                 print!("\x1b[2J\x1b[H");
@@ -208,9 +102,11 @@ pub async fn status(target: &ApiTarget, watch: bool, json: bool) -> anyhow::Resu
         if !watch {
             // A key mismatch is a cluster that cannot fail over safely:
             // scripts and monitors must see it in the exit status.
-            let mismatch = cluster["nodes"]
-                .as_array()
-                .is_some_and(|nodes| nodes.iter().any(|n| !n["node"]["key_mismatch"].is_null()));
+            let mismatch = cluster
+                .nodes
+                .iter()
+                .filter_map(ClusterNode::report)
+                .any(|r| r.node.key_mismatch.is_some());
             return Ok(if mismatch {
                 ExitCode::from(1)
             } else {
@@ -223,10 +119,13 @@ pub async fn status(target: &ApiTarget, watch: bool, json: bool) -> anyhow::Resu
 
 /// Renders `/v1/cluster` as the status table. The first report is the
 /// answering node's, whose view of its peers gives the heartbeat ages.
-fn table(cluster: &Value) -> String {
-    let empty = Vec::new();
-    let nodes = cluster["nodes"].as_array().unwrap_or(&empty);
-    let local_peers = nodes.first().map(|n| &n["node"]["peers"]);
+fn table(cluster: &ClusterReport) -> String {
+    let local_peers = cluster
+        .nodes
+        .first()
+        .and_then(ClusterNode::report)
+        .map(|r| r.node.peers.as_slice())
+        .unwrap_or_default();
     let mut rows = vec![
         [
             "NODE",
@@ -243,55 +142,53 @@ fn table(cluster: &Value) -> String {
         .map(String::from),
     ];
     let mut notes = Vec::new();
-    for (index, report) in nodes.iter().enumerate() {
-        let node = &report["node"];
-        let name = node["node"].as_str().unwrap_or("?").to_string();
-        if let Some(error) = report["error"].as_str() {
-            rows.push([
-                name,
-                "?".into(),
-                "unreachable".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-            ]);
-            notes.push(error.to_string());
-            continue;
-        }
-        let peer_view = local_peers
-            .and_then(|peers| peers.as_array())
-            .and_then(|peers| peers.iter().find(|p| p["name"] == name));
+    for (index, entry) in cluster.nodes.iter().enumerate() {
+        let name = entry.name().to_string();
+        let report = match entry {
+            ClusterNode::Reachable(report) => report,
+            ClusterNode::Unreachable(gone) => {
+                let mut row: [String; 10] = Default::default();
+                row[0] = name;
+                row[1] = "?".into();
+                row[2] = "unreachable".into();
+                rows.push(row);
+                notes.push(gone.error.clone());
+                continue;
+            }
+        };
+        let node = &report.node;
+        let peer_view = local_peers.iter().find(|p| p.name == name);
         let (links, heard) = match (index, peer_view) {
             (0, _) => ("-".to_string(), "-".to_string()),
             (_, Some(peer)) => link_summary(peer),
             (_, None) => ("?".into(), "?".into()),
         };
-        let agent = &report["agent"];
-        let vip = agent["vip_bound"].as_array().map(|a| a.len()).unwrap_or(0);
-        let holdoff = node["holdoff"]["from"]
-            .as_str()
-            .map(|f| format!(" (held off by {f})"))
+        let agent = &report.agent;
+        let holdoff = node
+            .holdoff
+            .as_ref()
+            .map(|h| format!(" (held off by {})", h.from))
             .unwrap_or_default();
         rows.push([
             name,
-            text(&node["configured_role"]),
-            format!("{}{holdoff}", text(&node["effective_role"])),
-            text(&node["priority"]),
-            text(&node["version"]),
+            word(&node.configured_role),
+            format!("{}{holdoff}", node.effective_role),
+            node.priority.to_string(),
+            or_dash(&node.version),
             links,
             heard,
-            if vip > 0 { "owner".into() } else { "-".into() },
-            match (agent["service_running"] == true, node["healthy"] != false) {
+            if agent.vip_bound.is_empty() {
+                "-".into()
+            } else {
+                "owner".into()
+            },
+            match (agent.service_running, node.healthy) {
                 (true, true) => "running".into(),
                 (true, false) => "running, UNHEALTHY".into(),
                 (false, true) => "-".into(),
                 (false, false) => "unhealthy".into(),
             },
-            data_sync_cell(&report["sync"], &node["data"], &mut notes),
+            data_sync_cell(&report.sync, node.data, &mut notes),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -307,51 +204,8 @@ fn table(cluster: &Value) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    for report in nodes {
-        let rejected = &report["node"]["counters"]["rejected"];
-        let name = text(&report["node"]["node"]);
-        if report["agent"]["allow_unsigned"] == true {
-            notes.push(format!(
-                "{name}: accepts unsigned images (allow_unsigned = true)"
-            ));
-        }
-        if let Some(peer) = report["node"]["key_mismatch"].as_str() {
-            notes.push(format!(
-                "{name}: FAILED: cluster key mismatch with {peer} (its heartbeats fail the MAC while the sync channel hears it): give every node the same cluster key file"
-            ));
-        }
-        let quarantined = &report["sync"]["quarantine"];
-        if let Some(n) = quarantined["files"].as_u64().filter(|n| *n > 0) {
-            notes.push(format!(
-                "{name}: {n} file(s) in quarantine ({} batch(es)): acknowledged data a catch-up would have deleted; {} (`tandem sync quarantine list`)",
-                quarantined["batches"].as_u64().unwrap_or(0),
-                if quarantined["merge"] == true {
-                    "being merged back into the active"
-                } else {
-                    "restore or drop them"
-                }
-            ));
-        }
-        config_sync_notes(&name, &report["sync"]["config"], &mut notes);
-        for (reason, hint) in [
-            ("bad-mac", "peer unauthenticated: cluster key mismatch?"),
-            (
-                "foreign-cluster",
-                "heartbeats from another cluster on this link: cluster name mismatch?",
-            ),
-            (
-                "unknown-peer",
-                "heartbeats from a node not in this config: a [[peer]] missing?",
-            ),
-            (
-                "unsupported-version",
-                "a peer speaks a protocol this node does not: upgrade it",
-            ),
-        ] {
-            if let Some(n) = rejected[reason].as_u64().filter(|n| *n > 0) {
-                notes.push(format!("{name}: {n} datagrams rejected ({reason}): {hint}"));
-            }
-        }
+    for report in cluster.nodes.iter().filter_map(ClusterNode::report) {
+        node_notes(report, &mut notes);
     }
     for note in notes {
         out.push_str(&format!("! {note}\n"));
@@ -359,101 +213,148 @@ fn table(cluster: &Value) -> String {
     out
 }
 
+/// What a node's report has to say beyond its row: unsigned images, a key
+/// mismatch, quarantined data, config sync, rejected datagrams.
+fn node_notes(report: &StatusReport, notes: &mut Vec<String>) {
+    let name = &report.node.node;
+    if report.agent.allow_unsigned {
+        notes.push(format!(
+            "{name}: accepts unsigned images (allow_unsigned = true)"
+        ));
+    }
+    if let Some(peer) = &report.node.key_mismatch {
+        notes.push(format!(
+            "{name}: FAILED: cluster key mismatch with {peer} (its heartbeats fail the MAC while the sync channel hears it): give every node the same cluster key file"
+        ));
+    }
+    if let Some(sync) = &report.sync.detail {
+        let quarantined = &sync.quarantine;
+        if quarantined.files > 0 {
+            notes.push(format!(
+                "{name}: {} file(s) in quarantine ({} batch(es)): acknowledged data a catch-up would have deleted; {} (`tandem sync quarantine list`)",
+                quarantined.files,
+                quarantined.batches,
+                if quarantined.merge {
+                    "being merged back into the active"
+                } else {
+                    "restore or drop them"
+                }
+            ));
+        }
+        config_sync_notes(name, &sync.config, notes);
+    }
+    let rejected = &report.node.counters.rejected;
+    for (reason, hint) in [
+        (
+            RejectReason::BadMac,
+            "peer unauthenticated: cluster key mismatch?",
+        ),
+        (
+            RejectReason::ForeignCluster,
+            "heartbeats from another cluster on this link: cluster name mismatch?",
+        ),
+        (
+            RejectReason::UnknownPeer,
+            "heartbeats from a node not in this config: a [[peer]] missing?",
+        ),
+        (
+            RejectReason::UnsupportedVersion,
+            "a peer speaks a protocol this node does not: upgrade it",
+        ),
+    ] {
+        if let Some(n) = rejected.get(&reason).filter(|n| **n > 0) {
+            notes.push(format!(
+                "{name}: {n} datagrams rejected ({}): {hint}",
+                word(&reason)
+            ));
+        }
+    }
+}
+
 /// What config sync has to say about a node: a disconnection, changes
 /// held back, edits refused. Nothing when all is quiet.
-fn config_sync_notes(name: &str, config: &Value, notes: &mut Vec<String>) {
-    if config["disconnected"] == true {
+fn config_sync_notes(name: &str, config: &ConfigSyncStatus, notes: &mut Vec<String>) {
+    if config.disconnected {
         notes.push(format!(
             "{name}: disconnected from cluster config (keeps its own config; changes are refused cluster-wide)"
         ));
     }
-    for (file, why) in config["held"].as_object().into_iter().flatten() {
-        notes.push(format!(
-            "{name}: config change to {file} held: {}",
-            why.as_str().unwrap_or("")
-        ));
+    for (file, why) in &config.held {
+        notes.push(format!("{name}: config change to {file} held: {why}"));
     }
-    if let Some(n) = config["refused_local_edits"].as_u64().filter(|n| *n > 0) {
+    if config.refused_local_edits > 0 {
         notes.push(format!(
-            "{name}: {n} local config edit(s) refused; last: {}",
-            text(&config["last_refused"])
+            "{name}: {} local config edit(s) refused; last: {}",
+            config.refused_local_edits,
+            config.last_refused.as_deref().unwrap_or("-")
         ));
     }
 }
 
 /// The DATA column (issue 6): `source` on the replicating active, the
 /// receiver's state on a standby (`in-sync`, `syncing`, `stale`,
-/// `unverified`), `-`
-/// without `[sync]`. Each standby as the active sees it (state, lag,
-/// pending files) goes to the notes.
-fn data_sync_cell(sync: &Value, data: &Value, notes: &mut Vec<String>) -> String {
-    if sync["enabled"] != true {
+/// `unverified`), `-` without `[sync]`. Each standby as the active sees it
+/// (state, lag, pending files) goes to the notes.
+fn data_sync_cell(sync: &SyncStatus, data: DataState, notes: &mut Vec<String>) -> String {
+    let Some(sync) = &sync.detail else {
         return "-".into();
-    }
-    if let Some(replicator) = sync.get("replicator").filter(|r| !r.is_null()) {
-        let empty = Vec::new();
-        for peer in replicator["peers"].as_array().unwrap_or(&empty) {
+    };
+    if let Some(replicator) = &sync.replicator {
+        for peer in &replicator.peers {
             notes.push(format!(
                 "sync {} → {}: {}, lag {}, {} pending{}",
-                text(&sync["data_sync"]),
-                text(&peer["name"]),
-                text(&peer["state"]),
-                peer["lag_ms"]
-                    .as_u64()
+                word(&sync.data_sync),
+                peer.name,
+                word(&peer.state),
+                peer.lag_ms
                     .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
-                peer["pending_paths"].as_u64().unwrap_or(0),
-                peer["last_error"]
-                    .as_str()
+                peer.pending_paths,
+                peer.last_error
+                    .as_deref()
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default()
             ));
         }
         return "source".into();
     }
-    let state = text(&sync["receiver"]["state"]);
-    if data == "unverified" && sync["receiver"]["state"] != "in-sync" {
+    let state = sync.receiver.state;
+    if data == DataState::Unverified && state != StandbyState::InSync {
         // Started (or lost the service) and not yet compared with the
         // active's data: it cannot take the service back until it is.
         return "unverified".into();
     }
-    if sync["data_in_sync"] == false {
-        if state == "syncing" {
-            state
-        } else {
-            "stale".into()
-        }
-    } else {
-        state
+    if !sync.data_in_sync && state != StandbyState::Syncing {
+        return "stale".into();
+    }
+    word(&state)
+}
+
+/// A value's name as the API spells it (`in-sync`, `primary`): the word
+/// serde gives a unit variant.
+pub fn word(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
     }
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_string()
     }
 }
 
 /// "hb0 up, hb1 down" and the freshest heartbeat age.
-fn link_summary(peer: &Value) -> (String, String) {
-    let empty = Vec::new();
-    let links = peer["links"].as_array().unwrap_or(&empty);
-    let summary: Vec<String> = links
+fn link_summary(peer: &PeerStatus) -> (String, String) {
+    let summary: Vec<String> = peer
+        .links
         .iter()
-        .map(|l| {
-            format!(
-                "{} {}",
-                text(&l["link"]),
-                if l["up"] == true { "up" } else { "down" }
-            )
-        })
+        .map(|l| format!("{} {}", l.link, if l.up { "up" } else { "down" }))
         .collect();
-    let freshest = links
-        .iter()
-        .filter_map(|l| l["last_heard_ms_ago"].as_u64())
-        .min();
+    let freshest = peer.links.iter().filter_map(|l| l.last_heard_ms_ago).min();
     (
         summary.join(", "),
         freshest.map_or_else(|| "never".into(), |ms| format!("{ms}ms")),
@@ -506,41 +407,40 @@ async fn reload_standby(
     timeout: Duration,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let local = ApiClient::new(target)?;
-    let cluster = local.get("/v1/cluster").await?;
-    let mut standbys = Vec::new();
-    for report in cluster["nodes"].as_array().into_iter().flatten() {
-        if report["node"]["effective_role"] == "standby"
-            && let Some(api) = report["agent"]["api"].as_str()
-        {
-            standbys.push((text(&report["node"]["node"]), local.with_api(api)));
-        }
-    }
+    let local = api_client(target)?;
+    let cluster = local.cluster().await?;
+    let standbys: Vec<(String, ApiClient)> = cluster
+        .nodes
+        .iter()
+        .filter_map(ClusterNode::report)
+        .filter(|r| r.node.effective_role == EffectiveRole::Standby)
+        .map(|r| (r.node.node.clone(), local.at(r.agent.api)))
+        .collect();
     if standbys.is_empty() {
         eprintln!("tandem: reload-standby refused: no node is standby");
         return Ok(ExitCode::from(1));
     }
     let mut results = Vec::new();
     for (name, client) in &standbys {
-        let booted = client
-            .post("/v1/images/boot", &serde_json::json!({}))
-            .await?;
-        if let Some(error) = booted["error"].as_str() {
-            eprintln!("tandem: {name}: reload refused: {error}");
-            return Ok(ExitCode::from(1));
-        }
-        let version = text(&booted["version"]);
+        let booted: BootAnswer = match client
+            .post("/v1/images/boot", &BootRequest::default())
+            .await
+        {
+            Ok(booted) => booted,
+            Err(tandem_agent::Error::ApiRefused { body, .. }) => {
+                eprintln!("tandem: {name}: reload refused: {}", body.error);
+                return Ok(ExitCode::from(1));
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let version = booted.version.clone();
         if !json {
-            println!(
-                "{name}: booting slot {} ({version})",
-                text(&booted["booted"])
-            );
+            println!("{name}: booting slot {} ({version})", word(&booted.booted));
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let status = client.get("/v1/status").await.ok();
-            let ready = status.as_ref().is_some_and(|s| {
-                s["node"]["effective_role"] == "standby" && text(&s["node"]["version"]) == version
+            let ready = client.status().await.is_ok_and(|s| {
+                s.node.effective_role == EffectiveRole::Standby && s.node.version == version
             });
             if ready {
                 break;
@@ -557,36 +457,55 @@ async fn reload_standby(
         if !json {
             println!("{name}: Standby Ready on {version}");
         }
-        results.push(serde_json::json!({"node": name, "version": version, "ready": true}));
+        results.push(StandbyReady {
+            node: name.clone(),
+            version,
+            ready: true,
+        });
     }
     if json {
-        println!("{}", Value::Array(results));
+        println!("{}", serde_json::to_string(&results)?);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line of `failover reload-standby --json`.
+#[derive(serde::Serialize)]
+struct StandbyReady {
+    node: String,
+    version: String,
+    ready: bool,
+}
+
 /// `tandem listener suspend|resume`.
 pub async fn listener(command: ListenerCommand, json: bool) -> anyhow::Result<ExitCode> {
-    let (body, target, what) = match command {
+    let (request, target, what) = match command {
         ListenerCommand::Suspend {
             drain_timeout,
             target,
         } => (
-            serde_json::json!({"action": "suspend", "drain_timeout_ms": drain_timeout.as_millis() as u64, "node": target.node}),
+            ListenerRequest {
+                action: ListenerAction::Suspend,
+                drain_timeout_ms: Some(drain_timeout.as_millis() as u64),
+                node: target.node.clone(),
+            },
             target,
             "listener suspend",
         ),
         ListenerCommand::Resume { target } => (
-            serde_json::json!({"action": "resume", "node": target.node}),
+            ListenerRequest {
+                action: ListenerAction::Resume,
+                drain_timeout_ms: None,
+                node: target.node.clone(),
+            },
             target,
             "listener resume",
         ),
     };
-    let reply = ApiClient::new(&target)?.post("/v1/listener", &body).await?;
+    let reply = api_client(&target)?.listener(&request).await?;
     report(what, &reply, json)
 }
 
-/// Sends one command; a refusal prints why and exits 1.
 /// Sends an HA command; `force` is for a takeover with stale data.
 async fn send(
     command: Command,
@@ -594,39 +513,37 @@ async fn send(
     force: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(target)?;
     let what = command.to_string();
-    let body = serde_json::json!({"command": command, "node": target.node, "force": force});
-    let reply = client.post("/v1/command", &body).await?;
+    let request = CommandRequest {
+        command,
+        node: target.node.clone(),
+        force,
+    };
+    let reply = api_client(target)?.command(&request).await?;
     report(&what, &reply, json)
 }
 
 /// Prints a command's answer; a refusal says why and exits 1.
-fn report(what: &str, reply: &Value, json: bool) -> anyhow::Result<ExitCode> {
+fn report(what: &str, reply: &CommandReply, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{reply}");
+        println!("{}", serde_json::to_string(reply)?);
     }
-    let node = text(&reply["node"]);
-    match reply["outcome"].as_str() {
-        Some("refused") => {
-            eprintln!(
-                "tandem: {what} refused on {node}: {}",
-                text(&reply["reason"])
-            );
-            Ok(ExitCode::from(1))
-        }
-        Some(outcome) => {
-            if let Some(warning) = reply["warning"].as_str() {
-                eprintln!("tandem: warning: {warning}");
-            }
-            if !json {
-                println!("{what}: {outcome} on {node}");
-                for event in reply["events"].as_array().into_iter().flatten() {
-                    println!("  {event}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        None => bail!("unexpected answer from the agent: {reply}"),
+    let node = &reply.node;
+    if reply.outcome == CommandOutcome::Refused {
+        eprintln!(
+            "tandem: {what} refused on {node}: {}",
+            reply.reason.as_deref().unwrap_or("-")
+        );
+        return Ok(ExitCode::from(1));
     }
+    if let Some(warning) = &reply.warning {
+        eprintln!("tandem: warning: {warning}");
+    }
+    if !json {
+        println!("{what}: {} on {node}", reply.outcome);
+        for event in &reply.events {
+            println!("  {event}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

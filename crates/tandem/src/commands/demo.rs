@@ -38,6 +38,7 @@
 //! was left (`queued_after`), so an outside next hop (`--relay-to`) gets
 //! everything the cluster acknowledged.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,23 +47,28 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use serde_json::Value;
 use tandem_image::archive::{self, Compression};
 use tandem_image::signing;
 use tandem_mta::Listen;
-use tandem_mta::load::{LoadOptions, LoadReport, load};
+use tandem_mta::load::LoadReport;
 use tandem_mta::sink::Sink;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use tandem_upgrade::{StepKind, StepState, UpgradePlan, UpgradeRun};
+use tandem_upgrade::{StepKind, StepState, UpgradePlan};
 use tandem_version::{Catalog, Version};
 
 use crate::cli::DemoArgs;
-use crate::commands::cluster::ApiClient;
 use crate::commands::upgrade::{Report, versions_now};
 use crate::localcluster::{ClusterSpec, LocalCluster};
+use tandem_agent::api::{
+    ApiClient, BootAnswer, BootRequest, InstallAnswer, InstallRequest, PlanAnswer, UpgradeRequest,
+    UpgradeStatus, UploadAnswer,
+};
+use tandem_core::EffectiveRole;
+use traffic::{load_loop, probe_loop, wait_serving};
+
+mod traffic;
 
 /// The example catalog the demo upgrades along (6.2.0 → 6.2.5, FortiMail's
 /// seed), built in so the demo runs from any directory.
@@ -95,7 +101,8 @@ struct DemoReport {
     /// cluster (counted per node, so a mirrored copy counts twice): 0 when
     /// everything acknowledged had left for the next hop.
     queued_after: u64,
-    versions_after: serde_json::Map<String, Value>,
+    /// Each node's version as it reported it (none: it did not answer).
+    versions_after: BTreeMap<String, Option<String>>,
     duration_s: f64,
     /// `tandem upgrade report` of the run: its timeline and versions.
     report: Option<Report>,
@@ -253,11 +260,11 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         let sha = signing::sha256_file(image)?;
         let signature = std::fs::read(signing::signature_path(image))?;
         for client in &clients {
-            client
-                .put(&format!("/v1/images/{name}"), bytes.clone(), Some(&sha))
+            let _: UploadAnswer = client
+                .put_bytes(&format!("/v1/images/{name}"), bytes.clone(), Some(&sha))
                 .await?;
-            client
-                .put(
+            let _: UploadAnswer = client
+                .put_bytes(
                     &format!("/v1/images/{name}.minisig"),
                     signature.clone(),
                     None,
@@ -267,18 +274,18 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     let first = file_name(&images[0]);
     for (i, client) in clients.iter().enumerate().rev() {
-        let installed = client
-            .post("/v1/images/install", &serde_json::json!({"image": first}))
-            .await?;
-        if let Some(e) = installed["error"].as_str() {
-            bail!("{}: install {first}: {e}", names[i]);
-        }
-        let booted = client
-            .post("/v1/images/boot", &serde_json::json!({}))
-            .await?;
-        if let Some(e) = booted["error"].as_str() {
-            bail!("{}: boot: {e}", names[i]);
-        }
+        let install = InstallRequest {
+            image: Some(first.clone()),
+            version: None,
+        };
+        let _: InstallAnswer = client
+            .post("/v1/images/install", &install)
+            .await
+            .with_context(|| format!("{}: install {first}", names[i]))?;
+        let _: BootAnswer = client
+            .post("/v1/images/boot", &BootRequest::default())
+            .await
+            .with_context(|| format!("{}: boot", names[i]))?;
     }
     settle(&cluster, &mode).await?;
     for vip in &cluster.vips {
@@ -303,8 +310,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     });
     let probe = tokio::spawn(probe_loop(
         cluster.vips.clone(),
-        clients.iter().map(ApiClient::base).collect(),
-        cluster.token().to_string(),
+        clients.clone(),
         running.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(args.start_delay)).await;
@@ -316,24 +322,30 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         hops.join(" → "),
         args.strategy
     ));
-    let request = serde_json::json!({
-        "to": args.to, "catalog": CATALOG, "catalog_origin": "catalogs/fortimail-example.toml",
-        "strategy": args.strategy, "batch": args.batch,
-    });
+    let request = UpgradeRequest {
+        to: args.to.clone(),
+        catalog: CATALOG.to_string(),
+        catalog_origin: Some("catalogs/fortimail-example.toml".into()),
+        strategy: Some(args.strategy.clone()),
+        batch: args.batch,
+        rollback: false,
+    };
     // The coordinator: the only active node, or the first one (config-only,
     // active-active); the agents refuse anyone else.
-    let begun = clients[0].post("/v1/upgrade", &request).await?;
-    if let Some(e) = begun["error"].as_str() {
-        running.store(false, Ordering::Relaxed);
-        bail!("the upgrade was refused: {e}");
-    }
+    let begun: PlanAnswer = match clients[0].post("/v1/upgrade", &request).await {
+        Ok(begun) => begun,
+        Err(e) => {
+            running.store(false, Ordering::Relaxed);
+            bail!("the upgrade was refused: {e}");
+        }
+    };
     if !json {
-        eprint!("{}", begun["text"].as_str().unwrap_or(""));
+        eprint!("{}", begun.text);
     }
     if args.fault.as_deref() == Some("kill-coordinator") {
         let after = match args.fault_after {
             Some(n) => n,
-            None => switchover_step(&begun["plan"]).unwrap_or(1),
+            None => switchover_step(&begun.plan).unwrap_or(1),
         };
         kill_coordinator(&mut cluster, &clients, after, &say).await?;
     }
@@ -343,29 +355,31 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         // What the message tells the operator to do: run it again, once
         // the killed node is back.
         say("fault: the upgrade stopped at a safe point; running it again, as its message says");
-        let mut again = None;
-        for _ in 0..50 {
+        let mut again: Option<Result<PlanAnswer, tandem_agent::Error>> = None;
+        'retry: for _ in 0..50 {
             for client in &clients {
                 let active = client
-                    .get("/v1/status")
+                    .status()
                     .await
-                    .is_ok_and(|s| s["node"]["effective_role"] == "active");
-                if active && let Ok(answer) = client.post("/v1/upgrade", &request).await {
+                    .is_ok_and(|s| s.node.effective_role == EffectiveRole::Active);
+                if active {
+                    let answer = client.post("/v1/upgrade", &request).await;
+                    let taken = answer.is_ok();
                     again = Some(answer);
-                    break;
+                    if taken {
+                        break 'retry;
+                    }
                 }
-            }
-            if again.as_ref().is_some_and(|a| a["error"].is_null()) {
-                break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         match again {
-            Some(answer) if answer["error"].is_null() => {
+            Some(Ok(_)) => {
                 outcome = follow_any(&clients).await;
                 say(&format!("upgrade, second run: {outcome}"));
             }
-            other => say(&format!("the second run was refused: {other:?}")),
+            Some(Err(e)) => say(&format!("the second run was refused: {e}")),
+            None => say("the second run was refused: no node was active"),
         }
     }
     tokio::time::sleep(Duration::from_secs(args.linger)).await;
@@ -424,22 +438,17 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let mut versions_after = serde_json::Map::new();
+    let mut versions_after = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
-        let version = cluster
-            .status(i)
-            .await
-            .map(|s| s["node"]["version"].clone())
-            .unwrap_or(Value::Null);
+        let version = cluster.status(i).await.map(|s| s.node.version);
         versions_after.insert(name.clone(), version);
     }
     // The upgrade's own report, from the journal any node holds.
     let mut upgrade_report = None;
     for client in &clients {
-        if let Ok(answer) = client.get("/v1/upgrade").await
-            && let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone())
+        if let Ok(UpgradeStatus { run: Some(run), .. }) = client.get("/v1/upgrade").await
+            && let Ok(cluster) = client.cluster().await
         {
-            let cluster = client.get("/v1/cluster").await.unwrap_or(Value::Null);
             upgrade_report = Some(Report::new(&run, versions_now(&cluster), None));
             break;
         }
@@ -503,7 +512,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
             "longest service gap {:.1} ms  failovers {}  versions after {}  in {:.1} s",
             report.max_gap_ms,
             report.failovers,
-            Value::Object(report.versions_after.clone()),
+            serde_json::to_string(&report.versions_after)?,
             report.duration_s
         );
         if let Some(r) = &delivered_report
@@ -574,8 +583,7 @@ async fn settle(cluster: &LocalCluster, mode: &str) -> anyhow::Result<()> {
 }
 
 /// The number of the plan's first switchover step, if it has one.
-fn switchover_step(plan: &Value) -> Option<usize> {
-    let plan: UpgradePlan = serde_json::from_value(plan.clone()).ok()?;
+fn switchover_step(plan: &UpgradePlan) -> Option<usize> {
     plan.steps
         .iter()
         .find(|s| matches!(s.kind, StepKind::Switchover { .. }))
@@ -594,7 +602,11 @@ async fn kill_coordinator(
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         for (i, client) in clients.iter().enumerate() {
-            let Ok(answer) = client.get("/v1/upgrade").await else {
+            let Ok(UpgradeStatus {
+                coordinating: true,
+                run: Some(run),
+            }) = client.get("/v1/upgrade").await
+            else {
                 continue;
             };
             // Around a switchover the old coordinator may still say so for
@@ -602,13 +614,10 @@ async fn kill_coordinator(
             let active = cluster
                 .status(i)
                 .await
-                .is_some_and(|s| s["node"]["effective_role"] == "active");
-            if answer["coordinating"] != true || !active {
+                .is_some_and(|s| s.node.effective_role == EffectiveRole::Active);
+            if !active {
                 continue;
             }
-            let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
-                continue;
-            };
             let done = run
                 .current()
                 .records
@@ -679,135 +688,4 @@ fn build_release(
     let image = dir.join(format!("tandem-mta-{version}.tandem"));
     archive::build(&manifest, &files, &image, Compression::Zstd)?;
     Ok(image)
-}
-
-/// Waits until the relay greets on the VIP.
-async fn wait_serving(vip: SocketAddr, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if greets(vip).await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the relay never greeted on the VIP {vip}")
-}
-
-async fn greets(vip: SocketAddr) -> bool {
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(vip).await.ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).await.ok()?;
-        line.starts_with("220").then_some(())
-    };
-    tokio::time::timeout(Duration::from_millis(500), attempt)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-}
-
-/// Sends mail in small batches until told to stop or the budget is spent,
-/// turn about to each VIP (one per failover group): bounded in count
-/// (`budget`) and in time (each batch has a timeout).
-async fn load_loop(
-    vips: Vec<SocketAddr>,
-    budget: u64,
-    running: Arc<AtomicBool>,
-    reports: Arc<Mutex<Vec<LoadReport>>>,
-) {
-    const BATCH: u64 = 50;
-    let mut sent = 0;
-    let mut turn = 0usize;
-    while running.load(Ordering::Relaxed) && sent < budget {
-        let options = LoadOptions {
-            to: vips[turn % vips.len()],
-            messages: BATCH.min(budget - sent),
-            concurrency: 4,
-            size: 2048,
-            timeout: Duration::from_secs(20),
-        };
-        turn += 1;
-        match load(options).await {
-            Ok(report) => {
-                sent += report.sent.max(1);
-                reports.lock().await.push(report);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "load batch failed");
-                sent += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Probes every VIP every 20 ms and the cluster every 200 ms: the longest
-/// gap between two greetings on any VIP, and how often a failover group
-/// changed hands. The two run apart: a node whose API is slow to answer
-/// (busy with a health check) must not look like a service gap.
-async fn probe_loop(
-    vips: Vec<SocketAddr>,
-    apis: Vec<String>,
-    token: String,
-    running: Arc<AtomicBool>,
-) -> (f64, u64) {
-    let roles = tokio::spawn(failover_loop(apis, token, running.clone()));
-    let mut last_ok = vec![Instant::now(); vips.len()];
-    let mut max_gap = 0f64;
-    let stop_at = Instant::now() + Duration::from_secs(600);
-    while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
-        for (vip, last) in vips.iter().zip(last_ok.iter_mut()) {
-            if greets(*vip).await {
-                max_gap = max_gap.max(last.elapsed().as_secs_f64() * 1000.0);
-                *last = Instant::now();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (max_gap, roles.await.unwrap_or(0))
-}
-
-/// Counts how often a failover group changed hands, from every node's own
-/// status every 200 ms.
-async fn failover_loop(apis: Vec<String>, token: String, running: Arc<AtomicBool>) -> u64 {
-    let http = reqwest::Client::new();
-    // Group → the node that last reported itself active in it.
-    let mut holders = std::collections::BTreeMap::<String, String>::new();
-    let mut failovers = 0;
-    let stop_at = Instant::now() + Duration::from_secs(600);
-    while running.load(Ordering::Relaxed) && Instant::now() < stop_at {
-        for api in &apis {
-            let answer = http
-                .get(format!("{api}/v1/status"))
-                .bearer_auth(&token)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            let Ok(answer) = answer else { continue };
-            let Ok(status) = answer.json::<Value>().await else {
-                continue;
-            };
-            let Some(name) = status["node"]["node"].as_str() else {
-                continue;
-            };
-            // In config-only mode every node is active in the one group
-            // at once: nothing changes hands there.
-            if status["node"]["mode"] == "config-only" {
-                continue;
-            }
-            for group in status["node"]["groups"].as_array().into_iter().flatten() {
-                if group["role"] != "active" {
-                    continue;
-                }
-                let id = group["group"].to_string();
-                let before = holders.insert(id, name.to_string());
-                if before.is_some_and(|b| b != name) {
-                    failovers += 1;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    failovers
 }

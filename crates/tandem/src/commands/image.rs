@@ -3,13 +3,21 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tandem_agent::api::{
+    ApiClient, BootAnswer, BootHealth, BootRequest, ImageList, InstallAnswer, InstallRequest,
+    PartialUpload, RollbackAnswer, StoredImage, UploadAnswer,
+};
 use tandem_image::archive::{self, Compression};
 use tandem_image::signing::{self, TrustPolicy};
+use tandem_image::slots::SlotName;
 
 use crate::cli::{ApiTarget, ImageCommand};
-use crate::commands::cluster::{ApiClient, clients};
+use crate::commands::cluster::{api_client, clients, word};
+use crate::commands::refusal;
 
 /// Runs one `tandem image` subcommand.
 pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
@@ -21,10 +29,12 @@ pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
         } => {
             let id = signing::keygen(&secret, &public, password(password_env.as_deref())?)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"key_id": id.to_string(), "secret": secret, "public": public})
-                );
+                let made = KeyPair {
+                    key_id: id.to_string(),
+                    secret: &secret,
+                    public: &public,
+                };
+                println!("{}", serde_json::to_string(&made)?);
             } else {
                 println!(
                     "key {id}: secret key {} (mode 0600), public key {}",
@@ -47,10 +57,13 @@ pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
             let manifest = archive::build(&manifest, &files, &output, compression)?;
             let sha256 = signing::sha256_file(&output)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"image": output, "name": manifest.name, "version": manifest.version, "sha256": sha256})
-                );
+                let built = BuiltImage {
+                    image: &output,
+                    name: &manifest.name,
+                    version: manifest.version,
+                    sha256: &sha256,
+                };
+                println!("{}", serde_json::to_string(&built)?);
             } else {
                 println!(
                     "built {} {} into {} (sha256 {sha256})",
@@ -68,10 +81,11 @@ pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
             let key = signing::read_secret_key(&secret, password(password_env.as_deref())?)?;
             let signature = signing::sign(&image, &key)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"image": image, "signature": signature})
-                );
+                let signed = SignedImage {
+                    image: &image,
+                    signature: &signature,
+                };
+                println!("{}", serde_json::to_string(&signed)?);
             } else {
                 println!("signed {} → {}", image.display(), signature.display());
             }
@@ -91,31 +105,68 @@ pub fn run(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `image keygen --json`.
+#[derive(Serialize)]
+struct KeyPair<'a> {
+    /// The key id, as minisign prints it.
+    key_id: String,
+    /// The secret key file.
+    secret: &'a Path,
+    /// The public key file.
+    public: &'a Path,
+}
+
+/// `image build --json`.
+#[derive(Serialize)]
+struct BuiltImage<'a> {
+    /// The image file.
+    image: &'a Path,
+    /// The service it is a release of.
+    name: &'a str,
+    /// The release.
+    version: tandem_version::Version,
+    /// The image file's sha256.
+    sha256: &'a str,
+}
+
+/// `image sign --json`.
+#[derive(Serialize)]
+struct SignedImage<'a> {
+    /// The image file.
+    image: &'a Path,
+    /// The signature file written beside it.
+    signature: &'a Path,
+}
+
 /// Chunks of an image upload: small enough that neither end holds an image
 /// in memory, large enough that the round trips do not matter.
 const UPLOAD_CHUNK: u64 = 4 << 20;
 
+/// How long one chunk (or a signature) may take to arrive: a slow link,
+/// not a dead agent.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Sends an image to one agent in chunks, resuming where an earlier,
 /// cut transfer of the same name stopped (the final sha256 check catches a
 /// partial file of some other content; the agent then drops it). Returns
-/// the agent's answer and the offset resumed at.
+/// what the agent stored and the offset resumed at.
 async fn upload(
     client: &ApiClient,
     image: &Path,
     name: &str,
     sha256: &str,
     bar: &indicatif::ProgressBar,
-) -> anyhow::Result<(serde_json::Value, u64)> {
+) -> anyhow::Result<(StoredImage, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file =
         std::fs::File::open(image).with_context(|| format!("cannot read {}", image.display()))?;
     let size = file.metadata()?.len();
     // An agent without chunked uploads answers 404 here: start at 0.
     let have = client
-        .get(&format!("/v1/images/{name}/upload"))
+        .get::<PartialUpload>(&format!("/v1/images/{name}/upload"))
         .await
         .ok()
-        .and_then(|answer| answer["have"].as_u64())
+        .map(|partial| partial.have)
         .filter(|have| *have <= size)
         .unwrap_or(0);
     let mut offset = have;
@@ -131,13 +182,30 @@ async fn upload(
             "/v1/images/{name}?offset={offset}{}",
             if done { "&done=true" } else { "" }
         );
-        let answer = client.put(&path, chunk, done.then_some(sha256)).await?;
+        let answer: UploadAnswer = client
+            .put_bytes(&path, chunk, done.then_some(sha256))
+            .await?;
         offset += sent;
         bar.set_position(offset);
-        if done {
-            return Ok((answer, have));
+        match answer {
+            UploadAnswer::Stored(stored) => return Ok((stored, have)),
+            UploadAnswer::Received(received) if done => bail!(
+                "{}: the agent has {} bytes of {name} but did not store it",
+                client.addr(),
+                received.have
+            ),
+            UploadAnswer::Received(_) => {}
         }
     }
+}
+
+/// One node's part of `image push --json`.
+#[derive(Serialize)]
+struct Pushed {
+    /// The node.
+    node: String,
+    /// What it stored.
+    stored: StoredImage,
 }
 
 /// The subcommands that talk to agents.
@@ -156,6 +224,7 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
             let signature = std::fs::read(&signature_path).ok();
             let mut answers = Vec::new();
             for (node, client) in clients(&target, all).await? {
+                let client = client.with_timeout(UPLOAD_TIMEOUT);
                 let bar = crate::commands::bytes_bar(size, json);
                 bar.set_message(node.clone());
                 let (stored, resumed) = upload(&client, &image, &name, &sha256, &bar).await?;
@@ -165,8 +234,8 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
                 }
                 if let Some(sig) = &signature {
                     let sig_name = format!("{name}.minisig");
-                    client
-                        .put(&format!("/v1/images/{sig_name}"), sig.clone(), None)
+                    let _: UploadAnswer = client
+                        .put_bytes(&format!("/v1/images/{sig_name}"), sig.clone(), None)
                         .await?;
                 }
                 if !json {
@@ -179,105 +248,139 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
                         }
                     );
                 }
-                answers.push(serde_json::json!({"node": node, "stored": stored}));
+                answers.push(Pushed { node, stored });
             }
             if json {
-                println!("{}", serde_json::Value::Array(answers));
+                println!("{}", serde_json::to_string(&answers)?);
             }
         }
         ImageCommand::List { target } => {
-            let client = ApiClient::new(&target)?;
-            let listing = client.get("/v1/images").await?;
+            let listing: ImageList = api_client(&target)?.get("/v1/images").await?;
             if json {
-                println!("{listing}");
+                println!("{}", serde_json::to_string(&listing)?);
             } else {
                 print!("{}", listing_table(&listing));
             }
         }
         ImageCommand::Install { image, all, target } => {
+            let request = InstallRequest {
+                image: Some(image.clone()),
+                version: None,
+            };
             for (node, client) in clients(&target, all).await? {
-                let answer = client
-                    .post("/v1/images/install", &serde_json::json!({"image": image}))
-                    .await?;
-                if let Some(error) = answer["error"].as_str() {
-                    eprintln!("tandem: {node}: install refused: {error}");
-                    return Ok(ExitCode::from(1));
-                }
+                let answer: InstallAnswer =
+                    match refusal(client.post("/v1/images/install", &request).await)? {
+                        Ok(answer) => answer,
+                        Err(error) => {
+                            eprintln!("tandem: {node}: install refused: {error}");
+                            return Ok(ExitCode::from(1));
+                        }
+                    };
                 if json {
-                    println!("{answer}");
+                    println!("{}", serde_json::to_string(&answer)?);
                 } else {
+                    // The version and slot in JSON quotes, as this line has
+                    // always printed them.
                     println!(
                         "{node}: {} {} installed into slot {}",
-                        image, answer["version"], answer["slot"]
+                        image,
+                        serde_json::to_string(&answer.version)?,
+                        serde_json::to_string(&answer.slot)?
                     );
                 }
             }
         }
-        ImageCommand::Boot { target } => return slot_call(&target, "/v1/images/boot", json).await,
+        ImageCommand::Boot { target } => {
+            let (node, client) = one_node(&target).await?;
+            let booted = client
+                .post::<_, BootAnswer>("/v1/images/boot", &BootRequest::default())
+                .await;
+            return match refusal(booted)? {
+                Ok(answer) => {
+                    let health = Some(answer.health);
+                    print_slot(&node, &answer, answer.booted, &answer.version, health, json)
+                }
+                Err(error) => Ok(refused(&node, &error)),
+            };
+        }
         ImageCommand::Rollback { target } => {
-            return slot_call(&target, "/v1/images/rollback", json).await;
+            let (node, client) = one_node(&target).await?;
+            // The rollback takes no body.
+            let rolled_back = client
+                .post::<_, RollbackAnswer>("/v1/images/rollback", &())
+                .await;
+            return match refusal(rolled_back)? {
+                Ok(answer) => {
+                    print_slot(&node, &answer, answer.running, &answer.version, None, json)
+                }
+                Err(error) => Ok(refused(&node, &error)),
+            };
         }
         _ => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn slot_call(target: &ApiTarget, path: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let (node, client) = clients(target, false).await?.remove(0);
-    let answer = client.post(path, &serde_json::json!({})).await?;
-    if let Some(error) = answer["error"].as_str() {
-        eprintln!("tandem: {node}: refused: {error}");
-        return Ok(ExitCode::from(1));
-    }
+/// The one node a slot command is for (this one, or `--node`).
+async fn one_node(target: &ApiTarget) -> anyhow::Result<(String, ApiClient)> {
+    clients(target, false)
+        .await?
+        .into_iter()
+        .next()
+        .context("no node to ask")
+}
+
+fn refused(node: &str, error: &str) -> ExitCode {
+    eprintln!("tandem: {node}: refused: {error}");
+    ExitCode::from(1)
+}
+
+/// The slot a boot or rollback left the node on: the whole answer with
+/// `--json`, else one line.
+fn print_slot(
+    node: &str,
+    answer: &impl Serialize,
+    slot: SlotName,
+    version: &str,
+    health: Option<BootHealth>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{answer}");
+        println!("{}", serde_json::to_string(answer)?);
     } else {
-        let slot = answer["booted"]
-            .as_str()
-            .or(answer["running"].as_str())
-            .unwrap_or("?");
-        let health = answer["health"]
-            .as_str()
-            .map(|h| format!(", health {h}"))
-            .unwrap_or_default();
-        println!(
-            "{node}: slot {slot} ({}){health}",
-            answer["version"].as_str().unwrap_or("?")
-        );
+        let health = health.map(|h| format!(", health {h}")).unwrap_or_default();
+        println!("{node}: slot {slot} ({version}){health}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn listing_table(listing: &serde_json::Value) -> String {
+fn listing_table(listing: &ImageList) -> String {
     let mut out = String::from("SLOT  STATE    VERSION\n");
-    for slot in ["a", "b"] {
-        let info = &listing["slots"][slot];
-        let current = if listing["slots"]["current"] == slot {
+    for slot in [SlotName::A, SlotName::B] {
+        let info = listing.slots.slot(slot);
+        let current = if listing.slots.current == Some(slot) {
             " (running)"
         } else {
             ""
         };
         out.push_str(&format!(
             "{slot}     {:<8} {}{current}\n",
-            info["state"].as_str().unwrap_or("?"),
-            info["version"].as_str().unwrap_or("-")
+            word(&info.state),
+            info.version.map_or_else(|| "-".into(), |v| v.to_string())
         ));
     }
     out.push_str("\nIMAGE  VERSION  VERIFIED  SIGNER  SLOT\n");
-    for image in listing["images"].as_array().into_iter().flatten() {
+    let or_dash = |text: Option<String>| text.unwrap_or_else(|| "-".into());
+    for image in &listing.images {
         out.push_str(&format!(
             "{}  {}  {}  {}  {}\n",
-            image["image"].as_str().unwrap_or("?"),
-            image["version"].as_str().unwrap_or("-"),
-            if image["verified"] == true {
-                "yes"
-            } else {
-                "NO"
-            },
-            image["signer"].as_str().unwrap_or("-"),
-            image["slot"].as_str().unwrap_or("-"),
+            image.image,
+            or_dash(image.version.map(|v| v.to_string())),
+            if image.verified { "yes" } else { "NO" },
+            or_dash(image.signer.clone()),
+            or_dash(image.slot.map(|s| s.to_string())),
         ));
-        if let Some(error) = image["error"].as_str() {
+        if let Some(error) = &image.error {
             out.push_str(&format!("  ! {error}\n"));
         }
     }

@@ -34,3 +34,16 @@ pub fn bytes_bar(len: u64, hidden: bool) -> indicatif::ProgressBar {
     );
     bar
 }
+
+/// An agent's answer, or its refusal (409: it understood the call and
+/// said no, in words) for the caller to print as its own; any other
+/// failure (no agent there, a wrong token) stays an error.
+pub fn refusal<T>(answer: Result<T, tandem_agent::Error>) -> anyhow::Result<Result<T, String>> {
+    match answer {
+        Ok(answer) => Ok(Ok(answer)),
+        Err(tandem_agent::Error::ApiRefused {
+            status: 409, body, ..
+        }) => Ok(Err(body.error)),
+        Err(other) => Err(other.into()),
+    }
+}

@@ -8,11 +8,15 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use serde_json::Value;
+use anyhow::bail;
+use serde::Serialize;
+use tandem_agent::Error as AgentError;
+use tandem_agent::api::{
+    ApiClient, ClusterNode, ClusterReport, DroppedBatch, QuarantineSummary, RestoredBatch,
+};
 
 use crate::cli::{ApiTarget, QuarantineCommand};
-use crate::commands::cluster::ApiClient;
+use crate::commands::cluster::api_client;
 
 /// Runs one `tandem sync quarantine` command.
 pub async fn run(command: QuarantineCommand, json: bool) -> anyhow::Result<ExitCode> {
@@ -20,42 +24,41 @@ pub async fn run(command: QuarantineCommand, json: bool) -> anyhow::Result<ExitC
         QuarantineCommand::List { target } => list(&target, json).await,
         QuarantineCommand::Restore { id, target } => {
             let (client, node) = holder(&target, &id).await?;
-            let answer = client
-                .post(&format!("/v1/sync/quarantine/{id}/restore"), &Value::Null)
-                .await?;
-            if let Some(error) = answer["error"].as_str() {
-                bail!("{node} could not merge {id}: {error}");
-            }
+            let path = format!("/v1/sync/quarantine/{id}/restore");
+            let restored: RestoredBatch = match client.post(&path, &()).await {
+                Ok(restored) => restored,
+                Err(AgentError::ApiRefused { body, .. }) => {
+                    bail!("{node} could not merge {id}: {}", body.error)
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
-                println!("{answer}");
+                println!("{}", serde_json::to_string(&restored)?);
             } else {
                 println!(
                     "{id} on {node}: {} merged into the active, {} duplicates, {} conflicts (kept)",
-                    answer["merged"], answer["duplicates"], answer["conflicts"]
+                    restored.merged, restored.duplicates, restored.conflicts
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         QuarantineCommand::Drop { id, target } => {
             let (client, node) = holder(&target, &id).await?;
-            let response = client
-                .request(
-                    reqwest::Method::DELETE,
-                    &format!("/v1/sync/quarantine/{id}"),
-                )
-                .send()
-                .await
-                .with_context(|| format!("{node}'s agent does not answer at {}", client.addr()))?;
-            let status = response.status();
-            let answer: Value = response.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                bail!(
-                    "{node} refused ({status}): {}",
-                    answer["error"].as_str().unwrap_or("")
-                );
-            }
+            let dropped: DroppedBatch =
+                match client.delete(&format!("/v1/sync/quarantine/{id}")).await {
+                    Ok(dropped) => dropped,
+                    Err(AgentError::ApiRefused { status, body, .. }) => {
+                        let status = reqwest::StatusCode::from_u16(status)
+                            .map_or_else(|_| status.to_string(), |s| s.to_string());
+                        bail!("{node} refused ({status}): {}", body.error)
+                    }
+                    Err(AgentError::ApiUnreachable { addr, source, .. }) => {
+                        bail!("{node}'s agent does not answer at {addr}: {source}")
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             if json {
-                println!("{answer}");
+                println!("{}", serde_json::to_string(&dropped)?);
             } else {
                 println!("{id} dropped on {node}");
             }
@@ -64,39 +67,41 @@ pub async fn run(command: QuarantineCommand, json: bool) -> anyhow::Result<ExitC
     }
 }
 
-/// Every reachable node's `/v1/status` report.
-async fn reports(target: &ApiTarget) -> anyhow::Result<(ApiClient, Vec<Value>)> {
-    let client = ApiClient::new(target)?;
-    let cluster = client.get("/v1/cluster").await?;
-    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
-    Ok((client, nodes))
+/// Every node's report, through the node the target names.
+async fn reports(target: &ApiTarget) -> anyhow::Result<(ApiClient, ClusterReport)> {
+    let client = api_client(target)?;
+    let cluster = client.cluster().await?;
+    Ok((client, cluster))
 }
 
-/// The batches of every node, as `(node, batch)`.
-fn batches(reports: &[Value]) -> Vec<(String, Value)> {
-    reports
+/// One batch of one node, as `list --json` prints it.
+#[derive(Debug, Serialize)]
+struct NodeBatch<'a> {
+    node: &'a str,
+    batch: &'a QuarantineSummary,
+}
+
+/// The batches of every reachable node with `[sync]`.
+fn batches(cluster: &ClusterReport) -> Vec<NodeBatch<'_>> {
+    cluster
+        .nodes
         .iter()
-        .flat_map(|report| {
-            let node = report["node"]["node"].as_str().unwrap_or("?").to_string();
-            report["sync"]["quarantine"]["list"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |batch| (node.clone(), batch))
+        .filter_map(ClusterNode::report)
+        .filter_map(|report| Some((&report.node.node, report.sync.detail.as_ref()?)))
+        .flat_map(|(node, sync)| {
+            sync.quarantine
+                .list
+                .iter()
+                .map(move |batch| NodeBatch { node, batch })
         })
         .collect()
 }
 
 async fn list(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
-    let (_, reports) = reports(target).await?;
-    let found = batches(&reports);
+    let (_, cluster) = reports(target).await?;
+    let found = batches(&cluster);
     if json {
-        let list: Vec<Value> = found
-            .iter()
-            .map(|(node, batch)| serde_json::json!({"node": node, "batch": batch}))
-            .collect();
-        println!("{}", Value::Array(list));
+        println!("{}", serde_json::to_string(&found)?);
     } else if found.is_empty() {
         println!("no node has quarantined files");
     } else {
@@ -104,14 +109,10 @@ async fn list(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
             "{:<10} {:<32} {:<10} {:>6} {:>10}",
             "NODE", "BATCH", "FROM", "FILES", "BYTES"
         );
-        for (node, batch) in &found {
+        for NodeBatch { node, batch } in &found {
             println!(
                 "{:<10} {:<32} {:<10} {:>6} {:>10}",
-                node,
-                batch["id"].as_str().unwrap_or("?"),
-                batch["from"].as_str().unwrap_or("?"),
-                batch["files"],
-                batch["bytes"]
+                node, batch.id, batch.from, batch.files, batch.bytes
             );
         }
     }
@@ -120,19 +121,16 @@ async fn list(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
 
 /// The agent holding batch `id`, and its node's name.
 async fn holder(target: &ApiTarget, id: &str) -> anyhow::Result<(ApiClient, String)> {
-    let (client, reports) = reports(target).await?;
-    for report in &reports {
-        let holds = report["sync"]["quarantine"]["list"]
-            .as_array()
-            .is_some_and(|list| list.iter().any(|b| b["id"] == id));
-        if !holds {
-            continue;
+    let (client, cluster) = reports(target).await?;
+    for report in cluster.nodes.iter().filter_map(ClusterNode::report) {
+        let holds = report
+            .sync
+            .detail
+            .as_ref()
+            .is_some_and(|sync| sync.quarantine.list.iter().any(|b| b.id == id));
+        if holds {
+            return Ok((client.at(report.agent.api), report.node.node.clone()));
         }
-        let node = report["node"]["node"].as_str().unwrap_or("?").to_string();
-        let Some(api) = report["agent"]["api"].as_str() else {
-            bail!("{node} holds {id} but does not say where its API is");
-        };
-        return Ok((client.with_api(api), node));
     }
     bail!("no node holds a quarantine batch {id:?} (see `tandem sync quarantine list`)")
 }

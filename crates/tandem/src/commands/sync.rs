@@ -12,110 +12,125 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde_json::Value;
+use anyhow::{Context, anyhow, bail};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use tandem_agent::Error as AgentError;
+use tandem_agent::api::{
+    ApiClient, ClusterConfigReport, CommitRequest, ConfigPushOutcome, ConfigPushReport,
+    ConfigPushResult, ErrorBody, ResyncDone, ResyncLine,
+};
 use tandem_mta::{CommitHook, HookFuture};
+use tandem_sync::replicator::PeerOutcome;
 use tandem_sync::report::SyncReport;
 
 use crate::cli::ApiTarget;
-use crate::commands::cluster::ApiClient;
+use crate::commands::cluster::api_client;
 
 /// A resync moves every file: allow it time.
 const RESYNC_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Sends a request to the active node: asks `client`'s agent, and if it
-/// answers 409 with the active's API address, asks that one.
-async fn to_active(
-    client: &ApiClient,
-    method: reqwest::Method,
-    path: &str,
-    timeout: Duration,
-) -> anyhow::Result<reqwest::Response> {
-    let response = client
-        .request(method.clone(), path)
-        .timeout(timeout)
-        .send()
-        .await
-        .with_context(|| format!("no agent answers at {} (is it running?)", client.addr()))?;
-    if response.status() != reqwest::StatusCode::CONFLICT {
-        return Ok(response);
+/// A report reads every node's manifest.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A config change returns once every standby has installed it (or not).
+const CONFIG_PUT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The agent bounds a commit by sync_timeout (at most 60 s); this only
+/// catches an agent that stopped answering.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(65);
+
+const REPORT: &str = "/v1/sync/report";
+const RESYNC: &str = "/v1/sync/resync";
+
+/// Where to ask again after a standby's 409: the active's API, when the
+/// refusal names it.
+fn active_client(client: &ApiClient, refusal: &ErrorBody) -> anyhow::Result<ApiClient> {
+    match refusal.active_api {
+        Some(api) => Ok(client.at(api)),
+        None if refusal.error.is_empty() => bail!("no node is active"),
+        None => bail!("{}", refusal.error),
     }
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    let Some(active_api) = body["active_api"].as_str() else {
-        bail!("{}", body["error"].as_str().unwrap_or("no node is active"));
-    };
-    let active = client.with_api(active_api);
-    active
-        .request(method, path)
-        .timeout(timeout)
-        .send()
-        .await
-        .with_context(|| format!("the active node's agent does not answer at {active_api}"))
 }
 
-/// Turns a non-2xx answer into an error with the agent's message.
-async fn success(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
+/// "409 Conflict", as the operator knows HTTP statuses.
+fn status_text(status: u16) -> String {
+    StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string())
+}
+
+/// A sync route's error in the operator's words: a 404 means the agent has
+/// no `[sync]` (the routes do not exist then).
+fn sync_error(error: AgentError) -> anyhow::Error {
+    match error {
+        AgentError::ApiRefused { status: 404, .. } => {
+            anyhow!("the agent has no [sync] section: sync is not configured on this cluster")
+        }
+        AgentError::ApiRefused { status, body, .. } => {
+            anyhow!("agent answered {}: {}", status_text(status), body.error)
+        }
+        other => other.into(),
     }
-    if status == reqwest::StatusCode::NOT_FOUND {
-        bail!("the agent has no [sync] section: sync is not configured on this cluster");
-    }
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    bail!(
-        "agent answered {status}: {}",
-        body["error"].as_str().unwrap_or("")
-    )
+}
+
+/// How many files one node holds in quarantine.
+#[derive(Debug, Serialize)]
+struct QuarantinedFiles {
+    node: String,
+    files: usize,
+}
+
+/// `tandem sync report --json`: the report, and the quarantine it cannot
+/// see.
+#[derive(Serialize)]
+struct ReportOutput<'a> {
+    #[serde(flatten)]
+    report: &'a SyncReport,
+    quarantine: &'a [QuarantinedFiles],
 }
 
 /// `tandem sync report`: exit 0 when every node agrees, 1 when anything
 /// differs (or a standby could not be compared).
 pub async fn report(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(target)?;
-    let response = to_active(
-        &client,
-        reqwest::Method::GET,
-        "/v1/sync/report",
-        Duration::from_secs(60),
-    )
-    .await?;
-    let report: SyncReport = success(response)
-        .await?
-        .json()
-        .await
-        .context("the agent's sync report is not what this tandem expects")?;
+    let client = api_client(target)?;
+    let asked = client.clone().with_timeout(REPORT_TIMEOUT);
+    let report: SyncReport = match asked.get(REPORT).await {
+        Err(AgentError::ApiRefused {
+            status: 409, body, ..
+        }) => active_client(&asked, &body)?.get(REPORT).await,
+        answer => answer,
+    }
+    .map_err(sync_error)?;
     // Quarantined files are data the nodes' manifests no longer show:
     // acknowledged on one node, set aside by a catch-up (issue 14).
-    let quarantined: Vec<(String, u64)> = match client.get("/v1/cluster").await {
-        Ok(cluster) => cluster["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| {
-                let files = n["sync"]["quarantine"]["files"]
-                    .as_u64()
-                    .filter(|f| *f > 0)?;
-                Some((n["node"]["node"].as_str().unwrap_or("?").to_string(), files))
+    let quarantined: Vec<QuarantinedFiles> = match client.cluster().await {
+        Ok(cluster) => cluster
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let report = node.report()?;
+                let files = report.sync.detail.as_ref()?.quarantine.files;
+                (files > 0).then(|| QuarantinedFiles {
+                    node: report.node.node.clone(),
+                    files,
+                })
             })
             .collect(),
         Err(_) => Vec::new(),
     };
     if json {
-        let mut value = serde_json::to_value(&report)?;
-        value["quarantine"] = quarantined
-            .iter()
-            .map(|(node, files)| serde_json::json!({"node": node, "files": files}))
-            .collect();
-        println!("{value}");
+        let output = ReportOutput {
+            report: &report,
+            quarantine: &quarantined,
+        };
+        println!("{}", serde_json::to_string(&output)?);
     } else {
         print!("{}", render_report(&report));
         if !quarantined.is_empty() {
             println!(
                 "quarantine (acknowledged files a catch-up set aside; `tandem sync quarantine list`):"
             );
-            for (node, files) in &quarantined {
-                println!("  {node}: {files} file(s)");
+            for q in &quarantined {
+                println!("  {}: {} file(s)", q.node, q.files);
             }
         }
     }
@@ -202,62 +217,60 @@ pub async fn config_put(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let content = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let client = ApiClient::new(target)?;
+    let client = api_client(target)?.with_timeout(CONFIG_PUT_TIMEOUT);
     let path = format!(
         "/v1/config/{name}{}",
         if force { "?force=true" } else { "" }
     );
-    let answer = client.put(&path, content, None).await?;
+    let outcome: ConfigPushOutcome = client.put_bytes(&path, content, None).await?;
     if json {
-        println!("{answer}");
-    } else {
-        println!(
-            "{name}: changed (sha256 {})",
-            short(answer["sha256"].as_str().unwrap_or("?"))
-        );
-        print_peers(&answer);
+        println!("{}", serde_json::to_string(&outcome)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &outcome.result {
+        ConfigPushResult::Pushed { sha256, peers } => {
+            println!("{name}: changed (sha256 {})", short(sha256));
+            print_peers(peers);
+        }
+        ConfigPushResult::Held { held } => println!("{name}: changed, held: {held}"),
+        ConfigPushResult::Failed { error } => println!("{name}: changed, not pushed: {error}"),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `tandem config push`: every cluster config file, now.
 pub async fn config_push(target: &ApiTarget, force: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(target)?;
+    let client = api_client(target)?;
     let path = format!("/v1/config/push{}", if force { "?force=true" } else { "" });
-    let answer = client.post(&path, &Value::Null).await?;
+    let answer: ConfigPushReport = client.post(&path, &()).await?;
     if json {
-        println!("{answer}");
+        println!("{}", serde_json::to_string(&answer)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let files = answer["pushed"].as_array().cloned().unwrap_or_default();
-    if files.is_empty() {
+    if answer.pushed.is_empty() {
         println!(
             "no cluster config file to push ([sync] config is empty, or the files are missing)"
         );
     }
-    for file in &files {
-        let name = file["file"].as_str().unwrap_or("?");
-        if let Some(held) = file["held"].as_str() {
-            println!("{name}: held: {held}");
-        } else if let Some(error) = file["error"].as_str() {
-            println!("{name}: not pushed: {error}");
-        } else {
-            println!(
-                "{name}: pushed (sha256 {})",
-                short(file["sha256"].as_str().unwrap_or("?"))
-            );
-            print_peers(file);
+    for outcome in &answer.pushed {
+        let name = &outcome.file;
+        match &outcome.result {
+            ConfigPushResult::Held { held } => println!("{name}: held: {held}"),
+            ConfigPushResult::Failed { error } => println!("{name}: not pushed: {error}"),
+            ConfigPushResult::Pushed { sha256, peers } => {
+                println!("{name}: pushed (sha256 {})", short(sha256));
+                print_peers(peers);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_peers(answer: &Value) {
-    for peer in answer["peers"].as_array().into_iter().flatten() {
-        let name = peer["peer"].as_str().unwrap_or("?");
-        match peer["error"].as_str() {
-            Some(error) => println!("  {name}: not taken: {error}"),
-            None => println!("  {name}: installed"),
+fn print_peers(peers: &[PeerOutcome]) {
+    for peer in peers {
+        match &peer.error {
+            Some(error) => println!("  {}: not taken: {error}", peer.peer),
+            None => println!("  {}: installed", peer.peer),
         }
     }
 }
@@ -266,46 +279,39 @@ fn print_peers(answer: &Value) {
 /// copy (a held change on the primary, or an edit on a standby not yet put
 /// right).
 pub async fn config_show(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(target)?;
-    let answer = client.get("/v1/config").await?;
-    let files = answer["files"].as_array().cloned().unwrap_or_default();
-    let changed = files.iter().any(|f| f["changed"] == true);
+    let client = api_client(target)?;
+    let answer: ClusterConfigReport = client.get("/v1/config").await?;
+    let changed = answer.files.iter().any(|f| f.changed);
     if json {
-        println!("{answer}");
+        println!("{}", serde_json::to_string(&answer)?);
     } else {
-        let sync = &answer["sync"];
+        let sync = &answer.sync;
         println!(
             "cluster config on {}{}",
-            answer["node"].as_str().unwrap_or("?"),
-            if sync["disconnected"] == true {
+            answer.node,
+            if sync.disconnected {
                 " (disconnected from cluster config)"
             } else {
                 ""
             }
         );
-        for file in &files {
-            let hash = |key: &str| file[key].as_str().map_or("-", short).to_string();
+        for file in &answer.files {
+            let hash = |sha: &Option<String>| sha.as_deref().map_or("-", short).to_string();
             println!(
                 "  {:<20} {:<12} agreed {:<12} {}",
-                file["name"].as_str().unwrap_or("?"),
-                hash("sha256"),
-                hash("agreed_sha256"),
-                if file["changed"] == true {
-                    "CHANGED"
-                } else {
-                    ""
-                }
+                file.name,
+                hash(&file.sha256),
+                hash(&file.agreed_sha256),
+                if file.changed { "CHANGED" } else { "" }
             );
         }
-        if let Some(held) = sync["held"].as_object() {
-            for (name, why) in held {
-                println!("held: {name}: {}", why.as_str().unwrap_or(""));
-            }
+        for (name, why) in &sync.held {
+            println!("held: {name}: {why}");
         }
-        if let Some(refused) = sync["last_refused"].as_str() {
+        if let Some(refused) = &sync.last_refused {
             println!(
                 "refused local edits: {} (last: {refused})",
-                sync["refused_local_edits"]
+                sync.refused_local_edits
             );
         }
     }
@@ -328,22 +334,53 @@ fn ago(unix_ms: u64) -> String {
     format!("{} s ago", now.saturating_sub(unix_ms) / 1000)
 }
 
+/// Starts the resync on the active node: asks `client`'s agent, and if it
+/// answers 409 naming the active's API, asks that one. The answer is read
+/// raw: it is a stream.
+async fn start_resync(client: &ApiClient) -> anyhow::Result<reqwest::Response> {
+    let send = |client: &ApiClient| client.request(Method::POST, RESYNC).send();
+    let mut asked = client.clone();
+    let mut response = send(&asked)
+        .await
+        .map_err(|source| unreachable(&asked, source))?;
+    if response.status() == StatusCode::CONFLICT {
+        let refusal: ErrorBody = response.json().await.unwrap_or_default();
+        asked = active_client(client, &refusal)?;
+        response = send(&asked)
+            .await
+            .map_err(|source| unreachable(&asked, source))?;
+    }
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body: ErrorBody = response.json().await.unwrap_or_default();
+    Err(sync_error(AgentError::ApiRefused {
+        addr: asked.addr(),
+        path: RESYNC.into(),
+        status: status.as_u16(),
+        body: Box::new(body),
+    }))
+}
+
+fn unreachable(client: &ApiClient, source: reqwest::Error) -> anyhow::Error {
+    AgentError::ApiUnreachable {
+        addr: client.addr(),
+        path: RESYNC.into(),
+        source,
+    }
+    .into()
+}
+
 /// `tandem ha resync`: a full push of config and data from the active to
 /// every standby, with a progress bar (FortiMail `set system ha resync`).
 pub async fn resync(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(target)?;
-    let response = to_active(
-        &client,
-        reqwest::Method::POST,
-        "/v1/sync/resync",
-        RESYNC_TIMEOUT,
-    )
-    .await?;
-    let mut response = success(response).await?;
+    let client = api_client(target)?.with_timeout(RESYNC_TIMEOUT);
+    let mut response = start_resync(&client).await?;
     let bar = crate::commands::bytes_bar(0, json);
     // The answer is JSON lines; a line may span chunks.
     let mut pending = Vec::new();
-    let mut done: Option<Value> = None;
+    let mut done: Option<ResyncDone> = None;
     while let Some(chunk) = response
         .chunk()
         .await
@@ -352,15 +389,15 @@ pub async fn resync(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> 
         pending.extend_from_slice(&chunk);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            if let Some(p) = value.get("progress") {
-                bar.set_message(p["peer"].as_str().unwrap_or("").to_string());
-                bar.set_length(p["bytes_total"].as_u64().unwrap_or(0));
-                bar.set_position(p["bytes_done"].as_u64().unwrap_or(0));
-            } else if value.get("done").is_some() {
-                done = Some(value);
+            match serde_json::from_slice::<ResyncLine>(&line) {
+                Ok(ResyncLine::Progress(p)) => {
+                    bar.set_message(p.progress.peer);
+                    bar.set_length(p.progress.bytes_total);
+                    bar.set_position(p.progress.bytes_done);
+                }
+                Ok(ResyncLine::Done(outcome)) => done = Some(outcome),
+                // A line this version cannot read only thins the progress bar.
+                Err(_) => {}
             }
         }
     }
@@ -368,37 +405,32 @@ pub async fn resync(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> 
     let Some(done) = done else {
         bail!("the resync ended without a result (did the active node stop?)");
     };
-    let empty = Vec::new();
-    let failed = done["done"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .chain(done["config"].as_array().unwrap_or(&empty))
-        .any(|o| !o["error"].is_null());
     if json {
-        println!("{done}");
+        println!("{}", serde_json::to_string(&done)?);
     } else {
-        for outcome in done["done"].as_array().unwrap_or(&empty) {
-            let peer = outcome["peer"].as_str().unwrap_or("?");
-            match outcome["error"].as_str() {
-                Some(error) => println!("{peer}: resync failed: {error}"),
-                None => println!(
-                    "{peer}: resynced {} files, {} bytes",
-                    outcome["progress"]["files_done"], outcome["progress"]["bytes_done"]
-                ),
+        for outcome in &done.done {
+            let peer = &outcome.peer;
+            match (&outcome.error, &outcome.progress) {
+                (Some(error), _) => println!("{peer}: resync failed: {error}"),
+                (None, progress) => {
+                    let (files, bytes) = progress
+                        .as_ref()
+                        .map_or((0, 0), |p| (p.files_done, p.bytes_done));
+                    println!("{peer}: resynced {files} files, {bytes} bytes");
+                }
             }
         }
-        for outcome in done["config"].as_array().unwrap_or(&empty) {
-            let file = outcome["file"].as_str().unwrap_or("?");
-            if let Some(error) = outcome["error"].as_str() {
-                println!("config {file}: {error}");
-            } else {
-                println!("config {file}: pushed");
+        for outcome in &done.config {
+            let file = &outcome.file;
+            match &outcome.result {
+                ConfigPushResult::Failed { error } => println!("config {file}: {error}"),
+                ConfigPushResult::Held { held } => println!("config {file}: held: {held}"),
+                ConfigPushResult::Pushed { .. } => println!("config {file}: pushed"),
             }
         }
         let _ = std::io::stdout().flush();
     }
-    Ok(if failed {
+    Ok(if done.failed() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -411,9 +443,7 @@ pub async fn resync(target: &ApiTarget, json: bool) -> anyhow::Result<ExitCode> 
 /// 451 and the client retries, which is safe; a `250` without the commit
 /// could lose mail on failover.
 pub struct AgentCommit {
-    url: String,
-    token: String,
-    http: reqwest::Client,
+    api: ApiClient,
 }
 
 impl AgentCommit {
@@ -426,6 +456,10 @@ impl AgentCommit {
         ) else {
             return Ok(None);
         };
+        let api = api.to_string_lossy();
+        let addr = api
+            .parse()
+            .with_context(|| format!("TANDEM_API: {api:?} is not the agent's HOST:PORT"))?;
         let token_file = PathBuf::from(token_file);
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| {
@@ -436,40 +470,27 @@ impl AgentCommit {
             })?
             .trim()
             .to_string();
-        let http = reqwest::Client::builder()
-            // The agent bounds a commit by sync_timeout (at most 60 s);
-            // this only catches an agent that stopped answering.
-            .timeout(Duration::from_secs(65))
-            .build()?;
-        Ok(Some(AgentCommit {
-            url: format!("http://{}/v1/sync/commit", api.to_string_lossy()),
-            token,
-            http,
-        }))
+        let api = ApiClient::new(addr, token)?.with_timeout(COMMIT_TIMEOUT);
+        Ok(Some(AgentCommit { api }))
     }
 
     async fn call(&self, paths: &[PathBuf]) -> Result<(), String> {
         // The agent resolves paths against its data dir; a relative spool
         // path is relative to this process's directory.
         let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
-        let paths: Vec<PathBuf> = paths.iter().map(|p| cwd.join(p)).collect();
-        let response = self
-            .http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({ "paths": paths }))
-            .send()
-            .await
-            .map_err(|e| format!("the agent's cluster fsync at {} failed: {e}", self.url))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(format!(
-            "cluster fsync refused ({status}): {}",
-            body["error"].as_str().unwrap_or("")
-        ))
+        let request = CommitRequest {
+            paths: paths.iter().map(|p| cwd.join(p)).collect(),
+        };
+        self.api.commit(&request).await.map_err(|e| match e {
+            AgentError::ApiRefused { status, body, .. } => {
+                format!(
+                    "cluster fsync refused ({}): {}",
+                    status_text(status),
+                    body.error
+                )
+            }
+            other => format!("the agent's cluster fsync failed: {other}"),
+        })
     }
 }
 
@@ -484,7 +505,7 @@ impl CommitHook for AgentCommit {
 pub fn relay_hook() -> anyhow::Result<Arc<dyn CommitHook>> {
     Ok(match AgentCommit::from_env()? {
         Some(hook) => {
-            tracing::info!(url = %hook.url, "cluster fsync: every 250 waits for the agent's commit");
+            tracing::info!(api = %hook.api.addr(), "cluster fsync: every 250 waits for the agent's commit");
             Arc::new(hook)
         }
         None => Arc::new(tandem_mta::NoopHook),

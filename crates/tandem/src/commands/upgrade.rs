@@ -13,25 +13,33 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
+use tandem_agent::api::{
+    AbortAnswer, ApiClient, ClusterNode, ClusterReport, PlanAnswer, UpgradeRequest, UpgradeStatus,
+};
+use tandem_core::EffectiveRole;
 use tandem_upgrade::{RunStatus, StepState, UpgradeRun};
 
 use crate::cli::{ApiTarget, UpgradeCommand, UpgradeTarget};
-use crate::commands::cluster::ApiClient;
+use crate::commands::cluster::api_client;
+use crate::commands::refusal;
 
 /// Runs one `tandem upgrade` subcommand.
 pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
         UpgradeCommand::Plan { upgrade, target } => {
-            let client = ApiClient::new(&target)?;
-            let answer = client.post("/v1/upgrade/plan", &request(&upgrade)?).await?;
-            if let Some(error) = answer["error"].as_str() {
-                eprintln!("tandem: no plan: {error}");
-                return Ok(ExitCode::from(1));
-            }
+            let client = api_client(&target)?;
+            let planned = client.post("/v1/upgrade/plan", &request(&upgrade)?).await;
+            let answer: PlanAnswer = match refusal(planned)? {
+                Ok(answer) => answer,
+                Err(error) => {
+                    eprintln!("tandem: no plan: {error}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
             if json {
-                println!("{}", answer["plan"]);
+                println!("{}", serde_json::to_string(&answer.plan)?);
             } else {
-                print!("{}", answer["text"].as_str().unwrap_or(""));
+                print!("{}", answer.text);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -46,34 +54,48 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
             yes,
             target,
         } => {
-            let body = serde_json::json!({"to": to, "catalog": "", "strategy": strategy, "rollback": true});
+            // A rollback goes back along the path the journal took: no
+            // catalog needed.
+            let body = UpgradeRequest {
+                to,
+                catalog: String::new(),
+                catalog_origin: None,
+                strategy,
+                batch: None,
+                rollback: true,
+            };
             submit(&target, body, yes, json).await
         }
         UpgradeCommand::Status { follow, target } => {
-            let client = ApiClient::new(&target)?;
+            let client = api_client(&target)?;
             if follow {
                 return follow_run(&client, json).await;
             }
-            let answer = client.get("/v1/upgrade").await?;
+            let answer: UpgradeStatus = client.get("/v1/upgrade").await?;
             if json {
-                println!("{answer}");
+                println!("{}", serde_json::to_string(&answer)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            match serde_json::from_value::<UpgradeRun>(answer["run"].clone()) {
-                Ok(run) => print!("{}", describe(&run)),
-                Err(_) => println!("no upgrade has run on this cluster"),
+            match &answer.run {
+                Some(run) => print!("{}", describe(run)),
+                None => println!("no upgrade has run on this cluster"),
             }
             Ok(ExitCode::SUCCESS)
         }
         UpgradeCommand::Report { impact, target } => {
-            let client = ApiClient::new(&target)?;
-            let answer = client.get("/v1/upgrade").await?;
-            let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
+            let client = api_client(&target)?;
+            let answer: UpgradeStatus = client.get("/v1/upgrade").await?;
+            let Some(run) = answer.run else {
                 println!("no upgrade has run on this cluster");
                 return Ok(ExitCode::SUCCESS);
             };
-            let cluster = client.get("/v1/cluster").await.unwrap_or(Value::Null);
-            let versions = versions_now(&cluster);
+            // Without the cluster's answer the report says what the
+            // journal last saw of each node.
+            let versions = client
+                .cluster()
+                .await
+                .map(|cluster| versions_now(&cluster))
+                .unwrap_or_default();
             let impact = match impact {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
@@ -94,57 +116,64 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         UpgradeCommand::Abort { target } => {
-            let client = active_client(&ApiClient::new(&target)?).await?;
-            let answer = client
-                .post("/v1/upgrade/abort", &serde_json::json!({}))
-                .await?;
-            if let Some(error) = answer["error"].as_str() {
-                eprintln!("tandem: abort: {error}");
-                return Ok(ExitCode::from(1));
-            }
-            println!("{}", answer["abort"].as_str().unwrap_or("requested"));
+            let client = active_client(&api_client(&target)?).await?;
+            // The abort takes no body.
+            let answer: AbortAnswer = match refusal(client.post("/v1/upgrade/abort", &()).await)? {
+                Ok(answer) => answer,
+                Err(error) => {
+                    eprintln!("tandem: abort: {error}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            println!("{}", answer.abort);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn request(upgrade: &UpgradeTarget) -> anyhow::Result<Value> {
+fn request(upgrade: &UpgradeTarget) -> anyhow::Result<UpgradeRequest> {
     let catalog = std::fs::read_to_string(&upgrade.catalog)
         .with_context(|| format!("cannot read catalog {}", upgrade.catalog.display()))?;
-    Ok(serde_json::json!({
-        "to": upgrade.to, "catalog": catalog, "catalog_origin": upgrade.catalog.display().to_string(),
-        "strategy": upgrade.strategy, "batch": upgrade.batch,
-    }))
+    Ok(UpgradeRequest {
+        to: upgrade.to.clone(),
+        catalog,
+        catalog_origin: Some(upgrade.catalog.display().to_string()),
+        strategy: upgrade.strategy.clone(),
+        batch: upgrade.batch,
+        rollback: false,
+    })
 }
 
 /// The API of the node that is active now (the coordinator).
 async fn active_client(local: &ApiClient) -> anyhow::Result<ApiClient> {
-    let cluster = local.get("/v1/cluster").await?;
-    for report in cluster["nodes"].as_array().into_iter().flatten() {
-        if report["node"]["effective_role"] == "active"
-            && let Some(api) = report["agent"]["api"].as_str()
-        {
-            return Ok(local.with_api(api));
-        }
-    }
-    bail!("no node is active: an upgrade needs an active node to coordinate it")
+    let cluster = local.cluster().await?;
+    cluster
+        .nodes
+        .iter()
+        .filter_map(ClusterNode::report)
+        .find(|report| report.node.effective_role == EffectiveRole::Active)
+        .map(|report| local.at(report.agent.api))
+        .context("no node is active: an upgrade needs an active node to coordinate it")
 }
 
 async fn submit(
     target: &ApiTarget,
-    body: Value,
+    body: UpgradeRequest,
     yes: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let local = ApiClient::new(target)?;
+    let local = api_client(target)?;
     let coordinator = active_client(&local).await?;
-    let plan = coordinator.post("/v1/upgrade/plan", &body).await?;
-    if let Some(error) = plan["error"].as_str() {
-        eprintln!("tandem: no plan: {error}");
-        return Ok(ExitCode::from(1));
-    }
+    let planned = coordinator.post("/v1/upgrade/plan", &body).await;
+    let plan: PlanAnswer = match refusal(planned)? {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("tandem: no plan: {error}");
+            return Ok(ExitCode::from(1));
+        }
+    };
     if !json {
-        print!("{}", plan["text"].as_str().unwrap_or(""));
+        print!("{}", plan.text);
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -158,8 +187,10 @@ async fn submit(
             return Ok(ExitCode::from(1));
         }
     }
-    let started = coordinator.post("/v1/upgrade", &body).await?;
-    if let Some(error) = started["error"].as_str() {
+    let started = coordinator
+        .post::<_, PlanAnswer>("/v1/upgrade", &body)
+        .await;
+    if let Err(error) = refusal(started)? {
         eprintln!("tandem: upgrade refused: {error}");
         return Ok(ExitCode::from(1));
     }
@@ -224,14 +255,14 @@ async fn follow_journal(client: &ApiClient, quiet: bool) -> anyhow::Result<Optio
             }
             () = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
-        let answer = match client.get("/v1/upgrade").await {
+        let answer: UpgradeStatus = match client.get("/v1/upgrade").await {
             Ok(a) => a,
             Err(e) => {
                 bar.set_message(format!("(the node is unreachable: {e})"));
                 continue;
             }
         };
-        let Ok(run) = serde_json::from_value::<UpgradeRun>(answer["run"].clone()) else {
+        let Some(run) = answer.run else {
             continue;
         };
         let track = run.current();
@@ -477,17 +508,11 @@ impl std::fmt::Display for Report {
 }
 
 /// `node → version` from `GET /v1/cluster`, for the nodes that answered.
-pub fn versions_now(cluster: &Value) -> BTreeMap<String, String> {
-    cluster["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|report| {
-            let node = &report["node"];
-            Some((
-                node["node"].as_str()?.to_string(),
-                node["version"].as_str()?.to_string(),
-            ))
-        })
+pub fn versions_now(cluster: &ClusterReport) -> BTreeMap<String, String> {
+    cluster
+        .nodes
+        .iter()
+        .filter_map(ClusterNode::report)
+        .map(|report| (report.node.node.clone(), report.node.version.clone()))
         .collect()
 }
