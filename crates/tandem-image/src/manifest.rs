@@ -277,7 +277,10 @@ timeout = "1500ms"
         assert!(error_of(&two_probes).contains("health: give exactly one of tcp, http"));
         let bad_timeout = GOOD.replace("1500ms", "1500 parsecs");
         let error = error_of(&bad_timeout);
-        assert!(error.contains("health.timeout: \"1500 parsecs\" is not a duration"), "{error}");
+        assert!(
+            error.contains("health.timeout: \"1500 parsecs\" is not a duration"),
+            "{error}"
+        );
         assert!(error.contains("unknown unit \"parsecs\""), "{error}");
         let unknown = format!("{GOOD}\ncolour = \"red\"\n");
         assert!(error_of(&unknown).contains("unknown field `colour`"));
