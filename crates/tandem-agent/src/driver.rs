@@ -43,15 +43,14 @@ use tokio::time::Instant;
 
 use crate::api::{CommandOutcome, CommandReply, ListenerAction};
 use crate::config::{AgentConfig, ModeName};
-use crate::crash_link::{self, Identity, PeerLinkEvent};
+use crate::crash_link::PeerLinkEvent;
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks, LinkEvent};
-use crate::monitor::{self, Verdict};
+use crate::monitor::Verdict;
 use crate::replication::Replication;
-use crate::server::{self, ApiRequest};
+use crate::server::ApiRequest;
 use crate::state::{self, SavedState};
-use crate::supervisor::{self, ServiceEvent, SupervisorHandle};
-use crate::upgrade::Upgrades;
+use crate::supervisor::{ServiceEvent, SupervisorHandle};
 use crate::vip_ip::IpVip;
 use crate::{Error, vip};
 
@@ -59,6 +58,10 @@ mod boot;
 mod observe;
 mod service;
 mod vip_claim;
+mod wiring;
+
+pub(crate) use wiring::SimulatedPorts;
+use wiring::Wiring;
 
 /// How long the service must go without failing before the local monitor
 /// reports it healthy again.
@@ -102,7 +105,15 @@ struct HeldCommand {
 }
 
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let mut agent = Agent::start(config).await?;
+    let agent = Agent::start(config, None).await?;
+    drive(agent, shutdown).await
+}
+
+/// The loop: feeds the core until `shutdown`, then says goodbye.
+pub(crate) async fn drive(
+    mut agent: Agent,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     if agent.firmware.boot_in_progress().await.is_some() {
         let hold = agent.node.config().hold_time();
         agent.standby_check_at = Some(Instant::now() + hold + Duration::from_secs(1));
@@ -221,7 +232,7 @@ struct AgentCounters {
     peer_connections_closed: u64,
 }
 
-struct Agent {
+pub(crate) struct Agent {
     config: AgentConfig,
     clock: Clock,
     node: Node,
@@ -273,7 +284,12 @@ struct Agent {
 }
 
 impl Agent {
-    async fn start(config: AgentConfig) -> Result<Agent, Error> {
+    /// Starts an agent on real sockets, or on `simulated`'s network with a
+    /// simulated service (see [`crate::sim`]).
+    pub(crate) async fn start(
+        config: AgentConfig,
+        simulated: Option<SimulatedPorts>,
+    ) -> Result<Agent, Error> {
         let clock = Clock {
             start: Instant::now(),
         };
@@ -295,90 +311,26 @@ impl Agent {
             &config.node.name,
             saved.epoch,
         );
-        vip::enable_request_migration();
-
-        let (datagrams, inbox) = mpsc::channel(256);
-        let links = HeartbeatLinks::bind(&config, datagrams).await?;
-        let (peer_tx, peer_events) = mpsc::channel(64);
-        let identity = Identity {
-            cluster: config.cluster.name.clone(),
-            name: config.node.name.clone(),
-            epoch: saved.epoch,
-            key: config.secrets.cluster_key.clone(),
+        let wiring = match simulated {
+            Some(ports) => Wiring::simulated(&config, ports).await?,
+            None => {
+                vip::enable_request_migration();
+                Wiring::real(&config, &firmware, saved.epoch).await?
+            }
         };
-        let sync_peers = config
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.sync))
-            .collect();
-        // With [sync], the TLS sync channel owns the sync port and is the
-        // crash detector (see crate::replication).
-        let replication = Replication::start(&config).await?;
-        if !replication.enabled() {
-            crash_link::start(config.node.sync, identity, sync_peers, peer_tx).await?;
-        }
-        let (api_tx, api) = mpsc::channel(64);
-        let api_peers = config
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.api))
-            .collect();
-        let upgrades = Upgrades::start(
-            &config.node.state_dir,
-            std::iter::once((config.node.name.clone(), config.node.api))
-                .chain(config.peers.iter().map(|p| (p.name.clone(), p.api)))
-                .collect(),
-            config.secrets.api_token.clone(),
-        )
-        .map_err(Error::State)?;
-        server::serve(server::ApiSetup {
-            addr: config.node.api,
-            token: config.secrets.api_token.clone(),
-            peers: api_peers,
-            driver: api_tx,
-            firmware: firmware.clone(),
-            upgrades,
-            state_dir: config.node.state_dir.clone(),
-            config_file: config.origin.clone(),
-            node: config.node.name.clone(),
-            extra_routes: replication.router(),
-        })
-        .await?;
-        let (service_tx, service_events) = mpsc::channel(64);
-        let supervisor = supervisor::spawn(service_tx);
-        let (verdict_tx, verdicts) = mpsc::channel(16);
+        let Wiring {
+            links,
+            inbox,
+            peer_events,
+            api,
+            service_events,
+            supervisor,
+            verdicts,
+            serving,
+            replication,
+        } = wiring;
         let (drained_tx, drained) = mpsc::channel(4);
         let (preemption_drained_tx, preemption_drained) = mpsc::channel(4);
-        let serving = Arc::new(AtomicBool::new(false));
-        if config.monitor.lservice
-            && let Some(vip) = config.vip.listen.first()
-        {
-            monitor::spawn_local(
-                config.monitor.clone(),
-                *vip,
-                serving.clone(),
-                verdict_tx.clone(),
-            );
-        }
-        for peer in &config.peers {
-            if let Some(addr) = peer.service {
-                monitor::spawn_remote(
-                    config.monitor.clone(),
-                    peer.name.clone(),
-                    addr,
-                    verdict_tx.clone(),
-                );
-                if config.cluster.remote_as_heartbeat {
-                    let interval = config.cluster.interval;
-                    monitor::spawn_heartbeat_probe(
-                        peer.name.clone(),
-                        addr,
-                        interval,
-                        verdict_tx.clone(),
-                    );
-                }
-            }
-        }
         tracing::info!(
             node = %config.node.name,
             epoch = saved.epoch,

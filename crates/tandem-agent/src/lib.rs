@@ -33,6 +33,8 @@
 //! - [`replication`]: `[sync]`: the TLS sync receiver, the active's
 //!   replicator, cluster fsync, resync, config sync and the quarantine.
 //! - [`server`]: the HTTP/JSON control API and Prometheus `/metrics`.
+//! - [`sim`]: a simulated cluster of agents in one process on a paused
+//!   clock, over a network tests can cut, delay and heal.
 //! - [`state`]: the boot epoch and persisted HA state.
 //! - [`supervisor`]: runs the service with the VIP's sockets.
 //! - [`upgrade`]: cluster upgrades coordinated by the active node (the
@@ -51,6 +53,7 @@ pub mod links;
 pub mod monitor;
 pub mod replication;
 pub mod server;
+pub mod sim;
 pub mod state;
 pub mod supervisor;
 pub mod upgrade;

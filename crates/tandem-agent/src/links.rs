@@ -62,11 +62,29 @@ pub struct Datagram {
     pub envelope: tandem_core::Envelope,
 }
 
-/// The bound link sockets and where each peer listens on each link.
+/// The link sockets and where each peer listens on each link.
 pub struct HeartbeatLinks {
-    sockets: Vec<Arc<UdpSocket>>,
+    transport: Transport,
     /// `(peer name, its address on each link)`.
     peers: Vec<(String, Vec<SocketAddr>)>,
+}
+
+/// How datagrams leave: real UDP sockets, or a simulated network
+/// ([`crate::sim`]) that can cut, delay and heal them on a paused clock.
+enum Transport {
+    Udp(Vec<Arc<UdpSocket>>),
+    Simulated(mpsc::UnboundedSender<SimDatagram>),
+}
+
+/// A datagram on a simulated network: what a UDP socket would have sent.
+#[derive(Debug, Clone)]
+pub struct SimDatagram {
+    /// The link it goes out on.
+    pub link: LinkId,
+    /// The address it is sent to (the peer's address on that link).
+    pub to: SocketAddr,
+    /// The sealed bytes.
+    pub bytes: Vec<u8>,
 }
 
 impl HeartbeatLinks {
@@ -98,7 +116,26 @@ impl HeartbeatLinks {
             .iter()
             .map(|p| (p.name.clone(), p.links.clone()))
             .collect();
-        Ok(HeartbeatLinks { sockets, peers })
+        Ok(HeartbeatLinks {
+            transport: Transport::Udp(sockets),
+            peers,
+        })
+    }
+
+    /// Links whose datagrams go to `wire` instead of sockets; what comes in
+    /// is delivered by the simulated network with [`authenticate`].
+    pub fn simulated(
+        config: &AgentConfig,
+        wire: mpsc::UnboundedSender<SimDatagram>,
+    ) -> HeartbeatLinks {
+        HeartbeatLinks {
+            transport: Transport::Simulated(wire),
+            peers: config
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.links.clone()))
+                .collect(),
+        }
     }
 
     /// Every peer's name.
@@ -113,10 +150,27 @@ impl HeartbeatLinks {
         let Some((_, addrs)) = self.peers.iter().find(|(name, _)| name == peer) else {
             return;
         };
-        for (socket, addr) in self.sockets.iter().zip(addrs) {
-            let Some(bytes) = seal() else { return };
-            if let Err(e) = socket.send_to(&bytes, addr).await {
-                tracing::debug!(peer, %addr, error = %e, "heartbeat send failed");
+        match &self.transport {
+            Transport::Udp(sockets) => {
+                for (socket, addr) in sockets.iter().zip(addrs) {
+                    let Some(bytes) = seal() else { return };
+                    if let Err(e) = socket.send_to(&bytes, addr).await {
+                        tracing::debug!(peer, %addr, error = %e, "heartbeat send failed");
+                    }
+                }
+            }
+            Transport::Simulated(wire) => {
+                for (index, to) in addrs.iter().enumerate() {
+                    let Some(bytes) = seal() else { return };
+                    let link = LinkId(u8::try_from(index).unwrap_or(u8::MAX));
+                    // A closed wire is a simulation that ended: nothing to
+                    // send to.
+                    let _ = wire.send(SimDatagram {
+                        link,
+                        to: *to,
+                        bytes,
+                    });
+                }
             }
         }
     }
@@ -126,6 +180,33 @@ impl HeartbeatLinks {
 struct Filter {
     key: Vec<u8>,
     cluster: String,
+}
+
+/// Authenticates one datagram that came in on `link`: the datagram, or why
+/// it was rejected (with the sender a bad MAC claimed), or `None` for an
+/// error that is not about the datagram. The real links and the simulated
+/// network both decide here, so a simulation rejects what a link would.
+pub fn authenticate(
+    key: &[u8],
+    cluster: &str,
+    link: LinkId,
+    from: SocketAddr,
+    bytes: &[u8],
+) -> Result<Datagram, Option<(RejectReason, Option<String>)>> {
+    match tandem_core::wire::decode(key, cluster, bytes) {
+        Ok(envelope) => Ok(Datagram {
+            link,
+            from,
+            envelope,
+        }),
+        Err(e) => Err(e.reject_reason().map(|reason| {
+            let claimed_sender = match e {
+                tandem_core::Error::BadMac { claimed_sender } => Some(claimed_sender),
+                _ => None,
+            };
+            (reason, claimed_sender)
+        })),
+    }
 }
 
 async fn receive(
@@ -145,32 +226,19 @@ async fn receive(
                 continue;
             }
         };
-        let bytes = &buf[..n];
-        match tandem_core::wire::decode(&filter.key, &filter.cluster, bytes) {
-            Ok(envelope) => {
-                let datagram = Datagram {
-                    link,
-                    from,
-                    envelope,
-                };
+        match authenticate(&filter.key, &filter.cluster, link, from, &buf[..n]) {
+            Ok(datagram) => {
                 if inbox.send(LinkEvent::Datagram(datagram)).await.is_err() {
                     return; // the agent is shutting down
                 }
             }
-            Err(e) => {
-                if let Some(reason) = e.reject_reason() {
-                    let claimed_sender = match e {
-                        tandem_core::Error::BadMac { claimed_sender } => Some(claimed_sender),
-                        _ => None,
-                    };
-                    // Bounded: a forger can name many senders.
-                    if rejected.len() < 64
-                        || rejected.contains_key(&(reason, claimed_sender.clone()))
-                    {
-                        *rejected.entry((reason, claimed_sender)).or_default() += 1;
-                    }
+            Err(Some((reason, claimed_sender))) => {
+                // Bounded: a forger can name many senders.
+                if rejected.len() < 64 || rejected.contains_key(&(reason, claimed_sender.clone())) {
+                    *rejected.entry((reason, claimed_sender)).or_default() += 1;
                 }
             }
+            Err(None) => {}
         }
         if !rejected.is_empty() && reported.elapsed() >= REJECT_REPORT_EVERY {
             reported = tokio::time::Instant::now();

@@ -131,6 +131,35 @@ pub fn spawn(events: mpsc::Sender<ServiceEvent>) -> SupervisorHandle {
     SupervisorHandle { tx }
 }
 
+/// A supervisor that runs nothing: it answers as a service that starts at
+/// once and stops when asked, for the simulated cluster of [`crate::sim`],
+/// where the HA rules are under test and a process would only add time.
+pub fn simulated(events: mpsc::Sender<ServiceEvent>) -> SupervisorHandle {
+    let (tx, mut rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut running = false;
+        while let Some(control) = rx.recv().await {
+            match control {
+                Control::Start { .. } if !running => {
+                    running = true;
+                    let _ = events.send(ServiceEvent::Started { pid: 0 }).await;
+                }
+                Control::Start { .. } => {}
+                Control::Stop { done } => {
+                    if std::mem::take(&mut running) {
+                        let _ = events.send(ServiceEvent::Stopped).await;
+                    }
+                    let _ = done.send(());
+                }
+                Control::Pid { reply } => {
+                    let _ = reply.send(None);
+                }
+            }
+        }
+    });
+    SupervisorHandle { tx }
+}
+
 struct Wanted {
     spec: ServiceSpec,
     sockets: Vec<Arc<OwnedFd>>,
