@@ -80,6 +80,26 @@ impl SimCluster {
     /// Writes an active-passive cluster of `names` (the first is the
     /// primary, priorities falling) under `dir` and starts every node.
     pub async fn start(names: &[&str], dir: &Path) -> Result<SimCluster, Error> {
+        SimCluster::start_with_groups(names, 1, dir).await
+    }
+
+    /// The same with `groups` failover groups: with two or more the
+    /// cluster is active-active, group N preferring node N (modulo).
+    pub async fn start_with_groups(
+        names: &[&str],
+        groups: usize,
+        dir: &Path,
+    ) -> Result<SimCluster, Error> {
+        let active_active = groups >= 2;
+        let groups_toml: String = (0..groups)
+            .filter(|_| active_active)
+            .map(|g| {
+                format!(
+                    "[[cluster.groups]]\npreferred = {:?}\n",
+                    names[g % names.len()]
+                )
+            })
+            .collect();
         let io = |path: &Path| Error::io(path.to_path_buf());
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let key_file = dir.join("cluster.key");
@@ -92,8 +112,8 @@ impl SimCluster {
             let mut text = format!(
                 "[node]\nname = {name:?}\npriority = {}\nrole = {:?}\nstate_dir = {:?}\n\
                  api = \"10.255.1.{n}:7001\"\nsync = \"10.255.1.{n}:7002\"\ntoken_file = {:?}\n\n\
-                 [cluster]\nname = \"sim\"\nkey_file = {:?}\nmode = \"active-passive\"\n\
-                 interval = \"{}ms\"\nlost_threshold = {LOST_THRESHOLD}\npreempt = true\n\n\
+                 [cluster]\nname = \"sim\"\nkey_file = {:?}\nmode = {mode:?}\n\
+                 interval = \"{}ms\"\nlost_threshold = {LOST_THRESHOLD}\npreempt = true\n{groups_toml}\n\
                  [[link]]\nname = \"hb\"\nlisten = \"{}\"\n\n",
                 200usize.saturating_sub(i * 10),
                 if i == 0 { "primary" } else { "secondary" },
@@ -103,6 +123,11 @@ impl SimCluster {
                 INTERVAL.as_millis(),
                 link(i),
                 n = i + 1,
+                mode = if active_active {
+                    "active-active"
+                } else {
+                    "active-passive"
+                },
             );
             for (j, peer) in names.iter().enumerate().filter(|(j, _)| *j != i) {
                 text.push_str(&format!(
@@ -113,10 +138,11 @@ impl SimCluster {
             }
             // Port 0: a claimed VIP binds a loopback socket nobody uses, so
             // nodes of one process never collide.
-            text.push_str(
-                "[vip]\nmode = \"bind\"\nlisten = [\"127.0.0.1:0\"]\n\n\
-                 [service]\ncommand = [\"simulated\"]\n\n[monitor]\nlservice = false\n",
-            );
+            let vips = vec!["\"127.0.0.1:0\""; groups.max(1)].join(", ");
+            text.push_str(&format!(
+                "[vip]\nmode = \"bind\"\nlisten = [{vips}]\n\n\
+                 [service]\ncommand = [\"simulated\"]\n\n[monitor]\nlservice = false\n"
+            ));
             let config_file = dir.join(format!("{name}.toml"));
             std::fs::write(&config_file, text).map_err(io(&config_file))?;
             nodes.push(SimNode {
@@ -256,6 +282,15 @@ impl SimCluster {
     /// Node `i`'s effective role; `None` while it is down.
     pub async fn role(&self, i: usize) -> Option<EffectiveRole> {
         Some(self.status(i).await?.node.effective_role)
+    }
+
+    /// Who holds each failover group, as node `i` sees it (`None` where it
+    /// knows of no holder, or is down).
+    pub async fn holders(&self, i: usize) -> Vec<Option<String>> {
+        self.status(i)
+            .await
+            .map(|s| s.node.groups.into_iter().map(|g| g.holder).collect())
+            .unwrap_or_default()
     }
 
     /// The nodes that say they are active, by name.

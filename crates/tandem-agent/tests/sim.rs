@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tandem_agent::api::CommandOutcome;
 use tandem_agent::sim::{INTERVAL, LOST_THRESHOLD, SimCluster};
-use tandem_core::{Command, EffectiveRole};
+use tandem_core::{Command, EffectiveRole, GroupId};
 
 const ALPHA: usize = 0;
 const BETA: usize = 1;
@@ -202,4 +202,63 @@ async fn failover_standby_hands_over_make_before_break_and_the_restarted_primary
     .await;
     never_two_actives(&cluster, Duration::from_secs(1)).await;
     cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn active_active_groups_fail_over_independently() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut cluster = SimCluster::start_with_groups(&["alpha", "beta"], 2, dir.path())
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    let holders = |names: [&str; 2]| names.map(|n| Some(n.to_string())).to_vec();
+    // Each group on its preferred node (ASA failover groups).
+    wait_for_holders(&cluster, ALPHA, holders(["alpha", "beta"])).await;
+
+    // Move group 1 to alpha; group 0 stays.
+    let moved = cluster
+        .command(
+            ALPHA,
+            Command::FailoverGroup {
+                group: GroupId(1),
+                active: true,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(moved.outcome, CommandOutcome::Done, "{moved:?}");
+    wait_for_holders(&cluster, BETA, holders(["alpha", "alpha"])).await;
+
+    // Give it back, then lose alpha: beta serves both groups.
+    let back = cluster
+        .command(
+            ALPHA,
+            Command::FailoverGroup {
+                group: GroupId(1),
+                active: false,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back.outcome, CommandOutcome::Done, "{back:?}");
+    wait_for_holders(&cluster, ALPHA, holders(["alpha", "beta"])).await;
+    cluster.crash(ALPHA).await;
+    wait_for_holders(&cluster, BETA, holders(["beta", "beta"])).await;
+    cluster.shutdown().await;
+}
+
+/// Waits (4 s of simulated time at most) until node `i` sees `want` as
+/// the holders of the groups, in order.
+async fn wait_for_holders(cluster: &SimCluster, i: usize, want: Vec<Option<String>>) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let holders = cluster.holders(i).await;
+        if holders == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "node {i} sees holders {holders:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -63,16 +63,9 @@ pub enum ListenerState {
     Suspended,
 }
 
-/// Whether a node takes cluster config changes (ESA's clusterconfig).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConfigLink {
-    /// Takes the cluster's config.
-    Connected,
-    /// Keeps its own config (during an upgrade); changes are refused
-    /// cluster-wide.
-    Disconnected,
-}
+/// Whether a node takes cluster config changes (ESA's clusterconfig): the
+/// upgrade planner's own type, so the status and the plan cannot disagree.
+pub use tandem_upgrade::ConfigLink;
 
 /// The agent's part of `/v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -234,9 +234,6 @@ fn node_state(name: &str, status: &StatusReport, images: &ImageList) -> Result<N
             ListenerState::Suspended => Listener::Suspended,
             ListenerState::Open => Listener::Accepting,
         },
-        config_link: match status.agent.config_link {
-            api::ConfigLink::Disconnected => ConfigLink::Disconnected,
-            api::ConfigLink::Connected => ConfigLink::Connected,
-        },
+        config_link: status.agent.config_link,
     })
 }
