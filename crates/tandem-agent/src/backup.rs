@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::Error;
 use crate::api::{BackupAnswer, BackupList, BackupSummary, RestoreAnswer};
 
 const CONFIG: &str = "config.toml";
@@ -25,7 +26,7 @@ fn backups_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Copies the config and HA state into a new backup; returns its id.
-pub fn create(state_dir: &Path, config: &Path) -> Result<BackupAnswer, String> {
+pub fn create(state_dir: &Path, config: &Path) -> Result<BackupAnswer, Error> {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -39,14 +40,13 @@ pub fn create(state_dir: &Path, config: &Path) -> Result<BackupAnswer, String> {
         dir = backups_dir(state_dir).join(&id);
         n += 1;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     let mut saved = vec![CONFIG.to_string()];
-    std::fs::copy(config, dir.join(CONFIG)).map_err(|e| format!("{}: {e}", config.display()))?;
+    std::fs::copy(config, dir.join(CONFIG)).map_err(Error::io(config))?;
     for (source, name) in FILES {
         let source = state_dir.join(source);
         if source.exists() {
-            std::fs::copy(&source, dir.join(name))
-                .map_err(|e| format!("{}: {e}", source.display()))?;
+            std::fs::copy(&source, dir.join(name)).map_err(Error::io(&source))?;
             saved.push(name.to_string());
         }
     }
@@ -67,7 +67,7 @@ fn node_of(dir: &Path) -> Option<String> {
 }
 
 /// Every backup of this node, oldest first.
-pub fn list(state_dir: &Path) -> Result<BackupList, String> {
+pub fn list(state_dir: &Path) -> Result<BackupList, Error> {
     let dir = backups_dir(state_dir);
     let mut ids: Vec<String> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -76,7 +76,7 @@ pub fn list(state_dir: &Path) -> Result<BackupList, String> {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(source) => return Err(Error::Io { path: dir, source }),
     };
     ids.sort();
     let backups = ids
@@ -108,31 +108,33 @@ pub fn restore(
     me: &str,
     id: &str,
     force: bool,
-) -> Result<RestoreAnswer, String> {
+) -> Result<RestoreAnswer, Error> {
     if id.is_empty() || id.contains('/') || id.starts_with('.') {
-        return Err(format!(
+        return Err(Error::refused(format!(
             "{id:?} is not a backup id (see tandem backup list)"
-        ));
+        )));
     }
     let dir = backups_dir(state_dir).join(id);
     if !dir.join(CONFIG).exists() {
-        return Err(format!("no backup {id} on {me} (see tandem backup list)"));
+        return Err(Error::refused(format!(
+            "no backup {id} on {me} (see tandem backup list)"
+        )));
     }
     let made_on = node_of(&dir);
     if made_on.as_deref() != Some(me) && !force {
-        return Err(format!(
+        return Err(Error::refused(format!(
             "backup {id} was made on {}, not on {me}: restoring it would give this node another node's identity; pass --force if that is what you want",
             made_on.as_deref().unwrap_or("an unknown node")
-        ));
+        )));
     }
     // What is there now becomes a backup first, so the restore can be undone.
     let before = create(state_dir, config)?;
-    std::fs::copy(dir.join(CONFIG), config).map_err(|e| format!("{}: {e}", config.display()))?;
+    std::fs::copy(dir.join(CONFIG), config).map_err(Error::io(config))?;
     for (target, name) in FILES {
         let source = dir.join(name);
         if source.exists() {
             let target = state_dir.join(target);
-            std::fs::copy(&source, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+            std::fs::copy(&source, &target).map_err(Error::io(&target))?;
         }
     }
     Ok(RestoreAnswer {
@@ -185,13 +187,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let refused = restore(&state, &config, "beta", "1", false)
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(refused.contains("made on alpha, not on beta"), "{refused}");
         assert!(restore(&state, &config, "beta", "1", true).is_ok());
         assert!(restore(&state, &config, "beta", "../x", false).is_err());
         assert!(
             restore(&state, &config, "beta", "42", false)
-                .is_err_and(|e| e.contains("no backup 42"))
+                .is_err_and(|e| e.to_string().contains("no backup 42"))
         );
     }
 }

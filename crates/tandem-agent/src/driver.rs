@@ -294,8 +294,7 @@ impl Agent {
             start: Instant::now(),
         };
         let saved = state::start(&config.node.state_dir)?;
-        let (firmware, repaired) =
-            Firmware::open(&config.node.state_dir, &config.images).map_err(Error::State)?;
+        let (firmware, repaired) = Firmware::open(&config.node.state_dir, &config.images)?;
         for note in repaired {
             tracing::warn!(note, "image slots repaired after an interrupted operation");
         }

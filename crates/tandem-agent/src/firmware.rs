@@ -35,6 +35,7 @@ use tandem_image::signing::{self, TrustPolicy};
 use tandem_image::slots::{BootAttempt, SlotName, SlotState, SlotStore, SlotTable};
 use tokio::sync::Mutex;
 
+use crate::Error;
 use crate::api::{
     ChunkReceived, ImageEntry, ImageList, InstallAnswer, PartialUpload, StoredImage, UploadAnswer,
 };
@@ -59,11 +60,10 @@ impl Firmware {
     pub fn open(
         state_dir: &Path,
         section: &ImagesSection,
-    ) -> Result<(Firmware, Vec<String>), String> {
+    ) -> Result<(Firmware, Vec<String>), Error> {
         let images = state_dir.join("images");
-        std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
-        let (mut store, notes) =
-            SlotStore::open(&state_dir.join("slots")).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&images).map_err(Error::io(&images))?;
+        let (mut store, notes) = SlotStore::open(&state_dir.join("slots"))?;
         // Fault tests: die (as kill -9 would) after this many durable slot
         // steps. Never set outside tests.
         if let Some(steps) = std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()) {
@@ -72,7 +72,7 @@ impl Firmware {
         }
         let mut trusted_keys = Vec::new();
         for path in &section.trusted_keys {
-            trusted_keys.push(signing::read_public_key(path).map_err(|e| e.to_string())?);
+            trusted_keys.push(signing::read_public_key(path)?);
         }
         let trust = TrustPolicy {
             trusted_keys,
@@ -98,7 +98,7 @@ impl Firmware {
 
     /// Where an uploaded file is kept; refuses names that are not plain
     /// file names.
-    pub fn upload_path(&self, name: &str) -> Result<PathBuf, String> {
+    pub fn upload_path(&self, name: &str) -> Result<PathBuf, Error> {
         let plain = !name.is_empty()
             && name != "."
             && name != ".."
@@ -108,7 +108,9 @@ impl Firmware {
         if plain {
             Ok(self.images.join(name))
         } else {
-            Err(format!("{name:?} is not a plain file name"))
+            Err(Error::refused(format!(
+                "{name:?} is not a plain file name: name the image without a directory or a leading dot"
+            )))
         }
     }
 
@@ -119,18 +121,18 @@ impl Firmware {
         name: &str,
         bytes: Vec<u8>,
         sha256: Option<String>,
-    ) -> Result<UploadAnswer, String> {
+    ) -> Result<UploadAnswer, Error> {
         self.store_chunk(name, 0, bytes, true, sha256).await
     }
 
     /// Where a chunked upload of `name` accumulates until it is complete.
-    fn partial_path(&self, name: &str) -> Result<PathBuf, String> {
+    fn partial_path(&self, name: &str) -> Result<PathBuf, Error> {
         self.upload_path(name)?;
         Ok(self.images.join(format!(".{name}.partial")))
     }
 
     /// How many bytes of a chunked upload of `name` have arrived.
-    pub async fn partial_size(&self, name: &str) -> Result<PartialUpload, String> {
+    pub async fn partial_size(&self, name: &str) -> Result<PartialUpload, Error> {
         let partial = self.partial_path(name)?;
         let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
         Ok(PartialUpload {
@@ -150,18 +152,21 @@ impl Firmware {
         chunk: Vec<u8>,
         done: bool,
         sha256: Option<String>,
-    ) -> Result<UploadAnswer, String> {
+    ) -> Result<UploadAnswer, Error> {
         let path = self.upload_path(name)?;
         let partial = self.partial_path(name)?;
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
             if offset != 0 && offset != have {
-                return Err(format!(
+                return Err(Error::refused(format!(
                     "the partial upload has {have} bytes, not {offset}: resume at offset {have}"
-                ));
+                )));
             }
-            let io = |e: std::io::Error| format!("{}: {e}", partial.display());
+            let io = |e| Error::Io {
+                path: partial.clone(),
+                source: e,
+            };
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(offset != 0)
@@ -174,18 +179,18 @@ impl Firmware {
             if !done {
                 return Ok(UploadAnswer::Received(ChunkReceived { have }));
             }
-            let digest = signing::sha256_file(&partial).map_err(|e| e.to_string())?;
+            let digest = signing::sha256_file(&partial)?;
             if let Some(want) = sha256
                 && !want.eq_ignore_ascii_case(&digest)
             {
                 let _ = std::fs::remove_file(&partial);
-                return Err(format!(
+                return Err(Error::refused(format!(
                     "sha256 mismatch: sent {want}, arrived {digest}; send it again"
-                ));
+                )));
             }
             file.sync_all()
                 .and_then(|()| std::fs::rename(&partial, &path))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(Error::io(&path))?;
             Ok(UploadAnswer::Stored(StoredImage {
                 stored: path,
                 sha256: digest,
@@ -193,18 +198,18 @@ impl Firmware {
             }))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Error::task("storing an uploaded image"))?
     }
 
     /// Every stored image with what verification says of it, and the slots.
-    pub async fn list(&self) -> Result<ImageList, String> {
+    pub async fn list(&self) -> Result<ImageList, Error> {
         let images = self.images.clone();
         let trust = self.trust.clone();
         let table = self.table().await;
         let allow_unsigned = self.allow_unsigned;
         tokio::task::spawn_blocking(move || {
             let mut names: Vec<PathBuf> = std::fs::read_dir(&images)
-                .map_err(|e| e.to_string())?
+                .map_err(Error::io(&images))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.extension()
@@ -259,16 +264,16 @@ impl Firmware {
             })
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Error::task("listing the images"))?
     }
 
     /// Verifies a stored image and installs it into the inactive slot.
-    pub async fn install(&self, name: &str) -> Result<InstallAnswer, String> {
+    pub async fn install(&self, name: &str) -> Result<InstallAnswer, Error> {
         let path = self.upload_path(name)?;
         let trust = self.trust.clone();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let verified = trust.verify(&path).map_err(|e| e.to_string())?;
+            let verified = trust.verify(&path)?;
             let mut store = store.blocking_lock();
             let slot = store.install(&verified, trust.limits).map_err(slot_error)?;
             Ok(InstallAnswer {
@@ -279,11 +284,11 @@ impl Firmware {
             })
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Error::task("installing an image"))?
     }
 
     /// Installs the verified image of `version` that this node holds.
-    pub async fn install_version(&self, version: &str) -> Result<InstallAnswer, String> {
+    pub async fn install_version(&self, version: &str) -> Result<InstallAnswer, Error> {
         let listing = self.list().await?;
         let name = listing
             .images
@@ -291,25 +296,27 @@ impl Firmware {
             .find(|i| i.verified && i.version.is_some_and(|v| v.to_string() == version))
             .map(|i| i.image)
             .ok_or_else(|| {
-                format!("no verified image of {version} on this node: push one first")
+                Error::refused(format!(
+                    "no verified image of {version} on this node: push one first"
+                ))
             })?;
         self.install(&name).await
     }
 
     /// Journals a boot of `slot` (default: the pending one) and points the
     /// service at it. The caller restarts the service if it runs.
-    pub async fn begin_boot(&self, slot: Option<SlotName>) -> Result<SlotName, String> {
+    pub async fn begin_boot(&self, slot: Option<SlotName>) -> Result<SlotName, Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             store.blocking_lock().begin_boot(slot).map_err(slot_error)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Error::task("booting a slot"))?
     }
 
     /// Journals that the agent re-executes itself from the slot being
     /// booted, so the restart does not count as a failed try.
-    pub async fn prepare_agent_exec(&self) -> Result<(), String> {
+    pub async fn prepare_agent_exec(&self) -> Result<(), Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             store
@@ -318,15 +325,15 @@ impl Firmware {
                 .map_err(slot_error)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Error::task("journaling the agent's re-execution"))?
     }
 
     /// On-demand rollback to the other (good) slot.
-    pub async fn rollback(&self) -> Result<SlotName, String> {
+    pub async fn rollback(&self) -> Result<SlotName, Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.blocking_lock().rollback().map_err(slot_error))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(Error::task("rolling the slots back"))?
     }
 
     /// The slot the service runs from, with its manifest and root.
@@ -343,7 +350,9 @@ impl Firmware {
     }
 
     /// Runs the current slot's health check; `standby` keeps only the
-    /// checks that need no running service (a `command`).
+    /// checks that need no running service (a `command`). The `Err` is what
+    /// the check saw, not a failure of the agent: a description the slot
+    /// table records as the try's reason and the boot verdict reports.
     async fn run_health(&self, standby: bool) -> Result<(), String> {
         let Some((_, manifest, root)) = self.current().await else {
             return Err("no current slot".into());
@@ -437,12 +446,12 @@ impl Firmware {
                         slot,
                         version: manifest.version.to_string(),
                     },
-                    Err(e) => BootVerdict::Failed(slot_error(e)),
+                    Err(e) => BootVerdict::Failed(slot_error(e).to_string()),
                 },
                 Err(reason) => match store.fail_try(&reason) {
                     Ok(Some(_)) => BootVerdict::Retry { reason },
                     Ok(None) => BootVerdict::RolledBack { from: slot, reason },
-                    Err(e) => BootVerdict::Failed(slot_error(e)),
+                    Err(e) => BootVerdict::Failed(slot_error(e).to_string()),
                 },
             }
         })
@@ -471,13 +480,13 @@ impl Firmware {
 /// runs from the slot it boots, like a device running its firmware. A boot
 /// in flight is marked so the re-execution does not count as a crash.
 /// Blocking; call before starting the runtime.
-pub fn agent_to_exec(state_dir: &Path) -> Result<Option<PathBuf>, String> {
+pub fn agent_to_exec(state_dir: &Path) -> Result<Option<PathBuf>, Error> {
     // Already the slot's agent: the slot store's repair (which clears the
     // re-execution mark without counting a try) is the agent's own, once.
     if std::env::var_os(EXEC_MARK).is_some() {
         return Ok(None);
     }
-    let (mut store, _) = SlotStore::open(&state_dir.join("slots")).map_err(|e| e.to_string())?;
+    let (mut store, _) = SlotStore::open(&state_dir.join("slots"))?;
     let Some(slot) = store.table().current else {
         return Ok(None);
     };
@@ -488,7 +497,7 @@ pub fn agent_to_exec(state_dir: &Path) -> Result<Option<PathBuf>, String> {
         return Ok(None);
     };
     let wanted = store.root(slot).join(agent);
-    let running = std::env::current_exe().map_err(|e| e.to_string())?;
+    let running = std::env::current_exe().map_err(Error::io("/proc/self/exe"))?;
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -497,7 +506,7 @@ pub fn agent_to_exec(state_dir: &Path) -> Result<Option<PathBuf>, String> {
         return Ok(None);
     }
     if store.table().boot.is_some() {
-        store.prepare_agent_exec().map_err(|e| e.to_string())?;
+        store.prepare_agent_exec()?;
     }
     Ok(Some(wanted))
 }
@@ -522,14 +531,14 @@ pub fn exec_agent(agent: &Path) -> std::io::Error {
 /// would leave it.
 pub const FAULT_ENV: &str = "TANDEM_FAULT_SLOT_STEPS";
 
-/// A slot store error as text; an injected crash ends the process on the
-/// spot, with no cleanup, like the kill -9 it stands for.
-fn slot_error(e: tandem_image::Error) -> String {
+/// A slot store error as the agent's; an injected crash ends the process
+/// on the spot, with no cleanup, like the kill -9 it stands for.
+fn slot_error(e: tandem_image::Error) -> Error {
     if matches!(e, tandem_image::Error::InjectedCrash) {
         tracing::error!("injected slot fault: aborting");
         std::process::abort();
     }
-    e.to_string()
+    Error::Image(e)
 }
 
 /// How a health-checked boot ended.

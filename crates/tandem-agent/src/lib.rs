@@ -147,9 +147,112 @@ pub enum Error {
     /// The state machine refused its configuration.
     #[error(transparent)]
     Core(#[from] tandem_core::Error),
+
+    /// The node understood a request (an operator's, or a peer's) and will
+    /// not carry it out as things stand; the reason says why and what to do
+    /// instead. The API answers it with 409.
+    #[error("{reason}")]
+    Refused {
+        /// Why, and what to do next: shown to the operator as is.
+        reason: String,
+    },
+
+    /// An image or slot operation failed: the image does not verify, the
+    /// slots are not in a state that allows it, or their files failed.
+    #[error(transparent)]
+    Image(#[from] tandem_image::Error),
+
+    /// An upgrade cannot be planned, or its journal cannot be resumed on
+    /// the cluster as it is now.
+    #[error(transparent)]
+    UpgradePlan(#[from] tandem_upgrade::PlanError),
+
+    /// A release number or an upgrade catalog is not valid.
+    #[error(transparent)]
+    Version(#[from] tandem_version::Error),
+
+    /// Data sync failed: a file of the data dir or of the quarantine, a
+    /// path outside the data dir, a peer.
+    #[error(transparent)]
+    Sync(#[from] tandem_sync::Error),
+
+    /// A file written into the data dir did not reach the standbys.
+    #[error("{path} not replicated: {source}")]
+    NotReplicated {
+        /// The file.
+        path: PathBuf,
+        /// What the replicator said.
+        source: tandem_sync::Error,
+    },
+
+    /// The upgrade journal on disk is not valid JSON of a run.
+    #[error("{path} is corrupt ({source}); move it away to forget the upgrade")]
+    CorruptJournal {
+        /// The journal file.
+        path: PathBuf,
+        /// What did not parse.
+        source: serde_json::Error,
+    },
+
+    /// Work handed to the blocking pool never finished: it panicked (a
+    /// bug) or the runtime is shutting down.
+    #[error("{task} did not finish: {source} (see the agent's log)")]
+    TaskFailed {
+        /// What the task was doing.
+        task: &'static str,
+        /// Why it ended.
+        source: tokio::task::JoinError,
+    },
 }
 
 impl Error {
+    /// A refusal of a request, with why and what to do instead.
+    pub(crate) fn refused(reason: impl Into<String>) -> Error {
+        Error::Refused {
+            reason: reason.into(),
+        }
+    }
+
+    /// A blocking task that did not finish, doing `task`.
+    pub(crate) fn task(task: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Error {
+        move |source| Error::TaskFailed { task, source }
+    }
+
+    /// The HTTP status the API answers this error with: 409 when the
+    /// request was understood and refused (an image that does not verify,
+    /// a plan that cannot be made, a slot in the wrong state), 400 for a
+    /// path that is not one, 502 when a node this one asked did not answer
+    /// usably, 500 when this node failed (its disk, a task, a bug).
+    ///
+    /// Here, beside the variants, rather than in the handlers: the match
+    /// is exhaustive, so a new variant cannot be added without deciding
+    /// its status, and every route answers a given error alike.
+    pub fn status_code(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Error::Refused { .. }
+            | Error::UpgradePlan(_)
+            | Error::Version(_)
+            | Error::ApiRefused { .. } => StatusCode::CONFLICT,
+            Error::Image(tandem_image::Error::Io { .. } | tandem_image::Error::InjectedCrash) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::Image(_) => StatusCode::CONFLICT,
+            Error::Sync(tandem_sync::Error::BadPath { .. }) => StatusCode::BAD_REQUEST,
+            Error::Sync(tandem_sync::Error::MissingFile { .. }) => StatusCode::NOT_FOUND,
+            Error::ApiUnreachable { .. } | Error::ApiAnswer { .. } => StatusCode::BAD_GATEWAY,
+            Error::Config { .. }
+            | Error::Bind { .. }
+            | Error::Io { .. }
+            | Error::State(_)
+            | Error::Core(_)
+            | Error::Sync(_)
+            | Error::NotReplicated { .. }
+            | Error::CorruptJournal { .. }
+            | Error::TaskFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

@@ -14,6 +14,10 @@
 //! agent's loop (which then checks replays). Rejections are counted here
 //! and reported at most every [`REJECT_REPORT_EVERY`] as one
 //! [`LinkEvent::Rejected`] per reason, so a flood costs the loop nothing.
+//!
+//! **Simulation.** [`HeartbeatLinks::simulated`] sends into a simulated
+//! network instead of sockets ([`crate::sim`]), which delivers through the
+//! same [`authenticate`] a receive task uses.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -102,12 +102,12 @@ pub enum ApiRequest {
         /// The slot.
         slot: Option<SlotName>,
         /// Where the answer goes.
-        reply: oneshot::Sender<Result<BootAnswer, String>>,
+        reply: oneshot::Sender<Result<BootAnswer, Error>>,
     },
     /// Roll back to the other image slot.
     Rollback {
         /// Where the answer goes.
-        reply: oneshot::Sender<Result<RollbackAnswer, String>>,
+        reply: oneshot::Sender<Result<RollbackAnswer, Error>>,
     },
     /// The Prometheus text.
     Metrics {
@@ -432,12 +432,13 @@ async fn listener_command(
 /// The largest image upload accepted.
 const MAX_IMAGE_BYTES: usize = 1 << 30;
 
-/// The answer of a call that either succeeds with a body or is refused
-/// with a reason (409).
-fn slot_answer<T: serde::Serialize>(result: Result<T, String>) -> Response {
+/// The answer of a call that either succeeds with a body or fails: a
+/// refusal is 409 with its reason, a failure of this node 500 (see
+/// [`Error::status_code`]); the body is an [`ErrorBody`] either way.
+fn slot_answer<T: serde::Serialize>(result: Result<T, Error>) -> Response {
     match result {
         Ok(body) => Json(body).into_response(),
-        Err(error) => error_answer(StatusCode::CONFLICT, error),
+        Err(error) => error_answer(error.status_code(), error.to_string()),
     }
 }
 
@@ -497,7 +498,7 @@ async fn image_install(
     let installed = match (&request.image, &request.version) {
         (Some(image), _) => state.firmware.install(image).await,
         (None, Some(version)) => state.firmware.install_version(version).await,
-        (None, None) => Err("name the image or the version to install".into()),
+        (None, None) => Err(Error::refused("name the image or the version to install")),
     };
     slot_answer(installed)
 }
@@ -540,7 +541,7 @@ async fn upgrade_status(State(state): State<ApiState>) -> Response {
 }
 
 /// A plan as text (what `upgrade plan` prints) and as data.
-fn plan_answer(plan: Result<tandem_upgrade::UpgradePlan, String>) -> Response {
+fn plan_answer(plan: Result<tandem_upgrade::UpgradePlan, Error>) -> Response {
     slot_answer(plan.map(|plan| PlanAnswer {
         text: plan.to_string(),
         plan,

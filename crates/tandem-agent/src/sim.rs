@@ -174,14 +174,6 @@ impl SimCluster {
         self.network.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The index of node `name`.
-    pub fn index(&self, name: &str) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.name == name)
-            .unwrap_or(usize::MAX)
-    }
-
     /// Starts node `i`'s agent (again, after a crash: a new boot epoch).
     pub async fn boot(&mut self, i: usize) -> Result<(), Error> {
         let config = AgentConfig::load(&self.nodes[i].config_file)?;

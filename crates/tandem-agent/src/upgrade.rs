@@ -53,6 +53,7 @@ use tandem_upgrade::{PlanOptions, Strategy, UpgradePlan, UpgradeRun};
 use tandem_version::{Catalog, Version};
 use tokio::sync::Mutex;
 
+use crate::Error;
 use crate::api::ApiClient;
 
 mod config_link;
@@ -97,22 +98,19 @@ impl Upgrades {
         state_dir: &Path,
         nodes: Vec<(String, SocketAddr)>,
         token: String,
-    ) -> Result<Upgrades, String> {
-        let (_, me) = nodes
-            .first()
-            .ok_or("an upgrade needs this node's API address")?;
-        let client = ApiClient::new(*me, token)
-            .map_err(|e| e.to_string())?
+    ) -> Result<Upgrades, Error> {
+        let (_, me) = nodes.first().ok_or_else(|| {
+            Error::State("an upgrade needs this node's API address (a bug: report it)".into())
+        })?;
+        let client = ApiClient::new(*me, token)?
             .with_timeout(ACTION_TIMEOUT)
             .on_behalf_of("upgrade-coordinator");
         let path = state_dir.join("upgrade.json");
         let journal = match std::fs::read(&path) {
-            Ok(bytes) => Some(serde_json::from_slice::<UpgradeRun>(&bytes).map_err(|e| {
-                format!(
-                    "{} is corrupt ({e}); move it away to forget the upgrade",
-                    path.display()
-                )
-            })?),
+            Ok(bytes) => Some(
+                serde_json::from_slice::<UpgradeRun>(&bytes)
+                    .map_err(|source| Error::CorruptJournal { path, source })?,
+            ),
             Err(_) => None,
         };
         let upgrades = Upgrades {
@@ -139,26 +137,23 @@ impl Upgrades {
     }
 
     /// Asks the coordinator to stop at the next safe point.
-    pub async fn abort(&self) -> Result<(), String> {
+    pub async fn abort(&self) -> Result<(), Error> {
         match self.journal().await {
             Some(run) if !run.status.is_finished() => {
                 self.abort.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            _ => Err("no upgrade is running".into()),
+            _ => Err(Error::refused("no upgrade is running")),
         }
     }
 
     /// The plan for a request, against the cluster as it is now.
-    pub async fn plan(&self, request: &UpgradeRequest) -> Result<UpgradePlan, String> {
+    pub async fn plan(&self, request: &UpgradeRequest) -> Result<UpgradePlan, Error> {
         let state = self.observe().await?;
-        let target: Version = request
-            .to
-            .parse()
-            .map_err(|e: tandem_version::Error| e.to_string())?;
+        let target: Version = request.to.parse()?;
         let strategy = match &request.strategy {
             Some(name) => {
-                let strategy: Strategy = name.parse()?;
+                let strategy: Strategy = name.parse().map_err(Error::refused)?;
                 match (strategy, request.batch) {
                     (Strategy::Rolling { .. }, Some(batch)) => Strategy::Rolling { batch },
                     (s, _) => s,
@@ -174,24 +169,30 @@ impl Upgrades {
             step_timeout_ms: 60_000,
         };
         if request.rollback {
-            return tandem_upgrade::plan_rollback(&state, &target, strategy, options)
-                .map_err(|e| e.to_string());
+            return Ok(tandem_upgrade::plan_rollback(
+                &state, &target, strategy, options,
+            )?);
         }
         let origin = request.catalog_origin.as_deref().unwrap_or("catalog");
-        let catalog = Catalog::parse(&request.catalog, origin).map_err(|e| e.to_string())?;
-        tandem_upgrade::plan(&state, &target, &catalog, strategy, options)
-            .map_err(|e| e.to_string())
+        let catalog = Catalog::parse(&request.catalog, origin)?;
+        Ok(tandem_upgrade::plan(
+            &state, &target, &catalog, strategy, options,
+        )?)
     }
 
     /// Plans and starts an upgrade coordinated by this node.
-    pub async fn begin(&self, request: &UpgradeRequest) -> Result<UpgradePlan, String> {
+    pub async fn begin(&self, request: &UpgradeRequest) -> Result<UpgradePlan, Error> {
         if let Some(run) = self.journal().await
             && !run.status.is_finished()
         {
-            return Err("an upgrade is already running: see `tandem upgrade status`, or `tandem upgrade abort`".into());
+            return Err(Error::refused(
+                "an upgrade is already running: see `tandem upgrade status`, or `tandem upgrade abort`",
+            ));
         }
         if !self.only_active().await {
-            return Err("only the active node (in config-only and active-active mode: the active node of highest priority) coordinates an upgrade: ask it (tandem upgrade run --node ACTIVE)".into());
+            return Err(Error::refused(
+                "only the active node (in config-only and active-active mode: the active node of highest priority) coordinates an upgrade: ask it (tandem upgrade run --node ACTIVE)",
+            ));
         }
         let plan = self.plan(request).await?;
         let state = self.observe().await?;

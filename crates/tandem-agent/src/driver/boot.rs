@@ -10,6 +10,7 @@ use tandem_image::slots::SlotName;
 use tokio::time::Instant;
 
 use super::{Agent, EXEC_DELAY};
+use crate::Error;
 use crate::api;
 use crate::firmware::BootVerdict;
 
@@ -17,7 +18,7 @@ impl Agent {
     /// Boots an image slot: journal the switch, then restart the service
     /// from it when this node serves (its health check follows). A standby
     /// has no service to check: its boot stays open until it next serves.
-    pub(super) async fn boot(&mut self, slot: Option<SlotName>) -> Result<api::BootAnswer, String> {
+    pub(super) async fn boot(&mut self, slot: Option<SlotName>) -> Result<api::BootAnswer, Error> {
         let slot = self.firmware.begin_boot(slot).await?;
         self.report_version().await;
         let version = self.node.config().version.clone();
@@ -57,7 +58,9 @@ impl Agent {
             }
             verdict => {
                 self.report_version().await;
-                Err(format!("the boot of slot {slot} failed: {verdict:?}"))
+                Err(Error::refused(format!(
+                    "the boot of slot {slot} failed: {verdict:?}"
+                )))
             }
         }
     }
@@ -80,7 +83,7 @@ impl Agent {
     }
 
     /// On-demand rollback to the other slot.
-    pub(super) async fn rollback(&mut self) -> Result<api::RollbackAnswer, String> {
+    pub(super) async fn rollback(&mut self) -> Result<api::RollbackAnswer, Error> {
         let slot = self.firmware.rollback().await?;
         self.report_version().await;
         if self.service_running {

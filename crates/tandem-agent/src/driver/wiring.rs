@@ -87,8 +87,7 @@ impl Wiring {
                 .chain(config.peers.iter().map(|p| (p.name.clone(), p.api)))
                 .collect(),
             config.secrets.api_token.clone(),
-        )
-        .map_err(Error::State)?;
+        )?;
         server::serve(server::ApiSetup {
             addr: config.node.api,
             token: config.secrets.api_token.clone(),

@@ -33,9 +33,10 @@ use tandem_sync::quarantine::{self, QuarantineBatch};
 use tandem_sync::store::{DataDir, write_atomic};
 
 use super::{Shared, not_active};
+use crate::Error;
 use crate::api::{
-    DroppedBatch, MergeAnswer, MergeOutcome, MergeRefusal, QuarantineList, QuarantineStatus,
-    QuarantineSummary, RestoredBatch,
+    DroppedBatch, ErrorBody, MergeAnswer, MergeOutcome, MergeRefusal, QuarantineList,
+    QuarantineStatus, QuarantineSummary, RestoredBatch,
 };
 use crate::server::error_answer;
 
@@ -57,11 +58,12 @@ pub(super) fn start(shared: Arc<Shared>) {
                 continue;
             }
             if let Err(e) = merge_all(&shared).await {
+                let error = e.to_string();
                 let mut counters = shared.merges();
-                if counters.last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!(error = %e, "cannot merge quarantined files yet; retrying");
+                if counters.last_error.as_deref() != Some(error.as_str()) {
+                    tracing::warn!(error, "cannot merge quarantined files yet; retrying");
                 }
-                counters.last_error = Some(e);
+                counters.last_error = Some(error);
             }
         }
     });
@@ -105,7 +107,7 @@ pub(super) fn status(shared: &Shared) -> QuarantineStatus {
     }
 }
 
-async fn merge_all(shared: &Arc<Shared>) -> Result<(), String> {
+async fn merge_all(shared: &Arc<Shared>) -> Result<(), Error> {
     for batch in batches(shared) {
         merge_batch(shared, &batch.id).await?;
     }
@@ -115,17 +117,15 @@ async fn merge_all(shared: &Arc<Shared>) -> Result<(), String> {
 /// Merges every file of batch `id` into the active: here if this node is
 /// active, else through the active's API. A merged or duplicate file
 /// leaves the quarantine; a conflict stays.
-async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<RestoredBatch, String> {
+async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<RestoredBatch, Error> {
     let dir = quarantine_dir(&shared.state_dir);
-    let files = quarantine::restore_paths(&dir, id).map_err(|e| e.to_string())?;
+    let files = quarantine::restore_paths(&dir, id)?;
     let mut summary = RestoredBatch {
         id: id.to_string(),
         ..RestoredBatch::default()
     };
     for (relative, file) in files {
-        let content = tokio::fs::read(&file)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let content = tokio::fs::read(&file).await.map_err(Error::io(&file))?;
         let mode = file_mode(&file);
         let outcome = if shared.replicator().is_some() {
             merge_here(shared, &relative, &content, mode).await?
@@ -150,7 +150,7 @@ async fn merge_batch(shared: &Arc<Shared>, id: &str) -> Result<RestoredBatch, St
         }
         counters.last_error = None;
         drop(counters);
-        quarantine::remove_path(&dir, id, &relative).map_err(|e| e.to_string())?;
+        quarantine::remove_path(&dir, id, &relative)?;
     }
     if summary.merged + summary.duplicates + summary.conflicts > 0 {
         tracing::info!(
@@ -176,45 +176,45 @@ async fn merge_here(
     relative: &str,
     content: &[u8],
     mode: u32,
-) -> Result<MergeOutcome, String> {
+) -> Result<MergeOutcome, Error> {
     // Taken first and held: a node that stops being active mid-merge must
     // still replicate what it wrote (or say it failed, so the sender keeps
     // its copy) — never leave a file only here, for the next catch-up to
     // delete.
     let Some(replicator) = shared.replicator() else {
-        return Err(format!("{} is not active", shared.node));
+        return Err(Error::refused(format!(
+            "{} is not active: merge into the active node",
+            shared.node
+        )));
     };
     let data_dir = shared.settings.data_dir.clone();
     let relative = relative.to_string();
     let content = content.to_vec();
     let (outcome, path) = tokio::task::spawn_blocking(move || {
-        let data = DataDir::open(&data_dir).map_err(|e| e.to_string())?;
-        let relative = data
-            .relative(Path::new(&relative))
-            .map_err(|e| e.to_string())?;
+        let data = DataDir::open(&data_dir)?;
+        let relative = data.relative(Path::new(&relative))?;
         let path = data_dir.join(&relative);
         match std::fs::read(&path) {
             Ok(existing) if existing == content => return Ok((MergeOutcome::Duplicate, path)),
             Ok(_) => return Ok((MergeOutcome::Conflict, path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => return Err(Error::Io { path, source }),
         }
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
         }
-        write_atomic(&path, &content, mode).map_err(|e| e.to_string())?;
+        write_atomic(&path, &content, mode)?;
         Ok((MergeOutcome::Merged, path))
     })
     .await
-    .map_err(|e| format!("merge task failed: {e}"))??;
+    .map_err(Error::task("merging a quarantined file"))??;
     if outcome == MergeOutcome::Merged {
         // Degraded is fine: a standby that missed it is recorded, and the
         // file is quarantined there, not deleted, at its next catch-up.
         replicator
             .commit(std::slice::from_ref(&path))
             .await
-            .map_err(|e| format!("{} not replicated: {e}", path.display()))?;
+            .map_err(|source| Error::NotReplicated { path, source })?;
     }
     Ok(outcome)
 }
@@ -224,17 +224,24 @@ async fn merge_at_active(
     shared: &Shared,
     relative: &str,
     content: Vec<u8>,
-) -> Result<MergeOutcome, String> {
+) -> Result<MergeOutcome, Error> {
     let Some((active, Some(api))) = shared.active_peer() else {
-        return Err("no active node to merge into".into());
+        return Err(Error::refused(
+            "no active node to merge into: the merge waits for one",
+        ));
     };
-    let unreachable = |e: reqwest::Error| format!("{active} at {api}: {e}");
+    let route = format!("/v1/sync/merge/{relative}");
+    let unreachable = |source| Error::ApiUnreachable {
+        addr: api,
+        path: route.clone(),
+        source,
+    };
     // Read raw: a conflict is the active's answer in a 409, not a failure.
     let response = shared
         .api
         .at(api)
         .with_timeout(MERGE_TIMEOUT)
-        .request(reqwest::Method::PUT, &format!("/v1/sync/merge/{relative}"))
+        .request(reqwest::Method::PUT, &route)
         .body(content)
         .send()
         .await
@@ -244,7 +251,11 @@ async fn merge_at_active(
     if status.is_success() {
         return serde_json::from_slice::<MergeAnswer>(&body)
             .map(|answer| answer.outcome)
-            .map_err(|e| format!("{active} gave an unreadable answer for {relative}: {e}"));
+            .map_err(|e| Error::ApiAnswer {
+                addr: api,
+                path: route.clone(),
+                detail: format!("{active}'s answer for {relative}: {e}"),
+            });
     }
     let refusal: MergeRefusal = serde_json::from_slice(&body).unwrap_or_default();
     if status == reqwest::StatusCode::CONFLICT && refusal.conflict {
@@ -255,7 +266,15 @@ async fn merge_at_active(
     } else {
         &refusal.error
     };
-    Err(format!("{active} refused {relative} ({status}): {why}"))
+    Err(Error::ApiRefused {
+        addr: api,
+        path: route,
+        status: status.as_u16(),
+        body: Box::new(ErrorBody {
+            error: format!("{active}: {why}"),
+            ..ErrorBody::default()
+        }),
+    })
 }
 
 // ------------------------------------------------------------------ routes
@@ -283,7 +302,7 @@ pub(super) async fn merge(
             (StatusCode::CONFLICT, Json(refusal)).into_response()
         }
         Ok(outcome) => Json(MergeAnswer { outcome }).into_response(),
-        Err(e) => error_answer(StatusCode::BAD_REQUEST, e),
+        Err(e) => error_answer(e.status_code(), e.to_string()),
     }
 }
 
@@ -304,7 +323,7 @@ pub(super) async fn restore(
 ) -> Response {
     match merge_batch(&shared, &id).await {
         Ok(summary) => Json(summary).into_response(),
-        Err(e) => error_answer(StatusCode::CONFLICT, e),
+        Err(e) => error_answer(e.status_code(), e.to_string()),
     }
 }
 

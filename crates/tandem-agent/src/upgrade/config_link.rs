@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::Error;
 use crate::api::{ConfigLink, ConfigLinkAnswer};
 
 /// The flag file whose presence disconnects this node from cluster
@@ -29,7 +30,7 @@ pub fn config_link(state_dir: &Path) -> ConfigLink {
 }
 
 /// `POST /v1/config-link`.
-pub fn set_config_link(state_dir: &Path, connected: bool) -> Result<ConfigLinkAnswer, String> {
+pub fn set_config_link(state_dir: &Path, connected: bool) -> Result<ConfigLinkAnswer, Error> {
     let flag = config_disconnected_flag(state_dir);
     let done = if connected {
         std::fs::remove_file(&flag).or_else(|e| {
@@ -42,7 +43,7 @@ pub fn set_config_link(state_dir: &Path, connected: bool) -> Result<ConfigLinkAn
     } else {
         std::fs::write(&flag, b"disconnected for an upgrade\n")
     };
-    done.map_err(|e| format!("{}: {e}", flag.display()))?;
+    done.map_err(Error::io(&flag))?;
     Ok(ConfigLinkAnswer {
         config_link: config_link(state_dir),
     })

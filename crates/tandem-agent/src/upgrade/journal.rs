@@ -11,6 +11,7 @@ use std::time::Duration;
 use tandem_upgrade::UpgradeRun;
 
 use super::Upgrades;
+use crate::Error;
 use crate::api::{ReplicaAnswer, UpgradeStatus};
 
 /// How long a peer may take to read or take a copy of the journal: one
@@ -27,7 +28,7 @@ impl Upgrades {
     /// last, so a stale push never rewinds the journal. A coordinator
     /// takes only a copy strictly ahead of its own, and then stops (see
     /// `coordinate`).
-    pub async fn store_replica(&self, run: UpgradeRun) -> Result<(), String> {
+    pub async fn store_replica(&self, run: UpgradeRun) -> Result<(), Error> {
         let mut journal = self.journal.lock().await;
         let take = match journal.as_ref() {
             None => true,
@@ -107,10 +108,13 @@ impl Upgrades {
 
     /// Replaces `state_dir/upgrade.json` atomically and durably: a crash
     /// leaves the old copy or the new one, never half of one.
-    fn persist(&self, run: &UpgradeRun) -> Result<(), String> {
+    fn persist(&self, run: &UpgradeRun) -> Result<(), Error> {
         let path = self.state_dir.join("upgrade.json");
         let tmp = self.state_dir.join("upgrade.json.tmp");
-        let bytes = serde_json::to_vec_pretty(run).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec_pretty(run).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
         let write = || -> std::io::Result<()> {
             let file = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut &file, &bytes)?;
@@ -118,6 +122,6 @@ impl Upgrades {
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(&self.state_dir)?.sync_all()
         };
-        write().map_err(|e| format!("{}: {e}", path.display()))
+        write().map_err(Error::io(path))
     }
 }

@@ -15,6 +15,7 @@ use tandem_upgrade::{ClusterState, NodeState};
 use tandem_version::Version;
 
 use super::Upgrades;
+use crate::Error;
 use crate::api::{self, ImageList, ListenerState, StatusReport};
 
 /// How long a node may take to say how it is: slower counts as not
@@ -59,7 +60,7 @@ impl Upgrades {
     }
 
     /// The whole cluster, from every node's own API.
-    pub(super) async fn observe(&self) -> Result<ClusterState, String> {
+    pub(super) async fn observe(&self) -> Result<ClusterState, Error> {
         self.observe_with_gaps().await.map(|(state, _)| state)
     }
 
@@ -69,10 +70,7 @@ impl Upgrades {
     /// restarting would look like it runs whatever the first node runs,
     /// and a step could count it as done, or issue nothing for it and then
     /// wait for it forever.
-    pub(super) async fn observe_since(
-        &self,
-        before: &ClusterState,
-    ) -> Result<ClusterState, String> {
+    pub(super) async fn observe_since(&self, before: &ClusterState) -> Result<ClusterState, Error> {
         let (mut state, gaps) = self.observe_with_gaps().await?;
         for name in gaps {
             if let (Some(node), Some(known)) = (state.node_mut(&name), before.node(&name)) {
@@ -87,7 +85,7 @@ impl Upgrades {
     }
 
     /// The whole cluster, and the nodes that did not answer.
-    async fn observe_with_gaps(&self) -> Result<(ClusterState, Vec<String>), String> {
+    async fn observe_with_gaps(&self) -> Result<(ClusterState, Vec<String>), Error> {
         let mut gaps = Vec::new();
         let mut nodes = Vec::new();
         let mut mode = Mode::ActivePassive;
@@ -178,13 +176,13 @@ fn unreachable_node(name: &str, like: Option<&NodeState>) -> NodeState {
 }
 
 /// One node as the step machine sees it, from its status and its images.
-fn node_state(name: &str, status: &StatusReport, images: &ImageList) -> Result<NodeState, String> {
+fn node_state(name: &str, status: &StatusReport, images: &ImageList) -> Result<NodeState, Error> {
     let node = &status.node;
     let running: Version = node.version.parse().map_err(|e: tandem_version::Error| {
-        format!(
+        Error::refused(format!(
             "{name} reports version {:?}, which is not a release ({e}): boot an image first",
             node.version
-        )
+        ))
     })?;
     let other_slot = [SlotName::A, SlotName::B]
         .into_iter()

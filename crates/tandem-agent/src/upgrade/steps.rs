@@ -73,12 +73,12 @@ impl ActionFailure {
 impl Upgrades {
     /// Runs the upgrade in the journal to its end, or until another node
     /// carries it on.
-    pub(super) async fn coordinate(&self) -> Result<(), String> {
+    pub(super) async fn coordinate(&self) -> Result<(), Error> {
         let Some(journal) = self.journal().await else {
             return Ok(());
         };
         let state = self.observe_since(&journal.view).await?;
-        let mut run = UpgradeRun::resume(journal, state, now_ms()).map_err(|e| e.to_string())?;
+        let mut run = UpgradeRun::resume(journal, state, now_ms())?;
         loop {
             if !self.only_active().await {
                 // No last push: the node that coordinates now may already
