@@ -6,8 +6,9 @@
 //! instead of UDP sockets (authenticated on arrival exactly as a link task
 //! does), its service starts and stops at once, and the operator reaches
 //! it through the same requests the API server sends. A crash ends its
-//! task and closes its peer connections, as the kernel would; a partition
-//! drops datagrams in one or both directions. On a paused clock a test of
+//! task and closes its peer connections, as the kernel would; a freeze
+//! stops polling its loop (SIGSTOP); a partition drops datagrams in one or
+//! both directions. On a paused clock a test of
 //! an HA rule takes the time its timers say, not the wall clock's, with no
 //! sleeps and no shared lock, so such tests run side by side
 //! (`turmoil`'s idea, kept small: the agent's only simulated effects are
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tandem_core::{Command, EffectiveRole};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::Error;
@@ -39,6 +40,9 @@ pub const INTERVAL: Duration = Duration::from_millis(100);
 /// Heartbeats missed before a peer is dead: the hold time is
 /// `INTERVAL × LOST_THRESHOLD`.
 pub const LOST_THRESHOLD: u32 = 3;
+
+/// How long [`SimCluster::status`] waits for a frozen node.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// What the router knows: which link address is whose, what is cut, and
 /// each running node's inbox.
@@ -64,6 +68,8 @@ struct SimNode {
 }
 
 struct Running {
+    /// `true` while the node's loop is not polled (SIGSTOP).
+    frozen: watch::Sender<bool>,
     api: mpsc::Sender<ApiRequest>,
     peer_events: mpsc::Sender<PeerLinkEvent>,
     shutdown: oneshot::Sender<()>,
@@ -197,10 +203,13 @@ impl SimCluster {
             }
         });
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(driver::drive(agent, async {
+        let (frozen, thawed) = watch::channel(false);
+        let agent_loop = driver::drive(agent, async {
             let _ = stop.await;
-        }));
+        });
+        let task = tokio::spawn(freezable(agent_loop, thawed));
         self.nodes[i].running = Some(Running {
+            frozen,
             api: api_tx,
             peer_events: peer_tx,
             shutdown,
@@ -224,6 +233,22 @@ impl SimCluster {
                 .peer_events
                 .send(PeerLinkEvent::Closed { peer: name.clone() })
                 .await;
+        }
+    }
+
+    /// SIGSTOP of node `i`'s agent: its loop is not polled, so it neither
+    /// sends nor reads, while its peer connections stay open (a hang, not
+    /// a crash); what arrives meanwhile waits in its inbox.
+    pub fn freeze(&self, i: usize) {
+        if let Some(running) = &self.nodes[i].running {
+            let _ = running.frozen.send(true);
+        }
+    }
+
+    /// SIGCONT: node `i`'s loop runs again, its timers long overdue.
+    pub fn thaw(&self, i: usize) {
+        if let Some(running) = &self.nodes[i].running {
+            let _ = running.frozen.send(false);
         }
     }
 
@@ -263,12 +288,17 @@ impl SimCluster {
         self.network().delay = delay;
     }
 
-    /// Node `i`'s own report; `None` while it is down.
+    /// Node `i`'s own report; `None` while it is down or frozen (a live
+    /// loop answers within the same simulated instant, so the timeout only
+    /// ends a wait on a frozen one).
     pub async fn status(&self, i: usize) -> Option<StatusReport> {
         let running = self.nodes[i].running.as_ref()?;
         let (reply, answer) = oneshot::channel();
-        running.api.send(ApiRequest::Status { reply }).await.ok()?;
-        answer.await.ok()
+        running.api.try_send(ApiRequest::Status { reply }).ok()?;
+        tokio::time::timeout(STATUS_TIMEOUT, answer)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Node `i`'s effective role; `None` while it is down.
@@ -319,6 +349,32 @@ impl SimCluster {
     pub async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             let _ = self.stop(i).await;
+        }
+    }
+}
+
+/// Polls `agent_loop` only while `frozen` says no: a stopped process, as
+/// the simulation sees one.
+async fn freezable<T>(
+    agent_loop: impl std::future::Future<Output = T>,
+    mut frozen: watch::Receiver<bool>,
+) -> T {
+    tokio::pin!(agent_loop);
+    loop {
+        if *frozen.borrow_and_update() {
+            // A dropped sender is a cluster gone: the loop may end too.
+            if frozen.changed().await.is_err() {
+                return agent_loop.await;
+            }
+            continue;
+        }
+        tokio::select! {
+            out = &mut agent_loop => return out,
+            changed = frozen.changed() => {
+                if changed.is_err() {
+                    return agent_loop.await;
+                }
+            }
         }
     }
 }

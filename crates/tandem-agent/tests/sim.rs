@@ -262,3 +262,41 @@ async fn wait_for_holders(cluster: &SimCluster, i: usize, want: Vec<Option<Strin
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_active_is_replaced_and_one_active_remains_after_it_wakes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cluster = pair(&dir).await;
+    // SIGSTOP: its connection stays open, so only the heartbeat timeout
+    // can tell.
+    cluster.freeze(ALPHA);
+    let took = wait_for(&cluster, hold_time() * 4, "beta active", |r| {
+        r[BETA] == Some(EffectiveRole::Active)
+    })
+    .await;
+    assert!(
+        took >= hold_time() - INTERVAL,
+        "beta took over after {took:?}"
+    );
+    cluster.thaw(ALPHA);
+    // Split brain when it wakes: one steps down at once, then preemption
+    // may move the service back to the primary. Either way, one active.
+    wait_for(&cluster, hold_time() * 4, "exactly one active", |r| {
+        r.iter()
+            .filter(|r| **r == Some(EffectiveRole::Active))
+            .count()
+            == 1
+            && r.contains(&Some(EffectiveRole::Standby))
+    })
+    .await;
+    let mut split_brains = 0;
+    for i in [ALPHA, BETA] {
+        split_brains += cluster
+            .status(i)
+            .await
+            .map_or(0, |s| s.node.counters.split_brain_events);
+    }
+    assert!(split_brains >= 1, "the split brain was not counted");
+    never_two_actives(&cluster, Duration::from_secs(2)).await;
+    cluster.shutdown().await;
+}
