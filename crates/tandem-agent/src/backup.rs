@@ -150,30 +150,28 @@ mod tests {
 
     #[test]
     fn create_list_restore_and_refuse_another_nodes_backup() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("create a temporary directory");
         let state = dir.path().join("state");
-        std::fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&state).expect("create the state directory");
         let config = dir.path().join("node.toml");
         std::fs::write(&config, "[node]\nname = \"beta\"\npriority = 1\n")
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(state.join("ha-state.json"), "{\"epoch\": 1}")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("write the config");
+        std::fs::write(state.join("ha-state.json"), "{\"epoch\": 1}").expect("write the state");
 
-        let made = create(&state, &config).unwrap_or_else(|e| panic!("{e}"));
+        let made = create(&state, &config).expect("create a backup");
         let id = made.backup.clone();
         assert_eq!(made.node.as_deref(), Some("beta"));
         assert_eq!(made.files, ["config.toml", "ha-state.json"]);
 
         std::fs::write(&config, "[node]\nname = \"beta\"\npriority = 99\n")
-            .unwrap_or_else(|e| panic!("{e}"));
-        let restored =
-            restore(&state, &config, "beta", &id, false).unwrap_or_else(|e| panic!("{e}"));
+            .expect("change the config");
+        let restored = restore(&state, &config, "beta", &id, false).expect("restore the backup");
         assert!(
             std::fs::read_to_string(&config)
                 .unwrap_or_default()
                 .contains("priority = 1")
         );
-        let listed = list(&state).unwrap_or_else(|e| panic!("{e}"));
+        let listed = list(&state).expect("list the backups");
         assert_eq!(
             listed.backups.len(),
             2,
@@ -182,9 +180,9 @@ mod tests {
 
         // A backup of alpha's config on beta: refused unless forced.
         let foreign = state.join("backups/1");
-        std::fs::create_dir_all(&foreign).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&foreign).expect("create the foreign backup");
         std::fs::write(foreign.join("config.toml"), "[node]\nname = \"alpha\"\n")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("write the foreign config");
         let refused = restore(&state, &config, "beta", "1", false)
             .err()
             .map(|e| e.to_string())

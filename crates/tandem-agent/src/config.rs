@@ -746,33 +746,32 @@ mod tests {
     /// sync matches the absolute paths inotify reports.
     #[test]
     fn a_relative_config_path_gives_absolute_paths() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("create a temporary directory");
         let example = include_str!("../../../examples/pair/alpha.toml");
         let text = format!(
             "{example}\n[sync]\ncert_dir = \"certs\"\ndata_dir = \"data\"\nconfig = [\"mta.toml\"]\n"
         );
-        std::fs::write(dir.path().join("alpha.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("alpha.toml"), text).expect("write the config");
         for secret in ["cluster.key", "api.token"] {
             let file = dir.path().join(secret);
-            std::fs::write(&file, "a secret of more than sixteen bytes\n")
-                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&file, "a secret of more than sixteen bytes\n").expect("write a secret");
             std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .expect("restrict a secret's permissions");
         }
         // The same file, named relative to the current directory.
-        let cwd = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
+        let cwd = std::env::current_dir().expect("read the current directory");
         let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
         let relative = up.join(
             dir.path()
                 .join("alpha.toml")
                 .strip_prefix("/")
-                .unwrap_or_else(|e| panic!("{e}")),
+                .expect("strip the root from the config path"),
         );
         assert!(relative.is_relative());
-        let config = AgentConfig::load(&relative).unwrap_or_else(|e| panic!("{e}"));
+        let config = AgentConfig::load(&relative).expect("load the config");
         assert!(config.origin.is_absolute(), "{}", config.origin.display());
         assert!(config.node.state_dir.is_absolute());
-        let sync = config.sync.unwrap_or_else(|| panic!("[sync] parsed"));
+        let sync = config.sync.expect("parse the [sync] section");
         assert!(
             sync.config.iter().all(|p| p.is_absolute()),
             "{:?}",

@@ -661,14 +661,16 @@ mod tests {
 
     #[test]
     fn parse_accepts_prefix_and_defaults_to_32() {
-        let v = IpVip::parse("eth0", "198.18.0.100/24").unwrap();
+        let v = IpVip::parse("eth0", "198.18.0.100/24").expect("parse a vip with a prefix");
         assert_eq!(
             (v.interface(), v.address(), v.prefix_len()),
             ("eth0", Ipv4Addr::new(198, 18, 0, 100), 24)
         );
         assert_eq!(v.to_string(), "198.18.0.100/24");
         assert_eq!(
-            IpVip::parse("eth0", "198.18.0.100").unwrap().prefix_len(),
+            IpVip::parse("eth0", "198.18.0.100")
+                .expect("parse a vip without a prefix")
+                .prefix_len(),
             32
         );
     }

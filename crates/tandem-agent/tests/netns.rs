@@ -82,7 +82,7 @@ fn ip(args: &[&str]) -> Result<String, String> {
 }
 
 fn ip_ok(args: &[&str]) -> String {
-    ip(args).unwrap_or_else(|e| panic!("{e}"))
+    ip(args).expect("run ip")
 }
 
 /// The namespaces a test created; deleted on drop, in reverse order.
@@ -158,7 +158,7 @@ impl Topology {
         }
         ip_ok(&["-n", &bridge, "link", "set", "br0", "up"]);
         let mut node = |suffix: &str, addr: &str, mac: &str| -> String {
-            let name = ns.add(suffix).unwrap_or_else(|e| panic!("{e}"));
+            let name = ns.add(suffix).expect("add a node namespace");
             let port = format!("p-{suffix}");
             // Created inside the bridge namespace with its peer moved at
             // once into the node's, so no interface ever appears in the
@@ -190,8 +190,8 @@ impl Topology {
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     let thread = std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("enter the network namespace");
         f()
     });
     match thread.join() {
@@ -210,7 +210,7 @@ where
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+            .expect("build the tokio runtime");
         rt.block_on(f())
     })
 }
@@ -221,7 +221,7 @@ where
 fn claim(ns: &str, vip: &Arc<IpVip>, plan: GarpPlan) -> tandem_agent::vip_ip::ClaimReport {
     let vip = vip.clone();
     block_in_ns(ns, move || async move {
-        let report = vip.claim().await.unwrap_or_else(|e| panic!("claim: {e}"));
+        let report = vip.claim().await.expect("claim the vip");
         tokio::time::sleep(plan.spacing * plan.count + Duration::from_millis(10)).await;
         report
     })
@@ -230,10 +230,7 @@ fn claim(ns: &str, vip: &Arc<IpVip>, plan: GarpPlan) -> tandem_agent::vip_ip::Cl
 fn release(ns: &str, vip: &Arc<IpVip>) -> bool {
     let vip = vip.clone();
     block_in_ns(ns, move || async move {
-        vip.release()
-            .await
-            .unwrap_or_else(|e| panic!("release: {e}"))
-            .was_present
+        vip.release().await.expect("release the vip").was_present
     })
 }
 
@@ -242,14 +239,14 @@ fn is_present(ns: &str, vip: &Arc<IpVip>) -> bool {
     block_in_ns(ns, move || async move {
         vip.is_present()
             .await
-            .unwrap_or_else(|e| panic!("is_present: {e}"))
+            .expect("check whether the vip is present")
     })
 }
 
 fn vip(plan: GarpPlan) -> Arc<IpVip> {
     Arc::new(
         IpVip::parse("eth0", VIP)
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("parse the vip")
             .with_garp(plan),
     )
 }
@@ -332,7 +329,7 @@ impl NameServer {
             .unwrap_or_else(|e| panic!("bind {VIP_ADDR}:{port} in {ns}: {e}"));
         listener
             .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("nonblocking: {e}"));
+            .expect("make the listener nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -455,10 +452,7 @@ fn a_service_on_n2_is_reachable_from_the_client_after_the_move() {
     let (v1, v2) = (vip(plan), vip(plan));
     claim(&t.n1, &v1, plan);
     let s1 = NameServer::start(&t.n1, 2525, "n1");
-    assert_eq!(
-        client_fetch(&t.client, 2525).unwrap_or_else(|e| panic!("fetch from n1: {e}")),
-        "n1"
-    );
+    assert_eq!(client_fetch(&t.client, 2525).expect("fetch from n1"), "n1");
 
     release(&t.n1, &v1);
     claim(&t.n2, &v2, plan);
@@ -531,9 +525,9 @@ fn interfaces_that_are_missing_down_or_without_arp() {
     ]);
 
     let results = block_in_ns(&name, || async {
-        let missing = IpVip::parse("nosuch0", VIP).unwrap_or_else(|e| panic!("{e}"));
-        let down = IpVip::parse("a0", VIP).unwrap_or_else(|e| panic!("{e}"));
-        let lo = IpVip::parse("lo", "198.18.0.100/32").unwrap_or_else(|e| panic!("{e}"));
+        let missing = IpVip::parse("nosuch0", VIP).expect("parse the vip on nosuch0");
+        let down = IpVip::parse("a0", VIP).expect("parse the vip on a0");
+        let lo = IpVip::parse("lo", "198.18.0.100/32").expect("parse the vip on lo");
         (
             missing.claim().await,
             missing.release().await.map(|r| r.was_present),
@@ -560,14 +554,14 @@ fn interfaces_that_are_missing_down_or_without_arp() {
     assert!(matches!(missing_release, Ok(false)), "{missing_release:?}");
     assert!(matches!(missing_present, Ok(false)), "{missing_present:?}");
 
-    let down_claim = down_claim.unwrap_or_else(|e| panic!("claim on a down interface: {e}"));
+    let down_claim = down_claim.expect("claim on a down interface");
     assert!(
         matches!(down_claim.announce, Announce::Failed(_)),
         "{down_claim:?}"
     );
     assert!(matches!(down_present, Ok(true)), "{down_present:?}");
 
-    let lo_claim = lo_claim.unwrap_or_else(|e| panic!("claim on lo: {e}"));
+    let lo_claim = lo_claim.expect("claim on lo");
     assert_eq!(lo_claim.announce, Announce::NotApplicable);
     assert_eq!(lo_claim.mac, None);
     assert!(matches!(lo_release, Ok(true)), "{lo_release:?}");

@@ -21,7 +21,7 @@ fn hold_time() -> Duration {
 async fn pair(dir: &tempfile::TempDir) -> SimCluster {
     let cluster = SimCluster::start(&["alpha", "beta"], dir.path())
         .await
-        .unwrap_or_else(|e| panic!("start: {e}"));
+        .expect("start the cluster");
     wait_for(
         &cluster,
         Duration::from_secs(10),
@@ -79,7 +79,7 @@ async fn never_two_actives(cluster: &SimCluster, span: Duration) {
 
 #[tokio::test(start_paused = true)]
 async fn a_crashed_active_is_replaced_at_once_through_its_closed_connection() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let mut cluster = pair(&dir).await;
     cluster.crash(ALPHA).await;
     let took = wait_for(&cluster, hold_time() * 4, "beta active", |r| {
@@ -97,7 +97,7 @@ async fn a_crashed_active_is_replaced_at_once_through_its_closed_connection() {
 
 #[tokio::test(start_paused = true)]
 async fn a_partition_makes_two_actives_and_healing_it_leaves_the_primary() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let cluster = pair(&dir).await;
     cluster.partition(ALPHA, BETA);
     // Without a quorum, each side sees the other dead after the hold time
@@ -122,7 +122,7 @@ async fn a_partition_makes_two_actives_and_healing_it_leaves_the_primary() {
         let status = cluster
             .status(i)
             .await
-            .unwrap_or_else(|| panic!("{i} down"));
+            .unwrap_or_else(|| panic!("read the status of node {i}: it is down"));
         assert!(
             status.node.counters.split_brain_events >= 1,
             "node {i} did not count the split brain: {:?}",
@@ -135,7 +135,7 @@ async fn a_partition_makes_two_actives_and_healing_it_leaves_the_primary() {
 
 #[tokio::test(start_paused = true)]
 async fn late_heartbeats_within_the_hold_time_never_fail_over() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let cluster = pair(&dir).await;
     // A delay that appears at once leaves one gap of the delay plus an
     // interval between two heartbeats. A delay of 1.5 intervals (a gap of
@@ -153,7 +153,7 @@ async fn late_heartbeats_within_the_hold_time_never_fail_over() {
 
 #[tokio::test(start_paused = true)]
 async fn a_one_way_cut_to_the_standby_makes_it_serve_until_the_link_returns() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let cluster = pair(&dir).await;
     // Beta stops hearing alpha; alpha still hears beta claim the service,
     // which is a split brain alpha resolves the moment it hears it.
@@ -172,12 +172,12 @@ async fn a_one_way_cut_to_the_standby_makes_it_serve_until_the_link_returns() {
 
 #[tokio::test(start_paused = true)]
 async fn failover_standby_hands_over_make_before_break_and_the_restarted_primary_takes_it_back() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let mut cluster = pair(&dir).await;
     let reply = cluster
         .command(ALPHA, Command::FailoverStandby)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("send failover standby");
     assert_eq!(reply.outcome, CommandOutcome::Done, "{reply:?}");
     wait_for(&cluster, hold_time() * 4, "beta active", |r| {
         r == [Some(EffectiveRole::Standby), Some(EffectiveRole::Active)]
@@ -189,10 +189,7 @@ async fn failover_standby_hands_over_make_before_break_and_the_restarted_primary
     // primary and, with preemption on, takes the service back once it has
     // been healthy for the preemption delay.
     cluster.crash(ALPHA).await;
-    cluster
-        .boot(ALPHA)
-        .await
-        .unwrap_or_else(|e| panic!("boot: {e}"));
+    cluster.boot(ALPHA).await.expect("boot alpha");
     wait_for(
         &cluster,
         Duration::from_secs(120),
@@ -206,10 +203,10 @@ async fn failover_standby_hands_over_make_before_break_and_the_restarted_primary
 
 #[tokio::test(start_paused = true)]
 async fn active_active_groups_fail_over_independently() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let mut cluster = SimCluster::start_with_groups(&["alpha", "beta"], 2, dir.path())
         .await
-        .unwrap_or_else(|e| panic!("start: {e}"));
+        .expect("start the cluster");
     let holders = |names: [&str; 2]| names.map(|n| Some(n.to_string())).to_vec();
     // Each group on its preferred node (ASA failover groups).
     wait_for_holders(&cluster, ALPHA, holders(["alpha", "beta"])).await;
@@ -224,7 +221,7 @@ async fn active_active_groups_fail_over_independently() {
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("move group 1 to alpha");
     assert_eq!(moved.outcome, CommandOutcome::Done, "{moved:?}");
     wait_for_holders(&cluster, BETA, holders(["alpha", "alpha"])).await;
 
@@ -238,7 +235,7 @@ async fn active_active_groups_fail_over_independently() {
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("give group 1 back");
     assert_eq!(back.outcome, CommandOutcome::Done, "{back:?}");
     wait_for_holders(&cluster, ALPHA, holders(["alpha", "beta"])).await;
     cluster.crash(ALPHA).await;
@@ -265,7 +262,7 @@ async fn wait_for_holders(cluster: &SimCluster, i: usize, want: Vec<Option<Strin
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_active_is_replaced_and_one_active_remains_after_it_wakes() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let cluster = pair(&dir).await;
     // SIGSTOP: its connection stays open, so only the heartbeat timeout
     // can tell.

@@ -56,11 +56,11 @@ async fn hands_the_vip_socket_over_by_socket_activation() {
         eprintln!("SKIP: python3 is not installed");
         return;
     }
-    let socket = vip::bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = std::net::TcpListener::from(socket.try_clone().unwrap_or_else(|e| panic!("{e}")))
+    let socket =
+        vip::bind("127.0.0.1:0".parse().expect("parse the address")).expect("bind the socket");
+    let addr = std::net::TcpListener::from(socket.try_clone().expect("clone the socket"))
         .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("read the local address");
     assert!(socket.as_raw_fd() > 2);
     let (tx, mut events) = mpsc::channel(16);
     let service = supervisor::spawn(tx);
@@ -72,15 +72,13 @@ async fn hands_the_vip_socket_over_by_socket_activation() {
     };
 
     let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let mut stream = TcpStream::connect(addr).expect("connect to the service");
         let mut text = String::new();
-        stream
-            .read_to_string(&mut text)
-            .unwrap_or_else(|e| panic!("{e}"));
+        stream.read_to_string(&mut text).expect("read the answer");
         text
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("join the client task");
     assert_eq!(answer, "fds=1 pid_ok=True\n");
 
     service.stop().await;
@@ -154,7 +152,7 @@ async fn a_missing_program_is_reported() {
 /// signal (`on_config_change = "signal:HUP"`) reaches it.
 #[tokio::test]
 async fn the_service_gets_default_signal_handling_whatever_the_agent_ignores() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temporary directory");
     let heard = dir.path().join("heard");
     // SAFETY: sets this test process's disposition of one signal; no
     // test here sends SIGHUP to itself.
@@ -172,7 +170,7 @@ async fn the_service_gets_default_signal_handling_whatever_the_agent_ignores() {
         panic!("not started")
     };
     tokio::time::sleep(Duration::from_millis(200)).await; // let the shell install its trap
-    let pid = libc::pid_t::try_from(pid).unwrap_or_else(|e| panic!("{e}"));
+    let pid = libc::pid_t::try_from(pid).expect("convert the pid");
     // SAFETY: kill(2) on the service's pid, which the supervisor started.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

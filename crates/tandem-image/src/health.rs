@@ -141,11 +141,11 @@ mod tests {
 
     #[test]
     fn tcp_passes_when_listening_and_fails_when_not() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local listener");
         let addr = listener
             .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+            .expect("read the listener's address")
+            .to_string();
         assert_eq!(
             wait_healthy(&check(HealthProbe::Tcp(addr.clone()), 1000), Path::new("/")),
             Ok(())
@@ -161,13 +161,10 @@ mod tests {
             ("HTTP/1.0 200 OK\r\n\r\n", true),
             ("HTTP/1.0 503 Busy\r\n\r\n", false),
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local listener");
             let url = format!(
                 "http://{}/health",
-                listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
+                listener.local_addr().expect("read the listener's address")
             );
             let server = std::thread::spawn(move || {
                 if let Ok((mut s, _)) = listener.accept() {

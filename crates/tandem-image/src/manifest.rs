@@ -242,8 +242,7 @@ timeout = "1500ms"
 
     #[test]
     fn parses_every_key() {
-        let m = Manifest::parse(GOOD, "m.toml").map_err(|e| e.to_string());
-        let Ok(m) = m else { panic!("{m:?}") };
+        let m = Manifest::parse(GOOD, "m.toml").expect("parse the manifest");
         assert_eq!(m.name, "relay");
         assert_eq!(m.version.to_string(), "6.2.5");
         assert_eq!(m.entrypoint, ["bin/relay", "--fast"]);

@@ -13,44 +13,35 @@ use tandem_image::{Error, Manifest, SlotName, SlotState, SlotStore};
 use tempfile::TempDir;
 
 fn tmp() -> TempDir {
-    tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
-}
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
+    tempfile::tempdir().expect("create a temporary directory")
 }
 
 /// A release directory and manifest whose health command is `health`.
 fn release(dir: &Path, version: &str, health: &str) -> (PathBuf, PathBuf) {
     let files = dir.join(format!("files-{version}"));
-    ok(fs::create_dir_all(files.join("bin")));
-    ok(fs::write(
-        files.join("bin/service"),
-        "#!/bin/sh\nexec sleep 60\n",
-    ));
-    ok(Command::new("chmod")
+    fs::create_dir_all(files.join("bin")).expect("create the directory");
+    fs::write(files.join("bin/service"), "#!/bin/sh\nexec sleep 60\n").expect("write the file");
+    Command::new("chmod")
         .arg("755")
         .arg(files.join("bin/service"))
-        .status());
-    ok(fs::write(
-        files.join("README"),
-        format!("release {version}\n"),
-    ));
-    ok(std::os::unix::fs::symlink("bin/service", files.join("run")));
+        .status()
+        .expect("run chmod");
+    fs::write(files.join("README"), format!("release {version}\n")).expect("write the file");
+    std::os::unix::fs::symlink("bin/service", files.join("run")).expect("create the symlink");
     let manifest = dir.join(format!("manifest-{version}.toml"));
-    ok(fs::write(
+    fs::write(
         &manifest,
         format!(
             "name = \"demo\"\nversion = \"{version}\"\nentrypoint = [\"bin/service\"]\ndata_format = 1\nprotocol = [1, 2]\n[health]\ncommand = [\"sh\", \"-c\", \"{health}\"]\ntimeout = \"300ms\"\n"
         ),
-    ));
+    ).expect("write the file");
     (manifest, files)
 }
 
 fn build(dir: &Path, version: &str, health: &str, compression: Compression) -> PathBuf {
     let (manifest, files) = release(dir, version, health);
     let image = dir.join(format!("demo-{version}.tandem"));
-    ok(archive::build(&manifest, &files, &image, compression));
+    archive::build(&manifest, &files, &image, compression).expect("build the image");
     image
 }
 
@@ -64,20 +55,21 @@ fn make_keys(dir: &Path, name: &str) -> Keys {
         secret: dir.join(format!("{name}.key")),
         public: dir.join(format!("{name}.pub")),
     };
-    ok(signing::keygen(&keys.secret, &keys.public, None));
+    signing::keygen(&keys.secret, &keys.public, None).expect("generate the keys");
     keys
 }
 
 fn sign(image: &Path, keys: &Keys) {
-    ok(signing::sign(
+    signing::sign(
         image,
-        &ok(signing::read_secret_key(&keys.secret, None)),
-    ));
+        &signing::read_secret_key(&keys.secret, None).expect("read the secret key"),
+    )
+    .expect("sign the image");
 }
 
 fn policy(keys: &Keys) -> TrustPolicy {
     TrustPolicy {
-        trusted_keys: vec![ok(signing::read_public_key(&keys.public))],
+        trusted_keys: vec![signing::read_public_key(&keys.public).expect("read the public key")],
         ..TrustPolicy::default()
     }
 }
@@ -89,7 +81,7 @@ fn build_sign_verify_both_compressions() {
     for (version, compression) in [("6.2.0", Compression::Zstd), ("6.2.5", Compression::Gzip)] {
         let image = build(dir.path(), version, "true", compression);
         sign(&image, &keys);
-        let verified = ok(policy(&keys).verify(&image));
+        let verified = policy(&keys).verify(&image).expect("verify the image");
         assert_eq!(verified.contents.manifest.version.to_string(), version);
         assert_eq!(verified.contents.compression, compression);
         assert_eq!(
@@ -98,9 +90,17 @@ fn build_sign_verify_both_compressions() {
         );
         assert_eq!(
             verified.signer.map(|k| k.to_string()),
-            Some(signing::key_id(&ok(signing::read_public_key(&keys.public))).to_string())
+            Some(
+                signing::key_id(
+                    &signing::read_public_key(&keys.public).expect("read the public key")
+                )
+                .to_string()
+            )
         );
-        assert_eq!(verified.sha256, ok(signing::sha256_file(&image)));
+        assert_eq!(
+            verified.sha256,
+            signing::sha256_file(&image).expect("hash the image")
+        );
     }
 }
 
@@ -109,9 +109,12 @@ fn builds_are_reproducible() {
     let dir = tmp();
     let (manifest, files) = release(dir.path(), "6.2.0", "true");
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    ok(archive::build(&manifest, &files, &one, Compression::Zstd));
-    ok(archive::build(&manifest, &files, &two, Compression::Zstd));
-    assert_eq!(ok(fs::read(&one)), ok(fs::read(&two)));
+    archive::build(&manifest, &files, &one, Compression::Zstd).expect("build the image");
+    archive::build(&manifest, &files, &two, Compression::Zstd).expect("build the image");
+    assert_eq!(
+        fs::read(&one).expect("read the file"),
+        fs::read(&two).expect("read the file")
+    );
 }
 
 #[test]
@@ -119,17 +122,21 @@ fn secret_key_is_private_and_never_overwritten() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tmp();
     let keys = make_keys(dir.path(), "k");
-    let mode = ok(fs::metadata(&keys.secret)).permissions().mode() & 0o777;
+    let mode = fs::metadata(&keys.secret)
+        .expect("read the file's metadata")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     assert!(signing::keygen(&keys.secret, &keys.public, None).is_err());
     // An encrypted key needs its password.
     let (secret, public) = (dir.path().join("enc.key"), dir.path().join("enc.pub"));
-    ok(signing::keygen(&secret, &public, Some("hunter2".into())));
+    signing::keygen(&secret, &public, Some("hunter2".into())).expect("generate the keys");
     let refused = signing::read_secret_key(&secret, None)
         .err()
         .map(|e| e.to_string());
     assert!(refused.is_some_and(|e| e.contains("--password-env")));
-    ok(signing::read_secret_key(&secret, Some("hunter2".into())));
+    signing::read_secret_key(&secret, Some("hunter2".into())).expect("read the secret key");
 }
 
 fn refusal(policy: &TrustPolicy, image: &Path) -> String {
@@ -152,7 +159,10 @@ fn tampered_unsigned_and_foreign_images_are_refused() {
         allow_unsigned: true,
         ..policy(&keys)
     };
-    assert_eq!(ok(lenient.verify(&image)).signer, None);
+    assert_eq!(
+        lenient.verify(&image).expect("verify the image").signer,
+        None
+    );
 
     // Signed by a key the node does not trust.
     sign(&image, &stranger);
@@ -164,18 +174,15 @@ fn tampered_unsigned_and_foreign_images_are_refused() {
 
     // One flipped byte anywhere.
     sign(&image, &keys);
-    ok(policy(&keys).verify(&image));
-    let mut bytes = ok(fs::read(&image));
+    policy(&keys).verify(&image).expect("verify the image");
+    let mut bytes = fs::read(&image).expect("read the file");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
-    ok(fs::write(&image, &bytes));
+    fs::write(&image, &bytes).expect("write the file");
     assert!(refusal(&policy(&keys), &image).contains("does not match its signature"));
 
     // A garbled signature file.
-    ok(fs::write(
-        signing::signature_path(&image),
-        "not a signature",
-    ));
+    fs::write(signing::signature_path(&image), "not a signature").expect("write the file");
     assert!(refusal(&policy(&keys), &image).contains("malformed signature"));
 }
 
@@ -218,7 +225,11 @@ fn hostile(dir: &Path, name: &str, extra: &[RawEntry]) -> PathBuf {
     }
     tar.extend_from_slice(&[0u8; 1024]);
     let path = dir.join(name);
-    ok(fs::write(&path, ok(zstd::encode_all(&tar[..], 3))));
+    fs::write(
+        &path,
+        zstd::encode_all(&tar[..], 3).expect("compress the archive"),
+    )
+    .expect("write the file");
     path
 }
 
@@ -235,7 +246,7 @@ fn hostile_archives_are_refused_with_the_reason() {
         "fine",
         &[("docs/", Directory, b"", ""), ("docs/a", Regular, b"a", "")],
     );
-    ok(lenient.verify(&control));
+    lenient.verify(&control).expect("verify the image");
 
     let cases: &[(&str, &[RawEntry], &str)] = &[
         (
@@ -318,13 +329,17 @@ fn hostile_archives_are_refused_with_the_reason() {
 
     // Not an archive at all, and an archive without its entrypoint.
     let junk = dir.path().join("junk");
-    ok(fs::write(&junk, b"MZ not a tar"));
+    fs::write(&junk, b"MZ not a tar").expect("write the file");
     assert!(refusal(&lenient, &junk).contains("not a zstd or gzip"));
     let mut tar = Vec::new();
     raw_entry(&mut tar, "manifest.toml", Regular, MANIFEST.as_bytes(), "");
     tar.extend_from_slice(&[0u8; 1024]);
     let headless = dir.path().join("headless");
-    ok(fs::write(&headless, ok(zstd::encode_all(&tar[..], 3))));
+    fs::write(
+        &headless,
+        zstd::encode_all(&tar[..], 3).expect("compress the archive"),
+    )
+    .expect("write the file");
     assert!(refusal(&lenient, &headless).contains("entrypoint \"run\" is not in the archive"));
 }
 
@@ -352,11 +367,14 @@ fn minisign_tool_verifies_our_signatures() {
         .arg("-m")
         .arg(&image)
         .status();
-    assert!(ok(status).success(), "minisign -V refused our signature");
+    assert!(
+        status.expect("run minisign").success(),
+        "minisign -V refused our signature"
+    );
     // And notices tampering.
-    let mut bytes = ok(fs::read(&image));
+    let mut bytes = fs::read(&image).expect("read the file");
     bytes[10] ^= 0xFF;
-    ok(fs::write(&image, bytes));
+    fs::write(&image, bytes).expect("write the file");
     let status = Command::new(&tool)
         .arg("-Vq")
         .arg("-p")
@@ -365,7 +383,7 @@ fn minisign_tool_verifies_our_signatures() {
         .arg(&image)
         .status();
     assert!(
-        !ok(status).success(),
+        !status.expect("run minisign").success(),
         "minisign -V accepted a tampered image"
     );
 }
@@ -382,7 +400,10 @@ fn we_verify_minisign_tool_signatures() {
         .arg("-s")
         .arg(&secret)
         .output();
-    assert!(ok(generated).status.success(), "minisign -G failed");
+    assert!(
+        generated.expect("run minisign -G").status.success(),
+        "minisign -G failed"
+    );
     let image = build(dir.path(), "6.2.5", "true", Compression::Gzip);
     let signed = Command::new(&tool)
         .arg("-S")
@@ -391,13 +412,18 @@ fn we_verify_minisign_tool_signatures() {
         .arg("-m")
         .arg(&image)
         .output();
-    assert!(ok(signed).status.success(), "minisign -S failed");
+    assert!(
+        signed.expect("run minisign -S").status.success(),
+        "minisign -S failed"
+    );
     let trust = TrustPolicy {
-        trusted_keys: vec![ok(signing::read_public_key(&public))],
+        trusted_keys: vec![signing::read_public_key(&public).expect("read the public key")],
         ..TrustPolicy::default()
     };
     assert_eq!(
-        ok(trust.verify(&image))
+        trust
+            .verify(&image)
+            .expect("verify the image")
             .contents
             .manifest
             .version
@@ -405,7 +431,7 @@ fn we_verify_minisign_tool_signatures() {
         "6.2.5"
     );
     // A tool signature over other bytes is refused.
-    ok(fs::write(&image, b"replaced"));
+    fs::write(&image, b"replaced").expect("write the file");
     assert!(trust.verify(&image).is_err());
 }
 
@@ -458,21 +484,26 @@ fn node() -> Node {
 }
 
 fn open(path: &Path) -> (SlotStore, Vec<String>) {
-    ok(SlotStore::open(path))
+    SlotStore::open(path).expect("open the slot store")
 }
 
 /// A node running 6.2.0 from slot a.
 fn running_base(node: &Node) -> (SlotStore, FakeService) {
     let (mut store, _) = open(&node.slots);
     let mut service = FakeService::default();
-    let slot = ok(store.install(&ok(node.trust.verify(&node.base)), Limits::default()));
+    let slot = store
+        .install(
+            &node.trust.verify(&node.base).expect("verify the image"),
+            Limits::default(),
+        )
+        .expect("install the image");
     assert_eq!(slot, SlotName::A);
-    let outcome = ok(slots::boot(&mut store, &mut service, None));
+    let outcome = slots::boot(&mut store, &mut service, None).expect("boot the slot");
     assert_eq!(
         outcome,
         BootOutcome::Good {
             slot: SlotName::A,
-            version: Some(ok("6.2.0".parse()))
+            version: Some("6.2.0".parse().expect("parse the version"))
         }
     );
     (store, service)
@@ -483,16 +514,21 @@ fn healthy_image_boots_and_is_marked_good() {
     let node = node();
     let (mut store, mut service) = running_base(&node);
     assert_eq!(
-        ok(store.install(&ok(node.trust.verify(&node.good)), Limits::default())),
+        store
+            .install(
+                &node.trust.verify(&node.good).expect("verify the image"),
+                Limits::default()
+            )
+            .expect("install the image"),
         SlotName::B
     );
     assert_eq!(store.table().b.state, SlotState::Pending);
-    let outcome = ok(slots::boot(&mut store, &mut service, None));
+    let outcome = slots::boot(&mut store, &mut service, None).expect("boot the slot");
     assert_eq!(
         outcome,
         BootOutcome::Good {
             slot: SlotName::B,
-            version: Some(ok("6.2.5".parse()))
+            version: Some("6.2.5".parse().expect("parse the version"))
         }
     );
     assert_eq!(store.table().current, Some(SlotName::B));
@@ -502,12 +538,12 @@ fn healthy_image_boots_and_is_marked_good() {
     );
     assert_eq!(service.running, Some(store.root(SlotName::B)));
     assert_eq!(
-        ok(fs::read_to_string(store.root(SlotName::B).join("README"))),
+        fs::read_to_string(store.root(SlotName::B).join("README")).expect("read the file"),
         "release 6.2.5\n"
     );
 
     // On-demand rollback goes back to a, and the history says what happened.
-    assert_eq!(ok(store.rollback()), SlotName::A);
+    assert_eq!(store.rollback().expect("roll back"), SlotName::A);
     assert_eq!(store.table().current, Some(SlotName::A));
     let events: Vec<String> = store
         .history(10)
@@ -532,8 +568,13 @@ fn healthy_image_boots_and_is_marked_good() {
 fn unhealthy_image_rolls_back_after_three_tries() {
     let node = node();
     let (mut store, mut service) = running_base(&node);
-    ok(store.install(&ok(node.trust.verify(&node.bad)), Limits::default()));
-    let outcome = ok(slots::boot(&mut store, &mut service, None));
+    store
+        .install(
+            &node.trust.verify(&node.bad).expect("verify the image"),
+            Limits::default(),
+        )
+        .expect("install the image");
+    let outcome = slots::boot(&mut store, &mut service, None).expect("boot the slot");
     match outcome {
         BootOutcome::RolledBack { from, to, reason } => {
             assert_eq!((from, to), (SlotName::B, Some(SlotName::A)));
@@ -575,10 +616,10 @@ fn refused_image_changes_nothing() {
         names
     };
     let files_before = listing(&node.slots);
-    let mut bytes = ok(fs::read(&node.good));
+    let mut bytes = fs::read(&node.good).expect("read the file");
     let last = bytes.len() - 5;
     bytes[last] ^= 0xFF;
-    ok(fs::write(&node.good, bytes));
+    fs::write(&node.good, bytes).expect("write the file");
     assert!(
         node.trust.verify(&node.good).is_err(),
         "a corrupted archive fails verification"
@@ -600,7 +641,7 @@ fn a_kill_at_any_step_leaves_a_consistent_node() {
             let image = if healthy { &node.good } else { &node.bad };
             let (mut store, mut service) = running_base(&node);
             store.crash_after(step);
-            let verified = ok(node.trust.verify(image));
+            let verified = node.trust.verify(image).expect("verify the image");
             let crashed = match store.install(&verified, Limits::default()) {
                 Err(Error::InjectedCrash) => true,
                 Err(e) => panic!("{image_name} step {step}: {e}"),
@@ -628,7 +669,7 @@ fn a_kill_at_any_step_leaves_a_consistent_node() {
                 );
             }
             let mut service = FakeService::default();
-            let outcome = ok(slots::resume(&mut store, &mut service));
+            let outcome = slots::resume(&mut store, &mut service).expect("resume the boot");
             let running = store.table().current;
             let running_state = running.map(|s| store.table().slot(s).state);
             assert_eq!(

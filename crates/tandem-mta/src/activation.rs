@@ -72,9 +72,18 @@ mod tests {
 
     #[test]
     fn rules() {
-        assert_eq!(listen_fds(None, None, 7).unwrap(), None);
-        assert_eq!(listen_fds(Some("8"), Some("1"), 7).unwrap(), None);
-        assert_eq!(listen_fds(Some("7"), Some("2"), 7).unwrap(), Some(3..5));
+        assert_eq!(
+            listen_fds(None, None, 7).expect("read unset variables"),
+            None
+        );
+        assert_eq!(
+            listen_fds(Some("8"), Some("1"), 7).expect("read another process's variables"),
+            None
+        );
+        assert_eq!(
+            listen_fds(Some("7"), Some("2"), 7).expect("read this process's variables"),
+            Some(3..5)
+        );
         assert!(listen_fds(Some("7"), Some("0"), 7).is_err());
         assert!(listen_fds(Some("x"), Some("1"), 7).is_err());
     }

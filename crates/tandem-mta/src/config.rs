@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let c = Config::from_toml("[limits]\nmax_recipients = 3\ncommand_timeout = \"250ms\"\n")
-            .unwrap();
+            .expect("parse the config");
         assert_eq!(c.limits.max_recipients, 3);
         assert_eq!(c.limits.command_timeout, Duration::from_millis(250));
         assert_eq!(c.limits.max_line_length, 1000);
@@ -216,9 +216,10 @@ mod tests {
 
     #[test]
     fn file_errors_name_file_line_and_key() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
         let path = dir.path().join("relay.toml");
-        std::fs::write(&path, "[delivery]\nconcurrency = 4\nretry_bse = \"1s\"\n").unwrap();
+        std::fs::write(&path, "[delivery]\nconcurrency = 4\nretry_bse = \"1s\"\n")
+            .expect("write the config");
         let msg = Config::from_file(&path).unwrap_err().to_string();
         assert!(msg.starts_with(&format!("{}:3:", path.display())), "{msg}");
         assert!(msg.contains("retry_bse"), "{msg}");

@@ -634,8 +634,8 @@ mod tests {
 
     #[tokio::test]
     async fn store_load_finish_recover() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).expect("open the spool");
         let env = Envelope {
             from: String::new(),
             rcpts: vec!["a@x".into(), "b@x".into()],
@@ -644,13 +644,17 @@ mod tests {
         spool
             .store(&id, &env, b"Subject: hi\r\n\r\nbody\r\n".to_vec())
             .await
-            .unwrap();
+            .expect("store the message");
         // A leftover in tmp/ is dropped on reopen; the queued one survives.
-        fs::write(dir.path().join("tmp/junk"), b"TANDEM-SPOOL 1\nsize 99\n").unwrap();
-        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).unwrap();
+        fs::write(dir.path().join("tmp/junk"), b"TANDEM-SPOOL 1\nsize 99\n")
+            .expect("write a leftover in tmp/");
+        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).expect("reopen the spool");
         assert!(!dir.path().join("tmp/junk").exists());
-        assert_eq!(spool.recover().unwrap(), vec![id.clone()]);
-        let msg = spool.load(&id).await.unwrap();
+        assert_eq!(
+            spool.recover().expect("recover the queue"),
+            vec![id.clone()]
+        );
+        let msg = spool.load(&id).await.expect("load the message");
         assert_eq!(msg.envelope, env);
         assert_eq!(msg.body, b"Subject: hi\r\n\r\nbody\r\n");
         // b@x refused for good, a@x to retry: the queue file keeps only a@x.
@@ -661,12 +665,15 @@ mod tests {
                 vec![("b@x".into(), "550 no such user".into())],
             )
             .await
-            .unwrap();
-        let msg = spool.load(&id).await.unwrap();
+            .expect("finish with one recipient to retry");
+        let msg = spool.load(&id).await.expect("reload the message");
         assert_eq!(msg.envelope.rcpts, vec!["a@x".to_string()]);
         assert!(dir.path().join("failed").join(&id).exists());
-        spool.finish(&msg, vec![], vec![]).await.unwrap();
-        assert!(spool.recover().unwrap().is_empty());
+        spool
+            .finish(&msg, vec![], vec![])
+            .await
+            .expect("finish the message");
+        assert!(spool.recover().expect("recover the queue").is_empty());
     }
 
     /// A hook that refuses every commit and reports the paths of each call.
@@ -681,9 +688,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_message_is_removed_here_and_its_removal_committed() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
         let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel();
-        let spool = Spool::open(dir.path(), Arc::new(RefusingHook(tx))).unwrap();
+        let spool = Spool::open(dir.path(), Arc::new(RefusingHook(tx))).expect("open the spool");
         let env = Envelope {
             from: "f@x".into(),
             rcpts: vec!["a@x".into()],
@@ -691,18 +698,24 @@ mod tests {
         let id = spool.new_id();
         let stored = spool.store(&id, &env, b"body\r\n".to_vec()).await;
         assert!(stored.is_err(), "the hook refused: no 250");
-        assert!(spool.recover().unwrap().is_empty(), "not kept here");
-        let first = calls.recv().await.unwrap();
+        assert!(
+            spool.recover().expect("recover the queue").is_empty(),
+            "not kept here"
+        );
+        let first = calls.recv().await.expect("receive the first commit");
         // The removal goes to the standbys too (a commit of the gone path).
         let second = tokio::time::timeout(std::time::Duration::from_secs(10), calls.recv())
             .await
-            .unwrap()
-            .unwrap();
+            .expect("receive the removal commit in time")
+            .expect("receive the removal commit");
         assert_eq!(first, second);
         assert!(!second[0].exists());
         // Forgotten: the same id written by another process is adopted.
-        fs::write(&second[0], encode(&env, b"body\r\n")).unwrap();
-        assert_eq!(spool.adopt_new(10).await.unwrap(), vec![id]);
+        fs::write(&second[0], encode(&env, b"body\r\n")).expect("write the same id again");
+        assert_eq!(
+            spool.adopt_new(10).await.expect("adopt new messages"),
+            vec![id]
+        );
     }
 
     /// A hook that says when it is entered, then waits to be released.
@@ -723,12 +736,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_in_the_middle_of_store_is_not_adopted() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
         let gate = Arc::new(GateHook {
             entered: tokio::sync::Notify::new(),
             release: tokio::sync::Notify::new(),
         });
-        let spool = Spool::open(dir.path(), gate.clone()).unwrap();
+        let spool = Spool::open(dir.path(), gate.clone()).expect("open the spool");
         let env = Envelope {
             from: "f@x".into(),
             rcpts: vec!["a@x".into()],
@@ -740,17 +753,43 @@ mod tests {
         });
         gate.entered.notified().await;
         // Renamed into queue/, a complete spool file, hook not returned.
-        let queued = fs::read(spool.queue_dir().join(&id)).unwrap();
-        assert_eq!(decode(&queued).unwrap().0, env);
-        assert!(spool.adopt_new(10).await.unwrap().is_empty());
+        let queued = fs::read(spool.queue_dir().join(&id)).expect("read the queued file");
+        assert_eq!(decode(&queued).expect("decode the queued file").0, env);
+        assert!(
+            spool
+                .adopt_new(10)
+                .await
+                .expect("adopt new messages")
+                .is_empty()
+        );
         gate.release.notify_one();
-        storing.await.unwrap().unwrap();
-        assert!(spool.adopt_new(10).await.unwrap().is_empty());
+        storing
+            .await
+            .expect("join the store task")
+            .expect("store the message");
+        assert!(
+            spool
+                .adopt_new(10)
+                .await
+                .expect("adopt new messages")
+                .is_empty()
+        );
         // Junk is left alone; a valid foreign file is adopted once.
-        fs::write(spool.queue_dir().join("junk"), b"TANDEM-SPOOL 1\nsize 9\n").unwrap();
-        fs::write(spool.queue_dir().join("other"), encode(&env, b"x")).unwrap();
-        assert_eq!(spool.adopt_new(10).await.unwrap(), vec!["other"]);
-        assert!(spool.adopt_new(10).await.unwrap().is_empty());
+        fs::write(spool.queue_dir().join("junk"), b"TANDEM-SPOOL 1\nsize 9\n")
+            .expect("write junk to queue/");
+        fs::write(spool.queue_dir().join("other"), encode(&env, b"x"))
+            .expect("write a foreign file to queue/");
+        assert_eq!(
+            spool.adopt_new(10).await.expect("adopt new messages"),
+            vec!["other"]
+        );
+        assert!(
+            spool
+                .adopt_new(10)
+                .await
+                .expect("adopt new messages")
+                .is_empty()
+        );
         assert!(spool.queue_dir().join("junk").exists());
     }
 
@@ -767,8 +806,8 @@ mod tests {
 
     #[test]
     fn ids_are_unique() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let spool = Spool::open(dir.path(), Arc::new(NoopHook)).expect("open the spool");
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| spool.new_id()).collect();
         assert_eq!(ids.len(), 1000);
     }

@@ -226,22 +226,38 @@ mod tests {
             path: "queue/a".into(),
             mode: 0o640,
         };
-        write_frame(&mut wire, &put, b"\0\x01binary").await.unwrap();
+        write_frame(&mut wire, &put, b"\0\x01binary")
+            .await
+            .expect("write a put frame");
         write_frame(&mut wire, &Message::Commit { seq: 7 }, b"")
             .await
-            .unwrap();
+            .expect("write a commit frame");
         write_frame(&mut wire, &Message::Ping { seq: 8 }, b"")
             .await
-            .unwrap();
+            .expect("write a ping frame");
         let mut reader = &wire[..];
-        let first = read_frame(&mut reader).await.unwrap().unwrap();
+        let first = read_frame(&mut reader)
+            .await
+            .expect("read the first frame")
+            .expect("get the first frame");
         assert_eq!(first.message, put);
         assert_eq!(first.body, b"\0\x01binary");
-        let second = read_frame(&mut reader).await.unwrap().unwrap();
+        let second = read_frame(&mut reader)
+            .await
+            .expect("read the second frame")
+            .expect("get the second frame");
         assert_eq!(second.message, Message::Commit { seq: 7 });
-        let ping = read_frame(&mut reader).await.unwrap().unwrap();
+        let ping = read_frame(&mut reader)
+            .await
+            .expect("read the ping frame")
+            .expect("get the ping frame");
         assert_eq!(ping.message, Message::Ping { seq: 8 });
-        assert!(read_frame(&mut reader).await.unwrap().is_none());
+        assert!(
+            read_frame(&mut reader)
+                .await
+                .expect("read the end of the stream")
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -254,7 +270,7 @@ mod tests {
         let mut wire = Vec::new();
         write_frame(&mut wire, &Message::Commit { seq: 1 }, b"")
             .await
-            .unwrap();
+            .expect("write a commit frame");
         wire.truncate(wire.len() - 1);
         assert!(read_frame(&mut &wire[..]).await.is_err());
     }

@@ -127,8 +127,8 @@ mod tests {
         liveness.heard_at("node-b", start);
         liveness.heard_at("node-b", start + Duration::from_millis(100));
         liveness.heard_at("node-c", start + Duration::from_millis(100));
-        assert_eq!(rx.try_recv().unwrap(), "node-b");
-        assert_eq!(rx.try_recv().unwrap(), "node-c");
+        assert_eq!(rx.try_recv().expect("receive node-b's report"), "node-b");
+        assert_eq!(rx.try_recv().expect("receive node-c's report"), "node-c");
         assert!(rx.try_recv().is_err());
         // Every answer counts for idleness, reported or not.
         assert_eq!(
@@ -139,8 +139,8 @@ mod tests {
         liveness.heard_at("node-b", start + Duration::from_secs(2));
         liveness.heard_at("node-c", start + Duration::from_secs(2));
         liveness.heard_at("node-d", start + Duration::from_secs(2));
-        assert_eq!(rx.try_recv().unwrap(), "node-b");
-        assert_eq!(rx.try_recv().unwrap(), "node-c");
+        assert_eq!(rx.try_recv().expect("receive node-b's report"), "node-b");
+        assert_eq!(rx.try_recv().expect("receive node-c's report"), "node-c");
         assert!(rx.try_recv().is_err());
     }
 }

@@ -401,16 +401,17 @@ mod tests {
     use super::*;
 
     fn setup() -> (tempfile::TempDir, DataDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(&dir.path().join("data")).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let data = DataDir::open(&dir.path().join("data")).expect("open the data directory");
         let quarantine_dir = dir.path().join("quarantine");
         (dir, data, quarantine_dir)
     }
 
     fn put(data: &DataDir, relative: &str, content: &[u8]) {
         let path = data.root().join(relative);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, content).unwrap();
+        fs::create_dir_all(path.parent().expect("find the parent directory"))
+            .expect("create the parent directory");
+        fs::write(path, content).expect("write the file");
     }
 
     fn paths(list: &[&str]) -> BTreeSet<String> {
@@ -430,27 +431,34 @@ mod tests {
             "node-a",
             &paths(&["queue/a", "queue/deep/b", "quarantine.json", "queue/gone"]),
         )
-        .unwrap()
-        .unwrap();
+        .expect("quarantine the files")
+        .expect("make a batch");
         assert_eq!(batch.files, 3);
         assert_eq!(batch.bytes, 3 + 2 + 26);
         assert!(batch.id.ends_with("-node-a"), "{}", batch.id);
         assert!(!data.root().join("queue/a").exists());
         assert!(data.root().join("queue/other").exists());
         assert_eq!(
-            fs::read(qdir.join(&batch.id).join("queue/deep/b")).unwrap(),
+            fs::read(qdir.join(&batch.id).join("queue/deep/b")).expect("read a quarantined file"),
             b"bb"
         );
-        let description: serde_json::Value =
-            serde_json::from_slice(&fs::read(qdir.join(&batch.id).join(METADATA)).unwrap())
-                .unwrap();
+        let description: serde_json::Value = serde_json::from_slice(
+            &fs::read(qdir.join(&batch.id).join(METADATA)).expect("read the batch description"),
+        )
+        .expect("parse the batch description");
         assert_eq!(description["from"], "node-a");
-        assert_eq!(description["files"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            description["files"]
+                .as_array()
+                .expect("list the described files")
+                .len(),
+            3
+        );
 
-        let listed = list(&qdir).unwrap();
+        let listed = list(&qdir).expect("list the batches");
         assert_eq!(listed, vec![batch.clone()]);
 
-        let restore = restore_paths(&qdir, &batch.id).unwrap();
+        let restore = restore_paths(&qdir, &batch.id).expect("read the restore paths");
         assert_eq!(restore.len(), 3);
         for (relative, stored) in &restore {
             let expected: &[u8] = match relative.as_str() {
@@ -459,27 +467,31 @@ mod tests {
                 "quarantine.json" => b"a data file with that name",
                 other => panic!("unexpected {other}"),
             };
-            assert_eq!(fs::read(stored).unwrap(), expected, "{relative}");
+            assert_eq!(
+                fs::read(stored).expect("read a restored file"),
+                expected,
+                "{relative}"
+            );
         }
 
-        remove_path(&qdir, &batch.id, "queue/deep/b").unwrap();
+        remove_path(&qdir, &batch.id, "queue/deep/b").expect("remove a path from the batch");
         assert!(!qdir.join(&batch.id).join("queue/deep").exists());
-        let listed = list(&qdir).unwrap();
+        let listed = list(&qdir).expect("list the batches");
         assert_eq!(listed[0].paths, ["quarantine.json", "queue/a"]);
         assert_eq!(listed[0].bytes, 3 + 26);
         assert!(remove_path(&qdir, &batch.id, "queue/deep/b").is_err());
-        remove_path(&qdir, &batch.id, "quarantine.json").unwrap();
-        remove_path(&qdir, &batch.id, "queue/a").unwrap();
+        remove_path(&qdir, &batch.id, "quarantine.json").expect("remove a path from the batch");
+        remove_path(&qdir, &batch.id, "queue/a").expect("remove the last path from the batch");
         // Empty: the batch is gone.
         assert!(!qdir.join(&batch.id).exists());
-        assert!(list(&qdir).unwrap().is_empty());
+        assert!(list(&qdir).expect("list the batches").is_empty());
 
         put(&data, "queue/c", b"c");
         let second = quarantine(&data, &qdir, "node-a", &paths(&["queue/c"]))
-            .unwrap()
-            .unwrap();
-        drop_batch(&qdir, &second.id).unwrap();
-        assert!(list(&qdir).unwrap().is_empty());
+            .expect("quarantine the file")
+            .expect("make a batch");
+        drop_batch(&qdir, &second.id).expect("drop the batch");
+        assert!(list(&qdir).expect("list the batches").is_empty());
         let error = drop_batch(&qdir, &second.id).unwrap_err();
         assert!(error.to_string().contains("list the batches"), "{error}");
     }
@@ -489,20 +501,20 @@ mod tests {
         let (_dir, data, qdir) = setup();
         assert!(
             quarantine(&data, &qdir, "node-a", &paths(&["queue/gone"]))
-                .unwrap()
+                .expect("quarantine nothing")
                 .is_none()
         );
         assert!(!qdir.exists());
-        assert!(list(&qdir).unwrap().is_empty());
+        assert!(list(&qdir).expect("list the batches").is_empty());
     }
 
     #[test]
     fn bad_ids_are_refused() {
         let (dir, data, qdir) = setup();
         put(&data, "queue/a", b"a");
-        quarantine(&data, &qdir, "node-a", &paths(&["queue/a"])).unwrap();
+        quarantine(&data, &qdir, "node-a", &paths(&["queue/a"])).expect("quarantine the file");
         // Something an attacker or a slip would point at.
-        fs::write(dir.path().join(METADATA), b"{}").unwrap();
+        fs::write(dir.path().join(METADATA), b"{}").expect("write a decoy description");
         for bad in ["..", "../quarantine", "a/b", "", ".", ".hidden", "/etc"] {
             for result in [
                 drop_batch(&qdir, bad),
@@ -513,7 +525,7 @@ mod tests {
                 assert!(matches!(error, Error::BadName { .. }), "{bad:?}: {error}");
             }
         }
-        let id = list(&qdir).unwrap()[0].id.clone();
+        let id = list(&qdir).expect("list the batches")[0].id.clone();
         assert!(matches!(
             remove_path(&qdir, &id, "../x"),
             Err(Error::BadPath { .. })
@@ -526,25 +538,25 @@ mod tests {
             quarantine(&data, &qdir, "../node", &paths(&["queue/a"])),
             Err(Error::BadName { .. })
         ));
-        assert_eq!(list(&qdir).unwrap().len(), 1);
+        assert_eq!(list(&qdir).expect("list the batches").len(), 1);
     }
 
     #[test]
     fn the_record_is_emptied_once_its_files_are_safe() {
         let (dir, data, qdir) = setup();
-        let record = Unreplicated::open(&dir.path().join("unreplicated")).unwrap();
+        let record = Unreplicated::open(&dir.path().join("unreplicated")).expect("open the record");
         put(&data, "queue/mine", b"acked here");
         record
             .record("node-a", &["queue/mine".into(), "queue/delivered".into()])
-            .unwrap();
+            .expect("record the unreplicated paths");
         let batch = quarantine_unreplicated(&data, &record, &qdir, "node-a")
-            .unwrap()
-            .unwrap();
+            .expect("quarantine the unreplicated files")
+            .expect("make a batch");
         assert_eq!(batch.paths, ["queue/mine"]);
-        assert!(record.paths("node-a").unwrap().is_empty());
+        assert!(record.paths("node-a").expect("read the record").is_empty());
         assert!(
             quarantine_unreplicated(&data, &record, &qdir, "node-a")
-                .unwrap()
+                .expect("quarantine the unreplicated files again")
                 .is_none()
         );
     }

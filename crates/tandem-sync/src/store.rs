@@ -522,8 +522,8 @@ mod tests {
 
     #[test]
     fn apply_writes_deletes_and_manifest_sees_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let data = DataDir::open(dir.path()).expect("open the data directory");
         data.apply(&[
             Op::Put {
                 path: "q/a".into(),
@@ -536,26 +536,27 @@ mod tests {
                 content: b"".to_vec(),
             },
         ])
-        .unwrap();
-        let manifest = data.manifest().unwrap();
+        .expect("apply two puts");
+        let manifest = data.manifest().expect("read the manifest");
         assert_eq!(
             manifest.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
             ["b", "q/a"]
         );
         assert_eq!(manifest[1].size, 5);
         let mode = fs::metadata(dir.path().join("q/a"))
-            .unwrap()
+            .expect("read the file's metadata")
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        data.apply(&[Op::Delete { path: "q/a".into() }]).unwrap();
-        assert_eq!(data.manifest().unwrap().len(), 1);
+        data.apply(&[Op::Delete { path: "q/a".into() }])
+            .expect("apply a delete");
+        assert_eq!(data.manifest().expect("read the manifest").len(), 1);
     }
 
     #[test]
     fn a_batch_with_a_bad_path_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(&dir.path().join("data")).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let data = DataDir::open(&dir.path().join("data")).expect("open the data directory");
         let result = data.apply(&[
             Op::Put {
                 path: "fine".into(),
@@ -570,16 +571,17 @@ mod tests {
         ]);
         assert!(matches!(result, Err(Error::BadPath { .. })));
         assert!(!dir.path().join("evil").exists());
-        assert!(data.manifest().unwrap().is_empty());
+        assert!(data.manifest().expect("read the manifest").is_empty());
     }
 
     #[test]
     fn a_symlink_out_of_the_data_dir_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
         let outside = dir.path().join("outside");
-        fs::create_dir(&outside).unwrap();
-        let data = DataDir::open(&dir.path().join("data")).unwrap();
-        std::os::unix::fs::symlink(&outside, dir.path().join("data/link")).unwrap();
+        fs::create_dir(&outside).expect("create the outside directory");
+        let data = DataDir::open(&dir.path().join("data")).expect("open the data directory");
+        std::os::unix::fs::symlink(&outside, dir.path().join("data/link"))
+            .expect("make the symlink");
         let result = data.apply(&[Op::Put {
             path: "link/evil".into(),
             mode: 0o644,
@@ -591,10 +593,18 @@ mod tests {
 
     #[test]
     fn commit_paths_are_made_relative() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(dir.path()).unwrap();
-        assert_eq!(data.relative(&dir.path().join("q/a")).unwrap(), "q/a");
-        assert_eq!(data.relative(Path::new("q/a")).unwrap(), "q/a");
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let data = DataDir::open(dir.path()).expect("open the data directory");
+        assert_eq!(
+            data.relative(&dir.path().join("q/a"))
+                .expect("make an absolute path relative"),
+            "q/a"
+        );
+        assert_eq!(
+            data.relative(Path::new("q/a"))
+                .expect("keep a relative path"),
+            "q/a"
+        );
         assert!(data.relative(Path::new("/elsewhere/a")).is_err());
     }
 }

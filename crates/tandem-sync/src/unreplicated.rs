@@ -227,68 +227,107 @@ mod tests {
 
     #[test]
     fn the_record_survives_reopening_and_clears() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = Unreplicated::open(&dir.path().join("unreplicated")).unwrap();
-        assert!(record.paths("node-b").unwrap().is_empty());
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let record = Unreplicated::open(&dir.path().join("unreplicated")).expect("open the record");
+        assert!(
+            record
+                .paths("node-b")
+                .expect("read node-b's paths")
+                .is_empty()
+        );
         record
             .record("node-b", &["queue/a".into(), "queue/b".into()])
-            .unwrap();
+            .expect("record two paths for node-b");
         record
             .record("node-b", &["queue/a".into(), "odd\nname".into()])
-            .unwrap();
-        record.record("node-c", &["queue/c".into()]).unwrap();
+            .expect("record two more paths for node-b");
+        record
+            .record("node-c", &["queue/c".into()])
+            .expect("record a path for node-c");
 
-        let reopened = Unreplicated::open(&dir.path().join("unreplicated")).unwrap();
+        let reopened =
+            Unreplicated::open(&dir.path().join("unreplicated")).expect("reopen the record");
         assert_eq!(
-            reopened.paths("node-b").unwrap(),
+            reopened.paths("node-b").expect("read node-b's paths"),
             set(&["queue/a", "queue/b", "odd\nname"])
         );
-        assert_eq!(reopened.paths("node-c").unwrap(), set(&["queue/c"]));
+        assert_eq!(
+            reopened.paths("node-c").expect("read node-c's paths"),
+            set(&["queue/c"])
+        );
 
-        reopened.clear("node-b").unwrap();
-        assert!(reopened.paths("node-b").unwrap().is_empty());
-        assert_eq!(record.paths("node-c").unwrap(), set(&["queue/c"]));
-        reopened.clear("node-b").unwrap();
+        reopened.clear("node-b").expect("clear node-b");
+        assert!(
+            reopened
+                .paths("node-b")
+                .expect("read node-b's paths")
+                .is_empty()
+        );
+        assert_eq!(
+            record.paths("node-c").expect("read node-c's paths"),
+            set(&["queue/c"])
+        );
+        reopened.clear("node-b").expect("clear node-b again");
     }
 
     #[test]
     fn forget_keeps_what_was_recorded_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = Unreplicated::open(dir.path()).unwrap();
-        record.record("node-b", &["a".into(), "b".into()]).unwrap();
-        let seen = record.paths("node-b").unwrap();
-        record.record("node-b", &["c".into()]).unwrap();
-        record.forget("node-b", &seen).unwrap();
-        assert_eq!(record.paths("node-b").unwrap(), set(&["c"]));
-        record.forget("node-b", &set(&["c"])).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let record = Unreplicated::open(dir.path()).expect("open the record");
+        record
+            .record("node-b", &["a".into(), "b".into()])
+            .expect("record two paths");
+        let seen = record.paths("node-b").expect("read the paths");
+        record
+            .record("node-b", &["c".into()])
+            .expect("record another path");
+        record
+            .forget("node-b", &seen)
+            .expect("forget the paths seen");
+        assert_eq!(record.paths("node-b").expect("read the paths"), set(&["c"]));
+        record
+            .forget("node-b", &set(&["c"]))
+            .expect("forget the last path");
         assert!(!dir.path().join("node-b").exists());
     }
 
     #[test]
     fn a_torn_line_is_skipped_and_does_not_swallow_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = Unreplicated::open(dir.path()).unwrap();
-        record.record("node-b", &["a".into()]).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let record = Unreplicated::open(dir.path()).expect("open the record");
+        record
+            .record("node-b", &["a".into()])
+            .expect("record a path");
         // A crash in the middle of an append.
         let mut file = OpenOptions::new()
             .append(true)
             .open(dir.path().join("node-b"))
-            .unwrap();
-        file.write_all(b"\"tor").unwrap();
-        record.record("node-b", &["b".into()]).unwrap();
-        assert_eq!(record.paths("node-b").unwrap(), set(&["a", "b"]));
+            .expect("open the record file");
+        file.write_all(b"\"tor").expect("write a torn line");
+        record
+            .record("node-b", &["b".into()])
+            .expect("record another path");
+        assert_eq!(
+            record.paths("node-b").expect("read the paths"),
+            set(&["a", "b"])
+        );
     }
 
     #[test]
     fn bad_peer_names_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = Unreplicated::open(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let record = Unreplicated::open(dir.path()).expect("open the record");
         for bad in ["", "../x", "a/b", "..", ".hidden", "a b", "a\0b"] {
             let error = record.record(bad, &["q".into()]).unwrap_err();
             assert!(matches!(error, Error::BadName { .. }), "{bad:?}: {error}");
             assert!(record.paths(bad).is_err(), "{bad:?}");
             assert!(record.clear(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path())
+                .expect("read the record directory")
+                .count(),
+            0
+        );
     }
 }

@@ -32,16 +32,18 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        cert::init(&dir.path().join("ca")).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        cert::init(&dir.path().join("ca")).expect("create the cluster CA");
         for node in ["node-a", "node-b"] {
-            cert::issue(&dir.path().join("ca"), node, &dir.path().join("certs")).unwrap();
+            cert::issue(&dir.path().join("ca"), node, &dir.path().join("certs"))
+                .expect("issue a node certificate");
         }
         Cluster { dir }
     }
 
     fn identity(&self, node: &str) -> tls::TlsIdentity {
-        tls::TlsIdentity::load(&self.dir.path().join("certs"), node).unwrap()
+        tls::TlsIdentity::load(&self.dir.path().join("certs"), node)
+            .expect("load the node's TLS identity")
     }
 
     fn node(&self, node: &str) -> PathBuf {
@@ -58,18 +60,23 @@ impl Cluster {
 
     /// The node's record, as both its replicator and its receiver use it.
     fn record(&self, node: &str) -> Unreplicated {
-        Unreplicated::open(&self.node(node).join("unreplicated")).unwrap()
+        Unreplicated::open(&self.node(node).join("unreplicated"))
+            .expect("open the unreplicated record")
     }
 
     fn write(&self, node: &str, relative: &str, content: &[u8]) -> PathBuf {
         let path = self.data(node).join(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, content).unwrap();
+        std::fs::create_dir_all(path.parent().expect("find the parent directory"))
+            .expect("create the parent directory");
+        std::fs::write(&path, content).expect("write the file");
         path
     }
 
     fn manifest(&self, node: &str) -> Vec<ManifestEntry> {
-        DataDir::open(&self.data(node)).unwrap().manifest().unwrap()
+        DataDir::open(&self.data(node))
+            .expect("open the data directory")
+            .manifest()
+            .expect("read the manifest")
     }
 
     /// `node` as the active, replicating to `peer` at `addr`.
@@ -107,7 +114,7 @@ impl Standby {
             node,
             peer,
             quarantine,
-            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().expect("parse the bind address"),
         )
         .await
     }
@@ -133,9 +140,9 @@ impl Standby {
             unreplicated: quarantine.then(|| cluster.record(node)),
             quarantine_dir: quarantine.then(|| cluster.quarantine(node)),
         })
-        .unwrap();
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        .expect("create the receiver");
+        let listener = TcpListener::bind(addr).await.expect("bind the receiver");
+        let addr = listener.local_addr().expect("read the receiver's address");
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = receiver.clone();
         let task = tokio::spawn(async move {
@@ -177,9 +184,9 @@ impl Standby {
 async fn nowhere() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .await
-        .unwrap()
+        .expect("bind a throwaway listener")
         .local_addr()
-        .unwrap()
+        .expect("read its address")
 }
 
 fn set(paths: &[&str]) -> BTreeSet<String> {
@@ -191,16 +198,21 @@ fn set(paths: &[&str]) -> BTreeSet<String> {
 async fn split_brain(quarantine: bool) -> (Cluster, Standby) {
     let cluster = Cluster::new();
     let standby = Standby::start(&cluster, "node-b", "node-a", quarantine).await;
-    let node_a = Replicator::start(cluster.active("node-a", "node-b", standby.addr)).unwrap();
+    let node_a = Replicator::start(cluster.active("node-a", "node-b", standby.addr))
+        .expect("start node-a's replicator");
     node_a.wait_all_in_sync().await;
     // Replicated before the partition; node-a delivers it during it.
     let delivered = cluster.write("node-a", "queue/delivered", b"from a, before");
     let durability = node_a
         .commit(std::slice::from_ref(&delivered))
         .await
-        .unwrap();
+        .expect("commit before the partition");
     assert_eq!(durability.level, DurabilityLevel::Replicated);
-    standby.receiver.checkpoint().await.unwrap();
+    standby
+        .receiver
+        .checkpoint()
+        .await
+        .expect("checkpoint the standby");
     assert!(cluster.data("node-b").join("queue/delivered").exists());
 
     // The partition: node-b stops hearing node-a and becomes active too.
@@ -209,23 +221,39 @@ async fn split_brain(quarantine: bool) -> (Cluster, Standby) {
         .wait_for(|s| s.peers[0].state != PeerState::InSync)
         .await;
     let mine = cluster.write("node-a", "queue/a-only", b"acked by a alone");
-    let durability = node_a.commit(&[mine]).await.unwrap();
+    let durability = node_a
+        .commit(&[mine])
+        .await
+        .expect("commit during the partition");
     assert_eq!(durability.level, DurabilityLevel::Degraded);
-    std::fs::remove_file(&delivered).unwrap();
-    node_a.commit(&[delivered]).await.unwrap();
+    std::fs::remove_file(&delivered).expect("deliver the replicated file");
+    node_a
+        .commit(&[delivered])
+        .await
+        .expect("commit the delivery");
     // Only files that exist are recorded: a delete needs no protection.
     assert_eq!(
-        cluster.record("node-a").paths("node-b").unwrap(),
+        cluster
+            .record("node-a")
+            .paths("node-b")
+            .expect("read node-a's record"),
         set(&["queue/a-only"])
     );
 
-    let node_b = Replicator::start(cluster.active("node-b", "node-a", nowhere().await)).unwrap();
+    let node_b = Replicator::start(cluster.active("node-b", "node-a", nowhere().await))
+        .expect("start node-b's replicator");
     let b1 = cluster.write("node-b", "queue/b-only-1", b"acked by b alone");
     let b2 = cluster.write("node-b", "queue/deep/b-only-2", b"this one too");
-    let durability = node_b.commit(&[b1, b2]).await.unwrap();
+    let durability = node_b
+        .commit(&[b1, b2])
+        .await
+        .expect("commit on node-b during the partition");
     assert_eq!(durability.level, DurabilityLevel::Degraded);
     assert_eq!(
-        cluster.record("node-b").paths("node-a").unwrap(),
+        cluster
+            .record("node-b")
+            .paths("node-a")
+            .expect("read node-b's record"),
         set(&["queue/b-only-1", "queue/deep/b-only-2"])
     );
     drop(node_b);
@@ -234,7 +262,11 @@ async fn split_brain(quarantine: bool) -> (Cluster, Standby) {
     // node-a catches it up.
     let standby = Standby::start_on(&cluster, "node-b", "node-a", quarantine, addr).await;
     node_a.wait_all_in_sync().await;
-    standby.receiver.checkpoint().await.unwrap();
+    standby
+        .receiver
+        .checkpoint()
+        .await
+        .expect("checkpoint the standby");
     assert_eq!(cluster.manifest("node-a"), cluster.manifest("node-b"));
     // What node-a delivered is gone from node-b, quarantine or not.
     assert!(!cluster.data("node-b").join("queue/delivered").exists());
@@ -245,7 +277,7 @@ async fn split_brain(quarantine: bool) -> (Cluster, Standby) {
 async fn a_catch_up_after_a_split_brain_quarantines_what_the_loser_acknowledged() {
     bounded(async {
         let (cluster, mut standby) = split_brain(true).await;
-        let listed = quarantine::list(&cluster.quarantine("node-b")).unwrap();
+        let listed = quarantine::list(&cluster.quarantine("node-b")).expect("list the quarantine");
         assert_eq!(listed.len(), 1, "node-b's own mail must be in quarantine");
         // Sent before the connection was welcomed, so already there.
         let mut quarantined = None;
@@ -259,11 +291,11 @@ async fn a_catch_up_after_a_split_brain_quarantines_what_the_loser_acknowledged(
         assert_eq!(files, 2);
         let batch = cluster.quarantine("node-b").join(&id);
         assert_eq!(
-            std::fs::read(batch.join("queue/b-only-1")).unwrap(),
+            std::fs::read(batch.join("queue/b-only-1")).expect("read a quarantined file"),
             b"acked by b alone"
         );
         assert_eq!(
-            std::fs::read(batch.join("queue/deep/b-only-2")).unwrap(),
+            std::fs::read(batch.join("queue/deep/b-only-2")).expect("read a quarantined file"),
             b"this one too"
         );
         assert!(batch.join(quarantine::METADATA).is_file());
@@ -272,12 +304,24 @@ async fn a_catch_up_after_a_split_brain_quarantines_what_the_loser_acknowledged(
         assert_eq!(listed[0].from, "node-a");
         assert_eq!(listed[0].paths, ["queue/b-only-1", "queue/deep/b-only-2"]);
         // Put aside once: the record is empty, a reconnection moves nothing.
-        assert!(cluster.record("node-b").paths("node-a").unwrap().is_empty());
+        assert!(
+            cluster
+                .record("node-b")
+                .paths("node-a")
+                .expect("read node-b's record")
+                .is_empty()
+        );
         // node-a's catch-up gave node-b everything node-a had: node-b has
         // now seen queue/a-only, so node-a's record of it is gone (else
         // node-b's next catch-up of node-a would quarantine it and its
         // merge deliver it twice).
-        assert!(cluster.record("node-a").paths("node-b").unwrap().is_empty());
+        assert!(
+            cluster
+                .record("node-a")
+                .paths("node-b")
+                .expect("read node-a's record")
+                .is_empty()
+        );
     })
     .await
 }
@@ -290,7 +334,7 @@ async fn without_the_quarantine_the_catch_up_deletes_the_losers_mail() {
         assert!(!cluster.data("node-b").join("queue/b-only-1").exists());
         assert!(
             quarantine::list(&cluster.quarantine("node-b"))
-                .unwrap()
+                .expect("list the quarantine")
                 .is_empty()
         );
     })
@@ -330,8 +374,8 @@ async fn a_serving_receiver_refuses_replication_and_ends_what_is_open() {
         assert_eq!(standby.receiver.status().refused_connections, 1);
 
         standby.receiver.set_serving(false);
-        let replicator =
-            Replicator::start(cluster.active("node-a", "node-b", standby.addr)).unwrap();
+        let replicator = Replicator::start(cluster.active("node-a", "node-b", standby.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
         // Idle: nothing is being sent when it ends.
         standby.receiver.set_serving(true);
@@ -367,7 +411,7 @@ async fn an_idle_channel_is_pinged_and_both_ends_hear_each_other() {
         let mut config = cluster.active("node-a", "node-b", standby.addr);
         config.keepalive = Some(Duration::from_millis(50));
         config.heard = Some(heard_tx);
-        let replicator = Replicator::start(config).unwrap();
+        let replicator = Replicator::start(config).expect("start the replicator");
         replicator.wait_all_in_sync().await;
         let round_trips = replicator.status().peers[0].round_trips;
 

@@ -29,16 +29,18 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        cert::init(&dir.path().join("ca")).unwrap();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        cert::init(&dir.path().join("ca")).expect("create the cluster CA");
         for node in ["node-a", "node-b", "node-c"] {
-            cert::issue(&dir.path().join("ca"), node, &dir.path().join("certs")).unwrap();
+            cert::issue(&dir.path().join("ca"), node, &dir.path().join("certs"))
+                .expect("issue a node certificate");
         }
         Cluster { dir }
     }
 
     fn identity(&self, node: &str) -> TlsIdentity {
-        TlsIdentity::load(&self.dir.path().join("certs"), node).unwrap()
+        TlsIdentity::load(&self.dir.path().join("certs"), node)
+            .expect("load the node's TLS identity")
     }
 
     fn data(&self, node: &str) -> PathBuf {
@@ -82,14 +84,21 @@ fn receiver_config(
 
 impl Standby {
     async fn start(cluster: &Cluster, node: &str, expected: &[&str]) -> Self {
-        Self::start_on(cluster, node, expected, "127.0.0.1:0".parse().unwrap()).await
+        Self::start_on(
+            cluster,
+            node,
+            expected,
+            "127.0.0.1:0".parse().expect("parse the bind address"),
+        )
+        .await
     }
 
     async fn start_on(cluster: &Cluster, node: &str, expected: &[&str], addr: SocketAddr) -> Self {
         let (events_tx, events) = mpsc::channel(64);
-        let receiver = Receiver::new(receiver_config(cluster, node, expected, events_tx)).unwrap();
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let receiver = Receiver::new(receiver_config(cluster, node, expected, events_tx))
+            .expect("create the receiver");
+        let listener = TcpListener::bind(addr).await.expect("bind the receiver");
+        let addr = listener.local_addr().expect("read the receiver's address");
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = receiver.clone();
         let task = tokio::spawn(async move {
@@ -144,16 +153,17 @@ fn replicator_config(cluster: &Cluster, peer_addr: SocketAddr) -> ReplicatorConf
 /// Writes a file under the active's data dir, as the relay would.
 fn write(cluster: &Cluster, node: &str, relative: &str, content: &[u8]) -> PathBuf {
     let path = cluster.data(node).join(relative);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, content).unwrap();
+    std::fs::create_dir_all(path.parent().expect("find the parent directory"))
+        .expect("create the parent directory");
+    std::fs::write(&path, content).expect("write the file");
     path
 }
 
 fn manifest(cluster: &Cluster, node: &str) -> Vec<tandem_sync::store::ManifestEntry> {
     DataDir::open(&cluster.data(node))
-        .unwrap()
+        .expect("open the data directory")
         .manifest()
-        .unwrap()
+        .expect("read the manifest")
 }
 
 async fn bounded<T>(work: impl std::future::Future<Output = T>) -> T {
@@ -167,17 +177,24 @@ async fn bounded<T>(work: impl std::future::Future<Output = T>) -> T {
 #[test]
 fn keys_are_private_and_missing_files_say_what_to_run() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = cert::init(&dir.path().join("ca")).unwrap();
-    let mode = std::fs::metadata(&ca.key).unwrap().permissions().mode();
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let ca = cert::init(&dir.path().join("ca")).expect("create the CA");
+    let mode = std::fs::metadata(&ca.key)
+        .expect("read the CA key's metadata")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(
         cert::init(&dir.path().join("ca")).is_err(),
         "a second init must not replace the CA"
     );
 
-    let node = cert::issue(&dir.path().join("ca"), "mx1", &dir.path().join("certs")).unwrap();
-    let mode = std::fs::metadata(&node.key).unwrap().permissions().mode();
+    let node = cert::issue(&dir.path().join("ca"), "mx1", &dir.path().join("certs"))
+        .expect("issue a node certificate");
+    let mode = std::fs::metadata(&node.key)
+        .expect("read the node key's metadata")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let missing = cert::issue(&dir.path().join("nowhere"), "mx1", dir.path()).unwrap_err();
@@ -200,10 +217,18 @@ async fn a_plaintext_client_is_refused_with_a_clear_error() {
     bounded(async {
         let cluster = Cluster::new();
         let mut standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
-        let mut plain = TcpStream::connect(standby.addr).await.unwrap();
-        plain.write_all(b"PUT queue/x\n").await.unwrap();
+        let mut plain = TcpStream::connect(standby.addr)
+            .await
+            .expect("connect in plaintext");
+        plain
+            .write_all(b"PUT queue/x\n")
+            .await
+            .expect("write a plaintext command");
         let mut answer = String::new();
-        plain.read_to_string(&mut answer).await.unwrap();
+        plain
+            .read_to_string(&mut answer)
+            .await
+            .expect("read the answer");
         assert!(
             answer.contains("only mutually-authenticated TLS"),
             "{answer}"
@@ -218,10 +243,12 @@ async fn a_plaintext_client_is_refused_with_a_clear_error() {
         assert_eq!(standby.receiver.status().refused_connections, 1);
 
         // And the other way: dialing something that answers in plaintext.
-        let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let fake_addr = fake.local_addr().unwrap();
+        let fake = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake server");
+        let fake_addr = fake.local_addr().expect("read the fake server's address");
         tokio::spawn(async move {
-            let (mut tcp, _) = fake.accept().await.unwrap();
+            let (mut tcp, _) = fake.accept().await.expect("accept a connection");
             let _ = tcp.write_all(b"220 smtp.example ESMTP\r\n").await;
             let mut sink = [0u8; 1024];
             let _ = tcp.read(&mut sink).await;
@@ -269,11 +296,13 @@ async fn a_certificate_from_another_ca_is_refused() {
         let certs = other.path().join("certs");
         let forged = TlsIdentity::from_pem(
             "node-a",
-            &std::fs::read_to_string(certs.join("node-a.pem")).unwrap(),
-            &std::fs::read_to_string(certs.join("node-a.key")).unwrap(),
-            &std::fs::read_to_string(cluster.path().join("ca/ca.pem")).unwrap(),
+            &std::fs::read_to_string(certs.join("node-a.pem"))
+                .expect("read the foreign certificate"),
+            &std::fs::read_to_string(certs.join("node-a.key")).expect("read the foreign key"),
+            &std::fs::read_to_string(cluster.path().join("ca/ca.pem"))
+                .expect("read our CA certificate"),
         )
-        .unwrap();
+        .expect("build the forged identity");
         let error = tls::connect(&forged, standby.addr, "node-b", Duration::from_secs(5))
             .await
             .unwrap_err();
@@ -357,7 +386,7 @@ async fn a_path_escaping_the_data_dir_is_refused() {
             Duration::from_secs(5),
         )
         .await
-        .unwrap();
+        .expect("connect to the standby");
         for (seq, evil) in [(1, "../evil"), (2, "/tmp/evil"), (3, "a/../../evil")] {
             let put = Message::Put {
                 path: evil.into(),
@@ -365,12 +394,15 @@ async fn a_path_escaping_the_data_dir_is_refused() {
             };
             write_frame(&mut channel.stream, &put, b"pwned")
                 .await
-                .unwrap();
+                .expect("write an evil put");
             write_frame(&mut channel.stream, &Message::Commit { seq }, b"")
                 .await
-                .unwrap();
-            channel.stream.flush().await.unwrap();
-            let answer = read_frame(&mut channel.stream).await.unwrap().unwrap();
+                .expect("write a commit");
+            channel.stream.flush().await.expect("flush the stream");
+            let answer = read_frame(&mut channel.stream)
+                .await
+                .expect("read the answer")
+                .expect("get an answer frame");
             match answer.message {
                 Message::Nack { seq: s, error } => {
                     assert_eq!(s, seq);
@@ -383,7 +415,8 @@ async fn a_path_escaping_the_data_dir_is_refused() {
         assert!(manifest(&cluster, "node-b").is_empty());
 
         // The active refuses such paths before sending anything.
-        let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, standby.addr))
+            .expect("start the replicator");
         let error = replicator
             .commit(&[PathBuf::from("/etc/passwd")])
             .await
@@ -405,7 +438,8 @@ async fn puts_and_deletes_are_on_the_standby_disk_when_a_semi_commit_returns() {
     bounded(async {
         let cluster = Cluster::new();
         let standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
-        let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, standby.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
         assert_eq!(standby.receiver.status().state, StandbyState::InSync);
 
@@ -418,15 +452,19 @@ async fn puts_and_deletes_are_on_the_standby_disk_when_a_semi_commit_returns() {
         let durability = replicator
             .commit(std::slice::from_ref(&path))
             .await
-            .unwrap();
+            .expect("commit the message");
         assert_eq!(durability.level, DurabilityLevel::Replicated);
         assert_eq!(durability.acked_by, ["node-b"]);
         // Acked: in the standby log, and in the data dir once the log is
         // put there (before the standby serves, at a manifest, or soon).
-        standby.receiver.checkpoint().await.unwrap();
+        standby
+            .receiver
+            .checkpoint()
+            .await
+            .expect("checkpoint the standby");
         let on_standby = cluster.data("node-b").join("queue/msg-1");
         assert_eq!(
-            std::fs::read(&on_standby).unwrap(),
+            std::fs::read(&on_standby).expect("read the standby's copy"),
             b"From: a\r\n\r\nhello\r\n"
         );
 
@@ -435,28 +473,47 @@ async fn puts_and_deletes_are_on_the_standby_disk_when_a_semi_commit_returns() {
         replicator
             .commit(&[PathBuf::from("queue/msg-1")])
             .await
-            .unwrap();
-        standby.receiver.checkpoint().await.unwrap();
-        assert_eq!(std::fs::read(&on_standby).unwrap(), b"v2");
+            .expect("commit the second version");
+        standby
+            .receiver
+            .checkpoint()
+            .await
+            .expect("checkpoint the standby");
+        assert_eq!(
+            std::fs::read(&on_standby).expect("read the standby's copy"),
+            b"v2"
+        );
 
         // Delivered: the relay removes the file and commits its path.
-        std::fs::remove_file(&path).unwrap();
-        let durability = replicator.commit(&[path]).await.unwrap();
+        std::fs::remove_file(&path).expect("deliver the message");
+        let durability = replicator
+            .commit(&[path])
+            .await
+            .expect("commit the delivery");
         assert_eq!(durability.level, DurabilityLevel::Replicated);
-        standby.receiver.checkpoint().await.unwrap();
+        standby
+            .receiver
+            .checkpoint()
+            .await
+            .expect("checkpoint the standby");
         assert!(!on_standby.exists());
         assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
 
         // The standby dies the moment a commit returns, before its log
         // reaches the data dir: a new receiver replays the log.
         let last = write(&cluster, "node-a", "queue/msg-2", b"the last one");
-        replicator.commit(&[last]).await.unwrap();
+        replicator
+            .commit(&[last])
+            .await
+            .expect("commit the last message");
         standby.task.abort();
         let _ = standby.task.await;
         let (events, _) = mpsc::channel(1);
-        Receiver::new(receiver_config(&cluster, "node-b", &["node-a"], events)).unwrap();
+        Receiver::new(receiver_config(&cluster, "node-b", &["node-a"], events))
+            .expect("reopen the receiver");
         assert_eq!(
-            std::fs::read(cluster.data("node-b").join("queue/msg-2")).unwrap(),
+            std::fs::read(cluster.data("node-b").join("queue/msg-2"))
+                .expect("read the standby's copy"),
             b"the last one"
         );
     })
@@ -468,7 +525,8 @@ async fn concurrent_commits_share_round_trips() {
     bounded(async {
         let cluster = Cluster::new();
         let standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
-        let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, standby.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
         let before = replicator.status();
 
@@ -487,7 +545,10 @@ async fn concurrent_commits_share_round_trips() {
             ));
         }
         for task in tasks {
-            let durability = task.await.unwrap().unwrap();
+            let durability = task
+                .await
+                .expect("join the commit task")
+                .expect("commit a message");
             assert_eq!(durability.level, DurabilityLevel::Replicated);
         }
         let after = replicator.status();
@@ -496,7 +557,11 @@ async fn concurrent_commits_share_round_trips() {
         println!("{COMMITS} concurrent commits: {batches} batches, {round_trips} round trips");
         assert!(batches < COMMITS as u64, "no batching: {batches} batches");
         assert_eq!(round_trips, batches);
-        standby.receiver.checkpoint().await.unwrap();
+        standby
+            .receiver
+            .checkpoint()
+            .await
+            .expect("checkpoint the standby");
         assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
     })
     .await
@@ -505,15 +570,17 @@ async fn concurrent_commits_share_round_trips() {
 /// A standby that takes part in the catch-up, then never acks a commit:
 /// a hung process or a dead disk.
 async fn stalling_standby(cluster: &Cluster) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the stalling standby");
+    let addr = listener.local_addr().expect("read its address");
     let identity = cluster.identity("node-b");
     tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
+        let (tcp, _) = listener.accept().await.expect("accept a connection");
         let expected = vec!["node-a".to_string()];
         let mut channel = tls::accept(&identity, tcp, &expected, Duration::from_secs(5))
             .await
-            .unwrap();
+            .expect("accept the TLS handshake");
         while let Ok(Some(frame)) = read_frame(&mut channel.stream).await {
             let reply = match frame.message {
                 Message::ManifestRequest { seq, .. } => Message::Manifest {
@@ -528,8 +595,10 @@ async fn stalling_standby(cluster: &Cluster) -> SocketAddr {
                 }
                 _ => continue,
             };
-            write_frame(&mut channel.stream, &reply, b"").await.unwrap();
-            channel.stream.flush().await.unwrap();
+            write_frame(&mut channel.stream, &reply, b"")
+                .await
+                .expect("write the reply");
+            channel.stream.flush().await.expect("flush the reply");
         }
     });
     addr
@@ -543,11 +612,11 @@ async fn a_stalled_standby_is_marked_out_of_sync_with_degrade() {
         let mut config = replicator_config(&cluster, addr);
         config.sync_timeout = Duration::from_millis(300);
         config.sync_mode = SyncMode::Degrade;
-        let replicator = Replicator::start(config).unwrap();
+        let replicator = Replicator::start(config).expect("start the replicator");
         replicator.wait_all_in_sync().await;
 
         let path = write(&cluster, "node-a", "queue/m1", b"x");
-        let durability = replicator.commit(&[path]).await.unwrap();
+        let durability = replicator.commit(&[path]).await.expect("commit a message");
         assert_eq!(durability.level, DurabilityLevel::Degraded);
         assert!(durability.acked_by.is_empty());
         assert_eq!(durability.missing[0].0, "node-b");
@@ -565,7 +634,7 @@ async fn a_stalled_standby_is_marked_out_of_sync_with_degrade() {
 
         // Later commits do not wait for it at all.
         let path = write(&cluster, "node-a", "queue/m2", b"y");
-        let durability = replicator.commit(&[path]).await.unwrap();
+        let durability = replicator.commit(&[path]).await.expect("commit a message");
         assert_eq!(durability.level, DurabilityLevel::Degraded);
         assert_eq!(replicator.status().peers[0].out_of_sync_events, 1);
     })
@@ -580,7 +649,7 @@ async fn a_stalled_standby_fails_the_commit_with_strict() {
         let mut config = replicator_config(&cluster, addr);
         config.sync_timeout = Duration::from_millis(300);
         config.sync_mode = SyncMode::Strict;
-        let replicator = Replicator::start(config).unwrap();
+        let replicator = Replicator::start(config).expect("start the replicator");
         replicator.wait_all_in_sync().await;
 
         let path = write(&cluster, "node-a", "queue/m1", b"x");
@@ -607,20 +676,23 @@ async fn a_standby_down_with_async_does_not_block_commits() {
         // Nothing listens there.
         let addr = TcpListener::bind("127.0.0.1:0")
             .await
-            .unwrap()
+            .expect("bind a throwaway listener")
             .local_addr()
-            .unwrap();
+            .expect("read its address");
         let mut config = replicator_config(&cluster, addr);
         config.data_sync = DataSync::Async;
-        let replicator = Replicator::start(config).unwrap();
+        let replicator = Replicator::start(config).expect("start the replicator");
         let path = write(&cluster, "node-a", "queue/m1", b"x");
-        let durability = replicator.commit(&[path]).await.unwrap();
+        let durability = replicator.commit(&[path]).await.expect("commit a message");
         assert_eq!(durability.level, DurabilityLevel::Queued);
 
         let mut config = replicator_config(&cluster, addr);
         config.data_sync = DataSync::Off;
-        let off = Replicator::start(config).unwrap();
-        let durability = off.commit(&[PathBuf::from("queue/m1")]).await.unwrap();
+        let off = Replicator::start(config).expect("start the replicator");
+        let durability = off
+            .commit(&[PathBuf::from("queue/m1")])
+            .await
+            .expect("commit a message");
         assert_eq!(durability.level, DurabilityLevel::Local);
     })
     .await
@@ -636,7 +708,7 @@ async fn with_data_sync_off_each_node_keeps_its_own_data() {
         let standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
         let mut config = replicator_config(&cluster, standby.addr);
         config.data_sync = DataSync::Off;
-        let replicator = Replicator::start(config).unwrap();
+        let replicator = Replicator::start(config).expect("start the replicator");
         replicator.wait_all_in_sync().await;
         assert_eq!(standby.receiver.status().state, StandbyState::InSync);
         assert!(cluster.data("node-b").join("queue/beta-own").exists());
@@ -658,8 +730,10 @@ struct CorruptingProxy {
 impl CorruptingProxy {
     async fn start(to: SocketAddr) -> Self {
         use std::sync::atomic::Ordering;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("read the proxy's address");
         let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let trigger = armed.clone();
         tokio::spawn(async move {
@@ -704,14 +778,18 @@ async fn a_transfer_corrupted_on_the_way_is_detected_and_resent() {
         let cluster = Cluster::new();
         let mut standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
         let proxy = CorruptingProxy::start(standby.addr).await;
-        let replicator = Replicator::start(replicator_config(&cluster, proxy.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, proxy.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
 
         // A byte of this file flips on its way to the standby.
         let content: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
         proxy.arm();
         let path = write(&cluster, "node-a", "queue/precious", &content);
-        replicator.commit(&[path]).await.unwrap();
+        replicator
+            .commit(&[path])
+            .await
+            .expect("commit the message");
 
         // Detected: the standby's TLS layer refuses the record whose
         // authentication tag no longer matches, and drops the connection.
@@ -725,7 +803,8 @@ async fn a_transfer_corrupted_on_the_way_is_detected_and_resent() {
         // Resent: the active redials, compares manifests by hash, and sends
         // the file again; the standby ends with the right bytes.
         replicator.wait_all_in_sync().await;
-        let copy = std::fs::read(cluster.data("node-b").join("queue/precious")).unwrap();
+        let copy = std::fs::read(cluster.data("node-b").join("queue/precious"))
+            .expect("read the standby's copy");
         assert!(copy == content, "the standby holds the file as sent");
         assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
         assert!(replicator.status().peers[0].out_of_sync_events >= 1);
@@ -743,7 +822,8 @@ async fn a_standby_that_missed_writes_catches_up_on_reconnection() {
         write(&cluster, "node-a", "queue/changed", b"new");
         write(&cluster, "node-a", "queue/new", b"fresh");
         let standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
-        let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, standby.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
         assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
         assert!(!cluster.data("node-b").join("queue/gone").exists());
@@ -755,12 +835,15 @@ async fn a_standby_that_missed_writes_catches_up_on_reconnection() {
             .await;
         for i in 0..20 {
             let path = write(&cluster, "node-a", &format!("queue/while-away-{i}"), b"m");
-            let durability = replicator.commit(&[path]).await.unwrap();
+            let durability = replicator.commit(&[path]).await.expect("commit a message");
             assert_eq!(durability.level, DurabilityLevel::Degraded);
         }
         let gone = cluster.data("node-a").join("queue/new");
-        std::fs::remove_file(&gone).unwrap();
-        replicator.commit(&[gone]).await.unwrap();
+        std::fs::remove_file(&gone).expect("deliver the message");
+        replicator
+            .commit(&[gone])
+            .await
+            .expect("commit the delivery");
         assert_ne!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
 
         // It comes back on the same address: caught up without anyone asking.
@@ -783,28 +866,36 @@ async fn resync_pushes_everything_with_progress() {
             write(&cluster, "node-a", &format!("q/{i}"), &vec![b'a'; 1000 + i]);
         }
         let standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
-        let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, standby.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
         // Damage on the standby that no commit will ever touch.
-        std::fs::write(cluster.data("node-b").join("q/3"), vec![b'b'; 1003]).unwrap();
+        std::fs::write(cluster.data("node-b").join("q/3"), vec![b'b'; 1003])
+            .expect("damage a file on the standby");
         write(&cluster, "node-b", "stray", b"x");
 
         let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
         let record = seen.clone();
         let outcomes = replicator
             .resync(Some(Arc::new(move |p: &Progress| {
-                record.lock().unwrap().push(p.clone())
+                record
+                    .lock()
+                    .expect("lock the progress record")
+                    .push(p.clone())
             })))
             .await;
         assert_eq!(outcomes.len(), 1);
         assert_eq!(outcomes[0].error, None);
-        let done = outcomes[0].progress.clone().unwrap();
+        let done = outcomes[0]
+            .progress
+            .clone()
+            .expect("read the final progress");
         assert_eq!(done.files_total, 11, "10 puts and 1 delete");
         assert_eq!(done.files_done, 11);
         assert_eq!(done.bytes_done, done.bytes_total);
-        let seen = seen.lock().unwrap().clone();
+        let seen = seen.lock().expect("lock the progress record").clone();
         assert!(seen.len() >= 2, "at least the start and the end");
-        assert_eq!(seen.last().unwrap().files_done, 11);
+        assert_eq!(seen.last().expect("read the last progress").files_done, 11);
         assert_eq!(manifest(&cluster, "node-a"), manifest(&cluster, "node-b"));
         assert!(
             replicator.status().peers[0]
@@ -823,23 +914,29 @@ async fn the_sync_report_shows_a_difference_made_by_hand() {
         write(&cluster, "node-a", "q/1", b"one");
         write(&cluster, "node-a", "q/2", b"two");
         let standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
-        let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, standby.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
 
-        let report = replicator.report().await.unwrap();
+        let report = replicator.report().await.expect("make a report");
         assert!(report.agree, "{report:#?}");
         assert!(report.all_in_sync);
         assert_eq!(report.data_sets[0].files.len(), 2);
 
-        std::fs::write(cluster.data("node-b").join("q/2"), b"TWO").unwrap();
-        let report = replicator.report().await.unwrap();
+        std::fs::write(cluster.data("node-b").join("q/2"), b"TWO")
+            .expect("change a file on the standby");
+        let report = replicator.report().await.expect("make a report");
         assert!(!report.agree);
         let differing: Vec<_> = report.differences().map(|(_, f)| f.path.as_str()).collect();
         assert_eq!(differing, ["q/2"]);
-        let file = report.differences().next().unwrap().1;
+        let file = report
+            .differences()
+            .next()
+            .expect("find the differing file")
+            .1;
         assert_ne!(file.nodes["node-a"], file.nodes["node-b"]);
         // It serializes for `--json`.
-        let json = serde_json::to_string(&report).unwrap();
+        let json = serde_json::to_string(&report).expect("serialize the report");
         assert!(json.contains("\"agree\":false"));
     })
     .await
@@ -850,14 +947,16 @@ async fn config_files_and_journal_records_reach_the_standby() {
     bounded(async {
         let cluster = Cluster::new();
         let mut standby = Standby::start(&cluster, "node-b", &["node-a"]).await;
-        let replicator = Replicator::start(replicator_config(&cluster, standby.addr)).unwrap();
+        let replicator = Replicator::start(replicator_config(&cluster, standby.addr))
+            .expect("start the replicator");
         replicator.wait_all_in_sync().await;
-        std::fs::create_dir_all(cluster.path().join("node-b/etc")).unwrap();
+        std::fs::create_dir_all(cluster.path().join("node-b/etc"))
+            .expect("create the standby's config directory");
 
         let outcomes = replicator
             .push_config("mta.toml", b"listen = \"0.0.0.0:25\"\n", 0o640)
             .await
-            .unwrap();
+            .expect("push the config");
         assert_eq!(outcomes[0].error, None);
         let path = standby
             .event(|e| match e {
@@ -867,15 +966,21 @@ async fn config_files_and_journal_records_reach_the_standby() {
             .await;
         // Installed where the standby lists it, not only as a reference copy.
         assert_eq!(path, cluster.path().join("node-b/etc/mta.toml"));
-        assert_eq!(std::fs::read(&path).unwrap(), b"listen = \"0.0.0.0:25\"\n");
+        assert_eq!(
+            std::fs::read(&path).expect("read the installed config"),
+            b"listen = \"0.0.0.0:25\"\n"
+        );
         // The same content again (every periodic push) is acked, but
         // neither rewrites the file nor reports a change: a service
         // reloaded on change must not be reloaded every interval.
-        let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let written = std::fs::metadata(&path)
+            .expect("read the config's metadata")
+            .modified()
+            .expect("read the config's modification time");
         let again = replicator
             .push_config("mta.toml", b"listen = \"0.0.0.0:25\"\n", 0o640)
             .await
-            .unwrap();
+            .expect("push the same config again");
         assert_eq!(again[0].error, None);
         while let Ok(event) = standby.events.try_recv() {
             assert!(
@@ -884,7 +989,10 @@ async fn config_files_and_journal_records_reach_the_standby() {
             );
         }
         assert_eq!(
-            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            std::fs::metadata(&path)
+                .expect("read the config's metadata")
+                .modified()
+                .expect("read the config's modification time"),
             written
         );
         assert!(
@@ -895,23 +1003,31 @@ async fn config_files_and_journal_records_reach_the_standby() {
         );
         // A name the standby does not list is refused, naming the fix.
         let unlisted = replicator.push_config("other.toml", b"x", 0o644).await;
-        let error = unlisted.unwrap()[0].error.clone().unwrap_or_default();
+        let error = unlisted.expect("push an unlisted config")[0]
+            .error
+            .clone()
+            .unwrap_or_default();
         assert!(
             error.contains("not in node-b's [sync] config list"),
             "{error}"
         );
         // A standby disconnected from cluster config keeps its own.
-        std::fs::write(cluster.path().join("node-b/config-disconnected"), b"").unwrap();
+        std::fs::write(cluster.path().join("node-b/config-disconnected"), b"")
+            .expect("disconnect the standby from cluster config");
         let held = replicator
             .push_config("mta.toml", b"changed\n", 0o640)
             .await;
-        let error = held.unwrap()[0].error.clone().unwrap_or_default();
+        let error = held.expect("push a config to a disconnected standby")[0]
+            .error
+            .clone()
+            .unwrap_or_default();
         assert!(
             error.contains("disconnected from cluster config"),
             "{error}"
         );
         assert_eq!(
-            std::fs::read(cluster.path().join("node-b/etc/mta.toml")).unwrap(),
+            std::fs::read(cluster.path().join("node-b/etc/mta.toml"))
+                .expect("read the standby's config"),
             b"listen = \"0.0.0.0:25\"\n"
         );
 
@@ -926,8 +1042,8 @@ async fn config_files_and_journal_records_reach_the_standby() {
             })
             .await;
         assert_eq!(record, b"step 3 done");
-        ack.send(Ok(())).unwrap();
-        let outcomes = sending.await.unwrap();
+        ack.send(Ok(())).expect("acknowledge the journal record");
+        let outcomes = sending.await.expect("join the journal task");
         assert_eq!(outcomes[0].error, None);
     })
     .await

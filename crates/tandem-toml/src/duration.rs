@@ -80,7 +80,7 @@ mod tests {
         }
         assert!(
             parse_duration("3d")
-                .unwrap_err()
+                .expect_err("parse 3d")
                 .contains("use ms, s, m or h")
         );
     }

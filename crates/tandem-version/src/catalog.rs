@@ -422,11 +422,7 @@ to = "6.2.5"
 "#,
             "cat.toml",
         )
-        .map_err(|e| e.to_string());
-        let catalog = match catalog {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
+        .expect("parse the catalog");
         assert_eq!(catalog.rules(), Rules::Edges);
         let versions: Vec<String> = catalog
             .releases()

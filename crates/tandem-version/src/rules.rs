@@ -165,7 +165,7 @@ mod tests {
     use crate::catalog::{Edge, Release};
 
     fn v(text: &str) -> Version {
-        text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+        text.parse().expect("parse the version")
     }
 
     fn asa() -> Catalog {
@@ -241,10 +241,7 @@ mod tests {
 
     #[test]
     fn edges_match_exact_and_line_patterns() {
-        let pattern = |t: &str| {
-            t.parse::<VersionPattern>()
-                .unwrap_or_else(|e| panic!("{e}"))
-        };
+        let pattern = |t: &str| t.parse::<VersionPattern>().expect("parse the pattern");
         let c = Catalog::from_parts(
             Rules::Edges,
             ["6.0.7", "6.2.0", "6.2.5", "6.4.1"]

@@ -244,10 +244,7 @@ mod tests {
     use super::*;
 
     fn v(text: &str) -> Version {
-        match text.parse() {
-            Ok(version) => version,
-            Err(e) => panic!("{text}: {e}"),
-        }
+        text.parse().expect("parse the version")
     }
 
     #[test]

@@ -8,14 +8,11 @@ use tandem_version::{
 };
 
 fn v(text: &str) -> Version {
-    text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+    text.parse().expect("parse the version")
 }
 
 fn catalog(rules: Rules, versions: &[&str], edges: &[(&str, &str)]) -> Catalog {
-    let pattern = |t: &str| {
-        t.parse::<VersionPattern>()
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let pattern = |t: &str| t.parse::<VersionPattern>().expect("parse the pattern");
     Catalog::from_parts(
         rules,
         versions.iter().map(|t| Release::new(v(t))).collect(),

@@ -44,10 +44,8 @@ fn build_pair(
         groups,
         ..ClusterSpec::new(&["alpha", "beta"], service)
     };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
+    cluster.start_all().expect("start the pair");
     cluster
 }
 
@@ -55,12 +53,12 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .expect("build the runtime")
 }
 
 fn settle(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: usize) {
     rt.block_on(cluster.wait_for_active(active, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("wait for the active");
 }
 
 /// Who answers on the VIP (the service writes its node's name).
@@ -145,7 +143,7 @@ fn kill_9_of_the_active_moves_the_vip_and_the_primary_comes_back() {
     );
 
     // The restarted primary takes its role back (preemption is on).
-    cluster.start(0).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.start(0).expect("restart alpha");
     settle(&rt, &cluster, 0);
     wait_vip(cluster.vip, "alpha");
 }
@@ -257,8 +255,8 @@ fn operator_commands_through_the_cli() {
     );
     let (code, json, _) = tandem(&cluster, 1, &["--json", "status"]);
     assert_eq!(code, 0);
-    let doc: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let doc: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("parse the status as JSON: {e:#}\n{json}"));
     assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(2));
 
     // A command that cannot be done says why, exit 1.
@@ -365,9 +363,9 @@ fn foreign_keys_and_replayed_datagrams_are_rejected_and_counted() {
     let cluster = pair();
     settle(&rt, &cluster, 0);
 
-    let key = std::fs::read(cluster.dir.join("cluster.key")).unwrap_or_else(|e| panic!("{e}"));
+    let key = std::fs::read(cluster.dir.join("cluster.key")).expect("read cluster.key");
     let key = key.trim_ascii();
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
     let alpha_link = cluster.nodes[0].link;
 
     // The right key, a datagram sent twice: the second is a replay.
@@ -379,20 +377,20 @@ fn foreign_keys_and_replayed_datagrams_are_rejected_and_counted() {
             },
             tandem_core::wire::PROTOCOL_VERSION,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("seal the holdoff");
     for _ in 0..2 {
         socket
             .send_to(&bytes, alpha_link)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("send the holdoff");
     }
     // A wrong key: a foreign or misconfigured node.
     let mut stranger = Codec::new(b"another cluster's key, 32 bytes!", "local", "beta", 1);
     let forged = stranger
         .seal(&Message::Goodbye, tandem_core::wire::PROTOCOL_VERSION)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("seal the forged goodbye");
     socket
         .send_to(&forged, alpha_link)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("send the forged goodbye");
 
     let mut rejected = std::collections::BTreeMap::new();
     let count = |rejected: &std::collections::BTreeMap<RejectReason, u64>, reason| {
@@ -462,18 +460,18 @@ fn a_service_that_stops_answering_fails_the_node_over() {
 
 #[test]
 fn a_bad_config_names_file_line_and_key() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temp dir");
     let file = dir.path().join("node.toml");
     std::fs::write(
         &file,
         "[node]\nname = \"a\"\npriority = 300\nrole = \"primary\"\nstate_dir = \"s\"\napi = \"127.0.0.1:1\"\nsync = \"127.0.0.1:2\"\ntoken_file = \"t\"\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("write the bad config");
     let out = Process::new(EXE)
         .args(["config", "check"])
         .arg(&file)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("run config check");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("node.toml:3: priority:"), "{err}");
@@ -482,7 +480,7 @@ fn a_bad_config_names_file_line_and_key() {
         .args(["agent", "--config"])
         .arg(&file)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("run the agent");
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -503,12 +501,12 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
             vec![EXE.into(), "bench".into(), "name-service".into()],
         )
     };
-    let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
+    let cluster = LocalCluster::create(&spec).expect("create the cluster");
     let socket_path = cluster.dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap_or_else(|e| panic!("{e}"));
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("set the read timeout");
     let mut agent = Process::new(EXE)
         .args(["agent", "--config"])
         .arg(&cluster.nodes[0].config)
@@ -517,7 +515,7 @@ fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
         .env_remove("TANDEM_CONFIG")
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("start alpha's agent");
     let mut seen = Vec::new();
     let mut buf = [0u8; 256];
     while !(seen.iter().any(|m: &String| m.contains("READY=1"))
@@ -552,8 +550,8 @@ fn listener_suspend_drains_and_resume_reopens_the_relay() {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let rt = runtime();
-    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let next_hop = sink.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let next_hop = sink.local_addr().expect("read the sink's address");
     let script =
         format!("exec {EXE} mta serve --spool \"spool-$TANDEM_NODE\" --relay-to {next_hop}");
     let cluster = pair_with(
@@ -605,7 +603,7 @@ fn listener_suspend_drains_and_resume_reopens_the_relay() {
         "{told:?}"
     );
     // A new connection is not greeted while suspended.
-    let fresh = TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
+    let fresh = TcpStream::connect(cluster.vip).expect("connect to the VIP");
     let _ = fresh.set_read_timeout(Some(Duration::from_millis(400)));
     let mut fresh = BufReader::new(fresh);
     assert_eq!(smtp_line(&mut fresh), None, "no greeting while suspended");
@@ -671,8 +669,8 @@ fn backups_are_made_listed_and_restored_only_onto_their_node() {
     );
     let (code, out, err) = tandem(&cluster, 1, &["--json", "backup", "list"]);
     assert_eq!(code, 0, "{err}");
-    let listed: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let listed: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("parse the backup list as JSON: {e:#}\n{out}"));
     let backups = listed[0]["answer"]["backups"].clone();
     assert_eq!(backups[0]["node"], "beta", "{backups}");
     let id = backups[0]["backup"]
@@ -687,18 +685,18 @@ fn backups_are_made_listed_and_restored_only_onto_their_node() {
     // alpha's backup placed on beta: refused unless forced.
     let alpha_backups = cluster.dir.join("state/alpha/backups");
     let alpha_id = std::fs::read_dir(&alpha_backups)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("list alpha's backups")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
-        .unwrap_or_else(|| panic!("alpha has a backup"));
+        .expect("find alpha's backup");
     let foreign = cluster.dir.join("state/beta/backups/from-alpha");
-    std::fs::create_dir_all(&foreign).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&foreign).expect("create beta's from-alpha dir");
     std::fs::copy(
         alpha_backups.join(&alpha_id).join("config.toml"),
         foreign.join("config.toml"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("copy alpha's backup config");
     let (code, _, err) = tandem(&cluster, 1, &["backup", "restore", "from-alpha"]);
     assert_eq!(code, 1);
     assert!(err.contains("made on alpha, not on beta"), "{err}");

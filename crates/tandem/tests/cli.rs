@@ -14,10 +14,10 @@ const ASA: &str = concat!(
 /// Runs `tandem ARGS` and returns (exit code, stdout, stderr).
 fn tandem(args: &[&str]) -> (i32, String, String) {
     let output = Command::cargo_bin("tandem")
-        .unwrap_or_else(|e| panic!("tandem binary: {e}"))
+        .expect("find the tandem binary")
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("run tandem: {e}"));
+        .expect("run tandem");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -26,7 +26,8 @@ fn tandem(args: &[&str]) -> (i32, String, String) {
 }
 
 fn json(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("parse the output as JSON: {e:#}\n{stdout}"))
 }
 
 #[test]
@@ -185,10 +186,10 @@ fn path_bad_input_exits_2() {
         "{err}"
     );
 
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temp dir");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "rules = \"edges\"\n[[release]]\nversion = \"6.2.0\"\n[[edge]]\nfrom = \"6.2.0\"\nto = \"6.9.*\"\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write bad.toml");
     let (code, _, err) = tandem(&[
         "path",
         "--catalog",
@@ -270,16 +271,16 @@ fn json_logs_are_json_lines() {
 
 #[test]
 fn image_keygen_build_sign_verify() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temp dir");
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    std::fs::create_dir_all(dir.path().join("files/bin")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(dir.path().join("files/bin")).expect("create files/bin");
     std::fs::write(dir.path().join("files/bin/relay"), "#!/bin/sh\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write files/bin/relay");
     std::fs::write(
         dir.path().join("manifest.toml"),
         "name = \"relay\"\nversion = \"6.2.5\"\nentrypoint = [\"bin/relay\"]\ndata_format = 1\nprotocol = [1]\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("write manifest.toml");
 
     let (code, _, err) = tandem(&[
         "image",
@@ -330,9 +331,9 @@ fn image_keygen_build_sign_verify() {
     assert_eq!(verified["manifest"]["version"], "6.2.5");
     assert_eq!(verified["compression"], "zstd");
 
-    let mut bytes = std::fs::read(p("relay.tandem")).unwrap_or_else(|e| panic!("{e}"));
+    let mut bytes = std::fs::read(p("relay.tandem")).expect("read relay.tandem");
     bytes[20] ^= 1;
-    std::fs::write(p("relay.tandem"), bytes).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(p("relay.tandem"), bytes).expect("write the corrupted relay.tandem");
     let (code, _, err) = tandem(&[
         "image",
         "verify",

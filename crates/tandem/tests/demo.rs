@@ -9,12 +9,12 @@ fn the_demo_upgrades_under_load_and_loses_nothing() {
         .args(["--json", "demo", "--messages", "3000"])
         .env_remove("TANDEM_CONFIG")
         .output()
-        .unwrap_or_else(|e| panic!("run tandem demo: {e}"));
+        .expect("run tandem demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("parse the report as JSON: {e:#}\n{stdout}"));
     for key in [
         "strategy",
         "from",

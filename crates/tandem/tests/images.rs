@@ -20,10 +20,7 @@ fn tandem(cluster: &LocalCluster, node: usize, args: &[&str]) -> (i32, String, S
 }
 
 fn plain(args: &[&str]) {
-    let out = Process::new(EXE)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = Process::new(EXE).args(args).output().expect("run tandem");
     assert!(
         out.status.success(),
         "tandem {args:?}: {}",
@@ -41,18 +38,18 @@ fn image(dir: &Path, version: &str, health: &str, key: Option<&Path>) -> PathBuf
 /// wrapper around this build's binary).
 fn image_with(dir: &Path, version: &str, health: &str, key: Option<&Path>, agent: bool) -> PathBuf {
     let files = dir.join(format!("files-{version}"));
-    std::fs::create_dir_all(files.join("bin")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(files.join("bin")).expect("create the image's bin dir");
     let script = files.join("bin/service");
     std::fs::write(
         &script,
         format!("#!/bin/sh\nexec {EXE} bench name-service\n"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("write the service script");
     let _ = Process::new("chmod").arg("755").arg(&script).status();
     let agent_line = if agent {
         let wrapper = files.join("bin/tandem");
         std::fs::write(&wrapper, format!("#!/bin/sh\nexec {EXE} \"$@\"\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("write the agent wrapper");
         let _ = Process::new("chmod").arg("755").arg(&wrapper).status();
         "agent = \"bin/tandem\"\n"
     } else {
@@ -63,7 +60,7 @@ fn image_with(dir: &Path, version: &str, health: &str, key: Option<&Path>, agent
         &manifest,
         format!("name = \"relay\"\nversion = \"{version}\"\nentrypoint = [\"bin/service\"]\ndata_format = 1\nprotocol = [2]\n{agent_line}[health]\n{health}\ntimeout = \"500ms\"\n"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("write the manifest");
     let out = dir.join(format!("relay-{version}.tandem"));
     let (m, f, o) = (
         manifest.display().to_string(),
@@ -163,17 +160,19 @@ fn started_pair(rt: &tokio::runtime::Runtime, images: &str, version: &str) -> Lo
             vec![EXE.into(), "bench".into(), "name-service".into()],
         )
     };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("{e:#}"));
-    cluster.start_all().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
+    cluster.start_all().expect("start the pair");
     rt.block_on(cluster.wait_for_active(0, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("wait for alpha to be active");
     cluster
 }
 
 fn slots(cluster: &LocalCluster, node: usize) -> serde_json::Value {
     let (code, out, err) = tandem(cluster, node, &["--json", "image", "list"]);
     assert_eq!(code, 0, "{err}");
-    serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))["slots"].clone()
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap_or_else(|e| panic!("parse the image list as JSON: {e:#}\n{out}"))["slots"]
+        .clone()
 }
 
 #[test]
@@ -181,8 +180,8 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        .expect("build the runtime");
+    let work = tempfile::tempdir().expect("create a temp dir");
     let (secret, public) = release_key(work.path());
 
     let mut cluster = started_pair(&rt, &trusting(&public), "unset");
@@ -193,16 +192,16 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     let first = image(work.path(), "6.2.0", &healthy, Some(&secret));
     let first_name = "relay-6.2.0.tandem";
     // An earlier push to beta was cut after 100 bytes: this one resumes.
-    let bytes = std::fs::read(&first).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = std::fs::read(&first).expect("read the image");
     assert!(bytes.len() > 100);
-    let beta = cluster.client(1).unwrap_or_else(|e| panic!("{e:#}"));
+    let beta = cluster.client(1).expect("connect to beta's API");
     let _: UploadAnswer = rt
         .block_on(beta.put_bytes(
             &format!("/v1/images/{first_name}?offset=0"),
             bytes[..100].to_vec(),
             None,
         ))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("push the first 100 bytes");
     let (code, out, err) = tandem(
         &cluster,
         0,
@@ -292,7 +291,7 @@ fn images_boot_reload_the_standby_switch_over_and_roll_back_a_bad_one() {
     let (code, _, err) = tandem(&cluster, 0, &["failover", "standby"]);
     assert_eq!(code, 0, "{err}");
     rt.block_on(cluster.wait_for_active(1, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("wait for beta to be active");
     wait_until(
         &rt,
         &cluster,
@@ -356,8 +355,8 @@ fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        .expect("build the runtime");
+    let work = tempfile::tempdir().expect("create a temp dir");
     let (secret, public) = release_key(work.path());
     let mut cluster = started_pair(&rt, &trusting(&public), "unset");
     let vip = cluster.vip;
@@ -393,7 +392,7 @@ fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
     // check, and a standby never runs one.
     let nobody = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("find a free port");
     let bad = image(
         work.path(),
         "6.2.5",
@@ -410,7 +409,7 @@ fn a_kill_between_a_standby_boot_and_its_first_serve_keeps_the_service_check() {
 
     // kill -9 of beta's agent before it ever serves 6.2.5; back a moment later.
     cluster.kill(1);
-    cluster.start(1).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.start(1).expect("restart beta");
     wait_until(&rt, &cluster, 1, "beta back as standby", |s| {
         s.is_some_and(|s| s.node.effective_role == EffectiveRole::Standby)
     });
@@ -436,8 +435,8 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        .expect("build the runtime");
+    let work = tempfile::tempdir().expect("create a temp dir");
     let mut cluster = started_pair(&rt, UNSIGNED, "6.2.0");
     let with_agent = image_with(
         work.path(),
@@ -454,7 +453,7 @@ fn an_image_with_its_own_agent_reexecutes_the_agent_in_place() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = tandem(&cluster, 1, &["image", "install", "relay-6.2.5.tandem"]);
     assert_eq!(code, 0, "{err}");
-    let before = status(&rt, &cluster, 1).unwrap_or_else(|| panic!("beta answers its status"));
+    let before = status(&rt, &cluster, 1).expect("read beta's status");
     let (pid, epoch) = (before.agent.pid, before.agent.epoch);
 
     let (code, out, err) = tandem(&cluster, 1, &["image", "boot"]);
@@ -508,8 +507,8 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        .expect("build the runtime");
+    let work = tempfile::tempdir().expect("create a temp dir");
     let mut crashed_at = Vec::new();
     for steps in 0..8u32 {
         let mut cluster = started_pair(&rt, UNSIGNED, "unset");
@@ -542,7 +541,7 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
         let armed = steps.to_string();
         cluster
             .start_with_env(1, &[("TANDEM_FAULT_SLOT_STEPS", armed.as_str())])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+            .expect("restart beta with faults armed");
         wait_until(&rt, &cluster, 1, "beta is back", |s| {
             s.is_some_and(|s| s.node.effective_role == EffectiveRole::Standby)
         });
@@ -555,7 +554,7 @@ fn a_kill_at_every_step_of_a_slot_switch_leaves_the_agent_on_a_good_slot() {
         for _ in 0..300 {
             if cluster.exited(1) {
                 crashed_at.push(steps);
-                cluster.start(1).unwrap_or_else(|e| panic!("{e:#}"));
+                cluster.start(1).expect("restart beta");
             }
             let (code, out, _) = tandem(&cluster, 1, &["--json", "image", "list"]);
             let listing: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();

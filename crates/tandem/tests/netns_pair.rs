@@ -94,7 +94,7 @@ impl Lab {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("start agent: {e}"));
+            .expect("start the agent");
         self.agents[i] = Some(child);
     }
 
@@ -165,9 +165,9 @@ impl Drop for Lab {
 
 fn write_configs(dir: &Path) {
     std::fs::write(dir.join("cluster.key"), "netns-pair-test-key-0123456789")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write cluster.key");
     std::fs::write(dir.join("api.token"), "netns-pair-test-token-0123456789")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write api.token");
     for (me, peer, prio, role) in [(1, 2, 200, "primary"), (2, 1, 100, "secondary")] {
         let text = format!(
             r#"[node]
@@ -204,7 +204,7 @@ command = ["{EXE}", "bench", "name-service"]
 grace = "1s"
 "#
         );
-        std::fs::write(dir.join(format!("n{me}.toml")), text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join(format!("n{me}.toml")), text).expect("write the node config");
     }
 }
 
@@ -217,7 +217,7 @@ fn ip_mode_pair_fails_over_and_heals_a_partition_with_one_owner() {
             return;
         }
     };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temp dir");
     write_configs(dir.path());
     lab.start(0, dir.path());
     lab.start(1, dir.path());
@@ -250,14 +250,12 @@ fn ip_mode_pair_fails_over_and_heals_a_partition_with_one_owner() {
     assert!(!lab.holds_vip("n2"), "n2 released the address");
 
     // Partition n1 away: n2 takes over; on heal, exactly one keeps it.
-    run(&["ip", "-n", &lab.ns("n1"), "link", "set", "eth0", "down"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    run(&["ip", "-n", &lab.ns("n1"), "link", "set", "eth0", "down"]).expect("cut n1's link");
     assert!(
         lab.wait_answer("n2", Duration::from_secs(10)),
         "n2 took over during the partition"
     );
-    run(&["ip", "-n", &lab.ns("n1"), "link", "set", "eth0", "up"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    run(&["ip", "-n", &lab.ns("n1"), "link", "set", "eth0", "up"]).expect("restore n1's link");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut owners = (true, true);
     while Instant::now() < deadline {

@@ -68,7 +68,7 @@ fn run(args: &[&str]) -> Result<String, String> {
 }
 
 fn must(args: &[&str]) -> String {
-    run(args).unwrap_or_else(|e| panic!("{e}"))
+    run(args).expect("run a command")
 }
 
 /// Runs `f` on a thread moved into network namespace `ns`: every socket
@@ -77,7 +77,7 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     let path = format!("/run/netns/{ns}");
     std::thread::scope(|s| {
         s.spawn(|| {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e:#}"));
             // SAFETY: setns(2) with a namespace fd we hold open; it moves
             // only this thread, which ends when `f` returns.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -174,7 +174,7 @@ impl Lab {
             .create(true)
             .append(true)
             .open(&self.logs[i])
-            .unwrap_or_else(|e| panic!("log: {e}"));
+            .expect("open the agent log");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, EXE, "-v", "agent", "--config"])
             .arg(&config)
@@ -183,7 +183,7 @@ impl Lab {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("start agent: {e}"));
+            .expect("start the agent");
         self.agents[i] = Some(child);
     }
 
@@ -259,7 +259,7 @@ impl Lab {
     fn status(&self, i: usize) -> Option<Value> {
         let addr: SocketAddr = format!("198.18.0.{}:7401", i + 1)
             .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("parse the API address");
         in_netns(&self.ns(&format!("n{}", i + 1)), || {
             http_get(addr, "/v1/status")
         })
@@ -364,7 +364,7 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 
 fn write_configs(dir: &Path) {
     let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e:#}"));
     };
     write("cluster.key", "netns-partition-test-key-0123456789");
     write("api.token", TOKEN);
@@ -468,9 +468,9 @@ fn send_from(ns: &str, tag: &str) -> Sent {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+            .expect("build the runtime");
         rt.block_on(async {
-            let to: SocketAddr = VIP.parse().unwrap_or_else(|e| panic!("{e}"));
+            let to: SocketAddr = VIP.parse().expect("parse the VIP");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             let mut sent = Sent {
                 acked: Vec::new(),
@@ -579,7 +579,7 @@ fn peer_states(status: &Option<Value>) -> Vec<String> {
 
 #[test]
 fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("create a temp dir");
     let dir = dir.path();
     let mut lab = match Lab::new(dir) {
         Ok(lab) => lab,
@@ -765,13 +765,13 @@ fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
+        .expect("build the runtime");
     let listener = in_netns(&lab.ns("c"), || {
-        std::net::TcpListener::bind(NEXT_HOP).unwrap_or_else(|e| panic!("sink bind: {e}"))
+        std::net::TcpListener::bind(NEXT_HOP).expect("bind the sink")
     });
     let sink = rt
         .block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))
-        .unwrap_or_else(|e| panic!("sink: {e}"));
+        .expect("start the sink");
     println!("{} next hop up on {NEXT_HOP}", at());
     let started = Instant::now();
     let mut report = sink.report(Some(&acked));

@@ -31,12 +31,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .expect("build the runtime")
 }
 
 fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("read the free port's address")
 }
 
 /// A relay pair with `data_sync = "semi"` (the defaults otherwise:
@@ -55,19 +55,17 @@ fn relay_cluster_with(next_hop: SocketAddr, service_keys: &str, sync_keys: &str)
         exe: Some(EXE.into()),
         ..ClusterSpec::new(&["alpha", "beta"], vec!["sh".into(), "-c".into(), script])
     };
-    let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    let cluster = LocalCluster::create(&spec).expect("create the cluster");
     cluster
         .enable_sync(&format!("data_sync = \"semi\"\n{sync_keys}"))
-        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+        .expect("enable sync");
     cluster
 }
 
 /// [`relay_cluster`], started.
 fn relay_pair(next_hop: SocketAddr) -> LocalCluster {
     let mut cluster = relay_cluster(next_hop);
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start_all().expect("start the pair");
     cluster
 }
 
@@ -95,7 +93,7 @@ fn status_of(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> 
 /// node in sync.
 fn settle_in_sync(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: usize) {
     rt.block_on(cluster.wait_for_active(active, Duration::from_secs(20)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("wait for the active");
     wait_until("the standby in sync", Duration::from_secs(20), || {
         rt.block_on(cluster.status(active)).is_some_and(|s| {
             s.replicator()
@@ -112,7 +110,7 @@ fn send(rt: &tokio::runtime::Runtime, to: SocketAddr, messages: u64) -> LoadRepo
         size: 1024,
         timeout: Duration::from_secs(20),
     }))
-    .unwrap_or_else(|e| panic!("load: {e}"))
+    .expect("send the load")
 }
 
 /// Binds the sink at `next_hop` and waits until every id in `acked`
@@ -120,7 +118,7 @@ fn send(rt: &tokio::runtime::Runtime, to: SocketAddr, messages: u64) -> LoadRepo
 fn every_acked_delivered(rt: &tokio::runtime::Runtime, next_hop: SocketAddr, acked: &[String]) {
     let sink = rt
         .block_on(Sink::bind(Listen::Bind(vec![next_hop]), 0))
-        .unwrap_or_else(|e| panic!("sink: {e}"));
+        .expect("bind the sink");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let report = sink.report(Some(acked));
@@ -180,15 +178,11 @@ fn a_returning_primary_loses_nothing(how: Return) {
     assert_eq!(during.acknowledged, 300, "{during:?}");
 
     let restarted = Instant::now();
-    cluster
-        .start(0)
-        .unwrap_or_else(|e| panic!("restart: {e:#}"));
+    cluster.start(0).expect("restart alpha");
     if how == Return::RestartTwice {
         std::thread::sleep(Duration::from_millis(150));
         cluster.kill(0);
-        cluster
-            .start(0)
-            .unwrap_or_else(|e| panic!("restart: {e:#}"));
+        cluster.start(0).expect("restart alpha");
     }
     if how == Return::NoPreempt {
         settle_in_sync(&rt, &cluster, 1);
@@ -274,7 +268,7 @@ fn a_flood_at_the_heartbeat_port_causes_no_takeover() {
     let floods: Vec<_> = (0..2u8)
         .map(|t| {
             std::thread::spawn(move || {
-                let socket = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+                let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
                 let mut packet = [0u8; 96];
                 let until = Instant::now() + flood;
                 let mut sent = 0u64;
@@ -317,24 +311,24 @@ fn a_wrong_cluster_key_fails_the_node_and_never_doubles_the_active() {
     let next_hop = free_addr();
     let mut cluster = relay_cluster(next_hop);
     let config = &cluster.nodes[1].config;
-    let text = std::fs::read_to_string(config).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(config).expect("read beta's config");
     assert!(text.contains("key_file = \"cluster.key\""), "{text}");
     std::fs::write(
         config,
         text.replace("key_file = \"cluster.key\"", "key_file = \"other.key\""),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("write beta's config");
     let other = cluster.dir.join("other.key");
     std::fs::write(&other, "a different cluster key, of 48 characters....\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write other.key");
     std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("chmod other.key");
 
-    cluster.start(0).unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start(0).expect("start alpha");
     wait_until("alpha active", Duration::from_secs(10), || {
         role(&rt, &cluster, 0) == Some(EffectiveRole::Active)
     });
-    cluster.start(1).unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start(1).expect("start beta");
     wait_until("beta up", Duration::from_secs(10), || {
         role(&rt, &cluster, 1).is_some()
     });
@@ -374,7 +368,7 @@ fn a_forged_far_future_epoch_does_not_silence_the_peer() {
     let next_hop = free_addr();
     let cluster = relay_pair(next_hop);
     settle_in_sync(&rt, &cluster, 0);
-    let key = std::fs::read(cluster.dir.join("cluster.key")).unwrap_or_else(|e| panic!("{e}"));
+    let key = std::fs::read(cluster.dir.join("cluster.key")).expect("read cluster.key");
     let mut forger = Codec::new(key.trim_ascii(), "local", "alpha", u64::MAX);
     let forged = forger
         .seal(
@@ -383,11 +377,11 @@ fn a_forged_far_future_epoch_does_not_silence_the_peer() {
             },
             tandem_core::wire::PROTOCOL_VERSION,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        .expect("seal the forged message");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
     socket
         .send_to(&forged, cluster.nodes[1].link)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("send the forged message");
     // Longer than the hold time: every heartbeat of alpha's must still be
     // heard, or beta would see alpha dead.
     alpha_stays_the_only_active(
@@ -438,25 +432,23 @@ fn a_preemption_drains_the_sessions_in_progress_first() {
         .unwrap_or_else(|p| p.into_inner());
     let rt = runtime();
     let mut cluster = relay_cluster_with(free_addr(), "suspend = \"signal\"\n", "");
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start_all().expect("start the pair");
     settle_in_sync(&rt, &cluster, 0);
     cluster.kill(0);
     wait_until("beta active", Duration::from_secs(10), || {
         role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
     });
 
-    let stream = std::net::TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
+    let stream = std::net::TcpStream::connect(cluster.vip).expect("connect to the VIP");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut writer = stream.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        .expect("set the read timeout");
+    let mut writer = stream.try_clone().expect("clone the stream");
     let mut reader = BufReader::new(stream);
     let mut say = |line: &str, reader: &mut BufReader<std::net::TcpStream>| {
         writer
             .write_all(line.as_bytes())
-            .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
+            .unwrap_or_else(|e| panic!("send {line:?}: {e:#}"));
         smtp_reply(reader)
     };
     assert!(smtp_reply(&mut reader).starts_with("220"));
@@ -465,9 +457,7 @@ fn a_preemption_drains_the_sessions_in_progress_first() {
     assert!(say("RCPT TO:<b@dest.test>\r\n", &mut reader).starts_with("250"));
     assert!(say("DATA\r\n", &mut reader).starts_with("354"));
 
-    cluster
-        .start(0)
-        .unwrap_or_else(|e| panic!("restart: {e:#}"));
+    cluster.start(0).expect("restart alpha");
     wait_until(
         "beta to drain for the preemption",
         Duration::from_secs(20),
@@ -488,7 +478,7 @@ fn a_preemption_drains_the_sessions_in_progress_first() {
     );
     let _ = say("QUIT\r\n", &mut reader);
     rt.block_on(cluster.wait_for_active(0, Duration::from_secs(20)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("wait for alpha to be active");
     let spool = cluster.data_dir(0).join("spool/queue");
     let queued = std::fs::read_dir(&spool).map_or(0, |d| d.count());
     assert_eq!(queued, 1, "the acknowledged message on the primary");
@@ -508,31 +498,26 @@ fn quarantined_mail_is_listed_and_restored_by_the_operator() {
     let rt = runtime();
     let next_hop = free_addr();
     let mut cluster = relay_cluster_with(next_hop, "", "merge_quarantine = false\n");
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start_all().expect("start the pair");
     settle_in_sync(&rt, &cluster, 0);
     cluster.kill(1);
     let alone = send(&rt, cluster.vip, 15);
     assert_eq!(alone.acknowledged, 15, "{alone:?}");
     cluster.kill(0);
-    cluster
-        .start(1)
-        .unwrap_or_else(|e| panic!("start beta: {e:#}"));
+    cluster.start(1).expect("start beta");
     wait_until("beta active alone", Duration::from_secs(15), || {
         role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
     });
     let later = send(&rt, cluster.vip, 10);
     assert_eq!(later.acknowledged, 10, "{later:?}");
-    cluster
-        .start(0)
-        .unwrap_or_else(|e| panic!("start alpha: {e:#}"));
+    cluster.start(0).expect("start alpha");
 
     // alpha's 15 are set aside before beta's catch-up deletes them.
     let listed = || {
         let (code, out, err) = cluster.cli(1, &["--json", "sync", "quarantine", "list"]);
         assert_eq!(code, 0, "{out}{err}");
-        serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        serde_json::from_str::<Value>(&out)
+            .unwrap_or_else(|e| panic!("parse the quarantine list as JSON: {e:#}\n{out}"))
     };
     wait_until(
         "a quarantine batch on alpha",
@@ -562,7 +547,8 @@ fn quarantined_mail_is_listed_and_restored_by_the_operator() {
 
     let (code, out, err) = cluster.cli(1, &["--json", "sync", "quarantine", "restore", &id]);
     assert_eq!(code, 0, "{out}{err}");
-    let restored: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let restored: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("parse the restore answer as JSON: {e:#}\n{out}"));
     assert_eq!(restored["merged"], 15, "{restored}");
     assert!(listed().as_array().is_some_and(Vec::is_empty));
 

@@ -32,14 +32,14 @@ fn runtime() -> tokio::runtime::Runtime {
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .expect("build the runtime")
 }
 
 /// A free loopback port for the next hop; nothing listens on it until a
 /// test binds its sink there.
 fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("read the free port's address")
 }
 
 /// A pair with `[sync]` (`keys` added to it, the last section of each
@@ -52,19 +52,15 @@ fn sync_cluster(service: Vec<String>, keys: &str) -> LocalCluster {
         exe: Some(EXE.into()),
         ..ClusterSpec::new(&["alpha", "beta"], service)
     };
-    let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
-    cluster
-        .enable_sync(keys)
-        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    let cluster = LocalCluster::create(&spec).expect("create the cluster");
+    cluster.enable_sync(keys).expect("enable sync");
     cluster
 }
 
 /// [`sync_cluster`], started.
 fn sync_pair(service: Vec<String>, keys: &str) -> LocalCluster {
     let mut cluster = sync_cluster(service, keys);
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start_all().expect("start the pair");
     cluster
 }
 
@@ -86,7 +82,7 @@ fn name_service_pair(keys: &str) -> LocalCluster {
 /// active's replicator has every standby in sync.
 fn settle_in_sync(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, active: usize) {
     rt.block_on(cluster.wait_for_active(active, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("wait for the active");
     let peers_in_sync = |status: &StatusReport| {
         status
             .replicator()
@@ -117,7 +113,7 @@ fn send(rt: &tokio::runtime::Runtime, to: SocketAddr, messages: u64) -> LoadRepo
         size: 2048,
         timeout: Duration::from_secs(20),
     }))
-    .unwrap_or_else(|e| panic!("load: {e}"))
+    .expect("send the load")
 }
 
 /// The file names in a spool's queue.
@@ -187,7 +183,7 @@ fn semi_acknowledged_mail_is_on_the_standby_and_delivered_after_kill_9() {
 
     let sink = rt
         .block_on(Sink::bind(Listen::Bind(vec![next_hop]), 0))
-        .unwrap_or_else(|e| panic!("sink: {e}"));
+        .expect("bind the sink");
     wait_until(
         "every acknowledged message at the sink",
         Duration::from_secs(20),
@@ -228,10 +224,8 @@ fn acknowledged_mail_survives_a_kill_9_of_both_nodes_from_the_standby_log() {
     cluster.kill(0);
     let sink = rt
         .block_on(Sink::bind(Listen::Bind(vec![next_hop]), 0))
-        .unwrap_or_else(|e| panic!("sink: {e}"));
-    cluster
-        .start(1)
-        .unwrap_or_else(|e| panic!("restart beta: {e:#}"));
+        .expect("bind the sink");
+    cluster.start(1).expect("restart beta");
     wait_until(
         "every acknowledged message at the sink",
         Duration::from_secs(30),
@@ -269,13 +263,11 @@ fn draining_relay_pair(next_hop: SocketAddr) -> LocalCluster {
         exe: Some(EXE.into()),
         ..ClusterSpec::new(&["alpha", "beta"], vec!["sh".into(), "-c".into(), script])
     };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
     cluster
         .enable_sync("data_sync = \"semi\"\n")
-        .unwrap_or_else(|e| panic!("sync: {e:#}"));
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+        .expect("enable sync");
+    cluster.start_all().expect("start the pair");
     cluster
 }
 
@@ -296,16 +288,16 @@ fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() 
     settle_in_sync(&rt, &cluster, 0);
 
     // A session on the active, up to the message's body.
-    let stream = std::net::TcpStream::connect(cluster.vip).unwrap_or_else(|e| panic!("{e}"));
+    let stream = std::net::TcpStream::connect(cluster.vip).expect("connect to the VIP");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut writer = stream.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        .expect("set the read timeout");
+    let mut writer = stream.try_clone().expect("clone the stream");
     let mut reader = BufReader::new(stream);
     let mut say = |line: &str, reader: &mut BufReader<std::net::TcpStream>| {
         writer
             .write_all(line.as_bytes())
-            .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
+            .unwrap_or_else(|e| panic!("send {line:?}: {e:#}"));
         smtp_reply(reader)
     };
     assert!(smtp_reply(&mut reader).starts_with("220"));
@@ -333,11 +325,11 @@ fn a_session_open_at_a_planned_handover_is_acknowledged_and_on_the_new_active() 
             "the message of a session open at the handover: {answer:?}"
         );
         let _ = say("QUIT\r\n", &mut reader);
-        let (code, out, err) = handover.join().unwrap_or_else(|_| panic!("cli thread"));
+        let (code, out, err) = handover.join().expect("join the cli thread");
         assert_eq!(code, 0, "failover standby: {out}{err}");
     });
     rt.block_on(cluster.wait_for_active(1, Duration::from_secs(15)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("wait for beta to be active");
     // semi: acknowledged means on the standby's disk, which serves now.
     assert_eq!(
         queued(&cluster.data_dir(1)).len(),
@@ -357,7 +349,7 @@ fn a_refused_handover_resumes_the_drained_listener() {
     let sink_addr = free_addr();
     let sink = rt
         .block_on(Sink::bind(Listen::Bind(vec![sink_addr]), 0))
-        .unwrap_or_else(|e| panic!("sink: {e}"));
+        .expect("bind the sink");
     let mut cluster = draining_relay_pair(sink_addr);
     settle_in_sync(&rt, &cluster, 0);
     cluster.kill(1);
@@ -393,7 +385,7 @@ fn standby_down_degrade_carries_on_strict_refuses() {
         let sink_addr = free_addr();
         let sink = rt
             .block_on(Sink::bind(Listen::Bind(vec![sink_addr]), 0))
-            .unwrap_or_else(|e| panic!("sink: {e}"));
+            .expect("bind the sink");
         let mut cluster = relay_pair(
             sink_addr,
             &format!("data_sync = \"semi\"\nsync_mode = \"{mode}\"\nsync_timeout = \"500ms\"\n"),
@@ -453,28 +445,29 @@ fn sync_report_shows_a_difference_made_by_hand_and_resync_repairs_it() {
     let cluster = name_service_pair("data_sync = \"semi\"\n");
     settle_in_sync(&rt, &cluster, 0);
     std::fs::write(cluster.data_dir(0).join("shared.txt"), "from the active\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write alpha's shared.txt");
     let resync = tandem(&cluster, 1, &["ha", "resync", "--json"]);
     assert_eq!(resync.0, 0, "{resync:?}");
     let (code, out, err) = tandem(&cluster, 0, &["sync", "report"]);
     assert_eq!(code, 0, "in step after the resync: {out}{err}");
 
     std::fs::write(cluster.data_dir(1).join("shared.txt"), "edited by hand\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write beta's shared.txt");
     // Asked of the standby: it points the CLI at the active.
     let (code, out, err) = tandem(&cluster, 1, &["sync", "report"]);
     assert_eq!(code, 1, "a difference: {out}{err}");
     assert!(out.contains("data/shared.txt"), "{out}");
     let (code, json, _) = tandem(&cluster, 0, &["sync", "report", "--json"]);
     assert_eq!(code, 1);
-    let report: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let report: Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("parse the sync report as JSON: {e:#}\n{json}"));
     assert_eq!(report["agree"], false, "{report}");
 
     let resync = tandem(&cluster, 0, &["ha", "resync"]);
     assert_eq!(resync.0, 0, "{resync:?}");
     assert!(resync.1.contains("beta: resynced"), "{resync:?}");
     let text = std::fs::read_to_string(cluster.data_dir(1).join("shared.txt"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("read beta's shared.txt");
     assert_eq!(text, "from the active\n");
     let (code, out, err) = tandem(&cluster, 0, &["sync", "report"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -493,25 +486,21 @@ fn a_certificate_from_another_ca_is_refused() {
         exe: Some(EXE.into()),
         ..ClusterSpec::new(&["alpha", "beta"], name_service())
     };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
-    cluster
-        .enable_sync(spec_keys)
-        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
+    cluster.enable_sync(spec_keys).expect("enable sync");
     // alpha's certificate and key from a rogue CA; the trusted CA stays.
     let rogue = cluster.dir.join("rogue");
-    tandem_sync::cert::init(&rogue.join("ca")).unwrap_or_else(|e| panic!("{e}"));
+    tandem_sync::cert::init(&rogue.join("ca")).expect("create the rogue CA");
     tandem_sync::cert::issue(&rogue.join("ca"), "alpha", &rogue.join("certs"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("issue alpha's rogue certificate");
     for file in ["alpha.pem", "alpha.key"] {
         std::fs::copy(
             rogue.join("certs").join(file),
             cluster.dir.join("certs").join(file),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("copy a rogue certificate file");
     }
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start_all().expect("start the pair");
     let role = |i: usize| {
         rt.block_on(cluster.status(i))
             .map(|s| s.node.effective_role)
@@ -563,11 +552,11 @@ fn list_config_file(cluster: &LocalCluster, name: &str, contents: &[&str]) -> Ve
         .map(|(node, content)| {
             let mut config = read(&node.config);
             config.push_str(&format!("config = [\"etc/{}/{name}\"]\n", node.name));
-            std::fs::write(&node.config, config).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&node.config, config).expect("write the node config");
             let file = cluster.dir.join("etc").join(&node.name).join(name);
             std::fs::create_dir_all(file.parent().unwrap_or(Path::new("/")))
-                .unwrap_or_else(|e| panic!("{e}"));
-            std::fs::write(&file, content).unwrap_or_else(|e| panic!("{e}"));
+                .expect("create the config dir");
+            std::fs::write(&file, content).expect("write the config file");
             file
         })
         .collect()
@@ -599,9 +588,7 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
         &["limit = 1\n", "limit = 99 # stale\n"],
     );
     let relay_toml = |i: usize| paths[i].clone();
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start_all().expect("start the pair");
     settle_in_sync(&rt, &cluster, 0);
     let wait = Duration::from_secs(10);
 
@@ -609,13 +596,13 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     wait_until("the first push", wait, || {
         read(&relay_toml(1)) == "limit = 1\n"
     });
-    std::fs::write(relay_toml(0), "limit = 2\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(relay_toml(0), "limit = 2\n").expect("write alpha's relay.toml");
     wait_until("the edit pushed", wait, || {
         read(&relay_toml(1)) == "limit = 2\n"
     });
 
     // An edit on the standby is undone, and the standby says why.
-    std::fs::write(relay_toml(1), "limit = 3 # on beta\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(relay_toml(1), "limit = 3 # on beta\n").expect("write beta's relay.toml");
     wait_until("the standby's edit undone", wait, || {
         read(&relay_toml(1)) == "limit = 2\n"
     });
@@ -637,7 +624,7 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
 
     // Through the API: refused on the standby, naming the primary.
     let new = cluster.dir.join("relay.new.toml");
-    std::fs::write(&new, "limit = 4\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&new, "limit = 4\n").expect("write relay.new.toml");
     let new = new.to_string_lossy().into_owned();
     let (code, out, err) = tandem(&cluster, 1, &["config", "put", "relay.toml", &new]);
     assert_ne!(code, 0, "{out}");
@@ -649,12 +636,12 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
 
     // beta disconnects from cluster config (an upgrade): changes are
     // refused cluster-wide, unless forced; beta keeps its own copy.
-    let beta_api = cluster.client(1).unwrap_or_else(|e| panic!("{e:#}"));
+    let beta_api = cluster.client(1).expect("connect to beta's API");
     let _: ConfigLinkAnswer = rt
         .block_on(beta_api.post("/v1/config-link", &ConfigLinkRequest { connected: false }))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("disconnect beta from cluster config");
     std::fs::write(cluster.dir.join("relay.new.toml"), "limit = 5\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("write relay.new.toml");
     let (code, _, err) = tandem(&cluster, 0, &["config", "put", "relay.toml", &new]);
     assert_ne!(code, 0);
     assert!(
@@ -680,7 +667,7 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     assert!(out.contains("config/relay.toml"), "{out}");
 
     // A hand edit on the primary is held while beta is disconnected...
-    std::fs::write(relay_toml(0), "limit = 6\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(relay_toml(0), "limit = 6\n").expect("write alpha's relay.toml");
     wait_until("the change held", wait, || {
         rt.block_on(cluster.status(0))
             .is_some_and(|s| config_sync(&s).is_some_and(|c| c.held.contains_key("relay.toml")))
@@ -700,7 +687,7 @@ fn config_files_follow_the_primary_and_changes_elsewhere_are_refused() {
     // ...and goes out once beta reconnects (the periodic push).
     let _: ConfigLinkAnswer = rt
         .block_on(beta_api.post("/v1/config-link", &ConfigLinkRequest { connected: true }))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("reconnect beta to cluster config");
     wait_until("the held change pushed", wait, || {
         read(&relay_toml(1)) == "limit = 6\n"
     });
@@ -722,9 +709,9 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
     let mut cluster = sync_cluster(name_service(), "data_sync = \"semi\"");
     // What the agent leaves behind when it dies mid-catch-up.
     let marker = cluster.dir.join("state/beta/data-stale");
-    std::fs::create_dir_all(cluster.dir.join("state/beta")).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&marker, "behind\n").unwrap_or_else(|e| panic!("{e}"));
-    cluster.start(1).unwrap_or_else(|e| panic!("start: {e:#}"));
+    std::fs::create_dir_all(cluster.dir.join("state/beta")).expect("create beta's state dir");
+    std::fs::write(&marker, "behind\n").expect("write the data-stale marker");
+    cluster.start(1).expect("start beta");
     let role = |cluster: &LocalCluster, i: usize| {
         rt.block_on(cluster.status(i))
             .map(|s| s.node.effective_role)
@@ -757,7 +744,7 @@ fn a_node_marked_stale_does_not_serve_alone_until_caught_up() {
     });
     // alpha, the preferred node, comes back: it may preempt only once beta
     // has caught it up, so nothing beta took is left behind.
-    cluster.start(0).unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start(0).expect("start alpha");
     settle_in_sync(&rt, &cluster, 0);
     assert!(!cluster.dir.join("state/alpha/data-stale").exists());
 }
@@ -773,15 +760,15 @@ fn active_active_with_data_replication_is_refused_by_the_config() {
             exe: Some(EXE.into()),
             ..ClusterSpec::new(&["alpha", "beta"], name_service())
         };
-        let cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+        let cluster = LocalCluster::create(&spec).expect("create the cluster");
         cluster
             .enable_sync(&format!("data_sync = \"{data_sync}\""))
-            .unwrap_or_else(|e| panic!("sync: {e:#}"));
+            .expect("enable sync");
         let out = std::process::Command::new(EXE)
             .args(["config", "check"])
             .arg(&cluster.nodes[0].config)
             .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("run config check");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(expected), "{data_sync}: {err}");
         if expected != 0 {
@@ -805,14 +792,15 @@ fn bench_sync_prints_its_figures_and_loses_nothing_in_the_crash_run() {
         .args(["--json", "bench", "sync", "--messages", "200"])
         .args(["--concurrency", "4", "--rounds", "1", "--returns", "1"])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("run bench sync");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("parse the bench report as JSON: {e:#}\n{stdout}"));
     for mode in ["off", "async", "semi"] {
         assert_eq!(report[mode]["acknowledged"], 200, "{mode}: {report}");
         assert!(report[mode]["msgs_per_s"].as_f64() > Some(0.0), "{report}");
@@ -850,17 +838,15 @@ fn a_changed_config_file_reloads_the_running_service_on_every_node() {
             vec!["sh".into(), "-c".into(), service.into()],
         )
     };
-    let mut cluster = LocalCluster::create(&spec).unwrap_or_else(|e| panic!("create: {e:#}"));
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
     cluster
         .enable_sync(
             "data_sync = \"off\"\nconfig_sync_interval = \"1s\"\non_config_change = \"signal:HUP\"",
         )
-        .unwrap_or_else(|e| panic!("sync: {e:#}"));
+        .expect("enable sync");
     let paths = list_config_file(&cluster, "app.conf", &["workers = 1\n"; 2]);
     let app_conf = |i: usize| paths[i].clone();
-    cluster
-        .start_all()
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    cluster.start_all().expect("start the pair");
     let logs: Vec<std::path::PathBuf> = cluster
         .nodes
         .iter()
@@ -880,7 +866,7 @@ fn a_changed_config_file_reloads_the_running_service_on_every_node() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!((hups(0), hups(1)), (0, 0), "reloaded with nothing changed");
 
-    std::fs::write(app_conf(0), "workers = 4\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(app_conf(0), "workers = 4\n").expect("write alpha's app.conf");
     wait_until("both services reloaded", wait, || {
         hups(0) >= 1 && hups(1) >= 1
     });

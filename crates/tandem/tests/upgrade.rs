@@ -27,11 +27,11 @@ fn demo(args: &[&str]) -> Value {
         .args(args)
         .env_remove("TANDEM_CONFIG")
         .output()
-        .unwrap_or_else(|e| panic!("run tandem demo: {e}"));
+        .expect("run tandem demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+        .unwrap_or_else(|e| panic!("parse the report as JSON: {e:#}\n{stdout}\n{stderr}"));
     // The figures, for whoever reads the test output.
     let mut figures = report.clone();
     if let Some(map) = figures.as_object_mut() {

@@ -86,7 +86,7 @@ fn postfix_tools(test: &str) -> bool {
 /// local tests accept).
 fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address")
+    listener.local_addr().expect("read the local address")
 }
 
 /// Waits for `child` at most `within`; kills it after that. `None` when it
@@ -128,7 +128,7 @@ impl SmtpSink {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("start {SMTP_SINK}: {e}"));
+            .expect("start smtp-sink");
         SmtpSink { child }
     }
 }
@@ -239,13 +239,15 @@ fn upgrade_under_smtp_source(args: &[&str]) -> Outcome {
     let _turn = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("create a temp dir");
     let dump = dir.path().join("dump");
-    std::fs::create_dir(&dump).expect("mkdir dump");
+    std::fs::create_dir(&dump).expect("create the dump dir");
     // smtp-sink writes as `nobody`: it must reach and write the dump dir.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the temp dir");
+    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777))
+        .expect("chmod the dump dir");
     let sink_addr = free_addr();
     let _sink = SmtpSink::start(sink_addr, &dump);
     let vip = free_addr();
@@ -263,12 +265,12 @@ fn upgrade_under_smtp_source(args: &[&str]) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("run tandem demo: {e}"));
+        .expect("run tandem demo");
 
     // The demo's progress lines (stderr, with --json too under --no-load)
     // say when to start and stop; stdout is the report.
     let (lines_tx, lines) = mpsc::channel::<String>();
-    let stderr = demo.stderr.take().expect("piped stderr");
+    let stderr = demo.stderr.take().expect("take the demo's stderr");
     let progress = std::thread::spawn(move || {
         let mut all = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -277,7 +279,7 @@ fn upgrade_under_smtp_source(args: &[&str]) -> Outcome {
         }
         all
     });
-    let mut stdout = demo.stdout.take().expect("piped stdout");
+    let mut stdout = demo.stdout.take().expect("take the demo's stdout");
     let report_reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stdout.read_to_string(&mut text);
@@ -345,13 +347,13 @@ fn upgrade_under_smtp_source(args: &[&str]) -> Outcome {
             }
         }
         stop.store(true, Ordering::Relaxed);
-        runs = sender.join().expect("the sender thread");
+        runs = sender.join().expect("join the sender thread");
     }
     let status = wait_bounded(&mut demo, DEMO_TIMEOUT.saturating_sub(started.elapsed()));
     let stdout = report_reader.join().unwrap_or_default();
     let stderr = progress.join().unwrap_or_default().join("\n");
     let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+        .unwrap_or_else(|e| panic!("parse the report as JSON: {e:#}\n{stdout}\n{stderr}"));
     assert!(
         serving,
         "the demo never said every node serves (VIPs {vips:?}):\n{stderr}"

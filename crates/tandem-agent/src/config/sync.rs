@@ -240,14 +240,14 @@ mod tests {
         toml::from_str(&format!(
             "cert_dir = \"certs\"\ndata_dir = \"data\"\n{extra}"
         ))
-        .expect("test TOML parses")
+        .expect("parse the test TOML")
     }
 
     #[test]
     fn defaults_are_semi_degrade_two_seconds() {
         let settings = section("")
             .resolve(Path::new("/etc/tandem"))
-            .expect("valid");
+            .expect("resolve the settings");
         assert_eq!(settings.data_sync, DataSync::Semi);
         assert_eq!(settings.sync_mode, SyncMode::Degrade);
         assert_eq!(settings.sync_timeout, Duration::from_secs(2));

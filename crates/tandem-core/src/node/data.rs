@@ -175,7 +175,7 @@ mod tests {
     fn primary(replicated: bool) -> Node {
         let mut config = NodeConfig::new("a", ConfiguredRole::Primary, 100, &["b"]);
         config.replicated_data = replicated;
-        Node::new(config, None, Millis(0)).unwrap()
+        Node::new(config, None, Millis(0)).expect("create the node")
     }
 
     #[test]

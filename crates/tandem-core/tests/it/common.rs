@@ -14,7 +14,7 @@ pub fn pair_configs() -> Vec<NodeConfig> {
 
 /// A pair, run until it has settled (a active, b standby).
 pub fn settled_pair(configs: Vec<NodeConfig>) -> Sim {
-    let mut sim = Sim::new(configs, 7).unwrap();
+    let mut sim = Sim::new(configs, 7).expect("start the pair");
     sim.run_for(Duration::from_secs(2));
     sim
 }

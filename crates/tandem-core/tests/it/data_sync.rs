@@ -82,7 +82,7 @@ fn active(sim: &Sim, name: &str) -> bool {
 }
 
 fn run(n: usize, actions: Vec<Action>) -> Result<(), TestCaseError> {
-    let mut sim = Sim::new(configs(n), 3).unwrap();
+    let mut sim = Sim::new(configs(n), 3).expect("start the cluster");
     let mut cut: BTreeSet<(usize, usize)> = BTreeSet::new();
     // Since when each standby has heard an active both ways.
     let mut heard_since: BTreeMap<usize, Millis> = BTreeMap::new();
@@ -241,7 +241,7 @@ proptest! {
 /// peer drained.
 #[test]
 fn a_returning_primary_waits_for_its_catch_up_then_preempts() {
-    let mut sim = Sim::new(configs(2), 1).unwrap();
+    let mut sim = Sim::new(configs(2), 1).expect("start the pair");
     sim.run_for(Duration::from_secs(2));
     sim.input("b", Input::DataSync { in_sync: true });
     assert_eq!(sim.holders(GroupId(0)), vec!["a".to_string()]);
@@ -251,7 +251,7 @@ fn a_returning_primary_waits_for_its_catch_up_then_preempts() {
     sim.restart("a");
     sim.run_for(Duration::from_secs(3));
     assert_eq!(sim.holders(GroupId(0)), vec!["b".to_string()]);
-    let a = sim.node("a").unwrap();
+    let a = sim.node("a").expect("look up node a");
     assert_eq!(a.effective_role(sim.now), EffectiveRole::Syncing);
     let caught_up = sim.now;
     sim.input("a", Input::DataSync { in_sync: true });

@@ -32,7 +32,7 @@ fn hb(
 }
 
 fn node(cfg: NodeConfig) -> Node {
-    let mut n = Node::new(cfg, None, Millis(0)).unwrap();
+    let mut n = Node::new(cfg, None, Millis(0)).expect("create the node");
     n.step(Millis(0), Input::Tick);
     n
 }
@@ -50,7 +50,7 @@ use EffectiveRole::{Active, Standby};
 
 #[test]
 fn first_step_sends_a_heartbeat_with_the_nodes_state() {
-    let mut a = Node::new(pair_configs().remove(0), None, Millis(0)).unwrap();
+    let mut a = Node::new(pair_configs().remove(0), None, Millis(0)).expect("create the node");
     let out = a.step(Millis(0), Input::Tick);
     assert_eq!(
         out,
@@ -385,7 +385,7 @@ fn persisted_state_survives_a_restart() {
             ha_stopped: false
         })
     );
-    let a2 = Node::new(pair_configs().remove(0), persisted, Millis(0)).unwrap();
+    let a2 = Node::new(pair_configs().remove(0), persisted, Millis(0)).expect("restore the node");
     assert!(!a2.status(Millis(0)).preempt);
 }
 
@@ -393,7 +393,7 @@ fn persisted_state_survives_a_restart() {
 fn status_serializes_to_json() {
     let mut b = node(pair_configs().remove(1));
     b.step(Millis(0), hb("a", 1, 200, ConfiguredRole::Primary, Active));
-    let v = serde_json::to_value(b.status(Millis(150))).unwrap();
+    let v = serde_json::to_value(b.status(Millis(150))).expect("serialize the status");
     assert_eq!(v["effective_role"], "standby");
     assert_eq!(v["peers"][0]["name"], "a");
     assert_eq!(v["peers"][0]["links"][0]["last_heard_ms_ago"], 150);
@@ -404,7 +404,7 @@ fn status_serializes_to_json() {
 #[test]
 fn a_new_version_is_carried_by_the_next_heartbeat() {
     let mut a = node(pair_configs().remove(0));
-    a.set_version("6.2.5").unwrap();
+    a.set_version("6.2.5").expect("set the version");
     assert!(a.set_version(&"9".repeat(65)).is_err());
     let out = a.step(Millis(200), Input::Tick);
     let carried = out.iter().any(|o| matches!(o, Output::Send { message: Message::Heartbeat(h), .. } if h.version == "6.2.5"));

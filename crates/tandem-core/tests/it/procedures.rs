@@ -59,7 +59,9 @@ fn asa_zero_downtime_upgrade_of_an_active_standby_pair() {
     reboot(&mut sim, "b", Duration::from_secs(30));
     assert_eq!(sim.holders(G0), ["a"]);
     assert_eq!(
-        sim.node("b").unwrap().effective_role(sim.now),
+        sim.node("b")
+            .expect("look up node b")
+            .effective_role(sim.now),
         EffectiveRole::Standby
     );
 
@@ -101,7 +103,7 @@ fn asa_zero_downtime_upgrade_of_an_active_standby_pair() {
     assert_eq!(sim.holders(G0), ["b"]);
     assert_eq!(
         sim.node("b")
-            .unwrap()
+            .expect("look up node b")
             .status(sim.now)
             .counters
             .split_brain_events,
@@ -224,7 +226,9 @@ fn fortimail_holdoff_while_the_primary_reboots_into_new_firmware() {
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.holders(G0), ["a"]);
     assert_eq!(
-        sim.node("b").unwrap().effective_role(sim.now),
+        sim.node("b")
+            .expect("look up node b")
+            .effective_role(sim.now),
         EffectiveRole::Standby
     );
 }
@@ -333,7 +337,9 @@ fn on_failure_off_stops_ha_until_ha_restart() {
     );
     sim.run_for(Duration::from_secs(5));
     assert_eq!(
-        sim.node("a").unwrap().effective_role(sim.now),
+        sim.node("a")
+            .expect("look up node a")
+            .effective_role(sim.now),
         EffectiveRole::Off
     );
     let out = sim.command("a", Command::FailoverActive);
@@ -357,7 +363,9 @@ fn on_failure_become_secondary_stays_standby_until_restore() {
     sim.run_for(ms(5));
     assert_eq!(sim.holders(G0), ["b"]);
     assert_eq!(
-        sim.node("a").unwrap().effective_role(sim.now),
+        sim.node("a")
+            .expect("look up node a")
+            .effective_role(sim.now),
         EffectiveRole::Failed
     );
     sim.input(
@@ -549,7 +557,9 @@ fn config_only_every_node_serves() {
         assert!(sim.nodes[n].service, "{n} serves");
         assert!(sim.nodes[n].vips.is_empty());
         assert_eq!(
-            sim.node(n).unwrap().effective_role(sim.now),
+            sim.node(n)
+                .expect("look up the node")
+                .effective_role(sim.now),
             EffectiveRole::Active
         );
     }
@@ -593,7 +603,7 @@ fn a_node_that_just_took_over_on_request_still_yields_to_a_better_active() {
         NodeConfig::new("b", ConfiguredRole::Secondary, 150, &["a", "c"]),
         NodeConfig::new("c", ConfiguredRole::Secondary, 100, &["a", "b"]),
     ];
-    let mut sim = Sim::new(cfgs, 1).unwrap();
+    let mut sim = Sim::new(cfgs, 1).expect("start the cluster");
     sim.run_for(Duration::from_secs(1));
     sim.isolate("a");
     sim.run_for(ms(700));

@@ -195,7 +195,7 @@ fn run_scenario(
     } else {
         vec![GroupId(0)]
     };
-    let mut sim = Sim::new(cfgs, 1).unwrap();
+    let mut sim = Sim::new(cfgs, 1).expect("start the cluster");
     // Cuts mirrored here so the checker knows which pairs are connected.
     let mut cuts = std::collections::BTreeSet::<(usize, usize, u8)>::new();
     let mut checker = Checker {
@@ -301,7 +301,9 @@ fn run_scenario(
         prop_assert_eq!(sim.holders(GroupId(0)), vec!["a".to_string()]);
         for name in &NAMES[1..n] {
             prop_assert_eq!(
-                sim.node(name).unwrap().effective_role(sim.now),
+                sim.node(name)
+                    .expect("look up the node")
+                    .effective_role(sim.now),
                 EffectiveRole::Standby
             );
         }
@@ -365,7 +367,7 @@ proptest! {
     #[test]
     fn failover_within_the_hold_time(phase in 0u64..400, fault in 0u8..3) {
         let cfgs = configs(2, true, OnFailure::BecomeSecondary, false);
-        let mut sim = Sim::new(cfgs, 1).unwrap();
+        let mut sim = Sim::new(cfgs, 1).expect("start the cluster");
         sim.run_for(Duration::from_millis(2000 + phase));
         prop_assert_eq!(sim.holders(GroupId(0)), vec!["a".to_string()]);
         let t = sim.now;
@@ -385,7 +387,7 @@ proptest! {
     fn holdoff_honoured_and_expires(holdoff_ms in 300u64..4000, gap_ms in 0u64..200) {
         let cfgs = configs(2, true, OnFailure::BecomeSecondary, false);
         let max = cfgs[1].holdoff_max;
-        let mut sim = Sim::new(cfgs, 1).unwrap();
+        let mut sim = Sim::new(cfgs, 1).expect("start the cluster");
         sim.run_for(Duration::from_secs(2));
         let asked = Duration::from_millis(holdoff_ms);
         let out = sim.command("a", Command::HaHoldoff(asked));

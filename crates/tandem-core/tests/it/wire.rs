@@ -55,8 +55,8 @@ fn v2_round_trip_of_every_kind() {
         },
     ];
     for (i, m) in msgs.into_iter().enumerate() {
-        let bytes = wire::encode(KEY, &header(2, i as u64), &m).unwrap();
-        let env = wire::decode(KEY, "mail", &bytes).unwrap();
+        let bytes = wire::encode(KEY, &header(2, i as u64), &m).expect("encode the message");
+        let env = wire::decode(KEY, "mail", &bytes).expect("decode the datagram");
         assert_eq!(
             (env.version, env.sender.as_str(), env.epoch, env.seq),
             (2, "a", 7, i as u64)
@@ -67,9 +67,9 @@ fn v2_round_trip_of_every_kind() {
 
 #[test]
 fn v1_heartbeat_decodes_as_group_zero_without_the_v2_fields() {
-    let bytes = wire::encode(KEY, &header(1, 1), &heartbeat()).unwrap();
+    let bytes = wire::encode(KEY, &header(1, 1), &heartbeat()).expect("encode the message");
     assert_eq!(bytes[4], 1, "version byte");
-    let env = wire::decode(KEY, "mail", &bytes).unwrap();
+    let env = wire::decode(KEY, "mail", &bytes).expect("decode the datagram");
     assert_eq!(env.version, 1);
     assert_eq!(
         env.message,
@@ -90,7 +90,12 @@ fn v1_holdoff_is_in_whole_seconds_rounded_up() {
     let m = Message::Holdoff {
         duration: Duration::from_millis(1500),
     };
-    let env = wire::decode(KEY, "mail", &wire::encode(KEY, &header(1, 1), &m).unwrap()).unwrap();
+    let env = wire::decode(
+        KEY,
+        "mail",
+        &wire::encode(KEY, &header(1, 1), &m).expect("encode the message"),
+    )
+    .expect("decode the datagram");
     assert_eq!(
         env.message,
         Message::Holdoff {
@@ -130,17 +135,20 @@ fn a_node_answers_an_old_peer_in_the_old_version() {
     let mut old = Codec::new(KEY, "mail", "old", 1);
     let mut new = Codec::new(KEY, "mail", "new", 1);
     assert_eq!(new.version_for("old"), wire::PROTOCOL_VERSION);
-    let from_old = old.seal(&heartbeat(), 1).unwrap();
-    assert_eq!(new.open(&from_old, NOW).unwrap().version, 1);
-    let reply = new.seal_for("old", &heartbeat()).unwrap();
+    let from_old = old.seal(&heartbeat(), 1).expect("seal the message");
+    assert_eq!(
+        new.open(&from_old, NOW).expect("open the datagram").version,
+        1
+    );
+    let reply = new.seal_for("old", &heartbeat()).expect("seal the message");
     assert_eq!(reply[4], 1);
-    assert_eq!(old.open(&reply, NOW).unwrap().version, 1);
+    assert_eq!(old.open(&reply, NOW).expect("open the datagram").version, 1);
 }
 
 #[test]
 fn rejections_say_why() {
-    let good = wire::encode(KEY, &header(2, 1), &heartbeat()).unwrap();
-    let e = wire::decode(b"another key", "mail", &good).unwrap_err();
+    let good = wire::encode(KEY, &header(2, 1), &heartbeat()).expect("encode the message");
+    let e = wire::decode(b"another key", "mail", &good).expect_err("decode with another key");
     assert_eq!(
         e,
         Error::BadMac {
@@ -150,7 +158,7 @@ fn rejections_say_why() {
     assert!(e.to_string().contains("key mismatch?"));
     assert_eq!(e.reject_reason(), Some(RejectReason::BadMac));
 
-    let e = wire::decode(KEY, "web", &good).unwrap_err();
+    let e = wire::decode(KEY, "web", &good).expect_err("decode for another cluster");
     assert_eq!(e.reject_reason(), Some(RejectReason::ForeignCluster));
 
     let mut flipped = good.clone();
@@ -158,7 +166,7 @@ fn rejections_say_why() {
     flipped[last_body_byte] ^= 1;
     assert_eq!(
         wire::decode(KEY, "mail", &flipped)
-            .unwrap_err()
+            .expect_err("decode a flipped byte")
             .reject_reason(),
         Some(RejectReason::BadMac)
     );
@@ -166,7 +174,7 @@ fn rejections_say_why() {
     let mut future = good.clone();
     future[4] = 3;
     assert_eq!(
-        wire::decode(KEY, "mail", &future).unwrap_err(),
+        wire::decode(KEY, "mail", &future).expect_err("decode a future version"),
         Error::UnsupportedVersion(3)
     );
 
@@ -186,26 +194,32 @@ fn rejections_say_why() {
 fn replays_and_old_epochs_are_rejected() {
     let mut a = Codec::new(KEY, "mail", "a", 5);
     let mut b = Codec::new(KEY, "mail", "b", 1);
-    let d1 = a.seal(&heartbeat(), 2).unwrap();
-    let d2 = a.seal(&heartbeat(), 2).unwrap();
+    let d1 = a.seal(&heartbeat(), 2).expect("seal the message");
+    let d2 = a.seal(&heartbeat(), 2).expect("seal the message");
     // Links reorder: d2 first, then d1 — both accepted, once each.
     assert!(b.open(&d2, NOW).is_ok());
     assert!(b.open(&d1, NOW).is_ok());
-    let e = b.open(&d1, NOW).unwrap_err();
+    let e = b.open(&d1, NOW).expect_err("open a replayed datagram");
     assert!(matches!(e, Error::Replay { ref sender, epoch: 5, seq: 1 } if sender == "a"));
     assert_eq!(e.reject_reason(), Some(RejectReason::Replay));
     // a restarts with a new epoch: accepted. The previous run stays live
     // (the guard keeps two epochs), so its replays are still refused...
     let mut a2 = Codec::new(KEY, "mail", "a", 6);
-    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(
+        b.open(&a2.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
     assert!(matches!(
         b.open(&d2, NOW),
         Err(Error::Replay { epoch: 5, .. })
     ));
     // ...and once a restarts again, the run before last is an old epoch.
     let mut a3 = Codec::new(KEY, "mail", "a", 7);
-    assert!(b.open(&a3.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
-    let late = a.seal(&heartbeat(), 2).unwrap();
+    assert!(
+        b.open(&a3.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
+    let late = a.seal(&heartbeat(), 2).expect("seal the message");
     assert!(matches!(
         b.open(&late, NOW),
         Err(Error::Replay { epoch: 5, .. })
@@ -225,20 +239,28 @@ fn forged(epoch: u64, seq: u64) -> Vec<u8> {
         epoch,
         seq,
     };
-    wire::encode(KEY, &h, &Message::Goodbye).unwrap()
+    wire::encode(KEY, &h, &Message::Goodbye).expect("encode the message")
 }
 
 #[test]
 fn a_forged_far_future_epoch_is_refused_and_the_peer_stays_accepted() {
     let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
     let mut b = Codec::new(KEY, "mail", "b", 1);
-    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(
+        b.open(&a.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
     for epoch in [u64::MAX, NOW + wire::MAX_EPOCH_AHEAD + 1] {
-        let e = b.open(&forged(epoch, 1), NOW).unwrap_err();
+        let e = b
+            .open(&forged(epoch, 1), NOW)
+            .expect_err("open a far-future epoch");
         assert!(matches!(e, Error::Replay { epoch: x, .. } if x == epoch));
         assert_eq!(e.reject_reason(), Some(RejectReason::Replay));
     }
-    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(
+        b.open(&a.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
     // Exactly an hour ahead is still allowed (clock skew).
     assert!(b.open(&forged(NOW + wire::MAX_EPOCH_AHEAD, 1), NOW).is_ok());
     let mut g = ReplayGuard::new();
@@ -250,28 +272,34 @@ fn a_forged_far_future_epoch_is_refused_and_the_peer_stays_accepted() {
 fn a_forged_epoch_within_the_hour_locks_neither_the_epoch_nor_the_restart_out() {
     let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
     let mut b = Codec::new(KEY, "mail", "b", 1);
-    let d1 = a.seal(&heartbeat(), 2).unwrap();
+    let d1 = a.seal(&heartbeat(), 2).expect("seal the message");
     assert!(b.open(&d1, NOW).is_ok());
     // A forged epoch 30 minutes ahead becomes the newest live epoch...
     let f1 = forged(NOW + 30 * 60 * 1000, 1);
     assert!(b.open(&f1, NOW).is_ok());
     // ...but the real epoch stays live, with its own window.
-    let d2 = a.seal(&heartbeat(), 2).unwrap();
+    let d2 = a.seal(&heartbeat(), 2).expect("seal the message");
     assert!(b.open(&d2, NOW).is_ok());
     assert!(matches!(b.open(&d1, NOW), Err(Error::Replay { .. })));
     assert!(matches!(b.open(&d2, NOW), Err(Error::Replay { .. })));
     assert!(matches!(b.open(&f1, NOW), Err(Error::Replay { .. })));
     // A far-future forgery on top changes nothing.
     assert!(b.open(&forged(u64::MAX, 1), NOW).is_err());
-    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(
+        b.open(&a.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
     // The real peer restarts (a larger epoch, still below the forged one):
     // accepted, replacing the previous run as the older live epoch.
     let mut a2 = Codec::new(KEY, "mail", "a", NOW);
-    let r1 = a2.seal(&heartbeat(), 2).unwrap();
+    let r1 = a2.seal(&heartbeat(), 2).expect("seal the message");
     assert!(b.open(&r1, NOW).is_ok());
-    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(
+        b.open(&a2.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
     assert!(matches!(b.open(&r1, NOW), Err(Error::Replay { .. })));
-    let late = a.seal(&heartbeat(), 2).unwrap();
+    let late = a.seal(&heartbeat(), 2).expect("seal the message");
     assert!(matches!(
         b.open(&late, NOW),
         Err(Error::Replay {
@@ -285,11 +313,20 @@ fn a_forged_epoch_within_the_hour_locks_neither_the_epoch_nor_the_restart_out() 
 fn a_restart_after_a_refused_far_future_epoch_is_accepted() {
     let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
     let mut b = Codec::new(KEY, "mail", "b", 1);
-    assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(
+        b.open(&a.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
     assert!(b.open(&forged(u64::MAX, 7), NOW).is_err());
     let mut a2 = Codec::new(KEY, "mail", "a", NOW + 1);
-    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
-    assert!(b.open(&a2.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+    assert!(
+        b.open(&a2.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
+    assert!(
+        b.open(&a2.seal(&heartbeat(), 2).expect("seal the message"), NOW)
+            .is_ok()
+    );
 }
 
 /// One step of [`no_single_forged_epoch_locks_a_real_epoch_out`].
@@ -429,7 +466,7 @@ proptest! {
         edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
         cut in any::<usize>(),
     ) {
-        let mut bytes = wire::encode(KEY, &header(2, 1), &m).unwrap();
+        let mut bytes = wire::encode(KEY, &header(2, 1), &m).expect("encode the message");
         for (at, v) in edits {
             let i = at % bytes.len();
             bytes[i] = v;
@@ -445,7 +482,7 @@ proptest! {
     #[test]
     fn encode_then_decode_is_identity(m in message(), epoch in any::<u64>(), seq in any::<u64>()) {
         let h = Header { version: 2, cluster: "mail", sender: "node-1", epoch, seq };
-        let env = wire::decode(KEY, "mail", &wire::encode(KEY, &h, &m).unwrap()).unwrap();
+        let env = wire::decode(KEY, "mail", &wire::encode(KEY, &h, &m).expect("encode the message")).expect("decode the datagram");
         prop_assert_eq!((env.version, env.sender.as_str(), env.epoch, env.seq), (2, "node-1", epoch, seq));
         prop_assert_eq!(env.message, m);
     }
@@ -462,7 +499,7 @@ proptest! {
     fn no_single_forged_epoch_locks_a_real_epoch_out(steps in prop::collection::vec(step(), 0..=12)) {
         let mut a = Codec::new(KEY, "mail", "a", REAL_EPOCH);
         let mut b = Codec::new(KEY, "mail", "b", 1);
-        prop_assert!(b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW).is_ok());
+        prop_assert!(b.open(&a.seal(&heartbeat(), 2).expect("seal the message"), NOW).is_ok());
         let mut newer_forged = std::collections::BTreeSet::new();
         for s in steps.into_iter().chain([Step::Real]) {
             match s {
@@ -473,7 +510,7 @@ proptest! {
                         newer_forged.insert(epoch);
                     }
                 }
-                Step::Real => match b.open(&a.seal(&heartbeat(), 2).unwrap(), NOW) {
+                Step::Real => match b.open(&a.seal(&heartbeat(), 2).expect("seal the message"), NOW) {
                     Ok(_) => {}
                     Err(e) => {
                         prop_assert!(newer_forged.len() >= 2, "refused: {e}, forged: {newer_forged:?}");
@@ -488,7 +525,7 @@ proptest! {
     #[test]
     fn every_datagram_is_accepted_once(order in Just((0u64..40).collect::<Vec<_>>()).prop_shuffle()) {
         let mut a = Codec::new(KEY, "mail", "a", 1);
-        let sealed: Vec<Vec<u8>> = (0..40).map(|_| a.seal(&Message::Goodbye, 2).unwrap()).collect();
+        let sealed: Vec<Vec<u8>> = (0..40).map(|_| a.seal(&Message::Goodbye, 2).expect("seal the message")).collect();
         let mut b = Codec::new(KEY, "mail", "b", 1);
         for &i in &order {
             prop_assert!(b.open(&sealed[i as usize], NOW).is_ok());

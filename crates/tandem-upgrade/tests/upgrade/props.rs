@@ -216,7 +216,7 @@ fn heavy_crashing_still_finishes() {
             strategy,
             PlanOptions::default(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("plan the upgrade");
         let mut model = Model::new(cluster.clone());
         let outcome = drive(UpgradeRun::new(p, cluster), &mut model, &mut Rng(seed), 40);
         assert!(

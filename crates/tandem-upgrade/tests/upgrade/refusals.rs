@@ -97,7 +97,7 @@ fn three_releases_or_a_stray_one_are_refused() {
         Strategy::Switchover,
         PlanOptions::default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("plan the upgrade");
     let first_boot = p
         .steps
         .iter()

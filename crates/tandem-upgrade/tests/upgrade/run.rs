@@ -11,16 +11,14 @@ use tandem_upgrade::{
 fn pair_run() -> (ClusterState, UpgradeRun) {
     let mut pair = active_passive(&["a", "b"], "6.2.0", &["6.2.5"]);
     pair.nodes[0].preempt = true;
-    let p = match plan(
+    let p = plan(
         &pair,
         &v("6.2.5"),
         &fortimail_catalog(),
         Strategy::Switchover,
         PlanOptions::default(),
-    ) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    };
+    )
+    .expect("plan the upgrade");
     (pair.clone(), UpgradeRun::new(p, pair))
 }
 
@@ -124,12 +122,11 @@ fn resume_marks_a_visible_effect_done_without_redoing_it() {
             version: v("6.2.5")
         }]
     );
-    let journal = serde_json::to_string(&run).unwrap_or_default();
+    let journal = serde_json::to_string(&run).expect("serialize the journal");
     model.apply(&actions[0]);
     model.progress(0); // b finishes booting
-    let journal: UpgradeRun = serde_json::from_str(&journal).unwrap_or_else(|e| panic!("{e}"));
-    let mut run =
-        UpgradeRun::resume(journal, model.state.clone(), 0).unwrap_or_else(|e| panic!("{e}"));
+    let journal: UpgradeRun = serde_json::from_str(&journal).expect("deserialize the journal");
+    let mut run = UpgradeRun::resume(journal, model.state.clone(), 0).expect("resume the run");
     let next = run.next(0);
     assert!(
         matches!(
@@ -159,10 +156,9 @@ fn resume_reissues_a_lost_command() {
     let mut model = Model::new(pair);
     let lost = until_step(&mut run, &mut model, 8);
     assert_eq!(lost.len(), 1, "{lost:?}");
-    let journal = serde_json::to_value(&run).unwrap_or_default();
-    let journal: UpgradeRun = serde_json::from_value(journal).unwrap_or_else(|e| panic!("{e}"));
-    let mut run =
-        UpgradeRun::resume(journal, model.state.clone(), 7).unwrap_or_else(|e| panic!("{e}"));
+    let journal = serde_json::to_value(&run).expect("serialize the journal");
+    let journal: UpgradeRun = serde_json::from_value(journal).expect("deserialize the journal");
+    let mut run = UpgradeRun::resume(journal, model.state.clone(), 7).expect("resume the run");
     assert_eq!(
         run.next(7),
         [Action::Command {
@@ -304,7 +300,7 @@ fn config_changes_are_refused_while_a_node_is_disconnected() {
         Strategy::Rolling { batch: 1 },
         PlanOptions::default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("plan the upgrade");
     let mut run = UpgradeRun::new(p, cluster.clone());
     let mut model = Model::new(cluster);
     until_step(&mut run, &mut model, 10);

@@ -17,16 +17,14 @@ fn planned(
     target: &str,
     strategy: Strategy,
 ) -> UpgradePlan {
-    match plan(
+    plan(
         cluster,
         &v(target),
         &fortimail_catalog(),
         strategy,
         PlanOptions::default(),
-    ) {
-        Ok(p) => p,
-        Err(e) => panic!("plan refused: {e}"),
-    }
+    )
+    .expect("plan the upgrade")
 }
 
 /// ASA 004 (reload-standby, fail over, upgrade the old active) with
@@ -110,16 +108,14 @@ fn holdoff_follows_fortimail() {
         holdoff_secs: 240,
         ..PlanOptions::default()
     };
-    let p = match plan(
+    let p = plan(
         &trio,
         &v("6.2.5"),
         &fortimail_catalog(),
         Strategy::Holdoff,
         options,
-    ) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    };
+    )
+    .expect("plan the upgrade");
     assert_eq!(
         lines(&p),
         [
@@ -259,15 +255,13 @@ fn rollback_is_standby_first() {
             state: SlotStatus::Good,
         });
     }
-    let p = match plan_rollback(
+    let p = plan_rollback(
         &pair,
         &v("6.2.0"),
         Strategy::Switchover,
         PlanOptions::default(),
-    ) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    };
+    )
+    .expect("plan the rollback");
     assert!(p.rollback);
     assert_eq!(
         lines(&p),
@@ -301,10 +295,8 @@ fn plans_print_and_round_trip() {
         text.contains("expected client impact: no outage expected"),
         "{text}"
     );
-    let json = serde_json::to_string(&p).unwrap_or_default();
-    let back: UpgradePlan = match serde_json::from_str(&json) {
-        Ok(b) => b,
-        Err(e) => panic!("{e}: {json}"),
-    };
+    let json = serde_json::to_string(&p).expect("serialize the plan");
+    let back: UpgradePlan = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("deserialize the plan from {json}: {e}"));
     assert_eq!(back, p);
 }

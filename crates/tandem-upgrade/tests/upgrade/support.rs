@@ -16,10 +16,7 @@ use tandem_version::{Catalog, Version};
 
 /// A version from text the test wrote.
 pub fn v(text: &str) -> Version {
-    match text.parse() {
-        Ok(version) => version,
-        Err(e) => panic!("bad test version {text}: {e}"),
-    }
+    text.parse().expect("parse the test version")
 }
 
 /// FortiMail-like catalog: 6.2.0 → 6.2.5 → 6.4.0, only along the edges.
@@ -39,10 +36,7 @@ pub fn fortimail_catalog() -> Catalog {
         from = "6.2.5"
         to = "6.4.0"
     "#;
-    match Catalog::parse(text, "fortimail.toml") {
-        Ok(catalog) => catalog,
-        Err(e) => panic!("test catalog: {e}"),
-    }
+    Catalog::parse(text, "fortimail.toml").expect("parse the test catalog")
 }
 
 /// A healthy, in-sync node with the given images, nothing installed.
@@ -489,10 +483,7 @@ pub fn drive(
     let mut crashes = 0;
     for _ in 0..5_000 {
         let actions = run.next(now);
-        let journal = match serde_json::to_string(&run) {
-            Ok(j) => j,
-            Err(e) => panic!("journal does not serialize: {e}"),
-        };
+        let journal = serde_json::to_string(&run).expect("serialize the journal");
         if let Some(last) = actions.iter().find(|a| {
             matches!(
                 a,
@@ -522,15 +513,11 @@ pub fn drive(
         }
         if crash {
             crashes += 1;
-            let journal: tandem_upgrade::UpgradeRun = match serde_json::from_str(&journal) {
-                Ok(j) => j,
-                Err(e) => panic!("journal does not deserialize: {e}"),
-            };
+            let journal: tandem_upgrade::UpgradeRun =
+                serde_json::from_str(&journal).expect("deserialize the journal");
             now = 0;
-            run = match tandem_upgrade::UpgradeRun::resume(journal, model.state.clone(), now) {
-                Ok(run) => run,
-                Err(e) => panic!("resume refused: {e}"),
-            };
+            run = tandem_upgrade::UpgradeRun::resume(journal, model.state.clone(), now)
+                .expect("resume the run");
             continue;
         }
         if let Some(until) = waited_until {

@@ -267,7 +267,7 @@ mod tests {
     use super::*;
 
     fn read<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-        serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}"))
+        serde_json::from_value(value).expect("read the wire value")
     }
 
     /// The shapes the CLI, the upgrade coordinator and scripts read must
@@ -280,7 +280,7 @@ mod tests {
             version: "6.2.5".into(),
         };
         assert_eq!(
-            serde_json::to_value(&boot).unwrap_or_else(|e| panic!("{e}")),
+            serde_json::to_value(&boot).expect("write the boot answer"),
             json!({"booted": "b", "version": "6.2.5",
                 "health": "standby ready; the service is checked when this node next serves"})
         );
@@ -289,7 +289,7 @@ mod tests {
             BootHealth::Checking,
             BootHealth::StandbyReady,
         ] {
-            let wire = serde_json::to_value(health).unwrap_or_else(|e| panic!("{e}"));
+            let wire = serde_json::to_value(health).expect("write the boot health");
             assert_eq!(wire, json!(health.to_string()));
         }
 
@@ -313,7 +313,8 @@ mod tests {
         assert_eq!(listing.images[0].slot, Some(SlotName::A));
         assert_eq!(listing.images[1].error.as_deref(), Some("bad signature"));
         assert_eq!(listing.slots.current, Some(SlotName::A));
-        let unverified = serde_json::to_value(&listing.images[1]).unwrap_or_else(|e| panic!("{e}"));
+        let unverified =
+            serde_json::to_value(&listing.images[1]).expect("write the unverified image");
         assert_eq!(
             unverified,
             json!({"image": "broken.tandem", "verified": false, "error": "bad signature"})
@@ -325,7 +326,7 @@ mod tests {
             config_link: ConfigLink::Disconnected,
         };
         assert_eq!(
-            serde_json::to_value(link).unwrap_or_else(|e| panic!("{e}")),
+            serde_json::to_value(link).expect("write the config link answer"),
             json!({"config_link": "disconnected"})
         );
     }

@@ -248,8 +248,10 @@ mod tests {
     /// The wire shapes relays and older peers send or read must not move.
     #[test]
     fn the_wire_shapes_stay_what_clients_read() {
-        let list: CommitBody = serde_json::from_value(json!(["queue/A"])).unwrap();
-        let paths: CommitBody = serde_json::from_value(json!({"paths": ["queue/B"]})).unwrap();
+        let list: CommitBody =
+            serde_json::from_value(json!(["queue/A"])).expect("read a list body");
+        let paths: CommitBody =
+            serde_json::from_value(json!({"paths": ["queue/B"]})).expect("read a paths body");
         assert_eq!(list.into_paths(), vec![PathBuf::from("queue/A")]);
         assert_eq!(paths.into_paths(), vec![PathBuf::from("queue/B")]);
 
@@ -261,36 +263,40 @@ mod tests {
             },
         };
         assert_eq!(
-            serde_json::to_value(&pushed).unwrap(),
+            serde_json::to_value(&pushed).expect("write a pushed outcome"),
             json!({"file": "relay.toml", "sha256": "ab", "peers": []})
         );
         let held: ConfigPushOutcome =
-            serde_json::from_value(json!({"file": "a", "held": "beta is away"})).unwrap();
+            serde_json::from_value(json!({"file": "a", "held": "beta is away"}))
+                .expect("read a held outcome");
         assert!(matches!(held.result, ConfigPushResult::Held { .. }));
         let failed: ConfigPushOutcome =
-            serde_json::from_value(json!({"file": "a", "error": "bad name"})).unwrap();
+            serde_json::from_value(json!({"file": "a", "error": "bad name"}))
+                .expect("read a failed outcome");
         assert!(matches!(failed.result, ConfigPushResult::Failed { .. }));
 
         let progress = json!({"progress": {"peer": "beta", "files_done": 1, "files_total": 2,
             "bytes_done": 3, "bytes_total": 4}});
-        let line: ResyncLine = serde_json::from_value(progress).unwrap();
+        let line: ResyncLine = serde_json::from_value(progress).expect("read a progress line");
         assert!(matches!(line, ResyncLine::Progress(p) if p.progress.bytes_total == 4));
         let done = json!({"done": [{"peer": "beta", "progress": null, "error": "gone"}],
             "config": [{"file": "a", "sha256": "ab", "peers": []}]});
-        let line: ResyncLine = serde_json::from_value(done).unwrap();
+        let line: ResyncLine = serde_json::from_value(done).expect("read a done line");
         assert!(matches!(line, ResyncLine::Done(d) if d.failed()));
 
         let conflict: MergeRefusal =
-            serde_json::from_value(json!({"error": "other content", "conflict": true})).unwrap();
+            serde_json::from_value(json!({"error": "other content", "conflict": true}))
+                .expect("read a conflict refusal");
         assert!(conflict.conflict);
         let not_active: MergeRefusal =
-            serde_json::from_value(json!({"error": "not active", "active": "beta"})).unwrap();
+            serde_json::from_value(json!({"error": "not active", "active": "beta"}))
+                .expect("read a not-active refusal");
         assert!(!not_active.conflict);
         assert_eq!(
             serde_json::to_value(MergeAnswer {
                 outcome: MergeOutcome::Duplicate
             })
-            .unwrap(),
+            .expect("write a merge answer"),
             json!({"outcome": "duplicate"})
         );
     }
