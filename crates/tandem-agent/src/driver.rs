@@ -317,17 +317,6 @@ impl Agent {
                 Wiring::real(&config, &firmware, saved.epoch).await?
             }
         };
-        let Wiring {
-            links,
-            inbox,
-            peer_events,
-            api,
-            service_events,
-            supervisor,
-            verdicts,
-            serving,
-            replication,
-        } = wiring;
         let (drained_tx, drained) = mpsc::channel(4);
         let (preemption_drained_tx, preemption_drained) = mpsc::channel(4);
         tracing::info!(
@@ -341,17 +330,17 @@ impl Agent {
             node,
             codec,
             saved,
-            links,
-            inbox,
-            peer_events,
-            api,
+            links: wiring.links,
+            inbox: wiring.inbox,
+            peer_events: wiring.peer_events,
+            api: wiring.api,
             drained,
             drained_tx,
             preemption_drained,
             preemption_drained_tx,
             suspended_for_preemption: false,
-            service_events,
-            supervisor,
+            service_events: wiring.service_events,
+            supervisor: wiring.supervisor,
             service_running: false,
             service_pid: None,
             listener_suspended: false,
@@ -360,14 +349,14 @@ impl Agent {
             boot_verdict_rx,
             exec_after: None,
             standby_check_at: None,
-            serving,
-            verdicts,
+            serving: wiring.serving,
+            verdicts: wiring.verdicts,
             vip: BTreeMap::new(),
             ip_vips: config.vip.ip_vips(),
             config,
             recover_at: None,
             counters: AgentCounters::default(),
-            replication,
+            replication: wiring.replication,
         })
     }
 

@@ -57,27 +57,13 @@ pub fn spawn_local(
     serving: Arc<AtomicBool>,
     verdicts: mpsc::Sender<Verdict>,
 ) {
-    tokio::spawn(async move {
-        let mut tracker = Tracker::new(settings.failures);
-        let mut tick = tokio::time::interval(settings.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if !serving.load(Ordering::Relaxed) {
-                tracker.reset();
-                continue;
-            }
-            let outcome = probe(addr, settings.timeout, settings.banner).await;
-            if let Some((healthy, detail)) = tracker.observe(outcome)
-                && verdicts
-                    .send(Verdict::Local { healthy, detail })
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-        }
-    });
+    spawn_probe(
+        settings,
+        addr,
+        Some(serving),
+        verdicts,
+        |healthy, detail| Verdict::Local { healthy, detail },
+    );
 }
 
 /// Starts an rservice probe of `peer`'s service at `addr`.
@@ -87,22 +73,40 @@ pub fn spawn_remote(
     addr: SocketAddr,
     verdicts: mpsc::Sender<Verdict>,
 ) {
+    spawn_probe(settings, addr, None, verdicts, move |healthy, detail| {
+        Verdict::Remote {
+            peer: peer.clone(),
+            healthy,
+            detail,
+        }
+    });
+}
+
+/// The probe loop both monitors share: every `settings.interval`, probe
+/// `addr` (only while `serving`, when given) and send a verdict when it
+/// changes.
+fn spawn_probe(
+    settings: MonitorSection,
+    addr: SocketAddr,
+    serving: Option<Arc<AtomicBool>>,
+    verdicts: mpsc::Sender<Verdict>,
+    verdict: impl Fn(bool, String) -> Verdict + Send + 'static,
+) {
     tokio::spawn(async move {
         let mut tracker = Tracker::new(settings.failures);
         let mut tick = tokio::time::interval(settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if serving.as_ref().is_some_and(|s| !s.load(Ordering::Relaxed)) {
+                tracker.reset();
+                continue;
+            }
             let outcome = probe(addr, settings.timeout, settings.banner).await;
-            if let Some((healthy, detail)) = tracker.observe(outcome) {
-                let verdict = Verdict::Remote {
-                    peer: peer.clone(),
-                    healthy,
-                    detail,
-                };
-                if verdicts.send(verdict).await.is_err() {
-                    return;
-                }
+            if let Some((healthy, detail)) = tracker.observe(outcome)
+                && verdicts.send(verdict(healthy, detail)).await.is_err()
+            {
+                return;
             }
         }
     });

@@ -226,12 +226,7 @@ pub async fn connect(
             Err(e) => Err(classify(&label, peer, e)),
         }
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| Error::Timeout {
-            peer: label.clone(),
-            timeout,
-        })?
+    within(timeout, &label, attempt).await
 }
 
 /// Accepts a connection: refuses plaintext, completes mutual TLS, and
@@ -383,12 +378,7 @@ pub async fn accept_unanswered(
             }
         }
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| Error::Timeout {
-            peer: label.clone(),
-            timeout,
-        })?
+    within(timeout, &label, attempt).await
 }
 
 /// The expected peer a client certificate belongs to, or why none.
@@ -481,4 +471,19 @@ fn display_names(presented: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `attempt`, or [`Error::Timeout`] naming `label` once `timeout` passes: a
+/// handshake with a peer that stopped answering must not hang its caller.
+async fn within<T>(
+    timeout: std::time::Duration,
+    label: &str,
+    attempt: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| Error::Timeout {
+            peer: label.to_string(),
+            timeout,
+        })?
 }

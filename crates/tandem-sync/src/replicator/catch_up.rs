@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::config::DataSync;
-use super::peer::{Peer, fetch_manifest, net_error, request, send_batch};
+use super::peer::{Peer, fetch_manifest, net_error, read_ops, request, send_batch};
 use super::{ProgressFn, Shared};
 use crate::blocking;
 use crate::frame::{ManifestSet, Message, write_frame};
@@ -115,14 +115,7 @@ pub(super) async fn sync_peer(
 
     for paths in chunks {
         let count = paths.len() as u64;
-        let data = shared.data.clone();
-        let ops = blocking(move || {
-            paths
-                .iter()
-                .map(|p| data.read_op(p))
-                .collect::<Result<Vec<_>>>()
-        })
-        .await?;
+        let ops = read_ops(shared, paths).await?;
         send_batch(shared, peer, channel, seq, &ops).await?;
         progress.files_done += count;
         progress.bytes_done += ops.iter().map(Op::bytes).sum::<u64>();

@@ -370,14 +370,7 @@ async fn drain_dirty(
             }
             take
         };
-        let data = shared.data.clone();
-        let ops = blocking(move || {
-            paths
-                .iter()
-                .map(|p| data.read_op(p))
-                .collect::<Result<Vec<_>>>()
-        })
-        .await?;
+        let ops = read_ops(shared, paths).await?;
         if let Err(e) = send_batch(shared, peer, channel, seq, &ops).await {
             // Not sent: keep them for the next connection.
             peer.lock()
@@ -386,6 +379,19 @@ async fn drain_dirty(
             return Err(e);
         }
     }
+}
+
+/// Reads `paths` from the data dir as the ops a batch carries, off the
+/// async threads.
+pub(super) async fn read_ops(shared: &Shared, paths: Vec<String>) -> Result<Vec<Op>> {
+    let data = shared.data.clone();
+    blocking(move || {
+        paths
+            .iter()
+            .map(|p| data.read_op(p))
+            .collect::<Result<Vec<_>>>()
+    })
+    .await
 }
 
 /// Sends puts and deletes and a commit; returns once the standby acked
