@@ -257,18 +257,7 @@ impl Spool {
     /// Names starting with `.` (writers' temporary files) are skipped. A
     /// plain listing: the ids are not marked known (see [`Spool::adopt_new`]).
     pub fn recover(&self) -> Result<Vec<String>> {
-        let q = &self.inner.queue;
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(q).map_err(|e| Error::path(q, e))? {
-            let entry = entry.map_err(|e| Error::path(q, e))?;
-            if let Some(name) = entry.file_name().to_str()
-                && !name.starts_with('.')
-            {
-                ids.push(name.to_string());
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        queue_ids(&self.inner.queue)
     }
 
     /// Marks `ids` known: the delivery queue has them (recovered at start).
@@ -356,16 +345,7 @@ impl Spool {
 impl Inner {
     fn adopt_new(&self, max_probes: usize) -> Result<Vec<String>> {
         let q = &self.queue;
-        let mut names = Vec::new();
-        for entry in fs::read_dir(q).map_err(|e| Error::path(q, e))? {
-            let entry = entry.map_err(|e| Error::path(q, e))?;
-            if let Some(name) = entry.file_name().to_str()
-                && !name.starts_with('.')
-            {
-                names.push(name.to_string());
-            }
-        }
-        names.sort();
+        let names = queue_ids(q)?;
         let mut unparsable = lock(&self.unparsable);
         // Files gone since: stop remembering them (the map stays small).
         unparsable.retain(|name, _| names.binary_search(name).is_ok());
@@ -626,6 +606,22 @@ fn random_u32() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     t ^ std::process::id().rotate_left(16)
+}
+
+/// The ids in the queue directory `q`, oldest first (ids start with the
+/// time); names starting with `.` (writers' temporary files) are skipped.
+fn queue_ids(q: &Path) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(q).map_err(|e| Error::path(q, e))? {
+        let entry = entry.map_err(|e| Error::path(q, e))?;
+        if let Some(name) = entry.file_name().to_str()
+            && !name.starts_with('.')
+        {
+            ids.push(name.to_string());
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 #[cfg(test)]
