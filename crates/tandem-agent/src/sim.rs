@@ -112,7 +112,6 @@ impl SimCluster {
         std::fs::write(&key_file, "simulated-cluster-key-0123456789").map_err(io(&key_file))?;
         let token_file = dir.join("api.token");
         std::fs::write(&token_file, "simulated-api-token-0123456789").map_err(io(&token_file))?;
-        let link = |i: usize| SocketAddr::from(([10, 255, 0, (i + 1) as u8], 7000));
         let mut nodes = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let mut text = format!(
@@ -127,7 +126,7 @@ impl SimCluster {
                 token_file,
                 key_file,
                 INTERVAL.as_millis(),
-                link(i),
+                link_addr(i),
                 n = i + 1,
                 mode = if active_active {
                     "active-active"
@@ -138,7 +137,7 @@ impl SimCluster {
             for (j, peer) in names.iter().enumerate().filter(|(j, _)| *j != i) {
                 text.push_str(&format!(
                     "[[peer]]\nname = {peer:?}\nlinks = [\"{}\"]\nsync = \"10.255.1.{n}:7002\"\napi = \"10.255.1.{n}:7001\"\n\n",
-                    link(j),
+                    link_addr(j),
                     n = j + 1
                 ));
             }
@@ -159,7 +158,7 @@ impl SimCluster {
         }
         let first = AgentConfig::load(&nodes[0].config_file)?;
         let network = Network {
-            owners: (0..names.len()).map(|i| (link(i), i)).collect(),
+            owners: (0..names.len()).map(|i| (link_addr(i), i)).collect(),
             cut: BTreeSet::new(),
             delay: Duration::ZERO,
             inboxes: vec![None; names.len()],
@@ -379,6 +378,12 @@ async fn freezable<T>(
     }
 }
 
+/// Node `i`'s address on the heartbeat link: never bound, only the
+/// router's key (and the sender a receiving node logs).
+fn link_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 255, 0, (i + 1) as u8], 7000))
+}
+
 /// Routes one datagram from node `from`: dropped when cut or when nobody
 /// owns the address, else authenticated as a link task would and handed to
 /// the owner's inbox, after the network's delay.
@@ -393,7 +398,7 @@ fn deliver(network: &Mutex<Network>, from: usize, datagram: SimDatagram) {
     let Some(inbox) = network.inboxes[to].clone() else {
         return;
     };
-    let sender = SocketAddr::from(([10, 255, 0, (from + 1) as u8], 7000));
+    let sender = link_addr(from);
     let event = match authenticate(
         &network.key,
         &network.cluster,
