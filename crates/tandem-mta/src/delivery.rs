@@ -309,19 +309,24 @@ impl Worker {
             }
         }
         let delivered = msg.envelope.rcpts.len() - remaining.len() - refused.len();
-        if !refused.is_empty() {
+        let retry = !remaining.is_empty();
+        let bounced = !refused.is_empty();
+        if bounced {
             tracing::warn!(id = %msg.id, refused = ?refused, "next hop refused recipients; copy kept in failed/");
+        }
+        if let Err(e) = self.spool.finish(msg, remaining, refused).await {
+            // The queue file is intact: the worst case is a second delivery.
+            tracing::error!(id = %msg.id, error = %e, "cannot update the spool after delivery");
+            return Outcome::Retry;
+        }
+        // Counted only once the spool says so, so that a reader of the
+        // counters never sees a bounce whose copy is not yet in failed/.
+        if bounced {
             self.counters.bounced.fetch_add(1, Ordering::Relaxed);
         }
         if delivered > 0 {
             self.counters.delivered.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(id = %msg.id, delivered, "delivered");
-        }
-        let retry = !remaining.is_empty();
-        if let Err(e) = self.spool.finish(msg, remaining, refused).await {
-            // The queue file is intact: the worst case is a second delivery.
-            tracing::error!(id = %msg.id, error = %e, "cannot update the spool after delivery");
-            return Outcome::Retry;
         }
         if retry {
             Outcome::Retry
