@@ -5,8 +5,9 @@
 //! simulated wiring: its heartbeats go through [`SimCluster`]'s router
 //! instead of UDP sockets (authenticated on arrival exactly as a link task
 //! does), its service starts and stops at once, and the operator reaches
-//! it through the same requests the API server sends. A crash ends its
-//! task and closes its peer connections, as the kernel would; a freeze
+//! it through the same requests the API server sends, and its monitors'
+//! verdicts are whatever the test says ([`SimCluster::verdict`]). A crash
+//! ends its task and closes its peer connections, as the kernel would; a freeze
 //! stops polling its loop (SIGSTOP); a partition drops datagrams in one or
 //! both directions. On a paused clock a test of
 //! an HA rule takes the time its timers say, not the wall clock's, with no
@@ -33,6 +34,7 @@ use crate::config::AgentConfig;
 use crate::crash_link::PeerLinkEvent;
 use crate::driver::{self, SimulatedPorts};
 use crate::links::{LinkEvent, SimDatagram, authenticate};
+use crate::monitor::Verdict;
 use crate::server::ApiRequest;
 
 /// Heartbeat interval of a simulated cluster.
@@ -59,6 +61,26 @@ struct Network {
     cluster: String,
 }
 
+/// The shape of a simulated cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct SimSpec {
+    /// Failover groups: with two or more the cluster is active-active,
+    /// group N preferring node N (modulo).
+    pub groups: usize,
+    /// Count a peer's answering service as a link (its probes are the
+    /// test's [`SimCluster::verdict`] calls).
+    pub remote_as_heartbeat: bool,
+}
+
+impl Default for SimSpec {
+    fn default() -> SimSpec {
+        SimSpec {
+            groups: 1,
+            remote_as_heartbeat: false,
+        }
+    }
+}
+
 /// One node of the simulation.
 struct SimNode {
     name: String,
@@ -71,6 +93,7 @@ struct Running {
     /// `true` while the node's loop is not polled (SIGSTOP).
     frozen: watch::Sender<bool>,
     api: mpsc::Sender<ApiRequest>,
+    verdicts: mpsc::Sender<Verdict>,
     peer_events: mpsc::Sender<PeerLinkEvent>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), Error>>,
@@ -86,16 +109,16 @@ impl SimCluster {
     /// Writes an active-passive cluster of `names` (the first is the
     /// primary, priorities falling) under `dir` and starts every node.
     pub async fn start(names: &[&str], dir: &Path) -> Result<SimCluster, Error> {
-        SimCluster::start_with_groups(names, 1, dir).await
+        SimCluster::start_with(names, SimSpec::default(), dir).await
     }
 
-    /// The same with `groups` failover groups: with two or more the
-    /// cluster is active-active, group N preferring node N (modulo).
-    pub async fn start_with_groups(
+    /// The same, shaped by `spec`.
+    pub async fn start_with(
         names: &[&str],
-        groups: usize,
+        spec: SimSpec,
         dir: &Path,
     ) -> Result<SimCluster, Error> {
+        let groups = spec.groups;
         let active_active = groups >= 2;
         let groups_toml: String = (0..groups)
             .filter(|_| active_active)
@@ -118,7 +141,8 @@ impl SimCluster {
                 "[node]\nname = {name:?}\npriority = {}\nrole = {:?}\nstate_dir = {:?}\n\
                  api = \"10.255.1.{n}:7001\"\nsync = \"10.255.1.{n}:7002\"\ntoken_file = {:?}\n\n\
                  [cluster]\nname = \"sim\"\nkey_file = {:?}\nmode = {mode:?}\n\
-                 interval = \"{}ms\"\nlost_threshold = {LOST_THRESHOLD}\npreempt = true\n{groups_toml}\n\
+                 interval = \"{}ms\"\nlost_threshold = {LOST_THRESHOLD}\npreempt = true\n\
+                 remote_as_heartbeat = {}\n{groups_toml}\n\
                  [[link]]\nname = \"hb\"\nlisten = \"{}\"\n\n",
                 200usize.saturating_sub(i * 10),
                 if i == 0 { "primary" } else { "secondary" },
@@ -126,6 +150,7 @@ impl SimCluster {
                 token_file,
                 key_file,
                 INTERVAL.as_millis(),
+                spec.remote_as_heartbeat,
                 link_addr(i),
                 n = i + 1,
                 mode = if active_active {
@@ -136,7 +161,8 @@ impl SimCluster {
             );
             for (j, peer) in names.iter().enumerate().filter(|(j, _)| *j != i) {
                 text.push_str(&format!(
-                    "[[peer]]\nname = {peer:?}\nlinks = [\"{}\"]\nsync = \"10.255.1.{n}:7002\"\napi = \"10.255.1.{n}:7001\"\n\n",
+                    "[[peer]]\nname = {peer:?}\nlinks = [\"{}\"]\nsync = \"10.255.1.{n}:7002\"\n\
+                     api = \"10.255.1.{n}:7001\"\nservice = \"10.255.1.{n}:25\"\n\n",
                     link_addr(j),
                     n = j + 1
                 ));
@@ -186,11 +212,13 @@ impl SimCluster {
         let (inbox_tx, inbox) = mpsc::channel(256);
         let (peer_tx, peer_events) = mpsc::channel(64);
         let (api_tx, api) = mpsc::channel(64);
+        let (verdict_tx, verdicts) = mpsc::channel(16);
         let ports = SimulatedPorts {
             wire,
             inbox,
             peer_events,
             api,
+            verdicts,
         };
         let agent = driver::Agent::start(config, Some(ports)).await?;
         self.network().inboxes[i] = Some(inbox_tx);
@@ -210,6 +238,7 @@ impl SimCluster {
         self.nodes[i].running = Some(Running {
             frozen,
             api: api_tx,
+            verdicts: verdict_tx,
             peer_events: peer_tx,
             shutdown,
             task,
@@ -285,6 +314,15 @@ impl SimCluster {
     /// Delays every datagram by `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.network().delay = delay;
+    }
+
+    /// Node `i`'s monitors report `verdict` (an lservice or rservice
+    /// probe's change, or a peer's service answering a heartbeat probe);
+    /// dropped while the node is down.
+    pub async fn verdict(&self, i: usize, verdict: Verdict) {
+        if let Some(running) = &self.nodes[i].running {
+            let _ = running.verdicts.send(verdict).await;
+        }
     }
 
     /// Node `i`'s own report; `None` while it is down or frozen (a live

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use tandem_agent::api::CommandOutcome;
-use tandem_agent::sim::{INTERVAL, LOST_THRESHOLD, SimCluster};
+use tandem_agent::monitor::Verdict;
+use tandem_agent::sim::{INTERVAL, LOST_THRESHOLD, SimCluster, SimSpec};
 use tandem_core::{Command, EffectiveRole, GroupId};
 
 const ALPHA: usize = 0;
@@ -19,7 +20,12 @@ fn hold_time() -> Duration {
 
 /// A started pair, settled with alpha active and beta standby.
 async fn pair(dir: &tempfile::TempDir) -> SimCluster {
-    let cluster = SimCluster::start(&["alpha", "beta"], dir.path())
+    pair_with(dir, SimSpec::default()).await
+}
+
+/// The same, shaped by `spec`.
+async fn pair_with(dir: &tempfile::TempDir, spec: SimSpec) -> SimCluster {
+    let cluster = SimCluster::start_with(&["alpha", "beta"], spec, dir.path())
         .await
         .expect("start the cluster");
     wait_for(
@@ -204,7 +210,11 @@ async fn failover_standby_hands_over_make_before_break_and_the_restarted_primary
 #[tokio::test(start_paused = true)]
 async fn active_active_groups_fail_over_independently() {
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    let mut cluster = SimCluster::start_with_groups(&["alpha", "beta"], 2, dir.path())
+    let spec = SimSpec {
+        groups: 2,
+        ..SimSpec::default()
+    };
+    let mut cluster = SimCluster::start_with(&["alpha", "beta"], spec, dir.path())
         .await
         .expect("start the cluster");
     let holders = |names: [&str; 2]| names.map(|n| Some(n.to_string())).to_vec();
@@ -294,6 +304,78 @@ async fn a_hung_active_is_replaced_and_one_active_remains_after_it_wakes() {
             .map_or(0, |s| s.node.counters.split_brain_events);
     }
     assert!(split_brains >= 1, "the split brain was not counted");
+    never_two_actives(&cluster, Duration::from_secs(2)).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn remote_as_heartbeat_keeps_a_peer_whose_service_answers() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let spec = SimSpec {
+        remote_as_heartbeat: true,
+        ..SimSpec::default()
+    };
+    let cluster = pair_with(&dir, spec).await;
+    // alpha's agent hangs, but its service keeps answering beta's probe
+    // every interval: with the service port counted as a link, beta does
+    // not take over.
+    cluster.freeze(ALPHA);
+    let answered = || Verdict::Answered {
+        peer: "alpha".into(),
+    };
+    for _ in 0..30 {
+        cluster.verdict(BETA, answered()).await;
+        tokio::time::sleep(INTERVAL).await;
+        assert_eq!(
+            cluster.role(BETA).await,
+            Some(EffectiveRole::Standby),
+            "beta must not take over from a serving peer"
+        );
+    }
+    let beta = cluster.status(BETA).await.expect("beta answers");
+    let links: Vec<_> = beta
+        .node
+        .peers
+        .first()
+        .map(|p| p.links.iter().map(|l| (l.link.as_str(), l.up)).collect())
+        .unwrap_or_default();
+    assert_eq!(links, [("hb", false), ("service", true)], "{beta:?}");
+
+    // Once the service stops answering too, the peer is lost after the
+    // hold time.
+    let took = wait_for(&cluster, hold_time() * 4, "beta active", |r| {
+        r[BETA] == Some(EffectiveRole::Active)
+    })
+    .await;
+    assert!(
+        took >= hold_time() - INTERVAL,
+        "beta took over after {took:?}"
+    );
+    cluster.thaw(ALPHA);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_stops_answering_fails_the_node_over() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let cluster = pair(&dir).await;
+    // alpha's lservice probe sees no greeting `failures` times in a row:
+    // alpha fails (on_failure = become-secondary) and beta takes over.
+    cluster
+        .verdict(
+            ALPHA,
+            Verdict::Local {
+                healthy: false,
+                detail: "no greeting within 100ms".into(),
+            },
+        )
+        .await;
+    wait_for(&cluster, hold_time() * 4, "beta active, alpha not", |r| {
+        r[BETA] == Some(EffectiveRole::Active) && r[ALPHA] != Some(EffectiveRole::Active)
+    })
+    .await;
+    let alpha = cluster.status(ALPHA).await.expect("alpha answers");
+    assert!(!alpha.node.healthy, "{alpha:?}");
     never_two_actives(&cluster, Duration::from_secs(2)).await;
     cluster.shutdown().await;
 }

@@ -46,6 +46,8 @@ pub(crate) struct SimulatedPorts {
     pub peer_events: mpsc::Receiver<PeerLinkEvent>,
     /// Operator requests (status, commands).
     pub api: mpsc::Receiver<ApiRequest>,
+    /// The monitors' verdicts, as the simulation decides them.
+    pub verdicts: mpsc::Receiver<Verdict>,
 }
 
 impl Wiring {
@@ -148,11 +150,9 @@ impl Wiring {
     }
 
     /// The simulated network's ports and a service that runs nothing; no
-    /// monitors (the simulation decides what fails).
+    /// probes (the simulation decides what fails).
     pub async fn simulated(config: &AgentConfig, ports: SimulatedPorts) -> Result<Wiring, Error> {
         let (service_tx, service_events) = mpsc::channel(64);
-        // Nothing sends verdicts: the sender is dropped at once.
-        let (_, verdicts) = mpsc::channel(1);
         Ok(Wiring {
             links: HeartbeatLinks::simulated(config, ports.wire),
             inbox: ports.inbox,
@@ -160,7 +160,7 @@ impl Wiring {
             api: ports.api,
             service_events,
             supervisor: supervisor::simulated(service_tx),
-            verdicts,
+            verdicts: ports.verdicts,
             serving: Arc::new(AtomicBool::new(false)),
             replication: Replication::start(config).await?,
         })
