@@ -232,11 +232,8 @@ pub enum ImageCommand {
     Push {
         /// The image file.
         image: PathBuf,
-        /// Send to every node of the cluster.
-        #[arg(long)]
-        all: bool,
         #[command(flatten)]
-        target: ApiTarget,
+        nodes: Nodes,
     },
 
     /// The images a node holds, whether they verify, and its A/B slots.
@@ -249,11 +246,8 @@ pub enum ImageCommand {
     Install {
         /// The image's file name, as pushed.
         image: String,
-        /// Install on every node.
-        #[arg(long)]
-        all: bool,
         #[command(flatten)]
-        target: ApiTarget,
+        nodes: Nodes,
     },
 
     /// Boot a node's pending slot: the service restarts from it if the node
@@ -337,6 +331,16 @@ pub struct ApiTarget {
     /// Aim the command at this node (any node answers for the cluster).
     #[arg(long, value_name = "NAME", global = true)]
     pub node: Option<String>,
+}
+
+/// The node a command is aimed at, or with `--all` every node.
+#[derive(Debug, Args)]
+pub struct Nodes {
+    /// Every node of the cluster, not only the one aimed at.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub target: ApiTarget,
 }
 
 /// `tandem ha ...`.
@@ -622,11 +626,8 @@ pub enum BackupCommand {
     /// Archive the node's config and HA state with a timestamp (every node
     /// with --all).
     Create {
-        /// Back up every node.
-        #[arg(long)]
-        all: bool,
         #[command(flatten)]
-        target: ApiTarget,
+        nodes: Nodes,
     },
     /// The node's backups, oldest first.
     List {

@@ -23,9 +23,9 @@ struct NodeAnswer<T> {
 /// Runs one `tandem backup` subcommand on the aimed-at node(s).
 pub async fn run(command: BackupCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
-        BackupCommand::Create { all, target } => {
+        BackupCommand::Create { nodes } => {
             let mut answers = Vec::new();
-            for (node, client) in clients(&target, all).await? {
+            for (node, client) in clients(&nodes.target, nodes.all).await? {
                 // A backup takes no body.
                 let made: BackupAnswer = match refusal(client.post("/v1/backup", &()).await)? {
                     Ok(made) => made,

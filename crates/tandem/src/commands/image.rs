@@ -211,7 +211,7 @@ struct Pushed {
 /// The subcommands that talk to agents.
 async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
-        ImageCommand::Push { image, all, target } => {
+        ImageCommand::Push { image, nodes } => {
             let sha256 = signing::sha256_file(&image)?;
             let name = image
                 .file_name()
@@ -223,7 +223,7 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
             let signature_path = signing::signature_path(&image);
             let signature = std::fs::read(&signature_path).ok();
             let mut answers = Vec::new();
-            for (node, client) in clients(&target, all).await? {
+            for (node, client) in clients(&nodes.target, nodes.all).await? {
                 let client = client.with_timeout(UPLOAD_TIMEOUT);
                 let bar = crate::commands::bytes_bar(size, json);
                 bar.set_message(node.clone());
@@ -262,12 +262,12 @@ async fn on_agents(command: ImageCommand, json: bool) -> anyhow::Result<ExitCode
                 print!("{}", listing_table(&listing));
             }
         }
-        ImageCommand::Install { image, all, target } => {
+        ImageCommand::Install { image, nodes } => {
             let request = InstallRequest {
                 image: Some(image.clone()),
                 version: None,
             };
-            for (node, client) in clients(&target, all).await? {
+            for (node, client) in clients(&nodes.target, nodes.all).await? {
                 let answer: InstallAnswer =
                     match refusal(client.post("/v1/images/install", &request).await)? {
                         Ok(answer) => answer,
