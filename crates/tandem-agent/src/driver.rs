@@ -464,6 +464,11 @@ impl Agent {
                 }
             }
             Output::Event(event) => log_event(event),
+            // The core asks the store only under `coordination = "etcd"`,
+            // which this agent does not offer yet.
+            Output::Store(request) => {
+                tracing::error!(?request, "no coordination store is configured");
+            }
             Output::Refused { command, reason } => {
                 tracing::warn!(%command, %reason, "command refused");
             }

@@ -82,6 +82,26 @@ pub enum OnFailure {
     BecomeSecondary,
 }
 
+/// Who decides which node serves (`[cluster] coordination`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Coordination {
+    /// The peers alone, over the heartbeat links: fast, and a node that
+    /// hears nobody serves (so each side of a partition does).
+    #[default]
+    Peers,
+    /// A coordination store (etcd) grants a session and a leader key per
+    /// group: a node serves only while it holds both (see `node::store`).
+    Store,
+}
+
+impl Coordination {
+    /// Whether a store has the last word.
+    pub fn uses_store(self) -> bool {
+        self == Coordination::Store
+    }
+}
+
 /// Index of a heartbeat link into [`NodeConfig::links`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LinkId(pub u8);
@@ -135,6 +155,8 @@ pub struct NodeConfig {
     /// preemption first asks the agent to drain
     /// ([`crate::Output::DrainForHandover`]), then hands over.
     pub drain_before_preemption: bool,
+    /// Who decides which node serves.
+    pub coordination: Coordination,
 }
 
 impl NodeConfig {
@@ -162,6 +184,7 @@ impl NodeConfig {
             version: String::new(),
             replicated_data: false,
             drain_before_preemption: false,
+            coordination: Coordination::Peers,
         }
     }
 

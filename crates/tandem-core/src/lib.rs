@@ -93,10 +93,14 @@ pub mod time;
 pub mod wire;
 
 pub use config::{
-    ConfiguredRole, FailoverGroup, GroupId, LinkId, MAX_NAME_LEN, Mode, NodeConfig, OnFailure,
+    ConfiguredRole, Coordination, FailoverGroup, GroupId, LinkId, MAX_NAME_LEN, Mode, NodeConfig,
+    OnFailure,
 };
 pub use error::Error;
-pub use node::{Destination, Event, Input, LossCause, Node, Output, PersistentState, Reason};
+pub use node::{
+    Destination, Event, Input, LeaderKey, LossCause, Node, Output, PersistentState, Reason,
+    StoreEvent, StoreRequest,
+};
 pub use role::{Command, EffectiveRole, HandoverCause, PreemptState, Refusal};
 pub use status::Status;
 pub use time::Millis;

@@ -71,15 +71,18 @@ mod io;
 mod peer;
 mod query;
 mod reconcile;
+mod store;
 
 pub use crate::role::DataState;
 pub use io::{
-    Destination, Event, Input, LossCause, Output, PREEMPT_DRAIN_WAIT, PersistentState, Reason,
+    Destination, Event, Input, LeaderKey, LossCause, Output, PREEMPT_DRAIN_WAIT, PersistentState,
+    Reason, StoreEvent, StoreRequest,
 };
 
 use commands::Origin;
 use peer::{PeerState, ReceivedHoldoff};
 use reconcile::GroupState;
+use store::StoreView;
 
 /// Working state of one `step`.
 struct Ctx {
@@ -137,6 +140,8 @@ pub struct Node {
     serving: bool,
     /// Id of the next command this node forwards.
     next_command_id: u32,
+    /// What the coordination store granted (unused with peers).
+    store: StoreView,
     counters: Counters,
 }
 
@@ -172,7 +177,13 @@ impl Node {
         } else {
             DataState::InSync
         };
+        let store = StoreView {
+            valid_until: None,
+            session: None,
+            leaders: vec![Default::default(); groups.len()],
+        };
         let mut node = Node {
+            store,
             preempt: persisted.map_or(config.preempt, |p| p.preempt),
             ha_stopped: persisted.is_some_and(|p| p.ha_stopped),
             config,
@@ -277,6 +288,7 @@ impl Node {
                 }
             }
             Input::Drained { group, to, cause } => self.on_drained(&mut cx, group, &to, cause),
+            Input::Store(event) => self.on_store_event(&mut cx, event),
             Input::Shutdown => self.shutdown(&mut cx),
         }
         self.reconcile(&mut cx);

@@ -10,6 +10,6 @@
 //! and `tandem_core::wire::OLDEST_PROTOCOL_VERSION`.
 
 /// The protocol version this build speaks natively and sends by default.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// The oldest protocol version this build still decodes and can send.
 pub const OLDEST_PROTOCOL_VERSION: u8 = 1;

@@ -11,6 +11,13 @@
 //! [`Sim::hang`] (SIGSTOP: silent, no close), [`Sim::shutdown`] (clean, with
 //! goodbye), [`Sim::restart`] (new boot epoch, persisted state kept),
 //! [`Sim::cut`] / [`Sim::isolate`] / [`Sim::heal`] and [`Sim::set_loss`].
+//!
+//! With [`Sim::with_store`] the nodes coordinate through a simulated etcd
+//! ([`store`]), which a node can be cut from ([`Sim::cut_store`]).
+
+mod store;
+
+pub use store::SimStore;
 
 use crate::config::{GroupId, LinkId, NodeConfig};
 use crate::node::{Destination, Input, Node, Output, PersistentState};
@@ -71,6 +78,7 @@ pub struct Sim {
     in_flight: Vec<Packet>,
     loss_permille: u32,
     rng: u64,
+    store: Option<SimStore>,
 }
 
 impl Sim {
@@ -106,6 +114,7 @@ impl Sim {
             in_flight: Vec::new(),
             loss_permille: 0,
             rng: seed.max(1),
+            store: None,
         })
     }
 
@@ -131,6 +140,7 @@ impl Sim {
 
     fn apply(&mut self, name: &str, out: &[Output]) {
         let mut drained = Vec::new();
+        let mut requests = Vec::new();
         for o in out {
             self.log.push((self.now, name.to_owned(), o.clone()));
             let Some(n) = self.nodes.get_mut(name) else {
@@ -169,6 +179,7 @@ impl Sim {
                 Output::StopService => n.service = false,
                 Output::Persist(p) => n.persisted = Some(*p),
                 Output::Event(_) | Output::Refused { .. } => {}
+                Output::Store(request) => requests.push(request.clone()),
                 Output::DrainForHandover { group, to, cause } => {
                     // The simulated service drains at once.
                     drained.push(Input::Drained {
@@ -181,6 +192,9 @@ impl Sim {
         }
         for input in drained {
             self.input(name, input);
+        }
+        for request in requests {
+            self.store_request(name, &request);
         }
     }
 
@@ -203,7 +217,12 @@ impl Sim {
                 .filter(|n| n.up && !n.hung)
                 .map(|n| n.wake)
                 .min();
-            let Some(next) = [next_packet, next_tick].into_iter().flatten().min() else {
+            let next_store = self.store_deadline();
+            let Some(next) = [next_packet, next_tick, next_store]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
                 break;
             };
             if next > t {
@@ -218,6 +237,7 @@ impl Sim {
             for p in due {
                 self.deliver(p);
             }
+            self.run_store();
             let names: Vec<String> = self.nodes.keys().cloned().collect();
             for name in names {
                 let due = self
@@ -336,11 +356,12 @@ impl Sim {
         }
     }
 
-    /// SIGCONT after [`Sim::hang`].
+    /// SIGCONT after [`Sim::hang`]: its overdue timer fires at once.
     pub fn resume(&mut self, name: &str) {
         if let Some(n) = self.nodes.get_mut(name) {
             n.hung = false;
         }
+        self.input(name, Input::Tick);
     }
 
     /// Clean shutdown of `name` (goodbye sent).
@@ -368,6 +389,7 @@ impl Sim {
             n.vips.clear();
             n.service = false;
         }
+        self.store_restarted(name);
     }
 
     /// Nodes holding `group`'s VIP, among running ones.

@@ -58,6 +58,10 @@ pub struct GroupStatus {
     pub holder: Option<String>,
     /// The peer this node yielded the group to, if any.
     pub yielded_to: Option<String>,
+    /// The fencing epoch under which this node holds the group's leader
+    /// key (`coordination = "etcd"`).
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 /// A holdoff in force.
@@ -123,6 +127,14 @@ pub struct Counters {
     pub heartbeats_sent: u64,
     /// Datagrams dropped, by reason.
     pub rejected: BTreeMap<RejectReason, u64>,
+    /// Active claims and store answers ignored because they carried an
+    /// older fencing epoch than one already known (`coordination = "etcd"`).
+    #[serde(default)]
+    pub stale_epochs: u64,
+    /// Groups this node gave up because its store session ran out or the
+    /// store gave the key to another node.
+    #[serde(default)]
+    pub self_fenced: u64,
 }
 
 impl Counters {

@@ -6,12 +6,12 @@
 //!                    └─ Err(e) ──Input::Rejected{reason: e.reject_reason()}──► Node (counted)
 //! ```
 //!
-//! # Format (protocol version 2, all integers big-endian)
+//! # Format (protocol versions 2 and 3, all integers big-endian)
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 4 | magic `TNDM` |
-//! | 1 | protocol version (2) |
+//! | 1 | protocol version (2 or 3) |
 //! | 1 | kind: 1 heartbeat, 2 holdoff, 3 goodbye, 4 takeover, 5 handover, 6 command |
 //! | 1 + n | cluster id (length, UTF-8) |
 //! | 1 + n | sender node name (length, UTF-8) |
@@ -27,6 +27,11 @@
 //! holdoff = milliseconds u32; goodbye = empty; takeover = group u8;
 //! handover = group u8, cause u8, target name (u8 length + UTF-8);
 //! command = id u32, command tag u8, then its arguments.
+//!
+//! Protocol version 3 is version 2 with one addition at the end of the
+//! heartbeat: the fencing epochs, a count u8 then (group id u8, epoch u64)
+//! each. A v2 heartbeat decodes with none; a heartbeat that carries epochs
+//! cannot be encoded in v2 (a v2 node could not honour them).
 //!
 //! # Protocol version 1 (the previous one, still decoded and encoded)
 //!
@@ -91,6 +96,11 @@ pub struct Heartbeat {
     pub preempt: PreemptState,
     /// The sender's software version string.
     pub version: String,
+    /// The fencing epoch of each group the sender holds the store's leader
+    /// key for (`coordination = "etcd"`; empty with peers). A receiver
+    /// that knows a higher epoch for a group does not count the sender as
+    /// its active (v3 only).
+    pub fencing: Vec<(GroupId, u64)>,
 }
 
 impl Heartbeat {
@@ -320,11 +330,11 @@ fn kind_of(m: &Message) -> u8 {
 fn encode_body(version: u8, m: &Message) -> Result<Vec<u8>, Error> {
     let mut b = Vec::with_capacity(32);
     let v1 = version == 1;
-    let not_v1 = |what| Error::NotEncodable { version, what };
+    let not_in_this_version = |what| Error::NotEncodable { version, what };
     match m {
         Message::Heartbeat(h) if v1 => {
             if h.groups.len() > 1 {
-                return Err(not_v1("more than one failover group"));
+                return Err(not_in_this_version("more than one failover group"));
             }
             b.extend_from_slice(&[
                 h.priority,
@@ -348,6 +358,17 @@ fn encode_body(version: u8, m: &Message) -> Result<Vec<u8>, Error> {
                 b.extend_from_slice(&[g.0, role_to_u8(*r)]);
             }
             put_str(&mut b, &h.version)?;
+            if version >= 3 {
+                let n = u8::try_from(h.fencing.len())
+                    .map_err(|_| Error::Malformed("more than 255 fencing epochs"))?;
+                b.push(n);
+                for (g, epoch) in &h.fencing {
+                    b.push(g.0);
+                    b.extend_from_slice(&epoch.to_be_bytes());
+                }
+            } else if !h.fencing.is_empty() {
+                return Err(not_in_this_version("fencing epochs (protocol 3 and later)"));
+            }
         }
         Message::Holdoff { duration } if v1 => {
             let secs = duration.as_millis().div_ceil(1000);
@@ -357,7 +378,11 @@ fn encode_body(version: u8, m: &Message) -> Result<Vec<u8>, Error> {
             b.extend_from_slice(&duration_ms_u32(*duration).to_be_bytes());
         }
         Message::Goodbye => {}
-        _ if v1 => return Err(not_v1("takeover, handover and forwarded commands")),
+        _ if v1 => {
+            return Err(not_in_this_version(
+                "takeover, handover and forwarded commands",
+            ));
+        }
         Message::Takeover { group } => b.push(group.0),
         Message::Handover { group, to, cause } => {
             b.extend_from_slice(&[group.0, cause_to_u8(*cause)]);
@@ -517,6 +542,7 @@ fn decode_body(version: u8, kind: u8, body: &[u8]) -> Result<Message, Error> {
                 healthy,
                 preempt: PreemptState::Disabled,
                 version: String::new(),
+                fencing: Vec::new(),
             })
         }
         1 => {
@@ -532,14 +558,24 @@ fn decode_body(version: u8, kind: u8, body: &[u8]) -> Result<Message, Error> {
             for _ in 0..n {
                 groups.push((GroupId(r.u8()?), role_from_u8(r.u8()?)?));
             }
+            let healthy = flags & 1 == 1;
+            let preempt = preempt_from_bits((flags >> 1) & 0b11)?;
+            let version_string = r.str()?;
+            let mut fencing = Vec::new();
+            if version >= 3 {
+                for _ in 0..r.u8()? {
+                    fencing.push((GroupId(r.u8()?), r.u64()?));
+                }
+            }
             Message::Heartbeat(Heartbeat {
                 priority,
                 configured_role,
                 role,
                 groups,
-                healthy: flags & 1 == 1,
-                preempt: preempt_from_bits((flags >> 1) & 0b11)?,
-                version: r.str()?,
+                healthy,
+                preempt,
+                version: version_string,
+                fencing,
             })
         }
         2 if v1 => Message::Holdoff {

@@ -153,6 +153,7 @@ mod tests {
             healthy: true,
             preempt: PreemptState::Disabled,
             version: String::new(),
+            fencing: Vec::new(),
         }
     }
 

@@ -69,6 +69,7 @@ impl Node {
         match env.message {
             Message::Heartbeat(h) => {
                 self.counters.heartbeats_received += 1;
+                self.on_peer_fencing(&from, &h.fencing);
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.info = Some(h);
                 }

@@ -116,9 +116,72 @@ pub enum Input {
         /// Why.
         cause: HandoverCause,
     },
+    /// What the coordination store said (`coordination = "etcd"`; ignored
+    /// with peers).
+    Store(StoreEvent),
     /// The agent is shutting down cleanly: release everything and say
     /// goodbye. The node ignores every later input.
     Shutdown,
+}
+
+/// The coordination store's word, as the agent's adapter reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// This node's session (its lease) is surely alive until `valid_until`:
+    /// the time the renewal was *sent*, plus the TTL, minus a margin, so
+    /// that the node stops serving before the store can expire the lease.
+    SessionRenewed {
+        /// The session's id at the store (etcd's lease id).
+        session: u64,
+        /// Until then.
+        valid_until: crate::time::Millis,
+    },
+    /// The session is gone: the store says the lease is unknown or
+    /// revoked. Keys attached to it are gone too.
+    SessionLost,
+    /// What `group`'s leader key holds, as of store revision `revision`
+    /// (a linearizable read, a watch event, or the answer to a request).
+    Leader {
+        /// The group.
+        group: GroupId,
+        /// The store revision of this report; older ones are ignored.
+        revision: u64,
+        /// The holder and its epoch; `None` when the key is absent.
+        holder: Option<LeaderKey>,
+    },
+}
+
+/// A group's leader key: who holds it, under which session, and under
+/// which fencing epoch (the key's revision when it was written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderKey {
+    /// The holder.
+    pub node: String,
+    /// The holder's session: a key written by an earlier run of this node
+    /// (an older session) is not this run's.
+    pub session: u64,
+    /// The fencing epoch.
+    pub epoch: u64,
+}
+
+/// What the node asks of the coordination store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum StoreRequest {
+    /// Write `group`'s leader key with this node's session, only if it is
+    /// absent; with `evict`, also if `evict` holds it (its process is
+    /// proven dead, or it handed the group over), revoking its session.
+    /// Answer with [`StoreEvent::Leader`] either way.
+    Acquire {
+        /// The group.
+        group: GroupId,
+        /// A holder that may be replaced.
+        evict: Option<String>,
+    },
+    /// Delete `group`'s leader key if this node holds it.
+    Release {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// Where a message goes.
@@ -174,6 +237,9 @@ pub enum Output {
         /// Why.
         cause: HandoverCause,
     },
+    /// Ask the coordination store for something; answer with
+    /// [`Input::Store`].
+    Store(StoreRequest),
     /// An operator command was not carried out; tell the operator why.
     Refused {
         /// The command.
@@ -297,6 +363,16 @@ pub enum Reason {
     /// started or lost the service: `syncing` while a peer is active and
     /// has not caught it up, `standby` again when no peer is active.
     DataUnverified,
+    /// Self-fenced: this node's store session could not be renewed in
+    /// time (the store, or a quorum of it, is out of reach).
+    SessionExpired,
+    /// Self-fenced: the store gave the group's leader key to `to`.
+    LeaderMoved {
+        /// The new holder.
+        to: String,
+        /// Its fencing epoch.
+        epoch: u64,
+    },
     /// Re-evaluated with no single cause (should be rare; logged anyway).
     Reevaluated,
 }

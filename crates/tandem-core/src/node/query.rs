@@ -88,6 +88,10 @@ impl Node {
         );
         candidates.extend(self.reclaim_until);
         candidates.extend(self.restore_until);
+        // Self-fencing is due when the session's sure time runs out.
+        if self.groups.iter().any(|g| g.active) {
+            candidates.extend(self.store.valid_until);
+        }
         if self.groups.iter().any(|g| !g.active) {
             candidates.push(self.startup_until);
         }
@@ -124,6 +128,7 @@ impl Node {
                     role: self.group_role(gi, now),
                     holder,
                     yielded_to: g.yielded_to.clone(),
+                    epoch: self.own_epoch(gi, now),
                 })
             })
             .collect();
@@ -264,6 +269,9 @@ impl Node {
             healthy: self.local_healthy,
             preempt: self.preempt_state(now),
             version: self.config.version.clone(),
+            fencing: (0..self.groups.len())
+                .filter_map(|gi| Some((self.groups[gi].id?, self.own_epoch(gi, now)?)))
+                .collect(),
         }
     }
 

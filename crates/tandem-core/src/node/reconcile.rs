@@ -15,6 +15,7 @@ use crate::wire::Message;
 use std::collections::BTreeSet;
 
 use super::peer::PeerState;
+use super::store;
 use super::{Ctx, Destination, Event, LossCause, Node, Output, PREEMPT_DRAIN_WAIT, Reason};
 
 /// Rank of a node for one group; the greatest wins.
@@ -134,6 +135,9 @@ impl Node {
         if self.groups[gi].active == active {
             return;
         }
+        if !active && !matches!(reason, Reason::SessionExpired | Reason::LeaderMoved { .. }) {
+            self.release_key(cx, gi);
+        }
         if !active && matches!(reason, Reason::SplitBrain { .. } | Reason::TakenOver { .. }) {
             // Its data was the reference; now another node's is, which
             // may hold what this one never saw.
@@ -170,6 +174,13 @@ impl Node {
         reason: Reason,
         from: Option<&str>,
     ) {
+        if !self.store_allows_claim(cx, gi, from) {
+            self.store.leaders[gi].pending = Some(store::PendingClaim {
+                reason,
+                from: from.map(str::to_owned),
+            });
+            return;
+        }
         let id = self.groups[gi].id;
         let mut releasers: BTreeSet<String> = self
             .peers
@@ -266,6 +277,7 @@ impl Node {
             self.eligible_since = Some(now);
         }
 
+        self.fence(cx);
         for gi in 0..self.groups.len() {
             self.decide(cx, gi);
         }
@@ -406,12 +418,13 @@ impl Node {
             g.grace_until = None;
             return;
         }
-        let actives: Vec<String> = self
+        let mut actives: Vec<String> = self
             .peers
             .iter()
             .filter(|(_, p)| p.active_in(id))
             .map(|(n, _)| n.clone())
             .collect();
+        actives.retain(|n| self.active_claim_current(n, gi));
         if let Some(a) = actives.first() {
             self.groups[gi].last_active = Some(a.clone());
         }
@@ -568,6 +581,10 @@ impl Node {
             }
             _ => Reason::Elected,
         };
+        // With a store, the key decides; a holder proven dead is evicted.
+        if !self.store_allows_claim(cx, gi, None) {
+            return;
+        }
         self.set_active(cx, gi, true, reason);
     }
 }

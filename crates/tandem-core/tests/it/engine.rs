@@ -26,6 +26,7 @@ fn hb(
                 healthy: true,
                 preempt: PreemptState::Disabled,
                 version: String::new(),
+                fencing: Vec::new(),
             }),
         },
     }
@@ -64,6 +65,7 @@ fn first_step_sends_a_heartbeat_with_the_nodes_state() {
                 healthy: true,
                 preempt: PreemptState::Ready,
                 version: String::new(),
+                fencing: Vec::new(),
             }),
         }]
     );

@@ -11,5 +11,7 @@ mod engine;
 mod procedures;
 /// Properties over random event sequences.
 mod properties;
+/// Quorum and fencing through a simulated etcd.
+mod quorum;
 /// Wire format: versions, MAC, cluster id, replay, never panicking.
 mod wire;

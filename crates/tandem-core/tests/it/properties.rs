@@ -322,7 +322,7 @@ fn on_failure() -> impl Strategy<Value = OnFailure> {
 
 /// Cases per property: modest by default to keep `cargo test` fast; set
 /// `TANDEM_PROPTEST_CASES` for a deeper hunt.
-fn cases(default: u32) -> u32 {
+pub(crate) fn cases(default: u32) -> u32 {
     std::env::var("TANDEM_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -29,7 +29,31 @@ fn heartbeat() -> Message {
         healthy: true,
         preempt: PreemptState::Ready,
         version: "6.2.5".into(),
+        fencing: Vec::new(),
     })
+}
+
+#[test]
+fn v3_carries_fencing_epochs_and_v2_refuses_them() {
+    let Message::Heartbeat(plain) = heartbeat() else {
+        unreachable!("heartbeat() builds a heartbeat")
+    };
+    let fenced = Message::Heartbeat(Heartbeat {
+        fencing: vec![(GroupId(0), 7), (GroupId(3), u64::MAX)],
+        ..plain.clone()
+    });
+    let bytes = wire::encode(KEY, &header(3, 1), &fenced).expect("encode in v3");
+    let env = wire::decode(KEY, "mail", &bytes).expect("decode the datagram");
+    assert_eq!(env.message, fenced);
+    assert!(matches!(
+        wire::encode(KEY, &header(2, 1), &fenced),
+        Err(tandem_core::Error::NotEncodable { version: 2, .. })
+    ));
+    // Without epochs a v2 heartbeat still goes out, and decodes with none.
+    let v2 =
+        wire::encode(KEY, &header(2, 1), &Message::Heartbeat(plain.clone())).expect("encode in v2");
+    let env = wire::decode(KEY, "mail", &v2).expect("decode the v2 datagram");
+    assert_eq!(env.message, Message::Heartbeat(plain));
 }
 
 #[test]
@@ -81,6 +105,7 @@ fn v1_heartbeat_decodes_as_group_zero_without_the_v2_fields() {
             healthy: true,
             preempt: PreemptState::Disabled,
             version: String::new(),
+            fencing: Vec::new(),
         })
     );
 }
@@ -172,10 +197,10 @@ fn rejections_say_why() {
     );
 
     let mut future = good.clone();
-    future[4] = 3;
+    future[4] = wire::PROTOCOL_VERSION + 1;
     assert_eq!(
         wire::decode(KEY, "mail", &future).expect_err("decode a future version"),
-        Error::UnsupportedVersion(3)
+        Error::UnsupportedVersion(wire::PROTOCOL_VERSION + 1)
     );
 
     assert!(matches!(
@@ -411,9 +436,10 @@ fn message() -> impl Strategy<Value = Message> {
             PreemptState::Ready,
         ]),
         "[a-z0-9.()-]{0,64}",
+        prop::collection::vec((any::<u8>().prop_map(GroupId), any::<u64>()), 0..4),
     )
         .prop_map(
-            |(priority, configured_role, role, groups, healthy, preempt, version)| {
+            |(priority, configured_role, role, groups, healthy, preempt, version, fencing)| {
                 Message::Heartbeat(Heartbeat {
                     priority,
                     configured_role,
@@ -422,6 +448,7 @@ fn message() -> impl Strategy<Value = Message> {
                     healthy,
                     preempt,
                     version,
+                    fencing,
                 })
             },
         );
@@ -466,7 +493,7 @@ proptest! {
         edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
         cut in any::<usize>(),
     ) {
-        let mut bytes = wire::encode(KEY, &header(2, 1), &m).expect("encode the message");
+        let mut bytes = wire::encode(KEY, &header(3, 1), &m).expect("encode the message");
         for (at, v) in edits {
             let i = at % bytes.len();
             bytes[i] = v;
@@ -481,9 +508,9 @@ proptest! {
 
     #[test]
     fn encode_then_decode_is_identity(m in message(), epoch in any::<u64>(), seq in any::<u64>()) {
-        let h = Header { version: 2, cluster: "mail", sender: "node-1", epoch, seq };
+        let h = Header { version: 3, cluster: "mail", sender: "node-1", epoch, seq };
         let env = wire::decode(KEY, "mail", &wire::encode(KEY, &h, &m).expect("encode the message")).expect("decode the datagram");
-        prop_assert_eq!((env.version, env.sender.as_str(), env.epoch, env.seq), (2, "node-1", epoch, seq));
+        prop_assert_eq!((env.version, env.sender.as_str(), env.epoch, env.seq), (3, "node-1", epoch, seq));
         prop_assert_eq!(env.message, m);
     }
 
