@@ -146,6 +146,64 @@ pub enum PlanError {
         version: Version,
     },
 
+    /// A fleet rollout's `--batch` is neither a node count nor a share.
+    #[error(
+        "{text:?} is not a batch size: write a number of nodes such as `10`, or a share of the fleet such as `10%`"
+    )]
+    BatchUnreadable {
+        /// The text given.
+        text: String,
+    },
+
+    /// A fleet rollout's `--batch` share is not between 1 % and 100 %.
+    #[error(
+        "batch {text:?} is not a share from 1% to 100% of the fleet: write e.g. `10%`, or a number of nodes such as `10`"
+    )]
+    BatchShareOutOfRange {
+        /// The text given.
+        text: String,
+    },
+
+    /// A simulated node failure rate that is not a probability.
+    #[error(
+        "fail rate {rate} is not a probability: give a number from 0 to 1 (0.01, or 1%, for one node in a hundred)"
+    )]
+    FailRateOutOfRange {
+        /// The rate given.
+        rate: f64,
+    },
+
+    /// A simulation asked for no runs.
+    #[error("a simulation needs at least one run: pass --runs 1 or more")]
+    NoSimulationRuns,
+
+    /// A simulation too large to finish in reasonable time.
+    #[error(
+        "{runs} runs of {nodes} nodes is {work} simulated node upgrades, more than the {max} simulated at once: lower --runs (1000 runs already give a steady p99)"
+    )]
+    SimulationTooLarge {
+        /// Nodes in the fleet.
+        nodes: usize,
+        /// Runs asked for.
+        runs: usize,
+        /// `nodes × runs`.
+        work: u128,
+        /// The most simulated at once.
+        max: u128,
+    },
+
+    /// A simulated rollout stopped making progress: a bug in the rollout
+    /// state machine, never an input error.
+    #[error(
+        "the simulated rollout {run} made no progress (a bug in tandem): report it with the command line, seed {seed}"
+    )]
+    SimulationStalled {
+        /// Which run (from 0).
+        run: usize,
+        /// The simulation's seed.
+        seed: u64,
+    },
+
     /// The fresh cluster state given to resume a journal does not name the
     /// same nodes as the journal's plan.
     #[error("the journal's plan concerns node {node}, which the cluster no longer reports")]

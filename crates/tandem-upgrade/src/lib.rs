@@ -29,6 +29,11 @@
 //! - [`run`]: [`UpgradeRun`], [`Observation`]: the journal and step machine:
 //!   resume after a coordinator crash, abort at a safe point, rollback
 //!   standby-first on an image health failure.
+//! - [`fleet`]: [`plan_waves`], [`FleetRollout`], [`simulate()`]: a
+//!   release across a fleet in waves — canaries, batches (`N` or `P%`),
+//!   the active or primary last — with a failure budget, a pause after the
+//!   canaries and an auto-revert; and the seeded simulation behind
+//!   `tandem upgrade simulate`.
 //! - [`error`]: [`PlanError`], the crate's one error type.
 //!
 //! # Driving a run (what the agent does)
@@ -61,6 +66,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod fleet;
 pub mod plan;
 pub mod run;
 pub mod step;
@@ -68,6 +74,10 @@ mod strategy;
 
 pub use cluster::{ClusterState, ConfigLink, ImageFile, Listener, NodeState, SlotStatus, SlotView};
 pub use error::{ModeName, PlanError};
+pub use fleet::{
+    Batch, FleetAction, FleetObservation, FleetRollout, NodeProgress, RolloutPolicy, RolloutStatus,
+    SimulateReport, SimulateSpec, Wave, WaveKind, plan_waves, relay_fleet, simulate,
+};
 pub use plan::{
     HopReason, ImpactEstimate, PlanOptions, PlannedHop, Strategy, UpgradePlan, plan, plan_rollback,
 };

@@ -618,6 +618,54 @@ pub enum UpgradeCommand {
         #[command(flatten)]
         target: ApiTarget,
     },
+    /// Play a fleet rollout many times, touching no node: how long it takes
+    /// (p50, p99) and how likely it is to stop, for given rollout knobs.
+    ///
+    /// The fleet is one config-only cluster of relays whose primary goes
+    /// last, alone: canaries first, then batches. Each node takes --boot
+    /// plus --health (each varied by up to 20 %, from the seed) and fails
+    /// with probability --fail-rate; more than --max-failed failures stop
+    /// the rollout. A duration runs until the rollout is done or stopped;
+    /// the pause after the canaries counts as resumed at once. The same
+    /// seed gives the same figures.
+    Simulate {
+        /// Nodes in the fleet.
+        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        nodes: u32,
+        /// Nodes per wave after the canaries: a count (10) or a share of
+        /// the fleet (10%).
+        #[arg(long, value_name = "N|P%", default_value = "1")]
+        batch: tandem_upgrade::Batch,
+        /// Nodes upgraded first, in a wave of their own.
+        #[arg(long, value_name = "K", default_value_t = 0)]
+        canary: usize,
+        /// Failed nodes tolerated; one more stops the rollout.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        max_failed: usize,
+        /// How long a node may take to turn healthy before it counts as
+        /// failed.
+        #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+        health_deadline: std::time::Duration,
+        /// Go on after the canaries once they stayed healthy this long,
+        /// instead of pausing for `tandem upgrade resume`.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        auto_promote: Option<std::time::Duration>,
+        /// How long a node takes to boot the new release.
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+        boot: std::time::Duration,
+        /// How long from its boot until a node's health check passes.
+        #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+        health: std::time::Duration,
+        /// The chance that one node's upgrade fails: 0.01 or 1%.
+        #[arg(long, value_name = "P", default_value = "0", value_parser = crate::commands::upgrade::simulate::parse_fail_rate)]
+        fail_rate: f64,
+        /// Seed of the simulated boot times and failures.
+        #[arg(long, value_name = "S", default_value_t = 1)]
+        seed: u64,
+        /// Rollouts to play.
+        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+    },
 }
 
 /// `tandem backup ...`.

@@ -359,3 +359,66 @@ fn image_keygen_build_sign_verify() {
         "{err}"
     );
 }
+
+#[test]
+fn upgrade_simulate_reports_a_fleet_of_a_thousand_relays() {
+    let args = [
+        "--json",
+        "upgrade",
+        "simulate",
+        "--nodes",
+        "1000",
+        "--batch",
+        "10%",
+        "--canary",
+        "5",
+        "--max-failed",
+        "20",
+        "--fail-rate",
+        "1%",
+        "--seed",
+        "7",
+        "--runs",
+        "200",
+    ];
+    let (code, out, err) = tandem(&args);
+    assert_eq!(code, 0, "{err}");
+    let report = json(&out);
+    let figure = |key: &str| {
+        report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is a number: {report}"))
+    };
+    assert!(figure("p50_ms") <= figure("p99_ms"), "{report}");
+    assert!(figure("p50_ms") > 0.0, "{report}");
+    assert!((0.0..=1.0).contains(&figure("stop_chance")), "{report}");
+    assert_eq!(report["waves"], 12, "5 canaries, 10 batches, the primary");
+    assert_eq!(report["batch"], "10%");
+    assert_eq!(report["fail_rate"], 0.01);
+
+    let (code, again, err) = tandem(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, again, "the same seed gives the same figures");
+
+    let (code, text, err) = tandem(&args[1..]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("duration p99") && text.contains("stop chance"),
+        "{text}"
+    );
+}
+
+#[test]
+fn upgrade_simulate_refuses_bad_knobs_with_exit_2() {
+    for (flag, value, says) in [
+        ("--batch", "0%", "from 1% to 100%"),
+        ("--batch", "ten", "such as `10%`"),
+        ("--fail-rate", "1.5", "from 0 to 1"),
+        ("--boot", "soon", "not a duration"),
+        ("--nodes", "0", "0"),
+    ] {
+        let (code, _, err) = tandem(&["upgrade", "simulate", flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}

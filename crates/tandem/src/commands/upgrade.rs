@@ -1,7 +1,8 @@
 //! `tandem upgrade plan|run|status|report|abort|rollback`: clients of the
 //! agents' upgrade API. The cluster does the work — the active node coordinates and
 //! replicates the journal — so this command only submits and follows:
-//! Ctrl-C detaches, it never aborts.
+//! Ctrl-C detaches, it never aborts. `tandem upgrade simulate` talks to no
+//! agent: it plays fleet rollouts locally (`simulate`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ use tandem_upgrade::{RunStatus, StepState, UpgradeRun};
 use crate::cli::{ApiTarget, UpgradeCommand, UpgradeTarget};
 use crate::commands::cluster::api_client;
 use crate::commands::refusal;
+
+pub mod simulate;
 
 /// Runs one `tandem upgrade` subcommand.
 pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode> {
@@ -114,6 +117,38 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
                 print!("{report}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Simulate {
+            nodes,
+            batch,
+            canary,
+            max_failed,
+            health_deadline,
+            auto_promote,
+            boot,
+            health,
+            fail_rate,
+            seed,
+            runs,
+        } => {
+            let spec = tandem_upgrade::SimulateSpec {
+                nodes: nodes as usize,
+                policy: tandem_upgrade::RolloutPolicy {
+                    batch,
+                    canary,
+                    health_deadline,
+                    max_failed,
+                    // A revert adds no time to what the simulation counts.
+                    auto_revert: false,
+                    auto_promote,
+                },
+                boot,
+                health,
+                fail_rate,
+                seed,
+                runs: runs as usize,
+            };
+            Ok(simulate::run(&spec, json))
         }
         UpgradeCommand::Abort { target } => {
             let client = active_client(&api_client(&target)?).await?;
