@@ -19,11 +19,15 @@ use toml::Spanned;
 
 use crate::Error;
 
+mod cluster;
+mod etcd;
 mod images;
 mod monitor;
 mod sync;
 
 use crate::vip_ip::{GarpPlan, IpVip};
+pub use cluster::{ClusterSection, GroupSection, ModeName, OnFailureName};
+pub use etcd::{CoordinationName, EtcdSection, EtcdSettings};
 pub use images::ImagesSection;
 pub use monitor::MonitorSection;
 pub use sync::{ConfigChangeAction, SyncSection, SyncSettings};
@@ -53,6 +57,8 @@ pub struct AgentConfig {
     pub secrets: Secrets,
     /// `[sync]`: config and data sync; `None` when absent (no replication).
     pub sync: Option<SyncSettings>,
+    /// `[etcd]` when `coordination = "etcd"`.
+    pub etcd: Option<EtcdSettings>,
 }
 
 /// The name of the extra link `remote_as_heartbeat` adds; it is the last.
@@ -93,83 +99,6 @@ pub enum RoleName {
     ConfigOnly,
     /// Takes no part in HA.
     Off,
-}
-
-/// `[cluster]`: the same on every node.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterSection {
-    /// The cluster's name; heartbeats of other clusters are dropped.
-    pub name: String,
-    /// File holding the shared HMAC key (at least 16 bytes).
-    pub key_file: PathBuf,
-    /// `active-passive`, `config-only` or `active-active`.
-    #[serde(default = "default_mode")]
-    pub mode: ModeName,
-    /// Heartbeat interval.
-    #[serde(
-        default = "default_interval",
-        deserialize_with = "tandem_toml::duration::field"
-    )]
-    pub interval: Duration,
-    /// Missed heartbeats (on every link) before a peer is dead.
-    #[serde(default = "default_lost_threshold")]
-    pub lost_threshold: u32,
-    /// Whether a better-ranked node takes the service back.
-    #[serde(default = "default_true")]
-    pub preempt: bool,
-    /// How long a node must be healthy before it preempts.
-    #[serde(default, deserialize_with = "tandem_toml::duration::field")]
-    pub preempt_delay: Duration,
-    /// The longest holdoff honoured.
-    #[serde(
-        default = "default_holdoff_max",
-        deserialize_with = "tandem_toml::duration::field"
-    )]
-    pub holdoff_max: Duration,
-    /// What a failing local monitor does: `off`, `restore`, `become-secondary`.
-    #[serde(default = "default_on_failure")]
-    pub on_failure: OnFailureName,
-    /// Failover groups in active-active mode, by preferred node.
-    #[serde(default)]
-    pub groups: Vec<GroupSection>,
-    /// Count each peer's service port (its `[[peer]] service`) as one more
-    /// heartbeat link: a peer whose heartbeats are lost but whose service
-    /// answers is not declared dead (FortiMail's remote-as-heartbeat).
-    #[serde(default)]
-    pub remote_as_heartbeat: bool,
-}
-
-/// The mode, as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModeName {
-    /// One active, the rest standby.
-    ActivePassive,
-    /// All serve; only config is shared.
-    ConfigOnly,
-    /// Two or more failover groups.
-    ActiveActive,
-}
-
-/// `on_failure`, as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnFailureName {
-    /// Stop HA until `ha restart`.
-    Off,
-    /// Fail, then take back the configured role on recovery.
-    Restore,
-    /// Fail, then stay standby on recovery.
-    BecomeSecondary,
-}
-
-/// `[[cluster.groups]]`: one failover group.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupSection {
-    /// The node that should hold the group.
-    pub preferred: Option<String>,
 }
 
 /// `[[link]]`: one heartbeat link.
@@ -319,24 +248,6 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
-fn default_mode() -> ModeName {
-    ModeName::ActivePassive
-}
-fn default_interval() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_lost_threshold() -> u32 {
-    3
-}
-fn default_true() -> bool {
-    true
-}
-fn default_holdoff_max() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_on_failure() -> OnFailureName {
-    OnFailureName::BecomeSecondary
-}
 fn default_vip_mode() -> String {
     "bind".into()
 }
@@ -360,6 +271,7 @@ struct RawConfig {
     #[serde(default)]
     images: ImagesSection,
     sync: Option<Spanned<SyncSection>>,
+    etcd: Option<Spanned<EtcdSection>>,
 }
 
 impl AgentConfig {
@@ -568,6 +480,31 @@ impl AgentConfig {
         node.token_file = base.join(&node.token_file);
         cluster.key_file = base.join(&cluster.key_file);
         service.cwd = service.cwd.map(|cwd| base.join(cwd));
+        let etcd = match (cluster.coordination, raw.etcd) {
+            (CoordinationName::Etcd, Some(section)) => {
+                let span = section.span();
+                let settings = section
+                    .into_inner()
+                    .settle(&cluster.name, base)
+                    .map_err(|(key, message)| error(span, key, message))?;
+                Some(settings)
+            }
+            (CoordinationName::Etcd, None) => {
+                return Err(error(
+                    cluster_span,
+                    "cluster.coordination",
+                    "\"etcd\" needs an [etcd] section with its endpoints".into(),
+                ));
+            }
+            (CoordinationName::Peers, Some(section)) => {
+                return Err(error(
+                    section.span(),
+                    "etcd",
+                    "[etcd] is used only with [cluster] coordination = \"etcd\": set that, or remove the section".into(),
+                ));
+            }
+            (CoordinationName::Peers, None) => None,
+        };
         let sync = match raw.sync {
             Some(section) => {
                 let span = section.span();
@@ -630,6 +567,7 @@ impl AgentConfig {
                 allow_unsigned: raw.images.allow_unsigned,
             },
             sync,
+            etcd,
             secrets: Secrets {
                 cluster_key: Vec::new(),
                 api_token: String::new(),
@@ -693,6 +631,10 @@ impl AgentConfig {
         // before any planned handover.
         config.drain_before_preemption =
             self.sync.is_some() && self.service.suspend == SuspendMethod::Signal;
+        config.coordination = match self.cluster.coordination {
+            CoordinationName::Peers => tandem_core::Coordination::Peers,
+            CoordinationName::Etcd => tandem_core::Coordination::Store,
+        };
         config
     }
 }

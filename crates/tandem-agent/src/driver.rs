@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tandem_core::{
-    Codec, Command, Destination, Event, GroupId, HandoverCause, Input, LinkId, Millis, Node, Output,
+    Codec, Command, Destination, Event, GroupId, HandoverCause, Input, LinkId, Millis, Node,
+    Output, StoreEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -44,6 +45,7 @@ use tokio::time::Instant;
 use crate::api::{CommandOutcome, CommandReply, ListenerAction};
 use crate::config::{AgentConfig, ModeName};
 use crate::crash_link::PeerLinkEvent;
+use crate::etcd::{StoreLink, StoreNews};
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks, LinkEvent};
 use crate::monitor::Verdict;
@@ -151,6 +153,19 @@ pub(crate) async fn drive(
                 agent.hand_over_drained(group, to, cause).await;
             }
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
+            Some(news) = agent.store.news.recv() => {
+                let event = match news {
+                    StoreNews::Renewed { session, valid_until } => StoreEvent::SessionRenewed {
+                        session,
+                        valid_until: agent.clock.millis(valid_until),
+                    },
+                    StoreNews::Lost => StoreEvent::SessionLost,
+                    StoreNews::Leader { group, revision, holder } => {
+                        StoreEvent::Leader { group, revision, holder }
+                    }
+                };
+                agent.step(Input::Store(event)).await;
+            }
             Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
             () = tokio::time::sleep_until(agent.exec_after.as_ref().map_or_else(Instant::now, |(at, _)| *at)), if agent.exec_after.is_some() => {
                 if let Some((_, path)) = agent.exec_after.take() {
@@ -222,6 +237,11 @@ impl Clock {
     fn instant(&self, at: Millis) -> Instant {
         self.start + Duration::from_millis(at.0)
     }
+
+    fn millis(&self, at: Instant) -> Millis {
+        let since = at.saturating_duration_since(self.start);
+        Millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 /// Counters the core does not keep.
@@ -281,6 +301,8 @@ pub(crate) struct Agent {
     counters: AgentCounters,
     /// `[sync]`: the sync receiver, and the replicator while active.
     replication: Replication,
+    /// `coordination = "etcd"`: the adapter's ends.
+    store: StoreLink,
 }
 
 impl Agent {
@@ -357,6 +379,7 @@ impl Agent {
             recover_at: None,
             counters: AgentCounters::default(),
             replication: wiring.replication,
+            store: wiring.store,
         })
     }
 
@@ -464,10 +487,10 @@ impl Agent {
                 }
             }
             Output::Event(event) => log_event(event),
-            // The core asks the store only under `coordination = "etcd"`,
-            // which this agent does not offer yet.
             Output::Store(request) => {
-                tracing::error!(?request, "no coordination store is configured");
+                if self.store.requests.send(request.clone()).is_err() {
+                    tracing::error!(?request, "no coordination store is configured");
+                }
             }
             Output::Refused { command, reason } => {
                 tracing::warn!(%command, %reason, "command refused");

@@ -48,6 +48,7 @@ pub mod backup;
 pub mod config;
 pub mod crash_link;
 pub mod driver;
+pub mod etcd;
 pub mod firmware;
 pub mod links;
 pub mod monitor;
@@ -194,6 +195,15 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The coordination store could not be reached or used.
+    #[error("etcd at {endpoints}: {message}")]
+    Etcd {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What failed, and what to do.
+        message: String,
+    },
+
     /// Work handed to the blocking pool never finished: it panicked (a
     /// bug) or the runtime is shutting down.
     #[error("{task} did not finish: {source} (see the agent's log)")]
@@ -240,7 +250,9 @@ impl Error {
             Error::Image(_) => StatusCode::CONFLICT,
             Error::Sync(tandem_sync::Error::BadPath { .. }) => StatusCode::BAD_REQUEST,
             Error::Sync(tandem_sync::Error::MissingFile { .. }) => StatusCode::NOT_FOUND,
-            Error::ApiUnreachable { .. } | Error::ApiAnswer { .. } => StatusCode::BAD_GATEWAY,
+            Error::ApiUnreachable { .. } | Error::ApiAnswer { .. } | Error::Etcd { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Error::Config { .. }
             | Error::Bind { .. }
             | Error::Io { .. }

@@ -18,4 +18,5 @@
 pub mod cli;
 pub mod commands;
 pub mod localcluster;
+pub mod localetcd;
 pub mod logging;

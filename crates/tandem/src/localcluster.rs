@@ -50,6 +50,8 @@ pub struct ClusterSpec {
     /// binds the one VIP with `SO_REUSEPORT` and the kernel spreads the
     /// connections over them. Ignored when `groups` is 2 or more.
     pub config_only: bool,
+    /// `coordination = "etcd"` with these client URLs; peers when empty.
+    pub etcd: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -70,6 +72,7 @@ impl ClusterSpec {
             groups: 1,
             vip: None,
             config_only: false,
+            etcd: Vec::new(),
         }
     }
 }
@@ -111,7 +114,7 @@ pub struct LocalCluster {
 
 /// A free port on `ip`, for TCP and UDP both; the small race between
 /// releasing and reusing it is acceptable for local clusters.
-fn free_port(ip: &str) -> anyhow::Result<u16> {
+pub(crate) fn free_port(ip: &str) -> anyhow::Result<u16> {
     for _ in 0..50 {
         let tcp = TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}"))?;
         let port = tcp.local_addr()?.port();
@@ -206,12 +209,20 @@ impl LocalCluster {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let (coordination, etcd_toml) = if spec.etcd.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                "coordination = \"etcd\"\n".to_string(),
+                format!("\n[etcd]\nendpoints = [{}]\n", quote(&spec.etcd)),
+            )
+        };
         let mut nodes = Vec::new();
         for (i, name) in spec.nodes.iter().enumerate() {
             let me = &ports[i];
             let mut text = format!(
                 "[node]\nname = {name:?}\npriority = {}\nrole = {:?}\nstate_dir = \"state/{name}\"\napi = \"{}:{}\"\nsync = \"{}:{}\"\ntoken_file = \"api.token\"\nversion = {:?}\n\n\
-                 [cluster]\nname = \"local\"\nkey_file = \"cluster.key\"\nmode = \"{}\"\ninterval = \"{}ms\"\nlost_threshold = {}\npreempt = true\nremote_as_heartbeat = {}\n{}\n\
+                 [cluster]\nname = \"local\"\nkey_file = \"cluster.key\"\nmode = \"{}\"\ninterval = \"{}ms\"\nlost_threshold = {}\npreempt = true\nremote_as_heartbeat = {}\n{}{coordination}\n\
                  [[link]]\nname = \"lo\"\nlisten = \"{}:{}\"\n\n",
                 200usize.saturating_sub(i * 10),
                 if i == 0 { "primary" } else { "secondary" },
@@ -252,6 +263,7 @@ impl LocalCluster {
                 quote(&spec.service),
                 spec.extra_toml
             ));
+            text.push_str(&etcd_toml);
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(&config, text)?;
             nodes.push(LocalNode {

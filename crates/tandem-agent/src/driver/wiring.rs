@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::Error;
 use crate::config::AgentConfig;
 use crate::crash_link::{self, Identity, PeerLinkEvent};
+use crate::etcd::{self, StoreLink};
 use crate::firmware::Firmware;
 use crate::links::{HeartbeatLinks, LinkEvent, SimDatagram};
 use crate::monitor::{self, Verdict};
@@ -33,6 +34,7 @@ pub(super) struct Wiring {
     pub verdicts: mpsc::Receiver<Verdict>,
     pub serving: Arc<AtomicBool>,
     pub replication: Replication,
+    pub store: StoreLink,
 }
 
 /// A simulated node's ends of the simulated network: where its datagrams
@@ -57,6 +59,14 @@ impl Wiring {
         firmware: &Firmware,
         epoch: u64,
     ) -> Result<Wiring, Error> {
+        // etcd first: a node that cannot reach it must not start at all.
+        let store = match &config.etcd {
+            Some(settings) => {
+                let groups = config.node_config().groups.iter().map(|g| g.id).collect();
+                etcd::start(settings, &config.node.name, &config.node.version, groups).await?
+            }
+            None => StoreLink::none(),
+        };
         let (datagrams, inbox) = mpsc::channel(256);
         let links = HeartbeatLinks::bind(config, datagrams).await?;
         let (peer_tx, peer_events) = mpsc::channel(64);
@@ -146,6 +156,7 @@ impl Wiring {
             verdicts,
             serving,
             replication,
+            store,
         })
     }
 
@@ -163,6 +174,7 @@ impl Wiring {
             verdicts: ports.verdicts,
             serving: Arc::new(AtomicBool::new(false)),
             replication: Replication::start(config).await?,
+            store: StoreLink::none(),
         })
     }
 }

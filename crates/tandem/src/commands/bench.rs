@@ -92,6 +92,7 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
         groups: 1,
         config_only: false,
         vip: None,
+        etcd: Vec::new(),
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.start_all()?;

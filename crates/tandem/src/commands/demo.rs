@@ -232,6 +232,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         groups: if mode == "active-active" { 2 } else { 1 },
         config_only: mode == "config-only",
         vip: args.listen,
+        etcd: Vec::new(),
     };
     let mut cluster = LocalCluster::create(&spec)?;
     if data_sync == "semi" {

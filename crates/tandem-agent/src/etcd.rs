@@ -1,0 +1,518 @@
+//! The etcd adapter (`coordination = "etcd"`): carries the core's
+//! [`StoreRequest`]s to etcd and etcd's answers back as [`StoreNews`].
+//! The rules stay in `tandem_core::node` (its `store` module); this
+//! module only speaks etcd, the way Patroni's `dcs/etcd3.py` does:
+//!
+//! - **Session:** one lease per agent run, granted at start and kept alive
+//!   every quarter TTL. Each renewal that etcd confirms tells the core the
+//!   session is surely alive until the renewal's *send* time plus the TTL
+//!   minus a quarter TTL: etcd counts its TTL from when it received the
+//!   renewal, so the node gives up first. A renewal etcd refuses (the
+//!   lease expired) is [`StoreNews::Lost`], and a new lease is granted.
+//! - **Keys** under the prefix: `leader/GROUP` (JSON `{node, session}`,
+//!   attached to the holder's lease; its mod revision is the group's
+//!   fencing epoch) and `members/NODE` (this node's name and version, on
+//!   its lease).
+//! - **Take over:** a transaction that writes `leader/GROUP` only if it
+//!   does not exist (`create_revision == 0`), else reads it. With `evict`
+//!   and the key held by that node, its lease is revoked first (its death
+//!   is proven, or it handed the group over) and the transaction retried.
+//! - **Watch:** a linearizable read of every leader key, then a watch from
+//!   the next revision; on any error, both again. A key tandem did not
+//!   write is reported as held by nobody tandem knows, so nobody serves
+//!   until an operator removes it, and the log says how.
+//!
+//! Every etcd call is bounded by the TTL, so a dead or partitioned etcd
+//! shows up as renewals that do not come back, which is what fences.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use tandem_core::{GroupId, LeaderKey, StoreRequest};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::config::EtcdSettings;
+
+/// What etcd said, for the driver to hand to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreNews {
+    /// The session is surely alive until `valid_until`.
+    Renewed {
+        /// The lease id.
+        session: u64,
+        /// Until then.
+        valid_until: Instant,
+    },
+    /// The lease is gone (expired or revoked).
+    Lost,
+    /// A leader key, as of `revision`.
+    Leader {
+        /// The group.
+        group: GroupId,
+        /// The store revision of this report.
+        revision: u64,
+        /// Its holder, if any.
+        holder: Option<LeaderKey>,
+    },
+}
+
+/// The driver's ends of the adapter.
+pub struct StoreLink {
+    /// What etcd said.
+    pub news: mpsc::Receiver<StoreNews>,
+    /// What the core asks.
+    pub requests: mpsc::UnboundedSender<StoreRequest>,
+}
+
+impl StoreLink {
+    /// No store (`coordination = "peers"`): nothing ever arrives.
+    pub fn none() -> StoreLink {
+        let (_, news) = mpsc::channel(1);
+        let (requests, _) = mpsc::unbounded_channel();
+        StoreLink { news, requests }
+    }
+}
+
+/// The value of a leader key.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaderValue {
+    node: String,
+    session: u64,
+}
+
+/// The holder's name reported for a leader key tandem cannot read.
+pub const UNREADABLE_HOLDER: &str = "(unreadable leader key)";
+
+/// Connects to etcd, checks it answers, and starts the adapter's tasks.
+/// An etcd that does not answer at start is an error naming its endpoints.
+pub async fn start(
+    settings: &EtcdSettings,
+    node: &str,
+    version: &str,
+    groups: Vec<GroupId>,
+) -> Result<StoreLink, Error> {
+    let endpoints = settings.endpoints.join(", ");
+    let fail = |message: String| Error::Etcd {
+        endpoints: endpoints.clone(),
+        message,
+    };
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(settings.dial_timeout)
+        .with_timeout(settings.ttl)
+        .with_keep_alive(Duration::from_millis(500), settings.ttl)
+        // A member cut from its quorum refuses rather than answers stale.
+        .with_require_leader(true);
+    if let Some(tls) = tls(settings).map_err(&fail)? {
+        options = options.with_tls(tls);
+    }
+    let mut client = Client::connect(&settings.endpoints, Some(options))
+        .await
+        .map_err(|e| fail(format!("cannot connect: {e} (check [etcd] endpoints, and that etcd runs and is reachable from here)")))?;
+    client.status().await.map_err(|e| {
+        fail(format!(
+            "does not answer: {e} (is a quorum of its members up?)"
+        ))
+    })?;
+    let (news_tx, news) = mpsc::channel(64);
+    let (requests, requests_rx) = mpsc::unbounded_channel();
+    let (lease_tx, lease_rx) = watch::channel(None);
+    let keys = Keys {
+        prefix: settings.prefix.clone(),
+        node: node.to_owned(),
+    };
+    tokio::spawn(keep_session(
+        client.clone(),
+        keys.clone(),
+        version.to_owned(),
+        settings.ttl,
+        news_tx.clone(),
+        lease_tx,
+    ));
+    tokio::spawn(watch_leaders(
+        client.clone(),
+        keys.clone(),
+        groups,
+        news_tx.clone(),
+    ));
+    tokio::spawn(serve_requests(client, keys, lease_rx, requests_rx, news_tx));
+    Ok(StoreLink { news, requests })
+}
+
+fn tls(settings: &EtcdSettings) -> Result<Option<etcd_client::TlsOptions>, String> {
+    if settings.ca.is_none() && settings.cert.is_none() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut tls = etcd_client::TlsOptions::new();
+    if let Some(ca) = &settings.ca {
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&settings.cert, &settings.key) {
+        tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+/// Where this cluster's keys live.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+    node: String,
+}
+
+impl Keys {
+    fn leader(&self, group: GroupId) -> String {
+        format!("{}/leader/{}", self.prefix, group.0)
+    }
+    fn leaders(&self) -> String {
+        format!("{}/leader/", self.prefix)
+    }
+    fn member(&self) -> String {
+        format!("{}/members/{}", self.prefix, self.node)
+    }
+    fn group_of(&self, key: &[u8]) -> Option<GroupId> {
+        let key = std::str::from_utf8(key).ok()?;
+        key.strip_prefix(&self.leaders())?.parse().ok().map(GroupId)
+    }
+}
+
+/// The holder a leader key names, with its epoch (the key's mod revision).
+fn holder_of(kv: &KeyValue) -> LeaderKey {
+    let epoch = u64::try_from(kv.mod_revision()).unwrap_or(0);
+    match serde_json::from_slice::<LeaderValue>(kv.value()) {
+        Ok(v) => LeaderKey {
+            node: v.node,
+            session: v.session,
+            epoch,
+        },
+        Err(_) => {
+            let key = String::from_utf8_lossy(kv.key());
+            tracing::error!(
+                key = %key,
+                value = %String::from_utf8_lossy(kv.value()),
+                "the leader key holds a value tandem did not write: no node serves its group while it is there; remove it with `etcdctl del {key}`"
+            );
+            LeaderKey {
+                node: UNREADABLE_HOLDER.into(),
+                session: 0,
+                epoch,
+            }
+        }
+    }
+}
+
+fn revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {
+    header.map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0))
+}
+
+/// Grants a lease and keeps it alive; reports each confirmed renewal.
+async fn keep_session(
+    mut client: Client,
+    keys: Keys,
+    version: String,
+    ttl: Duration,
+    news: mpsc::Sender<StoreNews>,
+    lease: watch::Sender<Option<i64>>,
+) {
+    let every = ttl / 4;
+    let margin = ttl / 4;
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    loop {
+        if news.is_closed() {
+            return;
+        }
+        let sent_at = Instant::now();
+        let id = match client.lease_grant(ttl_secs, None).await {
+            Ok(granted) => granted.id(),
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd: cannot grant a session lease; retrying");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        };
+        let session = u64::try_from(id).unwrap_or(0);
+        let _ = lease.send(Some(id));
+        let member =
+            serde_json::json!({ "node": keys.node, "version": version, "session": session });
+        if let Err(e) = client
+            .put(
+                keys.member(),
+                member.to_string(),
+                Some(PutOptions::new().with_lease(id)),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "etcd: cannot write this node's member key");
+        }
+        let renewed = StoreNews::Renewed {
+            session,
+            valid_until: sent_at + ttl - margin,
+        };
+        if news.send(renewed).await.is_err() {
+            return;
+        }
+        tracing::info!(session, "etcd session started");
+        let Ok((mut keeper, mut answers)) = client.lease_keep_alive(id).await else {
+            continue;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            let sent_at = Instant::now();
+            let answer = async {
+                keeper.keep_alive().await?;
+                answers.message().await
+            };
+            match tokio::time::timeout(ttl - margin, answer).await {
+                Ok(Ok(Some(a))) if a.ttl() > 0 => {
+                    let renewed = StoreNews::Renewed {
+                        session,
+                        valid_until: sent_at + ttl - margin,
+                    };
+                    if news.send(renewed).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Ok(Some(_))) => {
+                    tracing::warn!(
+                        session,
+                        "etcd: the session lease expired; starting a new one"
+                    );
+                    let _ = lease.send(None);
+                    let _ = news.send(StoreNews::Lost).await;
+                    break;
+                }
+                Ok(Ok(None) | Err(_)) | Err(_) => {
+                    // The stream broke or etcd is silent: open a new
+                    // stream for the same lease; no renewal is reported
+                    // meanwhile, so the core fences when its time runs out.
+                    tracing::warn!(session, "etcd: no answer to a session renewal");
+                    match client.lease_keep_alive(id).await {
+                        Ok((k, a)) => (keeper, answers) = (k, a),
+                        Err(e) => tracing::warn!(error = %e, "etcd: cannot renew the session"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reports every leader key: a linearizable read, then a watch from the
+/// next revision; both again after any error.
+async fn watch_leaders(
+    mut client: Client,
+    keys: Keys,
+    groups: Vec<GroupId>,
+    news: mpsc::Sender<StoreNews>,
+) {
+    loop {
+        if news.is_closed() {
+            return;
+        }
+        if let Err(e) = read_then_watch(&mut client, &keys, &groups, &news).await {
+            tracing::warn!(error = %e, "etcd: the leader watch ended; reading again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn read_then_watch(
+    client: &mut Client,
+    keys: &Keys,
+    groups: &[GroupId],
+    news: &mpsc::Sender<StoreNews>,
+) -> Result<(), etcd_client::Error> {
+    let read = client
+        .get(keys.leaders(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let at = revision(read.header());
+    for group in groups {
+        let holder = read
+            .kvs()
+            .iter()
+            .find(|kv| keys.group_of(kv.key()) == Some(*group))
+            .map(holder_of);
+        let report = StoreNews::Leader {
+            group: *group,
+            revision: at,
+            holder,
+        };
+        if news.send(report).await.is_err() {
+            return Ok(());
+        }
+    }
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(i64::try_from(at + 1).unwrap_or(i64::MAX));
+    let mut stream = client.watch(keys.leaders(), Some(options)).await?;
+    while let Some(answer) = stream.message().await? {
+        if answer.canceled() {
+            break;
+        }
+        for event in answer.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Some(group) = keys.group_of(kv.key()) else {
+                continue;
+            };
+            let holder = match event.event_type() {
+                EventType::Put => Some(holder_of(kv)),
+                EventType::Delete => None,
+            };
+            let report = StoreNews::Leader {
+                group,
+                revision: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                holder,
+            };
+            if news.send(report).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carries out the core's requests, one at a time, and reports the leader
+/// key each one leaves.
+async fn serve_requests(
+    mut client: Client,
+    keys: Keys,
+    lease: watch::Receiver<Option<i64>>,
+    mut requests: mpsc::UnboundedReceiver<StoreRequest>,
+    news: mpsc::Sender<StoreNews>,
+) {
+    while let Some(request) = requests.recv().await {
+        let Some(id) = *lease.borrow() else {
+            tracing::warn!(
+                ?request,
+                "etcd: no session yet; the request waits for the next one"
+            );
+            continue;
+        };
+        let result = match &request {
+            StoreRequest::Acquire { group, evict } => {
+                acquire(&mut client, &keys, id, *group, evict.as_deref()).await
+            }
+            StoreRequest::Release { group } => release(&mut client, &keys, id, *group).await,
+        };
+        match result {
+            Ok(report) => {
+                if news.send(report).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(?request, error = %e, "etcd: request failed"),
+        }
+    }
+}
+
+fn own_value(keys: &Keys, lease: i64) -> String {
+    serde_json::json!({ "node": keys.node, "session": u64::try_from(lease).unwrap_or(0) })
+        .to_string()
+}
+
+/// Create-if-absent, evicting `evict` first when it holds the key.
+async fn acquire(
+    client: &mut Client,
+    keys: &Keys,
+    lease: i64,
+    group: GroupId,
+    evict: Option<&str>,
+) -> Result<StoreNews, etcd_client::Error> {
+    let first = create_if_absent(client, keys, lease, group).await?;
+    let StoreNews::Leader {
+        holder: Some(holder),
+        ..
+    } = &first
+    else {
+        return Ok(first);
+    };
+    let own = u64::try_from(lease).unwrap_or(0);
+    if Some(holder.node.as_str()) != evict || holder.session == own || holder.session == 0 {
+        return Ok(first);
+    }
+    tracing::info!(
+        group = group.0,
+        ?holder,
+        "etcd: revoking the session of a holder whose end is proven"
+    );
+    let session = i64::try_from(holder.session).unwrap_or(0);
+    client.lease_revoke(session).await?;
+    create_if_absent(client, keys, lease, group).await
+}
+
+/// One create-if-absent transaction: the key as it leaves it.
+async fn create_if_absent(
+    client: &mut Client,
+    keys: &Keys,
+    lease: i64,
+    group: GroupId,
+) -> Result<StoreNews, etcd_client::Error> {
+    let key = keys.leader(group);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.clone(),
+            own_value(keys, lease),
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)]);
+    let answer = client.txn(txn).await?;
+    let at = revision(answer.header());
+    let holder = if answer.succeeded() {
+        Some(LeaderKey {
+            node: keys.node.clone(),
+            session: u64::try_from(lease).unwrap_or(0),
+            epoch: at,
+        })
+    } else {
+        answer.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(holder_of),
+            _ => None,
+        })
+    };
+    Ok(StoreNews::Leader {
+        group,
+        revision: at,
+        holder,
+    })
+}
+
+/// Deletes the leader key if this session wrote it.
+async fn release(
+    client: &mut Client,
+    keys: &Keys,
+    lease: i64,
+    group: GroupId,
+) -> Result<StoreNews, etcd_client::Error> {
+    let key = keys.leader(group);
+    let txn = Txn::new()
+        .when([Compare::value(
+            key.clone(),
+            CompareOp::Equal,
+            own_value(keys, lease),
+        )])
+        .and_then([TxnOp::delete(key.clone(), None)])
+        .or_else([TxnOp::get(key, None)]);
+    let answer = client.txn(txn).await?;
+    let at = revision(answer.header());
+    let holder = if answer.succeeded() {
+        None
+    } else {
+        answer.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(holder_of),
+            _ => None,
+        })
+    };
+    Ok(StoreNews::Leader {
+        group,
+        revision: at,
+        holder,
+    })
+}

@@ -1,0 +1,180 @@
+//! A throwaway etcd on loopback: one or three members, each with its own
+//! data directory and free ports, for tests, `tandem demo --coordination
+//! etcd` and `tandem bench failover --coordination etcd`. Members can be
+//! killed and started again (same data) to play an etcd outage.
+//!
+//! It runs Debian's `etcd` binary (`etcd-server`); [`LocalEtcd::binary`]
+//! says whether there is one, so a caller can skip with a reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::localcluster::free_port;
+
+/// One member.
+struct Member {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    process: Option<Child>,
+}
+
+/// A running local etcd cluster; dropping it stops every member.
+pub struct LocalEtcd {
+    members: Vec<Member>,
+    binary: PathBuf,
+    initial_cluster: String,
+}
+
+impl LocalEtcd {
+    /// The `etcd` binary on `PATH`, if any.
+    pub fn binary() -> Option<PathBuf> {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("etcd"))
+            .find(|p| p.is_file())
+    }
+
+    /// Starts `members` members under `dir` and waits until each answers
+    /// its health check.
+    pub fn start(dir: &Path, members: usize) -> anyhow::Result<LocalEtcd> {
+        let Some(binary) = LocalEtcd::binary() else {
+            bail!("no `etcd` binary on PATH: install Debian's etcd-server");
+        };
+        let mut list = Vec::new();
+        for i in 0..members {
+            let name = format!("etcd{i}");
+            list.push(Member {
+                client: format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?,
+                peer: format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?,
+                data_dir: dir.join(&name),
+                log: dir.join(format!("{name}.log")),
+                name,
+                process: None,
+            });
+        }
+        let initial_cluster = list
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = LocalEtcd {
+            members: list,
+            binary,
+            initial_cluster,
+        };
+        for i in 0..members {
+            etcd.spawn(i)?;
+        }
+        for i in 0..members {
+            etcd.wait_healthy(i, Duration::from_secs(20))?;
+        }
+        Ok(etcd)
+    }
+
+    /// The client URLs.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://{}", m.client))
+            .collect()
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        let log = std::fs::File::create(&m.log)
+            .with_context(|| format!("cannot create {}", m.log.display()))?;
+        let client = format!("http://{}", m.client);
+        let peer = format!("http://{}", m.peer);
+        let child = Command::new(&self.binary)
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        m.process = Some(child);
+        Ok(())
+    }
+
+    /// Waits until member `i` says it is healthy (it has a leader).
+    fn wait_healthy(&self, i: usize, within: Duration) -> anyhow::Result<()> {
+        let m = &self.members[i];
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if health(m.client) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "etcd member {} at {} is not healthy after {within:?}; see {}",
+            m.name,
+            m.client,
+            m.log.display()
+        )
+    }
+
+    /// kill -9 of member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    /// Waits until every running member is healthy again.
+    pub fn wait_all_healthy(&self, within: Duration) -> anyhow::Result<()> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.process.is_some() {
+                self.wait_healthy(i, within)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `GET /health` on a member's client port: `{"health":"true"}` when it
+/// has a leader. Plain HTTP/1.0 over a socket: no client needed for one
+/// line.
+fn health(client: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&client, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}

@@ -1,0 +1,242 @@
+//! `coordination = "etcd"` with a real etcd (Debian's `etcd-server`) on
+//! loopback: each test starts its own members in a temporary directory and
+//! stops them. A crash is proven by the closed connection and taken over at
+//! once; a hung active is replaced once its lease ends and fences itself
+//! when it wakes; a dead etcd makes the active stand down, and all comes
+//! back with it; bad settings and a hand-written leader key get clear
+//! errors and never two actives. Skips, saying why, without an `etcd`.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tandem::localcluster::{ClusterSpec, LocalCluster};
+use tandem::localetcd::LocalEtcd;
+use tandem_core::EffectiveRole;
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn etcd_or_skip(test: &str) -> bool {
+    if LocalEtcd::binary().is_none() {
+        eprintln!("{test}: skipped: no `etcd` on PATH (Debian package etcd-server)");
+        return false;
+    }
+    true
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the runtime")
+}
+
+fn pair(etcd: &LocalEtcd) -> LocalCluster {
+    let spec = ClusterSpec {
+        exe: Some(EXE.into()),
+        etcd: etcd.endpoints(),
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
+    };
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
+    cluster.start_all().expect("start the pair");
+    cluster
+}
+
+fn role(rt: &tokio::runtime::Runtime, cluster: &LocalCluster, i: usize) -> Option<EffectiveRole> {
+    rt.block_on(cluster.status(i))
+        .map(|s| s.node.effective_role)
+}
+
+/// Who answers on the VIP (the service writes its node's name).
+fn vip_answer(vip: SocketAddr) -> Option<String> {
+    let stream = TcpStream::connect_timeout(&vip, Duration::from_millis(300)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line.trim().to_string())
+}
+
+/// Polls every 20 ms until `done`, failing after `within`; returns the
+/// time it took.
+fn wait(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "not {what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn settled(rt: &tokio::runtime::Runtime, cluster: &LocalCluster) {
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(20)))
+        .expect("alpha active, beta standby");
+    wait("alpha on the VIP", Duration::from_secs(5), || {
+        vip_answer(cluster.vip).as_deref() == Some("alpha")
+    });
+}
+
+#[test]
+fn the_holder_serves_under_an_epoch_and_a_crash_is_taken_over_at_once() {
+    if !etcd_or_skip("crash") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let etcd = LocalEtcd::start(dir.path(), 1).expect("start etcd");
+    let rt = runtime();
+    let mut cluster = pair(&etcd);
+    settled(&rt, &cluster);
+    let alpha = rt.block_on(cluster.status(0)).expect("alpha answers");
+    let epoch = alpha.node.groups.first().and_then(|g| g.epoch);
+    assert!(epoch.is_some(), "alpha holds the key: {alpha:?}");
+
+    cluster.kill(0);
+    let took = wait("beta active", Duration::from_secs(5), || {
+        role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
+    });
+    // Proof of death (the closed connection) revokes alpha's lease: no
+    // wait for the 2 s TTL.
+    assert!(took < Duration::from_secs(1), "beta took {took:?}");
+    let beta = rt.block_on(cluster.status(1)).expect("beta answers");
+    let newer = beta.node.groups.first().and_then(|g| g.epoch);
+    assert!(newer > epoch, "the epoch grows: {epoch:?} → {newer:?}");
+    wait("beta on the VIP", Duration::from_secs(5), || {
+        vip_answer(cluster.vip).as_deref() == Some("beta")
+    });
+
+    // The primary comes back and is handed the group.
+    cluster.start(0).expect("restart alpha");
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(20)))
+        .expect("alpha active again");
+}
+
+#[test]
+fn a_hung_active_is_replaced_after_its_lease_and_stands_down_when_it_wakes() {
+    if !etcd_or_skip("hang") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let etcd = LocalEtcd::start(dir.path(), 1).expect("start etcd");
+    let rt = runtime();
+    let cluster = pair(&etcd);
+    settled(&rt, &cluster);
+    cluster.signal(0, libc::SIGSTOP);
+    let took = wait("beta active", Duration::from_secs(10), || {
+        role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
+    });
+    // Not before the lease (2 s TTL) could end at etcd.
+    assert!(took >= Duration::from_millis(1500), "beta took {took:?}");
+    cluster.signal(0, libc::SIGCONT);
+    wait("alpha standing down", Duration::from_secs(5), || {
+        role(&rt, &cluster, 0).is_some_and(|r| r != EffectiveRole::Active)
+    });
+    let alpha = rt.block_on(cluster.status(0)).expect("alpha answers");
+    assert!(
+        alpha.node.counters.self_fenced >= 1,
+        "{:?}",
+        alpha.node.counters
+    );
+}
+
+#[test]
+fn without_etcd_the_active_stands_down_and_all_returns_with_it() {
+    if !etcd_or_skip("etcd down") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut etcd = LocalEtcd::start(dir.path(), 1).expect("start etcd");
+    let rt = runtime();
+    let cluster = pair(&etcd);
+    settled(&rt, &cluster);
+    etcd.kill(0);
+    let took = wait("nobody active", Duration::from_secs(5), || {
+        (0..2).all(|i| role(&rt, &cluster, i) != Some(EffectiveRole::Active))
+    });
+    assert!(
+        took <= Duration::from_secs(2),
+        "alpha stood down after {took:?}"
+    );
+    // And nobody serves while etcd is away.
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            (0..2).all(|i| role(&rt, &cluster, i) != Some(EffectiveRole::Active)),
+            "a node serves without etcd"
+        );
+    }
+    etcd.restart(0).expect("restart etcd");
+    etcd.wait_all_healthy(Duration::from_secs(20))
+        .expect("etcd healthy again");
+    wait("one active again", Duration::from_secs(20), || {
+        (0..2)
+            .filter(|i| role(&rt, &cluster, *i) == Some(EffectiveRole::Active))
+            .count()
+            == 1
+    });
+}
+
+#[test]
+fn an_unreachable_etcd_stops_the_agent_with_its_endpoints_named() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let spec = ClusterSpec {
+        exe: Some(EXE.into()),
+        etcd: vec![endpoint.clone()],
+        log_dir: Some(dir.path().to_path_buf()),
+        ..ClusterSpec::new(&["alpha", "beta"], vec!["true".into()])
+    };
+    let cluster = LocalCluster::create(&spec).expect("create the cluster");
+    let out = std::process::Command::new(EXE)
+        .arg("agent")
+        .arg("--config")
+        .arg(&cluster.nodes[0].config)
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(stderr.contains(&endpoint), "names the endpoint: {stderr}");
+}
+
+#[test]
+fn bad_etcd_settings_are_refused_with_the_key_and_what_to_do() {
+    let cases = [
+        (
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nttl = \"1s\"\n",
+            "etcd.ttl",
+        ),
+        (
+            "[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n",
+            "etcd.endpoints",
+        ),
+        ("[etcd]\nendpoints = []\n", "etcd.endpoints"),
+        (
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\ncert = \"c.pem\"\n",
+            "etcd.cert",
+        ),
+    ];
+    for (etcd, key) in cases {
+        let spec = ClusterSpec {
+            exe: Some(EXE.into()),
+            extra_toml: etcd.into(),
+            ..ClusterSpec::new(&["alpha", "beta"], vec!["true".into()])
+        };
+        let cluster = LocalCluster::create(&spec).expect("create the cluster");
+        let config = &cluster.nodes[0].config;
+        let text = std::fs::read_to_string(config).expect("read the config");
+        let text = text.replace("[cluster]\n", "[cluster]\ncoordination = \"etcd\"\n");
+        std::fs::write(config, text).expect("write the config");
+        let out = std::process::Command::new(EXE)
+            .args(["config", "check"])
+            .arg(config)
+            .output()
+            .expect("run config check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{etcd}: accepted");
+        assert!(stderr.contains(key), "{etcd}: names {key}: {stderr}");
+    }
+}
