@@ -729,6 +729,9 @@ pub enum BenchCommand {
         /// Runs per fault.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// `peers`, or `etcd` (a local 3-member etcd is started).
+        #[arg(long, value_enum, default_value_t = CoordinationArg::Peers)]
+        coordination: CoordinationArg,
     },
 
     /// Cluster fsync's cost and worth: a local pair with the relay under the
@@ -773,4 +776,13 @@ mod tests {
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
     }
+}
+
+/// `--coordination`: who decides which node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CoordinationArg {
+    /// The peers alone, over the heartbeat links.
+    Peers,
+    /// A local etcd (`coordination = "etcd"`).
+    Etcd,
 }

@@ -86,8 +86,8 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Relay(args)) => {
             block_on(commands::mta::bench_relay(args, json))
         }
-        Command::Bench(BenchCommand::Failover { runs }) => {
-            block_on(commands::bench::failover(runs, json))
+        Command::Bench(BenchCommand::Failover { runs, coordination }) => {
+            block_on(commands::bench::failover(runs, coordination, json))
         }
         Command::Bench(BenchCommand::NameService) => commands::bench::name_service(),
         Command::Bench(BenchCommand::Sync {

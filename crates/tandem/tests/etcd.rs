@@ -240,3 +240,107 @@ fn bad_etcd_settings_are_refused_with_the_key_and_what_to_do() {
         assert!(stderr.contains(key), "{etcd}: names {key}: {stderr}");
     }
 }
+
+#[test]
+fn one_of_three_members_lost_changes_nothing_and_two_lost_stop_the_service_until_they_return() {
+    if !etcd_or_skip("3 members") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut etcd = LocalEtcd::start(dir.path(), 3).expect("start 3 etcd members");
+    let rt = runtime();
+    let cluster = pair(&etcd);
+    settled(&rt, &cluster);
+    etcd.kill(2);
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(role(&rt, &cluster, 0), Some(EffectiveRole::Active));
+        assert_eq!(role(&rt, &cluster, 1), Some(EffectiveRole::Standby));
+    }
+    etcd.kill(1);
+    wait("nobody active", Duration::from_secs(5), || {
+        (0..2).all(|i| role(&rt, &cluster, i) != Some(EffectiveRole::Active))
+    });
+    wait("the VIP silent", Duration::from_secs(5), || {
+        vip_answer(cluster.vip).is_none()
+    });
+    etcd.restart(1).expect("restart member 1");
+    etcd.restart(2).expect("restart member 2");
+    etcd.wait_all_healthy(Duration::from_secs(20))
+        .expect("etcd healthy again");
+    wait("one active again", Duration::from_secs(20), || {
+        (0..2)
+            .filter(|i| role(&rt, &cluster, *i) == Some(EffectiveRole::Active))
+            .count()
+            == 1
+    });
+}
+
+/// Writes `value` at `key` through etcd's JSON gateway (python3, which the
+/// SMTP tests use already).
+fn etcd_put(endpoint: &str, key: &str, value: &str) {
+    let script = format!(
+        "import base64, json, urllib.request\n\
+         b = lambda s: base64.b64encode(s.encode()).decode()\n\
+         body = json.dumps({{'key': b({key:?}), 'value': b({value:?})}}).encode()\n\
+         urllib.request.urlopen(urllib.request.Request({:?}, body)).read()\n",
+        format!("{endpoint}/v3/kv/put")
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "put {key} into etcd");
+}
+
+fn etcd_delete(endpoint: &str, key: &str) {
+    let script = format!(
+        "import base64, json, urllib.request\n\
+         body = json.dumps({{'key': base64.b64encode({key:?}.encode()).decode()}}).encode()\n\
+         urllib.request.urlopen(urllib.request.Request({:?}, body)).read()\n",
+        format!("{endpoint}/v3/kv/deleterange")
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "delete {key} from etcd");
+}
+
+#[test]
+fn a_leader_key_written_by_hand_blocks_its_group_with_a_clear_error() {
+    if !etcd_or_skip("garbage key") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let etcd = LocalEtcd::start(dir.path(), 1).expect("start etcd");
+    let endpoint = etcd.endpoints().remove(0);
+    let key = "/tandem/local/leader/0";
+    etcd_put(&endpoint, key, "garbage, not tandem's");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("create the log directory");
+    let spec = ClusterSpec {
+        exe: Some(EXE.into()),
+        etcd: etcd.endpoints(),
+        log_dir: Some(logs.clone()),
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
+    };
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
+    cluster.start_all().expect("start the pair");
+    let rt = runtime();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            (0..2).all(|i| role(&rt, &cluster, i) != Some(EffectiveRole::Active)),
+            "a node serves under a key it does not hold"
+        );
+    }
+    let log = std::fs::read_to_string(logs.join("alpha.log")).expect("read alpha's log");
+    assert!(log.contains("etcdctl del"), "the log says how: {log}");
+    etcd_delete(&endpoint, key);
+    rt.block_on(cluster.wait_for_active(0, Duration::from_secs(20)))
+        .expect("alpha serves once the key is gone");
+}

@@ -12,6 +12,14 @@
 //! - `planned`: `failover standby` — a switchover, which should refuse no
 //!   connection at all.
 //!
+//! With `--coordination etcd` the pair coordinates through a local
+//! 3-member etcd (started here, stopped at the end): a crash is still
+//! taken over through the closed connection (the dead holder's lease is
+//! revoked), a hang only once the lease ends at etcd (TTL 2 s).
+//! `dual_active_ms` is how long, after the fault, both nodes answered on
+//! the VIP: a hung agent's service keeps serving, which only the lease's
+//! end and the agent's wake-up can stop.
+//!
 //! The gap is from the fault to the first connect answered by the new
 //! active; failed connects are probes that failed after the fault. Figures
 //! are printed, never asserted: these machines are shared and noisy.
@@ -31,7 +39,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::cli::CoordinationArg;
 use crate::localcluster::{ClusterSpec, LocalCluster};
+use crate::localetcd::LocalEtcd;
 use tandem_agent::api::{CommandOutcome, CommandRequest};
 
 /// One probe's outcome.
@@ -51,11 +61,14 @@ pub struct FaultResult {
     p99_ms: f64,
     max_ms: f64,
     failed_connects: u64,
+    /// The longest time, over the runs, during which both nodes answered.
+    dual_active_ms: f64,
 }
 
 /// The whole report, in the exact JSON shape.
 #[derive(Debug, Serialize)]
 pub struct FailoverReport {
+    coordination: &'static str,
     interval_ms: u64,
     lost_threshold: u32,
     agent_idle_rss_kib: u64,
@@ -70,11 +83,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 const RUN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Runs the benchmark and prints the report.
-pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn failover(
+    runs: usize,
+    coordination: CoordinationArg,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     let exe = std::env::current_exe().context("cannot find the tandem binary")?;
+    let etcd_dir = tempfile::tempdir().context("cannot create a directory for etcd")?;
+    let etcd = match coordination {
+        CoordinationArg::Peers => None,
+        CoordinationArg::Etcd => Some(LocalEtcd::start(etcd_dir.path(), 3)?),
+    };
     let spec = ClusterSpec {
         nodes: vec!["alpha".into(), "beta".into()],
         service: vec![
@@ -92,7 +114,7 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
         groups: 1,
         config_only: false,
         vip: None,
-        etcd: Vec::new(),
+        etcd: etcd.as_ref().map(LocalEtcd::endpoints).unwrap_or_default(),
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.start_all()?;
@@ -104,19 +126,21 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
     for fault in ["crash", "hang", "planned"] {
         let mut gaps = Vec::new();
         let mut failed = 0u64;
+        let mut dual = 0f64;
         for run in 0..runs {
             cluster.wait_for_active(0, Duration::from_secs(15)).await?;
             // Start at a random phase of the heartbeat cycle.
             tokio::time::sleep(Duration::from_millis(300 + random_below(INTERVAL_MS))).await;
-            let (gap, failures) = measure(&mut cluster, fault).await?;
+            let (gap, failures, both) = measure(&mut cluster, fault).await?;
             if !json {
                 eprintln!(
-                    "{fault} run {}/{runs}: gap {gap:.1} ms, {failures} failed connects",
+                    "{fault} run {}/{runs}: gap {gap:.1} ms, {failures} failed connects, both answered {both:.1} ms",
                     run + 1
                 );
             }
             gaps.push(gap);
             failed += failures;
+            dual = dual.max(both);
             // Bring the old active back: preemption returns the service to
             // a restarted primary; after a switchover the operator's choice
             // stands until `ha restore`.
@@ -139,9 +163,14 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
             p99_ms: round(percentile(&gaps, 99)),
             max_ms: round(gaps.last().copied().unwrap_or(0.0)),
             failed_connects: failed,
+            dual_active_ms: round(dual),
         });
     }
     let report = FailoverReport {
+        coordination: match coordination {
+            CoordinationArg::Peers => "peers",
+            CoordinationArg::Etcd => "etcd",
+        },
         interval_ms: INTERVAL_MS,
         lost_threshold: LOST_THRESHOLD,
         agent_idle_rss_kib: rss,
@@ -151,25 +180,26 @@ pub async fn failover(runs: usize, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "failover on loopback, interval {INTERVAL_MS} ms, lost_threshold {LOST_THRESHOLD}, idle agent RSS {rss} KiB"
+            "failover on loopback, coordination {}, interval {INTERVAL_MS} ms, lost_threshold {LOST_THRESHOLD}, idle agent RSS {rss} KiB",
+            report.coordination
         );
         println!(
-            "{:<8} {:>4} {:>9} {:>9} {:>9} {:>15}",
-            "fault", "runs", "p50 ms", "p99 ms", "max ms", "failed connects"
+            "{:<8} {:>4} {:>9} {:>9} {:>9} {:>15} {:>14}",
+            "fault", "runs", "p50 ms", "p99 ms", "max ms", "failed connects", "dual active ms"
         );
         for r in &report.results {
             println!(
-                "{:<8} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>15}",
-                r.fault, r.runs, r.p50_ms, r.p99_ms, r.max_ms, r.failed_connects
+                "{:<8} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>15} {:>14.1}",
+                r.fault, r.runs, r.p50_ms, r.p99_ms, r.max_ms, r.failed_connects, r.dual_active_ms
             );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Injects one fault into node 0 while probing; returns the gap in ms and
-/// the failed connects after the fault.
-async fn measure(cluster: &mut LocalCluster, fault: &str) -> anyhow::Result<(f64, u64)> {
+/// Injects one fault into node 0 while probing; returns the gap in ms, the
+/// failed connects after the fault, and how long (ms) both nodes answered.
+async fn measure(cluster: &mut LocalCluster, fault: &str) -> anyhow::Result<(f64, u64, f64)> {
     let probes = Arc::new(Mutex::new(Vec::<Probe>::new()));
     let running = Arc::new(AtomicBool::new(true));
     let prober = tokio::spawn(probe_loop(cluster.vip, probes.clone(), running.clone()));
@@ -216,15 +246,22 @@ async fn measure(cluster: &mut LocalCluster, fault: &str) -> anyhow::Result<(f64
     tokio::time::sleep(Duration::from_millis(200)).await;
     running.store(false, Ordering::Relaxed);
     let _ = prober.await;
-    let failed = probes
-        .lock()
-        .await
+    let probes = probes.lock().await;
+    let after: Vec<&Probe> = probes.iter().filter(|p| p.started >= fault_at).collect();
+    let failed = after.iter().filter(|p| p.answered_by.is_none()).count() as u64;
+    // Both served while alpha still answered after beta first did.
+    let last_alpha = after
         .iter()
-        .filter(|p| p.started >= fault_at && p.answered_by.is_none())
-        .count() as u64;
+        .filter(|p| p.answered_by.as_deref() == Some("alpha"))
+        .map(|p| p.finished)
+        .max();
+    let both = last_alpha
+        .filter(|at| *at > takeover)
+        .map_or(0.0, |at| at.duration_since(takeover).as_secs_f64() * 1000.0);
     Ok((
         takeover.duration_since(fault_at).as_secs_f64() * 1000.0,
         failed,
+        both,
     ))
 }
 
