@@ -635,6 +635,7 @@ impl AgentConfig {
             CoordinationName::Peers => tandem_core::Coordination::Peers,
             CoordinationName::Etcd => tandem_core::Coordination::Store,
         };
+        config.failsafe = self.etcd.as_ref().is_some_and(|e| e.failsafe);
         config
     }
 }

@@ -157,6 +157,10 @@ pub struct NodeConfig {
     pub drain_before_preemption: bool,
     /// Who decides which node serves.
     pub coordination: Coordination,
+    /// With a store: an active whose session ran out keeps serving while
+    /// every peer is alive over the heartbeat links (Patroni's failsafe
+    /// mode), and takes its key back when the store returns.
+    pub failsafe: bool,
 }
 
 impl NodeConfig {
@@ -185,6 +189,7 @@ impl NodeConfig {
             replicated_data: false,
             drain_before_preemption: false,
             coordination: Coordination::Peers,
+            failsafe: false,
         }
     }
 

@@ -293,6 +293,23 @@ fn etcd_put(endpoint: &str, key: &str, value: &str) {
     assert!(status.success(), "put {key} into etcd");
 }
 
+/// The value at `key`, if any, through etcd's JSON gateway.
+fn etcd_get(endpoint: &str, key: &str) -> Option<String> {
+    let script = format!(
+        "import base64, json, urllib.request\n\
+         body = json.dumps({{'key': base64.b64encode({key:?}.encode()).decode()}}).encode()\n\
+         kvs = json.loads(urllib.request.urlopen(urllib.request.Request({:?}, body)).read()).get('kvs', [])\n\
+         print(base64.b64decode(kvs[0]['value']).decode() if kvs else '')\n",
+        format!("{endpoint}/v3/kv/range")
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !value.is_empty()).then_some(value)
+}
+
 fn etcd_delete(endpoint: &str, key: &str) {
     let script = format!(
         "import base64, json, urllib.request\n\
@@ -343,4 +360,54 @@ fn a_leader_key_written_by_hand_blocks_its_group_with_a_clear_error() {
     etcd_delete(&endpoint, key);
     rt.block_on(cluster.wait_for_active(0, Duration::from_secs(20)))
         .expect("alpha serves once the key is gone");
+}
+
+#[test]
+fn failsafe_keeps_the_active_through_an_etcd_outage_while_its_peer_answers() {
+    if !etcd_or_skip("failsafe") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut etcd = LocalEtcd::start(dir.path(), 1).expect("start etcd");
+    let spec = ClusterSpec {
+        exe: Some(EXE.into()),
+        etcd: etcd.endpoints(),
+        ..ClusterSpec::new(
+            &["alpha", "beta"],
+            vec![EXE.into(), "bench".into(), "name-service".into()],
+        )
+    };
+    let mut cluster = LocalCluster::create(&spec).expect("create the cluster");
+    for node in &cluster.nodes {
+        // [etcd] is the config's last table.
+        let mut text = std::fs::read_to_string(&node.config).expect("read a config");
+        text.push_str("failsafe = true\n");
+        std::fs::write(&node.config, text).expect("write a config");
+    }
+    cluster.start_all().expect("start the pair");
+    let rt = runtime();
+    settled(&rt, &cluster);
+    let epoch = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(cluster.status(0))
+            .and_then(|s| s.node.groups.first().and_then(|g| g.epoch))
+    };
+    let before = epoch(&rt);
+    assert!(before.is_some(), "alpha holds the key");
+    etcd.kill(0);
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(role(&rt, &cluster, 0), Some(EffectiveRole::Active));
+        assert_eq!(role(&rt, &cluster, 1), Some(EffectiveRole::Standby));
+    }
+    etcd.restart(0).expect("restart etcd");
+    etcd.wait_all_healthy(Duration::from_secs(20))
+        .expect("etcd healthy again");
+    // alpha holds the key in etcd again (its old lease, which etcd
+    // extends when it restarts, or a new one), without standing down.
+    let endpoint = etcd.endpoints().remove(0);
+    wait("alpha's key in etcd", Duration::from_secs(10), || {
+        assert_eq!(role(&rt, &cluster, 0), Some(EffectiveRole::Active));
+        etcd_get(&endpoint, "/tandem/local/leader/0").is_some_and(|v| v.contains("\"alpha\""))
+    });
+    assert!(epoch(&rt) >= before);
 }

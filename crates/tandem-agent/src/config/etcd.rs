@@ -50,6 +50,10 @@ pub struct EtcdSection {
     pub cert: Option<PathBuf>,
     /// This node's client key (PEM), with `cert`.
     pub key: Option<PathBuf>,
+    /// Keep serving without etcd while every peer answers (Patroni's
+    /// failsafe mode).
+    #[serde(default)]
+    pub failsafe: bool,
 }
 
 /// `[etcd]`, checked, with paths resolved and the prefix settled.
@@ -69,6 +73,8 @@ pub struct EtcdSettings {
     pub cert: Option<PathBuf>,
     /// Client key.
     pub key: Option<PathBuf>,
+    /// Failsafe mode.
+    pub failsafe: bool,
 }
 
 impl EtcdSection {
@@ -130,6 +136,7 @@ impl EtcdSection {
             ca: resolve(self.ca),
             cert: resolve(self.cert),
             key: resolve(self.key),
+            failsafe: self.failsafe,
         })
     }
 }

@@ -93,12 +93,18 @@ impl Node {
         key.node == self.config.name && Some(key.session) == self.store.session
     }
 
-    /// The fencing epoch this node holds for group `gi`, if it holds it.
+    /// The fencing epoch this node serves group `gi` under: its key's, or
+    /// in failsafe mode the last one it held.
     pub(super) fn own_epoch(&self, gi: usize, now: Millis) -> Option<u64> {
-        if !self.store_coordinated() || !self.holds_lease(gi, now) {
+        if !self.store_coordinated() {
             return None;
         }
-        self.store.leaders[gi].holder.as_ref().map(|k| k.epoch)
+        if self.holds_lease(gi, now) {
+            return self.store.leaders[gi].holder.as_ref().map(|k| k.epoch);
+        }
+        let view = &self.store.leaders[gi];
+        (self.groups[gi].active && self.failsafe_covers() && view.highest_epoch > 0)
+            .then_some(view.highest_epoch)
     }
 
     /// Before a claim of group `gi`: true when the store lets this node
@@ -149,6 +155,11 @@ impl Node {
         cx.out
             .push(Output::Store(StoreRequest::Acquire { group, evict }));
         false
+    }
+
+    /// Failsafe mode: every configured peer is alive over the links.
+    fn failsafe_covers(&self) -> bool {
+        self.config.failsafe && !self.peers.is_empty() && self.peers.values().all(|p| p.alive)
     }
 
     /// `peer` is lost, and not by silence: its connection closed or it
@@ -291,15 +302,22 @@ impl Node {
             if !self.groups[gi].active || self.holds_lease(gi, now) {
                 continue;
             }
-            let reason = match &self.store.leaders[gi].holder {
+            let moved = match &self.store.leaders[gi].holder {
                 Some(k) if k.node != self.config.name && self.store.valid_until.is_some() => {
-                    Reason::LeaderMoved {
+                    Some(Reason::LeaderMoved {
                         to: k.node.clone(),
                         epoch: k.epoch,
-                    }
+                    })
                 }
-                _ => Reason::SessionExpired,
+                _ => None,
             };
+            if moved.is_none() && self.failsafe_covers() {
+                // Every peer hears this node serve, so none claims; take
+                // the key back as soon as the store answers again.
+                self.store_allows_claim(cx, gi, None);
+                continue;
+            }
+            let reason = moved.unwrap_or(Reason::SessionExpired);
             self.counters.self_fenced += 1;
             self.set_active(cx, gi, false, reason);
         }

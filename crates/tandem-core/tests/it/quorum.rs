@@ -218,6 +218,46 @@ fn an_isolated_minority_primary_never_serves_beside_the_majority() {
     watch.assert_safe();
 }
 
+#[test]
+fn failsafe_keeps_the_active_while_every_peer_answers_and_only_then() {
+    let mut configs = store_configs(&["a", "b"], true);
+    for c in &mut configs {
+        c.failsafe = true;
+    }
+    let mut sim = Sim::new(configs, 7)
+        .expect("start the pair")
+        .with_store(SimStore::new());
+    let mut watch = Watch::default();
+    watch.run(&mut sim, Duration::from_secs(3));
+    assert_eq!(serving(&sim), ["a"]);
+    // etcd gone for both: a keeps serving, b hears it and claims nothing.
+    sim.cut_store("a");
+    sim.cut_store("b");
+    for _ in 0..100 {
+        watch.run(&mut sim, Duration::from_millis(100));
+        assert_eq!(serving(&sim), ["a"], "at {:?}", sim.now);
+    }
+    // etcd back: a takes its key again without a gap.
+    sim.heal_store("a");
+    sim.heal_store("b");
+    for _ in 0..30 {
+        watch.run(&mut sim, Duration::from_millis(100));
+        assert_eq!(serving(&sim), ["a"], "at {:?}", sim.now);
+    }
+    assert_eq!(
+        sim.store().and_then(|s| s.leader(G)).map(|(n, _)| n),
+        Some("a")
+    );
+    // etcd gone and the peers apart: a cannot know b is not serving, so it
+    // stands down; b cannot reach etcd, so nobody serves.
+    sim.cut_store("a");
+    sim.cut_store("b");
+    sim.isolate("a");
+    watch.run(&mut sim, Duration::from_secs(5));
+    assert!(serving(&sim).is_empty(), "{:?}", serving(&sim));
+    assert_eq!(watch.double, 0, "{watch:?}");
+}
+
 #[derive(Debug, Clone)]
 enum Fault {
     Run(u16),
