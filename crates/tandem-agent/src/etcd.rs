@@ -4,7 +4,7 @@
 //! module only speaks etcd, the way Patroni's `dcs/etcd3.py` does:
 //!
 //! - **Session:** one lease per agent run, granted at start and kept alive
-//!   every quarter TTL. Each renewal that etcd confirms tells the core the
+//!   every eighth of the TTL. Each renewal that etcd confirms tells the core the
 //!   session is surely alive until the renewal's *send* time plus the TTL
 //!   minus a quarter TTL: etcd counts its TTL from when it received the
 //!   renewal, so the node gives up first. A renewal etcd refuses (the
@@ -15,8 +15,10 @@
 //!   its lease).
 //! - **Take over:** a transaction that writes `leader/GROUP` only if it
 //!   does not exist (`create_revision == 0`), else reads it. With `evict`
-//!   and the key held by that node, its lease is revoked first (its death
-//!   is proven, or it handed the group over) and the transaction retried.
+//!   and the key held by that node (its death is proven, or it handed the
+//!   group over), a second transaction swaps the key to this node only if
+//!   it is still the version just read: the old holder's session stays
+//!   (a planned handover costs it nothing) and the key moves atomically.
 //! - **Watch:** a linearizable read of every leader key, then a watch from
 //!   the next revision; on any error, both again. A key tandem did not
 //!   write is reported as held by nobody tandem knows, so nobody serves
@@ -222,7 +224,9 @@ async fn keep_session(
     news: mpsc::Sender<StoreNews>,
     lease: watch::Sender<Option<i64>>,
 ) {
-    let every = ttl / 4;
+    // Renewing often keeps the good time close to a full TTL − margin
+    // when etcd pauses (a new leader being elected).
+    let every = ttl / 8;
     let margin = ttl / 4;
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     loop {
@@ -417,7 +421,9 @@ fn own_value(keys: &Keys, lease: i64) -> String {
         .to_string()
 }
 
-/// Create-if-absent, evicting `evict` first when it holds the key.
+/// Create-if-absent; when `evict` holds the key, take it over from that
+/// very version of it (compare-and-swap on its mod revision), so that a
+/// newer write by anyone makes the swap fail rather than be overwritten.
 async fn acquire(
     client: &mut Client,
     keys: &Keys,
@@ -425,7 +431,7 @@ async fn acquire(
     group: GroupId,
     evict: Option<&str>,
 ) -> Result<StoreNews, etcd_client::Error> {
-    let first = create_if_absent(client, keys, lease, group).await?;
+    let (first, seen) = create_if_absent(client, keys, lease, group).await?;
     let StoreNews::Leader {
         holder: Some(holder),
         ..
@@ -437,23 +443,27 @@ async fn acquire(
     if Some(holder.node.as_str()) != evict || holder.session == own || holder.session == 0 {
         return Ok(first);
     }
-    tracing::info!(
-        group = group.0,
-        ?holder,
-        "etcd: revoking the session of a holder whose end is proven"
-    );
-    let session = i64::try_from(holder.session).unwrap_or(0);
-    client.lease_revoke(session).await?;
-    create_if_absent(client, keys, lease, group).await
+    tracing::info!(group = group.0, ?holder, "etcd: taking the leader key over");
+    let key = keys.leader(group);
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
+        .and_then([TxnOp::put(
+            key.clone(),
+            own_value(keys, lease),
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)]);
+    Ok(leader_after(client.txn(txn).await?, keys, lease, group))
 }
 
-/// One create-if-absent transaction: the key as it leaves it.
+/// One create-if-absent transaction: the key as it leaves it, and the mod
+/// revision it had when it was already there.
 async fn create_if_absent(
     client: &mut Client,
     keys: &Keys,
     lease: i64,
     group: GroupId,
-) -> Result<StoreNews, etcd_client::Error> {
+) -> Result<(StoreNews, i64), etcd_client::Error> {
     let key = keys.leader(group);
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -464,6 +474,29 @@ async fn create_if_absent(
         )])
         .or_else([TxnOp::get(key, None)]);
     let answer = client.txn(txn).await?;
+    let seen = current(&answer).map_or(0, |kv| kv.mod_revision());
+    Ok((leader_after(answer, keys, lease, group), seen))
+}
+
+/// The key a transaction found, when its comparison failed.
+fn current(answer: &etcd_client::TxnResponse) -> Option<KeyValue> {
+    if answer.succeeded() {
+        return None;
+    }
+    answer.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+/// The leader key as a write-or-read transaction leaves it: ours at the
+/// transaction's revision when it succeeded, else what it read.
+fn leader_after(
+    answer: etcd_client::TxnResponse,
+    keys: &Keys,
+    lease: i64,
+    group: GroupId,
+) -> StoreNews {
     let at = revision(answer.header());
     let holder = if answer.succeeded() {
         Some(LeaderKey {
@@ -472,16 +505,13 @@ async fn create_if_absent(
             epoch: at,
         })
     } else {
-        answer.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(get) => get.kvs().first().map(holder_of),
-            _ => None,
-        })
+        current(&answer).as_ref().map(holder_of)
     };
-    Ok(StoreNews::Leader {
+    StoreNews::Leader {
         group,
         revision: at,
         holder,
-    })
+    }
 }
 
 /// Deletes the leader key if this session wrote it.
@@ -501,18 +531,9 @@ async fn release(
         .and_then([TxnOp::delete(key.clone(), None)])
         .or_else([TxnOp::get(key, None)]);
     let answer = client.txn(txn).await?;
-    let at = revision(answer.header());
-    let holder = if answer.succeeded() {
-        None
-    } else {
-        answer.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(get) => get.kvs().first().map(holder_of),
-            _ => None,
-        })
-    };
     Ok(StoreNews::Leader {
         group,
-        revision: at,
-        holder,
+        revision: revision(answer.header()),
+        holder: current(&answer).as_ref().map(holder_of),
     })
 }

@@ -537,6 +537,10 @@ pub struct DemoArgs {
     /// Seconds to keep serving after the upgrade ends.
     #[arg(long, default_value_t = 1)]
     pub linger: u64,
+    /// `peers`, or `etcd`: quorum and fencing through a local 3-member etcd
+    /// the demo starts on loopback (Debian's etcd-server).
+    #[arg(long, value_enum, default_value_t = CoordinationArg::Peers)]
+    pub coordination: CoordinationArg,
 }
 
 /// What an upgrade aims at: the release, the catalog, the strategy.
@@ -785,4 +789,14 @@ pub enum CoordinationArg {
     Peers,
     /// A local etcd (`coordination = "etcd"`).
     Etcd,
+}
+
+impl CoordinationArg {
+    /// As written in `[cluster] coordination`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CoordinationArg::Peers => "peers",
+            CoordinationArg::Etcd => "etcd",
+        }
+    }
 }

@@ -169,7 +169,8 @@ pub struct LeaderKey {
 pub enum StoreRequest {
     /// Write `group`'s leader key with this node's session, only if it is
     /// absent; with `evict`, also if `evict` holds it (its process is
-    /// proven dead, or it handed the group over), revoking its session.
+    /// proven dead, or it handed the group over): the key moves to this
+    /// node only if it is still the version `evict` wrote.
     /// Answer with [`StoreEvent::Leader`] either way.
     Acquire {
         /// The group.

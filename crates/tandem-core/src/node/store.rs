@@ -311,6 +311,15 @@ impl Node {
                 }
                 _ => None,
             };
+            // A planned handover to the new holder completes the usual
+            // way, once its heartbeat says it serves (make-before-break):
+            // no connection is refused in between.
+            let handing_to = self.groups[gi].handover.as_ref().map(|h| h.to.as_str());
+            if let Some(Reason::LeaderMoved { to, .. }) = &moved
+                && Some(to.as_str()) == handing_to
+            {
+                continue;
+            }
             if moved.is_none() && self.failsafe_covers() {
                 // Every peer hears this node serve, so none claims; take
                 // the key back as soon as the store answers again.

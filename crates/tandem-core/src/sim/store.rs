@@ -250,13 +250,11 @@ impl Sim {
         match request {
             StoreRequest::Acquire { group, evict } => {
                 let holder = s.leaders.get(group).map(|(n, l, _)| (n.clone(), *l));
+                // With `evict` holding it, the key moves (a swap: the old
+                // holder's session stays, as the etcd adapter does it).
                 let free = match &holder {
                     None => true,
-                    Some((h, l)) if Some(h) == evict.as_ref() && *l != lease => {
-                        changed.extend(s.end_lease(*l));
-                        true
-                    }
-                    Some(_) => false,
+                    Some((h, l)) => Some(h) == evict.as_ref() && *l != lease,
                 };
                 if free {
                     s.revision += 1;

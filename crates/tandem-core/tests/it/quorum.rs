@@ -64,12 +64,20 @@ impl Watch {
         while sim.now < end {
             sim.run_for(Duration::from_millis(5));
             let serving = serving(sim);
-            if serving.len() > 1 {
+            // A planned handover is make-before-break: the old active
+            // serves until it sees the new one serve (it yielded to it).
+            let handing_over = |n: &str| {
+                sim.node(n)
+                    .and_then(|node| node.status(sim.now).groups.first().cloned())
+                    .and_then(|g| g.yielded_to)
+            };
+            let planned = |n: &str| handing_over(n).is_some_and(|to| serving.contains(&to));
+            if serving.len() > 1 && !serving.iter().any(|n| planned(n)) {
                 self.double += 1;
             }
             let leader = sim.store().and_then(|s| s.leader(G));
             for n in &serving {
-                if leader.map(|(l, _)| l) != Some(n.as_str()) {
+                if leader.map(|(l, _)| l) != Some(n.as_str()) && !planned(n) {
                     self.unleased.push((sim.now.0, n.clone()));
                 }
             }

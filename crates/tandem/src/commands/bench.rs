@@ -14,8 +14,8 @@
 //!
 //! With `--coordination etcd` the pair coordinates through a local
 //! 3-member etcd (started here, stopped at the end): a crash is still
-//! taken over through the closed connection (the dead holder's lease is
-//! revoked), a hang only once the lease ends at etcd (TTL 2 s).
+//! taken over through the closed connection (the dead holder's key is
+//! taken over at once), a hang only once the lease ends at etcd (TTL 2 s).
 //! `dual_active_ms` is how long, after the fault, both nodes answered on
 //! the VIP: a hung agent's service keeps serving, which only the lease's
 //! end and the agent's wake-up can stop.
@@ -167,10 +167,7 @@ pub async fn failover(
         });
     }
     let report = FailoverReport {
-        coordination: match coordination {
-            CoordinationArg::Peers => "peers",
-            CoordinationArg::Etcd => "etcd",
-        },
+        coordination: coordination.as_str(),
         interval_ms: INTERVAL_MS,
         lost_threshold: LOST_THRESHOLD,
         agent_idle_rss_kib: rss,

@@ -58,9 +58,10 @@ use tokio::time::Instant;
 use tandem_upgrade::{StepKind, StepState, UpgradePlan};
 use tandem_version::{Catalog, Version};
 
-use crate::cli::DemoArgs;
+use crate::cli::{CoordinationArg, DemoArgs};
 use crate::commands::upgrade::{Report, versions_now};
 use crate::localcluster::{ClusterSpec, LocalCluster};
+use crate::localetcd::LocalEtcd;
 use tandem_agent::api::{
     ApiClient, BootAnswer, BootRequest, InstallAnswer, InstallRequest, PlanAnswer, UpgradeRequest,
     UpgradeStatus, UploadAnswer,
@@ -80,6 +81,8 @@ struct DemoReport {
     strategy: String,
     /// The cluster's mode (beyond the shape: which cluster ran).
     mode: String,
+    /// `peers` or `etcd`.
+    coordination: &'static str,
     /// How the upgrade ended, in words ("done: ...", "rolled back: ...").
     outcome: String,
     /// The releases the upgrade installed, hop by hop.
@@ -216,6 +219,15 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         "off"
     };
+    // With etcd, three members on loopback for the demo's life (dropped,
+    // and so stopped, when it returns).
+    let etcd = match args.coordination {
+        CoordinationArg::Peers => None,
+        CoordinationArg::Etcd => {
+            say("starting a local 3-member etcd (coordination = \"etcd\")");
+            Some(LocalEtcd::start(&dir.join("etcd"), 3)?)
+        }
+    };
     let spec = ClusterSpec {
         nodes: names.clone(),
         service: vec!["sh".into(), "-c".into(), bootstrap],
@@ -232,7 +244,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         groups: if mode == "active-active" { 2 } else { 1 },
         config_only: mode == "config-only",
         vip: args.listen,
-        etcd: Vec::new(),
+        etcd: etcd.as_ref().map(LocalEtcd::endpoints).unwrap_or_default(),
     };
     let mut cluster = LocalCluster::create(&spec)?;
     if data_sync == "semi" {
@@ -241,8 +253,9 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     cluster.start_all()?;
     settle(&cluster, &mode).await?;
     say(&format!(
-        "{} nodes ({mode}, data_sync {data_sync}) up on loopback; VIP {} ; next hop {next_hop}",
+        "{} nodes ({mode}, data_sync {data_sync}, coordination {}) up on loopback; VIP {} ; next hop {next_hop}",
         names.len(),
+        args.coordination.as_str(),
         cluster
             .vips
             .iter()
@@ -461,6 +474,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     let report = DemoReport {
         strategy: args.strategy.clone(),
         mode: mode.clone(),
+        coordination: args.coordination.as_str(),
         outcome: outcome.clone(),
         path: hops.clone(),
         from: args.from.clone(),
