@@ -27,7 +27,8 @@
 //! is asked the same way (plain HTTP, no `curl` needed).
 //!
 //! Needs root and `ip netns`; prints `SKIP: <reason>` and passes otherwise.
-//! Namespaces are named `tdmq-<pid>-*` and deleted by a guard's `Drop`.
+//! Namespaces are named `tdmTAG-<pid>-*` (one tag per test) and deleted by
+//! a guard's `Drop`.
 //! 198.18.0.0/24 is a benchmarking range that is never routed, and the
 //! namespaces have no link to the host's network.
 
@@ -95,7 +96,10 @@ struct Lab {
     prefix: String,
     agents: Vec<Option<Child>>,
     logs: Vec<PathBuf>,
-    blackholes: bool,
+    /// Blackhole routes in force, as (namespace, destination).
+    blackholes: Vec<(String, String)>,
+    /// The etcd witness in `c`, when the test coordinates through it.
+    etcd: Option<Child>,
 }
 
 impl Lab {
@@ -103,17 +107,19 @@ impl Lab {
         format!("{}-{name}", self.prefix)
     }
 
-    fn new(dir: &Path) -> Result<Lab, String> {
+    /// `tag` keeps the namespaces of tests running side by side apart.
+    fn new(dir: &Path, tag: &str) -> Result<Lab, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("not root".into());
         }
         run(&["ip", "netns", "list"]).map_err(|e| format!("ip netns unavailable: {e}"))?;
         let lab = Lab {
-            prefix: format!("tdmq-{}", std::process::id()),
+            prefix: format!("tdm{tag}-{}", std::process::id()),
             agents: vec![None, None],
             logs: vec![dir.join("n1.log"), dir.join("n2.log")],
-            blackholes: false,
+            blackholes: Vec::new(),
+            etcd: None,
         };
         let br = lab.ns("br");
         run(&["ip", "netns", "add", &br])?;
@@ -126,7 +132,7 @@ impl Lab {
         ] {
             let ns = lab.ns(name);
             run(&["ip", "netns", "add", &ns])?;
-            let host_end = format!("q{}{name}", std::process::id() % 100_000);
+            let host_end = format!("{tag}{}{name}", std::process::id() % 100_000);
             run(&[
                 "ip", "-n", &br, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0",
                 "netns", &ns,
@@ -197,47 +203,59 @@ impl Lab {
 
     /// Cuts n1 and n2 from each other; `c` keeps reaching both.
     fn partition(&mut self) {
-        self.blackholes = true;
-        must(&[
-            "ip",
-            "-n",
-            &self.ns("n1"),
-            "route",
-            "add",
-            "blackhole",
-            "198.18.0.2/32",
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &self.ns("n2"),
-            "route",
-            "add",
-            "blackhole",
-            "198.18.0.1/32",
-        ]);
+        self.blackhole("n1", "198.18.0.2/32");
+        self.blackhole("n2", "198.18.0.1/32");
+    }
+
+    /// Cuts n1 from n2 and from `c` (the etcd witness and the next hop).
+    fn isolate_n1(&mut self) {
+        self.partition();
+        self.blackhole("n1", "198.18.0.10/32");
+        self.blackhole("c", "198.18.0.1/32");
+    }
+
+    fn blackhole(&mut self, node: &str, to: &str) {
+        let ns = self.ns(node);
+        must(&["ip", "-n", &ns, "route", "add", "blackhole", to]);
+        self.blackholes.push((ns, to.to_string()));
     }
 
     fn heal(&mut self) {
-        must(&[
-            "ip",
-            "-n",
-            &self.ns("n1"),
-            "route",
-            "del",
-            "blackhole",
-            "198.18.0.2/32",
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &self.ns("n2"),
-            "route",
-            "del",
-            "blackhole",
-            "198.18.0.1/32",
-        ]);
-        self.blackholes = false;
+        for (ns, to) in std::mem::take(&mut self.blackholes) {
+            must(&["ip", "-n", &ns, "route", "del", "blackhole", &to]);
+        }
+    }
+
+    /// One etcd member in `c` (198.18.0.10:2379), the pair's witness, with
+    /// a LAN's election timings; waits until it is healthy.
+    fn start_etcd(&mut self, dir: &Path) -> Result<(), String> {
+        let Some(etcd) = tandem::localetcd::LocalEtcd::binary() else {
+            return Err("no `etcd` on PATH (Debian package etcd-server)".into());
+        };
+        let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("c")])
+            .arg(&etcd)
+            .args(["--name", "w", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args(["--listen-client-urls", "http://198.18.0.10:2379"])
+            .args(["--advertise-client-urls", "http://198.18.0.10:2379"])
+            .args(["--listen-peer-urls", "http://198.18.0.10:2380"])
+            .args(["--initial-advertise-peer-urls", "http://198.18.0.10:2380"])
+            .args(["--initial-cluster", "w=http://198.18.0.10:2380"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start etcd: {e}"))?;
+        self.etcd = Some(child);
+        let health: SocketAddr = "198.18.0.10:2379".parse().expect("parse etcd's address");
+        wait_until("etcd healthy", Duration::from_secs(20), || {
+            in_netns(&self.ns("n1"), || http_get(health, "/health"))
+                .is_some_and(|h| h["health"] == "true")
+        });
+        Ok(())
     }
 
     fn holds_vip(&self, node: &str) -> bool {
@@ -296,9 +314,11 @@ impl Drop for Lab {
         for i in 0..self.agents.len() {
             self.kill(i);
         }
-        if self.blackholes {
-            self.heal_quietly();
+        if let Some(mut etcd) = self.etcd.take() {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
         }
+        self.heal_quietly();
         for name in ["n1", "n2", "c", "br"] {
             let _ = run(&["ip", "netns", "del", &self.ns(name)]);
         }
@@ -307,18 +327,9 @@ impl Drop for Lab {
 
 impl Lab {
     fn heal_quietly(&mut self) {
-        for (node, peer) in [("n1", "198.18.0.2/32"), ("n2", "198.18.0.1/32")] {
-            let _ = run(&[
-                "ip",
-                "-n",
-                &self.ns(node),
-                "route",
-                "del",
-                "blackhole",
-                peer,
-            ]);
+        for (ns, to) in std::mem::take(&mut self.blackholes) {
+            let _ = run(&["ip", "-n", &ns, "route", "del", "blackhole", &to]);
         }
-        self.blackholes = false;
     }
 }
 
@@ -362,7 +373,7 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn write_configs(dir: &Path) {
+fn write_configs(dir: &Path, etcd: bool) {
     let write = |name: &str, text: &str| {
         std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e:#}"));
     };
@@ -408,6 +419,14 @@ fn write_configs(dir: &Path) {
         .map(|s| format!("{s:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+        let (coordination, etcd_section) = if etcd {
+            (
+                "coordination = \"etcd\"\n",
+                "\n[etcd]\nendpoints = [\"http://198.18.0.10:2379\"]\n",
+            )
+        } else {
+            ("", "")
+        };
         let text = format!(
             r#"[node]
 name = "n{me}"
@@ -421,7 +440,7 @@ token_file = "api.token"
 [cluster]
 name = "netns-partition"
 key_file = "cluster.key"
-
+{coordination}
 [[link]]
 name = "eth0"
 listen = "198.18.0.{me}:7501"
@@ -447,7 +466,7 @@ cert_dir = "certs/n{me}"
 data_dir = "data/n{me}"
 data_sync = "semi"
 sync_mode = "degrade"
-"#
+{etcd_section}"#
         );
         write(&format!("n{me}.toml"), &text);
     }
@@ -461,8 +480,8 @@ struct Sent {
 
 /// Sends `PER_SIDE` messages to the VIP from inside namespace `ns` (where
 /// the VIP is local while this side holds it), one session, reconnecting
-/// if it breaks; each message is tried up to 3 times within 60 s.
-fn send_from(ns: &str, tag: &str) -> Sent {
+/// if it breaks; each message is tried up to 3 times, all within `within`.
+fn send_from(ns: &str, tag: &str, within: Duration) -> Sent {
     let run_id = format!("part{}-{tag}", std::process::id());
     in_netns(ns, || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -471,7 +490,7 @@ fn send_from(ns: &str, tag: &str) -> Sent {
             .expect("build the runtime");
         rt.block_on(async {
             let to: SocketAddr = VIP.parse().expect("parse the VIP");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let deadline = tokio::time::Instant::now() + within;
             let mut sent = Sent {
                 acked: Vec::new(),
                 failures: Vec::new(),
@@ -490,7 +509,7 @@ fn send_from(ns: &str, tag: &str) -> Sent {
                             to,
                             "load.tandem.invalid",
                             Duration::from_secs(5),
-                            Duration::from_secs(30),
+                            within.min(Duration::from_secs(30)),
                         )
                         .await
                         {
@@ -581,7 +600,7 @@ fn peer_states(status: &Option<Value>) -> Vec<String> {
 fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
     let dir = tempfile::tempdir().expect("create a temp dir");
     let dir = dir.path();
-    let mut lab = match Lab::new(dir) {
+    let mut lab = match Lab::new(dir, "q") {
         Ok(lab) => lab,
         Err(reason) => {
             eprintln!("SKIP: {reason}");
@@ -590,7 +609,7 @@ fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
     };
     let t0 = Instant::now();
     let at = || format!("[{:5.1} s]", t0.elapsed().as_secs_f64());
-    write_configs(dir);
+    write_configs(dir, false);
     lab.start(0, dir);
     lab.start(1, dir);
 
@@ -649,8 +668,8 @@ fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
     // Both sides take mail; the next hop is down, so it stays queued.
     let (n1_ns, n2_ns) = (lab.ns("n1"), lab.ns("n2"));
     let (sent1, sent2) = std::thread::scope(|s| {
-        let a = s.spawn(|| send_from(&n1_ns, "n1"));
-        let b = s.spawn(|| send_from(&n2_ns, "n2"));
+        let a = s.spawn(|| send_from(&n1_ns, "n1", Duration::from_secs(60)));
+        let b = s.spawn(|| send_from(&n2_ns, "n2", Duration::from_secs(60)));
         (
             a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
             b.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
@@ -841,4 +860,134 @@ fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
     drop(sink);
     drop(rt);
     println!("{} done", at());
+}
+
+/// Issue 16 on a real network: with `coordination = "etcd"` (one member,
+/// the witness, in `c`) the active is cut from its peer and from etcd
+/// while clients on both sides send mail. It must stand down before its
+/// peer takes over (the VIP is never held by both), and nothing either
+/// side acknowledged may be lost once the partition heals.
+#[test]
+fn an_isolated_active_stands_down_before_its_peer_serves_and_loses_nothing_under_etcd() {
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let dir = dir.path();
+    let mut lab = match Lab::new(dir, "e") {
+        Ok(lab) => lab,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    if let Err(reason) = lab.start_etcd(dir) {
+        eprintln!("SKIP: {reason}");
+        return;
+    }
+    let t0 = Instant::now();
+    let at = || format!("[{:5.1} s]", t0.elapsed().as_secs_f64());
+    write_configs(dir, true);
+    lab.start(0, dir);
+    lab.start(1, dir);
+    wait_until("n1 active with n2 in sync", Duration::from_secs(30), || {
+        let s = lab.status(0);
+        s.as_ref()
+            .is_some_and(|s| s["node"]["effective_role"] == "active")
+            && peer_states(&s) == ["in-sync"]
+            && lab.holds_vip("n1")
+    });
+    println!("{} n1 active under etcd, n2 in sync", at());
+
+    lab.isolate_n1();
+    let cut = Instant::now();
+    println!("{} n1 cut from n2 and from etcd", at());
+    // Sample who holds the VIP every few ms while both sides send.
+    let (n1_ns, n2_ns) = (lab.ns("n1"), lab.ns("n2"));
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let (sent1, sent2, samples) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut samples = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((cut.elapsed(), lab.holds_vip("n1"), lab.holds_vip("n2")));
+            }
+            samples
+        });
+        // n1's clients reach nobody once it stands down: they give up
+        // after 10 s; n2's have time to see n2 take over.
+        let a = s.spawn(|| send_from(&n1_ns, "n1", Duration::from_secs(10)));
+        let b = s.spawn(|| send_from(&n2_ns, "n2", Duration::from_secs(30)));
+        let sent = (
+            a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            b.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        wait_until("n2 active, n1 not", Duration::from_secs(30), || {
+            lab.role(1) == "active" && lab.role(0) != "active"
+        });
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let samples = sampler
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (sent.0, sent.1, samples)
+    });
+    let released = samples.iter().find(|(_, n1, _)| !n1).map(|(t, _, _)| *t);
+    let claimed = samples.iter().find(|(_, _, n2)| *n2).map(|(t, _, _)| *t);
+    let both = samples.iter().filter(|(_, n1, n2)| *n1 && *n2).count();
+    println!(
+        "{} n1 released the VIP at {released:?}, n2 claimed it at {claimed:?} after the cut; \
+         {} samples, {both} with both holding it; acknowledged: n1 {} (failures {}), n2 {} (failures {})",
+        at(),
+        samples.len(),
+        sent1.acked.len(),
+        sent1.failures.len(),
+        sent2.acked.len(),
+        sent2.failures.len()
+    );
+    assert_eq!(both, 0, "the VIP was held by both nodes at once");
+    assert!(
+        released.is_some() && claimed.is_some() && released < claimed,
+        "n1 must let go before n2 takes over"
+    );
+    let acked: Vec<String> = sent1.acked.iter().chain(&sent2.acked).cloned().collect();
+    assert!(!acked.is_empty(), "some mail was acknowledged");
+
+    lab.heal();
+    wait_until(
+        "exactly one active node holding the VIP",
+        Duration::from_secs(30),
+        || lab.holds_vip("n1") ^ lab.holds_vip("n2"),
+    );
+    println!("{} healed", at());
+
+    // The next hop comes up in `c`: every acknowledged id must arrive.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build the runtime");
+    let listener = in_netns(&lab.ns("c"), || {
+        std::net::TcpListener::bind(NEXT_HOP).expect("bind the sink")
+    });
+    let sink = rt
+        .block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))
+        .expect("start the sink");
+    let started = Instant::now();
+    let mut report = sink.report(Some(&acked));
+    while report.missing != Some(0) && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        report = sink.report(Some(&acked));
+    }
+    println!(
+        "{} acknowledged {}  delivered {}  duplicates {}  lost {}",
+        at(),
+        acked.len(),
+        report.distinct_ids,
+        report.duplicates,
+        report.missing.unwrap_or(u64::MAX)
+    );
+    assert_eq!(
+        report.missing,
+        Some(0),
+        "acknowledged but never delivered (lost): {:?}",
+        report.missing_ids
+    );
+    drop(sink);
+    drop(rt);
 }
