@@ -92,12 +92,18 @@ fn the_holder_serves_under_an_epoch_and_a_crash_is_taken_over_at_once() {
     let epoch = alpha.node.groups.first().and_then(|g| g.epoch);
     assert!(epoch.is_some(), "alpha holds the key: {alpha:?}");
 
+    // Both crash-detection connections are up once a few heartbeats went
+    // by; a kill before that is seen only by the heartbeat timeout.
+    wait("beta hearing alpha", Duration::from_secs(5), || {
+        rt.block_on(cluster.status(1))
+            .is_some_and(|s| s.node.counters.heartbeats_received >= 3)
+    });
     cluster.kill(0);
     let took = wait("beta active", Duration::from_secs(5), || {
         role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
     });
-    // Proof of death (the closed connection) revokes alpha's lease: no
-    // wait for the 2 s TTL.
+    // Proof of death (the closed connection) lets beta take alpha's key at
+    // once: no wait for the 2 s TTL.
     assert!(took < Duration::from_secs(1), "beta took {took:?}");
     let beta = rt.block_on(cluster.status(1)).expect("beta answers");
     let newer = beta.node.groups.first().and_then(|g| g.epoch);
