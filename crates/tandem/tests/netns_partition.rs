@@ -207,11 +207,13 @@ impl Lab {
         self.blackhole("n2", "198.18.0.1/32");
     }
 
-    /// Cuts n1 from n2 and from `c` (the etcd witness and the next hop).
-    fn isolate_n1(&mut self) {
+    /// Cuts node `n` (1 or 2) from the other and from `c` (the etcd
+    /// witness and the next hop).
+    fn isolate(&mut self, n: u8) {
         self.partition();
-        self.blackhole("n1", "198.18.0.10/32");
-        self.blackhole("c", "198.18.0.1/32");
+        let node = format!("n{n}");
+        self.blackhole(&node, "198.18.0.10/32");
+        self.blackhole("c", &format!("198.18.0.{n}/32"));
     }
 
     fn blackhole(&mut self, node: &str, to: &str) {
@@ -896,7 +898,7 @@ fn an_isolated_active_stands_down_before_its_peer_serves_and_loses_nothing_under
     });
     println!("{} n1 active under etcd, n2 in sync", at());
 
-    lab.isolate_n1();
+    lab.isolate(1);
     let cut = Instant::now();
     println!("{} n1 cut from n2 and from etcd", at());
     // Sample who holds the VIP every few ms while both sides send.
@@ -988,6 +990,90 @@ fn an_isolated_active_stands_down_before_its_peer_serves_and_loses_nothing_under
         "acknowledged but never delivered (lost): {:?}",
         report.missing_ids
     );
+    drop(sink);
+    drop(rt);
+}
+
+/// The other half of issue 16's partitions: the *standby* is cut from the
+/// active and from etcd. Nothing changes: the active keeps the service
+/// (semi degrades to local acknowledgement), the standby never serves, and
+/// after the heal everything acknowledged is delivered.
+#[test]
+fn an_isolated_standby_changes_nothing_under_etcd() {
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let dir = dir.path();
+    let mut lab = match Lab::new(dir, "s") {
+        Ok(lab) => lab,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    if let Err(reason) = lab.start_etcd(dir) {
+        eprintln!("SKIP: {reason}");
+        return;
+    }
+    write_configs(dir, true);
+    lab.start(0, dir);
+    lab.start(1, dir);
+    wait_until("n1 active with n2 in sync", Duration::from_secs(30), || {
+        let s = lab.status(0);
+        s.as_ref()
+            .is_some_and(|s| s["node"]["effective_role"] == "active")
+            && peer_states(&s) == ["in-sync"]
+    });
+    lab.isolate(2);
+    let n1_ns = lab.ns("n1");
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let (sent, samples) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut samples = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((lab.holds_vip("n1"), lab.holds_vip("n2")));
+            }
+            samples
+        });
+        let sent = send_from(&n1_ns, "n1", Duration::from_secs(30));
+        // Longer than a lease: n2 must still not serve.
+        std::thread::sleep(Duration::from_secs(3));
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let samples = sampler
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (sent, samples)
+    });
+    println!(
+        "standby isolated: {} samples, n1 held the VIP in {}, n2 in {}; acknowledged {} (failures {})",
+        samples.len(),
+        samples.iter().filter(|(a, _)| *a).count(),
+        samples.iter().filter(|(_, b)| *b).count(),
+        sent.acked.len(),
+        sent.failures.len()
+    );
+    assert!(samples.iter().all(|(a, b)| *a && !*b), "the VIP moved");
+    assert_eq!(sent.acked.len() as u64, PER_SIDE, "n1 took every message");
+    lab.heal();
+    wait_until("n2 back in sync", Duration::from_secs(30), || {
+        peer_states(&lab.status(0)) == ["in-sync"]
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build the runtime");
+    let listener = in_netns(&lab.ns("c"), || {
+        std::net::TcpListener::bind(NEXT_HOP).expect("bind the sink")
+    });
+    let sink = rt
+        .block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))
+        .expect("start the sink");
+    let started = Instant::now();
+    let mut report = sink.report(Some(&sent.acked));
+    while report.missing != Some(0) && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        report = sink.report(Some(&sent.acked));
+    }
+    assert_eq!(report.missing, Some(0), "lost: {:?}", report.missing_ids);
     drop(sink);
     drop(rt);
 }
