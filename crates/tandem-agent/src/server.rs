@@ -29,6 +29,7 @@
 //! | GET/POST | `/v1/upgrade` | the upgrade journal / submit an upgrade (active node) |
 //! | POST | `/v1/upgrade/plan` | the plan an upgrade would follow |
 //! | POST | `/v1/upgrade/abort` | stop at the next safe point |
+//! | POST | `/v1/upgrade/resume` | a rollout in waves goes on after its canaries |
 //! | PUT | `/v1/upgrade/journal` | a peer's replica of the journal |
 //! | POST | `/v1/backup` | copy config and HA state to `state_dir/backups` |
 //! | GET | `/v1/backups` | this node's backups |
@@ -59,8 +60,8 @@ use crate::Error;
 use crate::api::{
     AbortAnswer, ApiClient, BootAnswer, BootRequest, ClusterNode, ClusterReport, CommandOutcome,
     CommandReply, CommandRequest, ConfigLinkRequest, ErrorBody, InstallRequest, ListenerAction,
-    ListenerRequest, NodeName, PlanAnswer, ReplicaAnswer, RestoreRequest, RollbackAnswer,
-    StatusReport, UnreachableNode, UpgradeRequest, UpgradeStatus,
+    ListenerRequest, NodeName, PlanAnswer, ReplicaAnswer, RestoreRequest, ResumeAnswer,
+    RollbackAnswer, RolloutUpgradeRequest, StatusReport, UnreachableNode, UpgradeStatus,
 };
 use crate::backup;
 use crate::firmware::Firmware;
@@ -206,6 +207,7 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         .route("/v1/upgrade", get(upgrade_status).post(upgrade_begin))
         .route("/v1/upgrade/plan", post(upgrade_plan))
         .route("/v1/upgrade/abort", post(upgrade_abort))
+        .route("/v1/upgrade/resume", post(upgrade_resume))
         .route("/v1/upgrade/journal", put(upgrade_replica))
         .route("/v1/backup", post(backup))
         .route("/v1/backups", get(backups_list))
@@ -550,7 +552,7 @@ fn plan_answer(plan: Result<tandem_upgrade::UpgradePlan, Error>) -> Response {
 
 async fn upgrade_plan(
     State(state): State<ApiState>,
-    Json(request): Json<UpgradeRequest>,
+    Json(request): Json<RolloutUpgradeRequest>,
 ) -> Response {
     plan_answer(state.upgrades.plan(&request).await)
 }
@@ -558,9 +560,10 @@ async fn upgrade_plan(
 async fn upgrade_begin(
     State(state): State<ApiState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Json(request): Json<UpgradeRequest>,
+    Json(request): Json<RolloutUpgradeRequest>,
 ) -> Response {
-    tracing::warn!(%from, to = request.to, strategy = ?request.strategy, rollback = request.rollback, "upgrade submitted");
+    let (upgrade, rollout) = (&request.upgrade, &request.rollout);
+    tracing::warn!(%from, to = upgrade.to, strategy = ?upgrade.strategy, rollback = upgrade.rollback, ?rollout, "upgrade submitted");
     plan_answer(state.upgrades.begin(&request).await)
 }
 
@@ -571,6 +574,16 @@ async fn upgrade_abort(
     tracing::warn!(%from, "upgrade abort requested");
     slot_answer(state.upgrades.abort().await.map(|()| AbortAnswer {
         abort: "requested: the upgrade stops at the next safe point".into(),
+    }))
+}
+
+async fn upgrade_resume(
+    State(state): State<ApiState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+) -> Response {
+    tracing::warn!(%from, "upgrade resume requested");
+    slot_answer(state.upgrades.resume().await.map(|()| ResumeAnswer {
+        resume: "requested: the rollout goes on after its canaries".into(),
     }))
 }
 

@@ -31,6 +31,14 @@
 //!   point with what to do; a boot that failed its health check (the node
 //!   fell back, the slot marked bad) makes the step machine roll back.
 //!
+//! - A run in waves (`tandem upgrade run --canary 1 --batch 10% …`, the
+//!   rolling strategy): the journal carries the fleet rollout with the
+//!   run, so a pause after the canaries outlives a coordinator restart;
+//!   `POST /v1/upgrade/resume` sets a flag the coordinator's loop turns
+//!   into `Observation::Resume`, as it does for an abort. The loop polls
+//!   the cluster every turn and passes its clock to the run, which is how
+//!   a rollout's `Wait { until_ms }` (auto-promotion) comes due.
+//!
 //! Progress and the outcome are read with `GET /v1/upgrade`.
 //!
 //! # Layout
@@ -54,7 +62,7 @@ use tandem_version::{Catalog, Version};
 use tokio::sync::Mutex;
 
 use crate::Error;
-use crate::api::ApiClient;
+use crate::api::{ApiClient, ResumeAnswer, RolloutUpgradeRequest, UpgradeStatus};
 
 mod config_link;
 mod journal;
@@ -82,7 +90,20 @@ pub struct Upgrades {
     journal: Arc<Mutex<Option<UpgradeRun>>>,
     coordinating: Arc<AtomicBool>,
     abort: Arc<AtomicBool>,
+    /// `upgrade resume` was asked for; the coordinator's loop takes it.
+    resume: Arc<AtomicBool>,
 }
+
+/// The timeouts of the plans this agent makes: short, because the steps
+/// of a local service restart in seconds. A rollout in waves takes its
+/// `--health-deadline` for boots and readiness instead.
+const PLAN_OPTIONS: PlanOptions = PlanOptions {
+    restart_estimate_ms: 5_000,
+    holdoff_secs: 60,
+    boot_timeout_ms: 60_000,
+    ready_timeout_ms: 120_000,
+    step_timeout_ms: 60_000,
+};
 
 /// Milliseconds since the Unix epoch: journal and status timestamps.
 pub(crate) fn now_ms() -> u64 {
@@ -120,6 +141,7 @@ impl Upgrades {
             journal: Arc::new(Mutex::new(journal)),
             coordinating: Arc::new(AtomicBool::new(false)),
             abort: Arc::new(AtomicBool::new(false)),
+            resume: Arc::new(AtomicBool::new(false)),
         };
         let watcher = upgrades.clone();
         tokio::spawn(async move { watcher.watch().await });
@@ -147,8 +169,47 @@ impl Upgrades {
         }
     }
 
+    /// `upgrade resume`: a rollout paused after its canaries goes on. The
+    /// coordinator takes it; a node that does not coordinate hands it to
+    /// the one that does.
+    pub async fn resume(&self) -> Result<(), Error> {
+        let run = self.journal().await;
+        let resumable = run.as_ref().is_some_and(UpgradeRun::resumable);
+        if !resumable {
+            return Err(Error::refused(match run.as_ref().and_then(|r| {
+                r.rollout()
+                    .filter(|_| !r.status.is_finished())
+                    .map(|o| o.status())
+            }) {
+                Some(status) => format!(
+                    "the rollout is not paused (it is {status:?}): `tandem upgrade resume` goes on after the canaries; see `tandem upgrade status`"
+                ),
+                None => "no rollout is paused: `tandem upgrade resume` goes on after the canaries of `tandem upgrade run --canary K`; see `tandem upgrade status`".to_string(),
+            }));
+        }
+        if !self.coordinating() {
+            for (name, addr) in self.nodes.iter().skip(1) {
+                let peer = self.client.at(*addr);
+                if let Ok(UpgradeStatus {
+                    coordinating: true, ..
+                }) = peer.get::<UpgradeStatus>("/v1/upgrade").await
+                {
+                    tracing::info!(coordinator = %name, "handing the resume to the coordinator");
+                    let _: ResumeAnswer = peer.post("/v1/upgrade/resume", &()).await?;
+                    return Ok(());
+                }
+            }
+            // Nobody coordinates this moment (a coordinator restarting):
+            // the flag waits here for whichever turn this node takes.
+        }
+        self.resume.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The plan for a request, against the cluster as it is now.
-    pub async fn plan(&self, request: &UpgradeRequest) -> Result<UpgradePlan, Error> {
+    pub async fn plan(&self, request: &RolloutUpgradeRequest) -> Result<UpgradePlan, Error> {
+        let rollout = request.rollout;
+        let request = &request.upgrade;
         let state = self.observe().await?;
         let target: Version = request.to.parse()?;
         let strategy = match &request.strategy {
@@ -161,13 +222,14 @@ impl Upgrades {
             }
             None => Strategy::default_for(state.mode),
         };
-        let options = PlanOptions {
-            restart_estimate_ms: 5_000,
-            holdoff_secs: 60,
-            boot_timeout_ms: 60_000,
-            ready_timeout_ms: 120_000,
-            step_timeout_ms: 60_000,
-        };
+        if rollout.is_some() && (request.rollback || !matches!(strategy, Strategy::Rolling { .. }))
+        {
+            return Err(tandem_upgrade::PlanError::RolloutNeedsRolling { strategy }.into());
+        }
+        if let Some(policy) = &rollout {
+            policy.check()?;
+        }
+        let options = PLAN_OPTIONS;
         if request.rollback {
             return Ok(tandem_upgrade::plan_rollback(
                 &state, &target, strategy, options,
@@ -181,7 +243,7 @@ impl Upgrades {
     }
 
     /// Plans and starts an upgrade coordinated by this node.
-    pub async fn begin(&self, request: &UpgradeRequest) -> Result<UpgradePlan, Error> {
+    pub async fn begin(&self, request: &RolloutUpgradeRequest) -> Result<UpgradePlan, Error> {
         if let Some(run) = self.journal().await
             && !run.status.is_finished()
         {
@@ -196,10 +258,14 @@ impl Upgrades {
         }
         let plan = self.plan(request).await?;
         let state = self.observe().await?;
-        let mut run = UpgradeRun::new(plan.clone(), state);
+        let mut run = match request.rollout {
+            Some(policy) => UpgradeRun::in_waves(plan.clone(), state, policy, PLAN_OPTIONS)?,
+            None => UpgradeRun::new(plan.clone(), state),
+        };
         // Newer than any run a peer still holds a copy of.
         run.id = now_ms().max(self.journal().await.map_or(0, |r| r.id + 1));
         self.abort.store(false, Ordering::Relaxed);
+        self.resume.store(false, Ordering::Relaxed);
         self.record(&run).await;
         self.spawn_coordinator();
         Ok(plan)

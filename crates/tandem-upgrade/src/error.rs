@@ -211,6 +211,15 @@ pub enum PlanError {
         /// The node missing from the cluster state.
         node: String,
     },
+
+    /// Rollout knobs were given for a strategy that does not go in waves.
+    #[error(
+        "the rollout knobs (--canary, --batch P%, --health-deadline, --max-failed, --auto-revert, --auto-promote) work with the rolling strategy of config-only clusters for now, not with {strategy}: leave them out to upgrade with {strategy}"
+    )]
+    RolloutNeedsRolling {
+        /// The strategy asked for.
+        strategy: crate::strategy::Strategy,
+    },
 }
 
 /// A mode as the operator spells it (`active-passive`, …), for messages.

@@ -38,13 +38,16 @@
 //!   synthetic config-only fleet, run many times with seeded boot times and
 //!   failures, for `tandem upgrade simulate`.
 //!
-//! Nothing here is wired into `tandem upgrade run` yet: the coordinator
-//! still drives one [`crate::UpgradeRun`] per cluster.
+//! `tandem upgrade run --canary …` drives one rollout per hop from inside
+//! a [`crate::UpgradeRun`] (`run::waves`): each wave the rollout orders
+//! becomes a plan of the wave's nodes only, and what the plan shows of
+//! them (healthy on the release, or fallen back) goes back in as
+//! [`FleetObservation`]s.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tandem_core::{ConfiguredRole, Mode};
+use tandem_core::Mode;
 
 use crate::cluster::{ClusterState, NodeState};
 use crate::error::PlanError;
@@ -223,7 +226,8 @@ pub struct Wave {
 
 /// Orders every node of `cluster` into waves: canaries, batches, then the
 /// node the cluster's mode keeps for last, alone. Every node is in exactly
-/// one wave.
+/// one wave. Within the rest, the planner's rank (`plan::rank`), so a
+/// rollout and a plan agree on which node goes first.
 ///
 /// Refuses an empty cluster, an active-passive cluster without exactly one
 /// active node (there would be no telling which node to keep for last),
@@ -234,7 +238,7 @@ pub fn plan_waves(cluster: &ClusterState, policy: &RolloutPolicy) -> Result<Vec<
         return Err(PlanError::NoNodes);
     }
     let mut ordered: Vec<&NodeState> = cluster.nodes.iter().collect();
-    ordered.sort_by(|a, b| rank(a).cmp(&rank(b)));
+    ordered.sort_by_key(|n| crate::plan::rank(n));
     let last: Option<String> = match cluster.mode {
         Mode::ActivePassive => {
             let actives = cluster.actives();
@@ -292,20 +296,8 @@ pub fn plan_waves(cluster: &ClusterState, policy: &RolloutPolicy) -> Result<Vec<
     Ok(waves)
 }
 
-/// Upgrade order within the fleet, as the planner's within a hop:
-/// config-only (and off) nodes first, then secondaries, then the primary;
-/// lower priority first; the name breaks ties so the order is stable.
-fn rank(node: &NodeState) -> (u8, u8, &str) {
-    let role = match node.configured {
-        ConfiguredRole::Off | ConfiguredRole::ConfigOnly => 0,
-        ConfiguredRole::Secondary => 1,
-        ConfiguredRole::Primary => 2,
-    };
-    (role, node.priority, &node.name)
-}
-
 /// A duration as the rollout's millisecond clock counts it; durations
 /// beyond 584 million years saturate.
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

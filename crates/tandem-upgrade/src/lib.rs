@@ -28,7 +28,9 @@
 //!   each step needs, asks for, and counts as done.
 //! - [`run`]: [`UpgradeRun`], [`Observation`]: the journal and step machine:
 //!   resume after a coordinator crash, abort at a safe point, rollback
-//!   standby-first on an image health failure.
+//!   standby-first on an image health failure; [`UpgradeRun::in_waves`]
+//!   drives a [`FleetRollout`] per hop (`upgrade run --canary …`), one
+//!   plan per wave, a failed node counted rather than rolled back.
 //! - [`fleet`]: [`plan_waves`], [`FleetRollout`], [`simulate()`]: a
 //!   release across a fleet in waves — canaries, batches (`N` or `P%`),
 //!   the active or primary last — with a failure budget, a pause after the
@@ -81,5 +83,8 @@ pub use fleet::{
 pub use plan::{
     HopReason, ImpactEstimate, PlanOptions, PlannedHop, Strategy, UpgradePlan, plan, plan_rollback,
 };
-pub use run::{NodeChange, Observation, RunStatus, StepRecord, StepState, Track, UpgradeRun};
+pub use run::{
+    FleetRun, NodeChange, Observation, RunStatus, StepRecord, StepState, Track, UpgradeRun,
+    WaveWork,
+};
 pub use step::{Action, ClientImpact, Step, StepId, StepKind};

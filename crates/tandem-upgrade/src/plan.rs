@@ -37,6 +37,7 @@ use crate::step::{ClientImpact, Step, StepId, StepKind};
 mod planner;
 
 use planner::Planner;
+pub(crate) use planner::{WaveScope, rank};
 
 pub use crate::strategy::Strategy;
 
@@ -342,6 +343,77 @@ pub(crate) fn rollback_plan(
     let mut planner = Planner::new(cluster, strategy, options, true);
     planner.restore = restore;
     planner.build(vec![hop], *to)
+}
+
+/// One wave of a fleet rollout (`run::waves`): `hop` for the nodes of
+/// `scope` only, with the refusals of a fresh plan (every node healthy,
+/// only the hop's two releases running, the images there).
+pub(crate) fn plan_wave(
+    cluster: &ClusterState,
+    hop: &PlannedHop,
+    strategy: Strategy,
+    options: PlanOptions,
+    scope: WaveScope,
+) -> Result<UpgradePlan, PlanError> {
+    check_common(cluster, strategy, true)?;
+    let versions = cluster.versions();
+    if versions.iter().any(|v| *v != hop.from && *v != hop.to) {
+        return Err(PlanError::MixedVersions {
+            versions,
+            target: hop.to,
+        });
+    }
+    if let Some(missing) = crate::step::missing_image(cluster, &[hop.to]) {
+        return Err(PlanError::Replan { reason: missing });
+    }
+    let mut planner = Planner::new(cluster, strategy, options, false);
+    planner.scope = Some(scope);
+    planner.build(vec![hop.clone()], hop.to)
+}
+
+/// The revert a stopped fleet rollout orders: exactly `nodes`, back from
+/// `hop.to` to `hop.from` (each boots its previous slot), one at a time in
+/// the planner's rank, which is the rollout's order: standbys first, the
+/// primary last. Nodes the rollout did not name (those that failed fell
+/// back by themselves) are left alone.
+pub(crate) fn revert_wave(
+    cluster: &ClusterState,
+    hop: &PlannedHop,
+    strategy: Strategy,
+    options: PlanOptions,
+    nodes: Vec<String>,
+) -> Result<UpgradePlan, PlanError> {
+    for node in cluster
+        .nodes
+        .iter()
+        .filter(|n| nodes.contains(&n.name) && n.running != hop.from)
+    {
+        let good = node
+            .other_slot
+            .is_some_and(|s| s.version == hop.from && s.state == SlotStatus::Good);
+        if !good {
+            return Err(PlanError::NoRollbackImage {
+                node: node.name.clone(),
+                version: hop.from,
+            });
+        }
+    }
+    let back = PlannedHop {
+        from: hop.to,
+        to: hop.from,
+        rule: HopReason::Rollback,
+    };
+    let strategy = match strategy {
+        Strategy::Rolling { .. } => Strategy::Rolling { batch: 1 },
+        other => other,
+    };
+    let mut planner = Planner::new(cluster, strategy, options, true);
+    planner.scope = Some(WaveScope {
+        nodes,
+        prologue: false,
+        epilogue: true,
+    });
+    planner.build(vec![back], hop.from)
 }
 
 /// A new plan for the rest of a run whose roles moved under it: a node the

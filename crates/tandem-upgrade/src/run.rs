@@ -36,94 +36,21 @@
 //! and what to do.
 
 use serde::{Deserialize, Serialize};
-use tandem_core::{EffectiveRole, GroupId};
 use tandem_version::Version;
 
-use crate::cluster::{ClusterState, ConfigLink, Listener, NodeState, SlotView};
+use crate::cluster::ClusterState;
 use crate::error::PlanError;
 use crate::plan::{Restore, UpgradePlan, rollback_plan};
 use crate::step::{Action, Failure, StepId, StepKind};
 
-/// Something the agent saw, fed to [`UpgradeRun::observe`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "observation")]
-pub enum Observation {
-    /// A fresh snapshot of the whole cluster.
-    Cluster(ClusterState),
-    /// A fresh snapshot of one node (its status, or heartbeat and slots).
-    Node(NodeState),
-    /// One thing one node now reports.
-    NodeReports {
-        /// The node.
-        node: String,
-        /// What changed.
-        change: NodeChange,
-    },
-    /// The sync report came back.
-    SyncReport {
-        /// Whether every node agrees on every synced file.
-        clean: bool,
-    },
-    /// A node's configuration backup is written.
-    BackupTaken {
-        /// The node.
-        node: String,
-    },
-    /// An action could not be carried out (a command refused, an install
-    /// failed); the step stops the run.
-    ActionFailed {
-        /// The step that asked for it.
-        step: StepId,
-        /// The node concerned.
-        node: String,
-        /// Why, as the node said it.
-        reason: String,
-    },
-    /// An action did not reach its node (down, or its agent restarting):
-    /// nothing was refused, so the step asks again on the next turn once
-    /// the node answers; its timeout bounds the wait.
-    ActionUndelivered {
-        /// The step that asked for it.
-        step: StepId,
-        /// The node concerned.
-        node: String,
-        /// What the transport said.
-        reason: String,
-    },
-    /// The agent's own timer for a step fired (the run also checks
-    /// timeouts against `now_ms` by itself).
-    StepTimedOut {
-        /// The step.
-        step: StepId,
-    },
-    /// The operator asked to stop (`upgrade abort`): the run stops at the
-    /// next safe point.
-    Abort,
-}
+mod observation;
+mod waves;
+#[cfg(test)]
+mod waves_tests;
 
-/// One field of a node's state, as it changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeChange {
-    /// Its effective role.
-    Role(EffectiveRole),
-    /// The release it runs.
-    Version(Version),
-    /// Its other slot.
-    OtherSlot(Option<SlotView>),
-    /// Whether its data is in sync with the active.
-    InSync(bool),
-    /// Whether its service is healthy.
-    Healthy(bool),
-    /// Whether preemption is on.
-    Preempt(bool),
-    /// The failover groups it is active for.
-    Groups(Vec<GroupId>),
-    /// Its listener.
-    Listener(Listener),
-    /// Its cluster-config membership.
-    ConfigLink(ConfigLink),
-}
+use observation::apply;
+pub use observation::{NodeChange, Observation};
+pub use waves::{FleetRun, WaveWork};
 
 /// Where one step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +173,11 @@ pub struct UpgradeRun {
     /// step that found the roles moved is marked failed with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<Track>,
+    /// The fleet rollout driving the run (`upgrade run --canary …`): then
+    /// `forward` is the plan of one wave at a time. `None`: the run is the
+    /// one plan of the whole cluster, as it always was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Box<FleetRun>>,
 }
 
 impl UpgradeRun {
@@ -258,6 +190,7 @@ impl UpgradeRun {
             status: RunStatus::Running,
             view: cluster,
             replaced: Vec::new(),
+            fleet: None,
         }
     }
 
@@ -312,7 +245,10 @@ impl UpgradeRun {
                 )
             })
             .count();
-        (phase, settled)
+        // The waves' plans before this one count too: a copy a wave further
+        // on is ahead even while its new plan has settled nothing yet.
+        let earlier = self.fleet.as_ref().map_or(0, |f| f.settled_before);
+        (phase, earlier + settled)
     }
 
     /// Whether `other` (a copy of the journal from elsewhere) should
@@ -409,6 +345,7 @@ impl UpgradeRun {
                 // A rollback is not aborted: stopping it half way would
                 // leave the cluster on two releases with nobody finishing.
             }
+            Observation::Resume => self.resume_rollout(now_ms),
         }
     }
 
@@ -423,6 +360,16 @@ impl UpgradeRun {
     /// [`Action::Wait`]'s `until_ms` passes; persist the run before
     /// carrying out the actions it returns.
     pub fn next(&mut self, now_ms: u64) -> Vec<Action> {
+        if self.fleet.is_some() {
+            return self.next_in_waves(now_ms);
+        }
+        self.next_step(now_ms)
+    }
+
+    /// The step machine over the current track. In a fleet rollout it
+    /// returns nothing once the wave's track is through, and the rollout
+    /// (`waves`) decides what comes after.
+    fn next_step(&mut self, now_ms: u64) -> Vec<Action> {
         loop {
             if let Some(action) = self.finished_action() {
                 return vec![action];
@@ -435,6 +382,9 @@ impl UpgradeRun {
                 .iter()
                 .position(|r| !matches!(r.state, StepState::Done | StepState::Skipped))
             else {
+                if self.fleet.is_some() && !self.status.is_finished() {
+                    return vec![];
+                }
                 self.finish();
                 continue;
             };
@@ -617,11 +567,16 @@ impl UpgradeRun {
     fn finished_action(&self) -> Option<Action> {
         match &self.status {
             RunStatus::Done => Some(Action::Done {
-                summary: format!(
-                    "every node runs {} ({})",
-                    self.forward.plan.target,
-                    self.versions_text()
-                ),
+                // A rollout may end within its failure budget with a node
+                // still on the old release: its summary says so.
+                summary: match self.fleet.as_ref().and_then(|f| f.outcome.as_ref()) {
+                    Some(outcome) => format!("{outcome} ({})", self.versions_text()),
+                    None => format!(
+                        "every node runs {} ({})",
+                        self.forward.plan.target,
+                        self.versions_text()
+                    ),
+                },
             }),
             RunStatus::RolledBack { reason } => Some(Action::RolledBack {
                 message: format!(
@@ -694,6 +649,11 @@ impl UpgradeRun {
             record.detail = Some(reason.clone());
         }
         let from = hop.and_then(|h| track.plan.hops.get(h)).map(|h| h.from);
+        // In a fleet rollout a node that does not come up healthy fails
+        // alone: the rollout counts it against --max-failed.
+        if self.wave_node_failed(i, &reason) {
+            return;
+        }
         if health
             && !in_rollback
             && let Some(from) = from
@@ -761,19 +721,5 @@ impl UpgradeRun {
             .map(|n| format!("{} on {}", n.name, n.running))
             .collect::<Vec<_>>()
             .join(", ")
-    }
-}
-
-fn apply(node: &mut NodeState, change: NodeChange) {
-    match change {
-        NodeChange::Role(r) => node.effective = r,
-        NodeChange::Version(v) => node.running = v,
-        NodeChange::OtherSlot(s) => node.other_slot = s,
-        NodeChange::InSync(b) => node.in_sync = b,
-        NodeChange::Healthy(b) => node.healthy = b,
-        NodeChange::Preempt(b) => node.preempt = b,
-        NodeChange::Groups(g) => node.groups = g,
-        NodeChange::Listener(l) => node.listener = l,
-        NodeChange::ConfigLink(c) => node.config_link = c,
     }
 }

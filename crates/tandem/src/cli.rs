@@ -556,9 +556,14 @@ pub struct UpgradeTarget {
     /// default) or active-active.
     #[arg(long)]
     pub strategy: Option<String>,
-    /// Nodes upgraded at once with the rolling strategy.
-    #[arg(long)]
-    pub batch: Option<usize>,
+    /// Nodes upgraded at once with the rolling strategy: a count (3) or a
+    /// share of the cluster (30%, rounded up to whole nodes). With the
+    /// rollout knobs below: the nodes of each wave after the canaries.
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<tandem_upgrade::Batch>,
+    /// The rollout knobs: any of them makes the upgrade go in waves.
+    #[command(flatten)]
+    pub rollout: crate::commands::upgrade::rollout_args::RolloutArgs,
 }
 
 /// `tandem upgrade ...`.
@@ -608,6 +613,12 @@ pub enum UpgradeCommand {
         #[command(flatten)]
         target: ApiTarget,
     },
+    /// Go on with a rollout in waves paused after its canaries (`upgrade
+    /// run --canary K`), and follow it.
+    Resume {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
     /// Go back to an earlier release, standby first (Huawei step 7).
     Rollback {
         /// The release to go back to.
@@ -632,44 +643,7 @@ pub enum UpgradeCommand {
     /// the rollout. A duration runs until the rollout is done or stopped;
     /// the pause after the canaries counts as resumed at once. The same
     /// seed gives the same figures.
-    Simulate {
-        /// Nodes in the fleet.
-        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-        nodes: u32,
-        /// Nodes per wave after the canaries: a count (10) or a share of
-        /// the fleet (10%).
-        #[arg(long, value_name = "N|P%", default_value = "1")]
-        batch: tandem_upgrade::Batch,
-        /// Nodes upgraded first, in a wave of their own.
-        #[arg(long, value_name = "K", default_value_t = 0)]
-        canary: usize,
-        /// Failed nodes tolerated; one more stops the rollout.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        max_failed: usize,
-        /// How long a node may take to turn healthy before it counts as
-        /// failed.
-        #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
-        health_deadline: std::time::Duration,
-        /// Go on after the canaries once they stayed healthy this long,
-        /// instead of pausing for `tandem upgrade resume`.
-        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-        auto_promote: Option<std::time::Duration>,
-        /// How long a node takes to boot the new release.
-        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
-        boot: std::time::Duration,
-        /// How long from its boot until a node's health check passes.
-        #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
-        health: std::time::Duration,
-        /// The chance that one node's upgrade fails: 0.01 or 1%.
-        #[arg(long, value_name = "P", default_value = "0", value_parser = crate::commands::upgrade::simulate::parse_fail_rate)]
-        fail_rate: f64,
-        /// Seed of the simulated boot times and failures.
-        #[arg(long, value_name = "S", default_value_t = 1)]
-        seed: u64,
-        /// Rollouts to play.
-        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-        runs: u32,
-    },
+    Simulate(crate::commands::upgrade::simulate::SimulateArgs),
 }
 
 /// `tandem backup ...`.

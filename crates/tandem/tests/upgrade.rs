@@ -213,3 +213,195 @@ fn killing_the_coordinator_at_every_step_loses_nothing() {
         );
     }
 }
+
+/// A release of the reference relay as a signed image in `dir` (built and
+/// signed with the CLI, as an operator would): the script the demo ships.
+fn relay_image(dir: &std::path::Path, version: &str, secret: &std::path::Path) -> String {
+    let exe = env!("CARGO_BIN_EXE_tandem");
+    let files = dir.join(format!("release-{version}"));
+    std::fs::create_dir_all(files.join("bin")).expect("create the release's bin dir");
+    let script = files.join("bin/relay");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {exe:?} mta serve --spool \"$1/$TANDEM_NODE/spool\" --relay-to \"$2\"\n"
+        ),
+    )
+    .expect("write the release's script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .expect("make the script executable");
+    let manifest = dir.join(format!("manifest-{version}.toml"));
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"tandem-mta\"\nversion = \"{version}\"\nentrypoint = [\"bin/relay\"]\ndata_format = 1\nprotocol = [2]\n"
+        ),
+    )
+    .expect("write the manifest");
+    let image = dir.join(format!("tandem-mta-{version}.tandem"));
+    let (m, f, i, s) = (
+        manifest.display().to_string(),
+        files.display().to_string(),
+        image.display().to_string(),
+        secret.display().to_string(),
+    );
+    tandem_ok(&["image", "build", "--manifest", &m, "--files", &f, "-o", &i]);
+    tandem_ok(&["image", "sign", "--secret", &s, &i]);
+    i
+}
+
+/// Runs `tandem ARGS` (no agent) and insists it succeeds.
+fn tandem_ok(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .env_remove("TANDEM_CONFIG")
+        .output()
+        .expect("run tandem");
+    assert!(
+        out.status.success(),
+        "tandem {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Each node's release, as its own status reports it (`None`: no answer).
+fn versions(
+    rt: &tokio::runtime::Runtime,
+    cluster: &tandem::localcluster::LocalCluster,
+) -> Vec<Option<String>> {
+    (0..cluster.nodes.len())
+        .map(|i| rt.block_on(cluster.status(i)).map(|s| s.node.version))
+        .collect()
+}
+
+/// The rollout knobs on a real cluster: `tandem upgrade run --canary 1` on
+/// three config-only relays upgrades the canary (gamma, the lowest-ranked
+/// secondary) and pauses there, the status says so and the other nodes
+/// stay on the old release; `tandem upgrade resume` upgrades the rest.
+#[test]
+fn a_canary_pauses_a_rolling_upgrade_until_resumed() {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let exe = env!("CARGO_BIN_EXE_tandem");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the runtime");
+    let work = tempfile::tempdir().expect("create a temp dir");
+    let (secret, public) = (
+        work.path().join("release.key"),
+        work.path().join("release.pub"),
+    );
+    let (s, p) = (secret.display().to_string(), public.display().to_string());
+    tandem_ok(&["image", "keygen", "--secret", &s, "--public", &p]);
+    let old = relay_image(work.path(), "6.2.0", &secret);
+    let new = relay_image(work.path(), "6.2.5", &secret);
+
+    // Nothing is sent through the relays: the next hop is never dialled.
+    let next_hop = "127.0.0.1:9";
+    let bootstrap =
+        format!("exec {exe:?} mta serve --spool \"data/$TANDEM_NODE/spool\" --relay-to {next_hop}");
+    let spec = tandem::localcluster::ClusterSpec {
+        extra_toml: format!(
+            "cwd = \".\"\nargs = [\"data\", \"{next_hop}\"]\nsuspend = \"signal\"\n\n[images]\ntrusted_keys = [{p:?}]\n"
+        ),
+        version: "6.2.0".into(),
+        exe: Some(exe.into()),
+        config_only: true,
+        ..tandem::localcluster::ClusterSpec::new(
+            &["alpha", "beta", "gamma"],
+            vec!["sh".into(), "-c".into(), bootstrap],
+        )
+    };
+    let mut cluster =
+        tandem::localcluster::LocalCluster::create(&spec).expect("create the cluster");
+    cluster.start_all().expect("start the agents");
+    rt.block_on(cluster.wait_for_all_active(std::time::Duration::from_secs(15)))
+        .expect("every node active");
+
+    // Every node holds both releases and runs 6.2.0 from a slot.
+    for image in [&old, &new] {
+        let (code, out, err) = cluster.cli(0, &["image", "push", "--all", image]);
+        assert_eq!(code, 0, "push {image}: {out}{err}");
+    }
+    let (code, out, err) =
+        cluster.cli(0, &["image", "install", "--all", "tandem-mta-6.2.0.tandem"]);
+    assert_eq!(code, 0, "install 6.2.0: {out}{err}");
+    for node in ["gamma", "beta", "alpha"] {
+        let (code, out, err) = cluster.cli(0, &["image", "boot", "--node", node]);
+        assert_eq!(code, 0, "boot {node}: {out}{err}");
+    }
+    let on = |release: &str| Some(release.to_string());
+    let mut settled = false;
+    for _ in 0..300 {
+        let active = rt
+            .block_on(cluster.wait_for_all_active(std::time::Duration::from_millis(100)))
+            .is_ok();
+        if active && versions(&rt, &cluster).iter().all(|v| *v == on("6.2.0")) {
+            settled = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        settled,
+        "every node active on 6.2.0: {:?}",
+        versions(&rt, &cluster)
+    );
+
+    let catalog = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../catalogs/fortimail-example.toml"
+    );
+    let (code, out, err) = cluster.cli(
+        0,
+        &[
+            "upgrade",
+            "run",
+            "--to",
+            "6.2.5",
+            "--catalog",
+            catalog,
+            "--strategy",
+            "rolling",
+            "--canary",
+            "1",
+            "--yes",
+        ],
+    );
+    println!("upgrade run:\n{out}{err}");
+    assert_eq!(code, 0, "the run stops following at the pause: {out}{err}");
+    assert!(out.contains("paused after the canaries"), "{out}");
+
+    let (code, out, err) = cluster.cli(0, &["--json", "upgrade", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("parse the status as JSON: {e:#}\n{out}"));
+    let rollout = &status["run"]["fleet"]["rollout"];
+    assert_eq!(rollout["status"]["status"], "paused", "{status}");
+    assert_eq!(rollout["waves"][0]["kind"], "canary", "{rollout}");
+    assert_eq!(rollout["waves"][0]["nodes"], serde_json::json!(["gamma"]));
+    let (code, text, err) = cluster.cli(0, &["upgrade", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("rollout: paused"), "{text}");
+    assert_eq!(
+        versions(&rt, &cluster),
+        [on("6.2.0"), on("6.2.0"), on("6.2.5")],
+        "only the canary was upgraded"
+    );
+
+    let (code, out, err) = cluster.cli(0, &["upgrade", "resume"]);
+    println!("upgrade resume:\n{out}{err}");
+    assert_eq!(code, 0, "the rollout goes on to the end: {out}{err}");
+    assert!(out.contains("upgrade: done"), "{out}");
+    assert_eq!(
+        versions(&rt, &cluster),
+        [on("6.2.5"), on("6.2.5"), on("6.2.5")]
+    );
+    // Nothing left paused: a second resume is refused, saying why.
+    let (code, _, err) = cluster.cli(0, &["upgrade", "resume"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no rollout is paused"), "{err}");
+}

@@ -90,6 +90,9 @@ impl Upgrades {
             if self.abort.swap(false, Ordering::Relaxed) {
                 run.observe(now_ms(), Observation::Abort);
             }
+            if self.resume.swap(false, Ordering::Relaxed) {
+                run.observe(now_ms(), Observation::Resume);
+            }
             let actions = run.next(now_ms());
             if !self.record(&run).await {
                 tracing::warn!(

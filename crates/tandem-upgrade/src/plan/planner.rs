@@ -3,8 +3,9 @@
 //! and group moves, with each step's precondition, timeout and client
 //! impact. Kept apart from the entry points in [`super`] because those
 //! decide whether a plan may be made at all (the refusals), and this only
-//! how its steps go once it may; the same walk serves upgrades, rollbacks
-//! and replans.
+//! how its steps go once it may; the same walk serves upgrades, rollbacks,
+//! replans and the waves of a fleet rollout (a [`WaveScope`]: the plan
+//! touches only the wave's nodes).
 
 use tandem_core::{ConfiguredRole, GroupId};
 use tandem_version::Version;
@@ -31,6 +32,23 @@ pub(super) struct Planner<'a> {
     min_serving: usize,
     /// What to give back at the end: preemption, group holders.
     pub(super) restore: Restore,
+    /// The nodes a wave of a fleet rollout may touch; `None`: every node.
+    pub(super) scope: Option<WaveScope>,
+}
+
+/// What one wave's plan covers: its nodes, and whether it carries the
+/// checks a whole-cluster plan opens and closes with. The checks run once
+/// per rollout, not once per wave, so a fleet of a thousand nodes is not
+/// backed up a hundred times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WaveScope {
+    /// The nodes the plan may upgrade (or revert).
+    pub nodes: Vec<String>,
+    /// Open with the sync report, the preflight and the backups (the
+    /// rollout's first wave).
+    pub prologue: bool,
+    /// Close with the sync report (the rollout's last wave).
+    pub epilogue: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -56,6 +74,7 @@ impl<'a> Planner<'a> {
             outage_ms: 0,
             min_serving: cluster.serving(),
             restore: Restore::from(cluster),
+            scope: None,
         }
     }
 
@@ -68,7 +87,9 @@ impl<'a> Planner<'a> {
         let preempt_was_on = self.restore.preempt_was_on.clone();
         let moves_roles = matches!(self.strategy, Strategy::Switchover | Strategy::ActiveActive);
 
-        if !self.rollback {
+        let prologue = self.scope.as_ref().is_none_or(|s| s.prologue);
+        let epilogue = self.scope.as_ref().is_none_or(|s| s.epilogue);
+        if !self.rollback && prologue {
             self.push(None, StepKind::SyncReport, all.clone(), "none");
             self.push(
                 None,
@@ -109,7 +130,9 @@ impl<'a> Planner<'a> {
                 last.finally = true;
             }
         }
-        self.push(None, StepKind::SyncReport, all, "every node on the target");
+        if epilogue {
+            self.push(None, StepKind::SyncReport, all, "every node on the target");
+        }
 
         let impact = self.estimate(&hops);
         Ok(UpgradePlan {
@@ -152,6 +175,12 @@ impl<'a> Planner<'a> {
             // A hop from a release to itself (a rollback with nothing
             // left to roll back) needs no node.
             .filter(|n| hop.from != hop.to && self.running(&n.name) == Some(hop.from))
+            // A wave of a fleet rollout touches only its own nodes.
+            .filter(|n| {
+                self.scope
+                    .as_ref()
+                    .is_none_or(|s| s.nodes.contains(&n.name))
+            })
             .collect();
         nodes.sort_by_key(|n| rank(n));
         nodes
@@ -393,7 +422,14 @@ impl<'a> Planner<'a> {
         let reconnect: Vec<String> = self.names(|n| {
             needing.iter().any(|m| m.name == n.name) || n.config_link == ConfigLink::Disconnected
         });
-        if !reconnect.is_empty() {
+        // A wave reconnects only once it leaves every node on the hop's
+        // release (a node reconnects only to a cluster on its own release):
+        // earlier waves stay disconnected until the last one, and a node
+        // that failed and fell back keeps them so, until the operator runs
+        // the upgrade again for it.
+        let whole_cluster_on_hop =
+            self.scope.is_none() || self.running.iter().all(|(_, v)| *v == hop.to);
+        if !reconnect.is_empty() && whole_cluster_on_hop {
             self.push(
                 Some(index),
                 StepKind::Reconnect { version: hop.to },
@@ -521,8 +557,9 @@ impl<'a> Planner<'a> {
 }
 
 /// Upgrade order within a hop: config-only nodes first, then secondaries,
-/// then the primary; lower priority first; name breaks ties.
-fn rank(node: &NodeState) -> (u8, u8, String) {
+/// then the primary; lower priority first; name breaks ties. A fleet
+/// rollout orders its waves by the same rank (`crate::fleet::plan_waves`).
+pub(crate) fn rank(node: &NodeState) -> (u8, u8, String) {
     let role = match node.configured {
         ConfiguredRole::Off | ConfiguredRole::ConfigOnly => 0,
         ConfiguredRole::Secondary => 1,

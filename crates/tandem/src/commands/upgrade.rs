@@ -1,7 +1,10 @@
-//! `tandem upgrade plan|run|status|report|abort|rollback`: clients of the
-//! agents' upgrade API. The cluster does the work — the active node coordinates and
+//! `tandem upgrade plan|run|status|report|abort|resume|rollback`: clients of
+//! the agents' upgrade API. The cluster does the work — the active node coordinates and
 //! replicates the journal — so this command only submits and follows:
-//! Ctrl-C detaches, it never aborts. `tandem upgrade simulate` talks to no
+//! Ctrl-C detaches, it never aborts. With the rollout knobs (`--canary`,
+//! `--batch P%`, `--max-failed`, `--auto-revert`, ...) the run goes in
+//! waves; `run` stops following at the pause after the canaries, and
+//! `resume` goes on and follows. `tandem upgrade simulate` talks to no
 //! agent: it plays fleet rollouts locally (`simulate`).
 
 use std::io::IsTerminal;
@@ -15,15 +18,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
 use tandem_agent::api::{
-    AbortAnswer, ApiClient, ClusterNode, ClusterReport, PlanAnswer, UpgradeRequest, UpgradeStatus,
+    AbortAnswer, ApiClient, ClusterNode, ClusterReport, PlanAnswer, ResumeAnswer,
+    RolloutUpgradeRequest, UpgradeRequest, UpgradeStatus,
 };
 use tandem_core::EffectiveRole;
-use tandem_upgrade::{RunStatus, StepState, UpgradeRun};
+use tandem_upgrade::{Batch, NodeProgress, RunStatus, StepState, UpgradeRun};
 
 use crate::cli::{ApiTarget, UpgradeCommand, UpgradeTarget};
 use crate::commands::cluster::api_client;
 use crate::commands::refusal;
 
+pub mod rollout_args;
 pub mod simulate;
 
 /// Runs one `tandem upgrade` subcommand.
@@ -31,7 +36,8 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
     match command {
         UpgradeCommand::Plan { upgrade, target } => {
             let client = api_client(&target)?;
-            let planned = client.post("/v1/upgrade/plan", &request(&upgrade)?).await;
+            let body = request(&upgrade, &client).await?;
+            let planned = client.post("/v1/upgrade/plan", &body).await;
             let answer: PlanAnswer = match refusal(planned)? {
                 Ok(answer) => answer,
                 Err(error) => {
@@ -50,7 +56,10 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
             upgrade,
             yes,
             target,
-        } => submit(&target, request(&upgrade)?, yes, json).await,
+        } => {
+            let body = request(&upgrade, &api_client(&target)?).await?;
+            submit(&target, body, yes, json).await
+        }
         UpgradeCommand::Rollback {
             to,
             strategy,
@@ -67,12 +76,12 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
                 batch: None,
                 rollback: true,
             };
-            submit(&target, body, yes, json).await
+            submit(&target, body.into(), yes, json).await
         }
         UpgradeCommand::Status { follow, target } => {
             let client = api_client(&target)?;
             if follow {
-                return follow_run(&client, json).await;
+                return follow_run(&client, json, AtPause::Stop).await;
             }
             let answer: UpgradeStatus = client.get("/v1/upgrade").await?;
             if json {
@@ -118,7 +127,7 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
-        UpgradeCommand::Simulate {
+        UpgradeCommand::Simulate(simulate::SimulateArgs {
             nodes,
             batch,
             canary,
@@ -130,7 +139,7 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
             fail_rate,
             seed,
             runs,
-        } => {
+        }) => {
             let spec = tandem_upgrade::SimulateSpec {
                 nodes: nodes as usize,
                 policy: tandem_upgrade::RolloutPolicy {
@@ -163,19 +172,59 @@ pub async fn run(command: UpgradeCommand, json: bool) -> anyhow::Result<ExitCode
             println!("{}", answer.abort);
             Ok(ExitCode::SUCCESS)
         }
+        UpgradeCommand::Resume { target } => {
+            let local = api_client(&target)?;
+            let client = active_client(&local).await?;
+            // The resume takes no body.
+            let answer: ResumeAnswer = match refusal(client.post("/v1/upgrade/resume", &()).await)?
+            {
+                Ok(answer) => answer,
+                Err(error) => {
+                    eprintln!("tandem: resume: {error}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            if !json {
+                println!("{}", answer.resume);
+            }
+            // The copy followed may still show the pause for a moment: a
+            // pause counts only once the rollout was seen going on (the
+            // next hop's canaries pause again).
+            follow_run(&local, json, AtPause::StopOnceMoved).await
+        }
     }
 }
 
-fn request(upgrade: &UpgradeTarget) -> anyhow::Result<UpgradeRequest> {
+/// The request for `upgrade plan|run`. Without a rollout knob it is what
+/// it always was: `--batch 3` is the rolling strategy's batch, and
+/// `--batch 30%` becomes one, resolved against the cluster's size now.
+async fn request(
+    upgrade: &UpgradeTarget,
+    client: &ApiClient,
+) -> anyhow::Result<RolloutUpgradeRequest> {
     let catalog = std::fs::read_to_string(&upgrade.catalog)
         .with_context(|| format!("cannot read catalog {}", upgrade.catalog.display()))?;
-    Ok(UpgradeRequest {
-        to: upgrade.to.clone(),
-        catalog,
-        catalog_origin: Some(upgrade.catalog.display().to_string()),
-        strategy: upgrade.strategy.clone(),
-        batch: upgrade.batch,
-        rollback: false,
+    let rollout = upgrade.rollout.policy(upgrade.batch);
+    let batch = match (upgrade.batch, &rollout) {
+        (None, _) | (Some(_), Some(_)) => None,
+        (Some(Batch::Nodes(nodes)), None) => Some(nodes),
+        (Some(share @ Batch::Percent(_)), None) => {
+            let cluster = client.cluster().await.with_context(|| {
+                format!("cannot read the cluster's size to turn --batch {share} into nodes: pass --batch N instead")
+            })?;
+            Some(share.nodes_of(cluster.nodes.len()))
+        }
+    };
+    Ok(RolloutUpgradeRequest {
+        upgrade: UpgradeRequest {
+            to: upgrade.to.clone(),
+            catalog,
+            catalog_origin: Some(upgrade.catalog.display().to_string()),
+            strategy: upgrade.strategy.clone(),
+            batch,
+            rollback: false,
+        },
+        rollout,
     })
 }
 
@@ -193,7 +242,7 @@ async fn active_client(local: &ApiClient) -> anyhow::Result<ApiClient> {
 
 async fn submit(
     target: &ApiTarget,
-    body: UpgradeRequest,
+    body: RolloutUpgradeRequest,
     yes: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -229,12 +278,23 @@ async fn submit(
         eprintln!("tandem: upgrade refused: {error}");
         return Ok(ExitCode::from(1));
     }
-    follow_run(&local, json).await
+    follow_run(&local, json, AtPause::Stop).await
 }
 
-/// Follows the replicated journal until the run ends; Ctrl-C detaches.
-async fn follow_run(client: &ApiClient, json: bool) -> anyhow::Result<ExitCode> {
-    match follow_journal(client, json).await? {
+/// Whether following a run in waves ends at the pause after its canaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtPause {
+    /// At any pause: `upgrade run` hands over to the operator there.
+    Stop,
+    /// Only at a pause after the rollout was seen going on: `upgrade
+    /// resume` follows past the pause it lifted.
+    StopOnceMoved,
+}
+
+/// Follows the replicated journal until the run ends, or pauses after its
+/// canaries (exit 0: `tandem upgrade resume` goes on); Ctrl-C detaches.
+async fn follow_run(client: &ApiClient, json: bool, at_pause: AtPause) -> anyhow::Result<ExitCode> {
+    match follow_journal(client, json, at_pause).await? {
         None => {
             eprintln!(
                 "detached; the upgrade goes on in the cluster: tandem upgrade status --follow"
@@ -247,7 +307,7 @@ async fn follow_run(client: &ApiClient, json: bool) -> anyhow::Result<ExitCode> 
             } else {
                 print!("{}", describe(&run));
             }
-            Ok(if run.status == RunStatus::Done {
+            Ok(if run.status == RunStatus::Done || run.paused() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -259,15 +319,20 @@ async fn follow_run(client: &ApiClient, json: bool) -> anyhow::Result<ExitCode> 
 /// Follows an upgrade to its end, with a progress bar on stderr unless
 /// `quiet`, and returns its outcome in words (for the demo).
 pub async fn follow(client: &ApiClient, quiet: bool) -> anyhow::Result<String> {
-    match follow_journal(client, quiet).await? {
+    match follow_journal(client, quiet, AtPause::Stop).await? {
         None => Ok("detached".into()),
         Some(run) => Ok(status_text(&run.status)),
     }
 }
 
-/// Polls the journal (every node has a copy) until the run is over;
-/// `None` when Ctrl-C detached.
-async fn follow_journal(client: &ApiClient, quiet: bool) -> anyhow::Result<Option<UpgradeRun>> {
+/// Polls the journal (every node has a copy) until the run is over, or
+/// paused as `at_pause` says; `None` when Ctrl-C detached.
+async fn follow_journal(
+    client: &ApiClient,
+    quiet: bool,
+    at_pause: AtPause,
+) -> anyhow::Result<Option<UpgradeRun>> {
+    let mut moved = false;
     let bar = if quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
@@ -312,7 +377,11 @@ async fn follow_journal(client: &ApiClient, quiet: bool) -> anyhow::Result<Optio
             .running_step()
             .and_then(|id| track.plan.step(id))
             .map(ToString::to_string);
-        let line = running.unwrap_or_else(|| status_text(&run.status));
+        let line = match running {
+            Some(step) => step,
+            None if run.paused() => "paused after the canaries".to_string(),
+            None => status_text(&run.status),
+        };
         if line != last_line {
             if !quiet {
                 bar.println(format!("  {line}"));
@@ -320,10 +389,12 @@ async fn follow_journal(client: &ApiClient, quiet: bool) -> anyhow::Result<Optio
             bar.set_message(line.clone());
             last_line = line;
         }
-        if run.status.is_finished() {
+        let paused = run.paused();
+        if run.status.is_finished() || paused && (at_pause == AtPause::Stop || moved) {
             bar.finish_and_clear();
             return Ok(Some(run));
         }
+        moved |= !paused;
     }
     bail!("gave up following the upgrade after a day: see tandem upgrade status")
 }
@@ -339,12 +410,12 @@ fn status_text(status: &RunStatus) -> String {
     }
 }
 
-/// The journal as text: the outcome and every step with its state and time.
+/// The journal as text: the outcome, the rollout when the run goes in
+/// waves, and every step with its state and time.
 fn describe(run: &UpgradeRun) -> String {
     let mut out = format!("upgrade: {}\n", status_text(&run.status));
-    for (title, track) in
-        std::iter::once(("plan", &run.forward)).chain(run.rollback.iter().map(|t| ("rollback", t)))
-    {
+    out.push_str(&rollout_text(run));
+    for (title, track) in tracks(run) {
         out.push_str(&format!("{title} ({}):\n", track.plan.strategy));
         for (step, record) in track.plan.steps.iter().zip(&track.records) {
             let took = match (record.started_ms, record.finished_ms) {
@@ -359,6 +430,72 @@ fn describe(run: &UpgradeRun) -> String {
                 out.push_str(&format!("           ! {detail}\n"));
             }
         }
+    }
+    out
+}
+
+/// Every track of the journal, titled, in the order they ran: the waves'
+/// plans before the current one, the plan, the rollback.
+fn tracks(run: &UpgradeRun) -> Vec<(&'static str, &tandem_upgrade::Track)> {
+    let earlier = run.fleet.iter().flat_map(|f| f.earlier.iter());
+    earlier
+        .map(|t| ("wave", t))
+        .chain(std::iter::once(("plan", &run.forward)))
+        .chain(run.rollback.iter().map(|t| ("rollback", t)))
+        .collect()
+}
+
+/// The rollout of a run in waves, as text: where it is, the failed nodes,
+/// and each wave with its nodes' progress; empty for a run without one.
+fn rollout_text(run: &UpgradeRun) -> String {
+    let (Some(fleet), Some(rollout)) = (&run.fleet, run.rollout()) else {
+        return String::new();
+    };
+    let status = if run.paused() {
+        "paused after the canaries: check them, then `tandem upgrade resume`".to_string()
+    } else {
+        serde_json::to_value(rollout.status())
+            .ok()
+            .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", rollout.status()))
+    };
+    let waves = rollout.waves();
+    let mut out = format!(
+        "rollout: {status}\n  hop {} of {} (to {}), wave {} of {}, {} failed (--max-failed {})\n",
+        fleet.hop + 1,
+        fleet.hops.len(),
+        fleet
+            .hops
+            .get(fleet.hop)
+            .map_or_else(String::new, |h| h.to.to_string()),
+        (rollout.current_wave() + 1).min(waves.len()),
+        waves.len(),
+        rollout.failed(),
+        rollout.policy().max_failed
+    );
+    for (i, wave) in waves.iter().enumerate() {
+        let nodes: Vec<String> = wave
+            .nodes
+            .iter()
+            .map(|n| match rollout.progress(n) {
+                Some(NodeProgress::Failed { reason }) => format!("{n} failed ({reason})"),
+                Some(progress) => serde_json::to_value(progress)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("progress")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
+                    .map_or_else(|| n.clone(), |p| format!("{n} {p}")),
+                None => n.clone(),
+            })
+            .collect();
+        out.push_str(&format!(
+            "  wave {} ({}): {}\n",
+            i + 1,
+            wave.kind,
+            nodes.join(", ")
+        ));
     }
     out
 }
@@ -389,7 +526,7 @@ pub struct Report {
 /// One step in a [`Report`].
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineEntry {
-    /// `plan` or `rollback`.
+    /// `wave` (an earlier wave of a rollout), `plan` or `rollback`.
     pub track: &'static str,
     /// The step's number.
     pub step: u32,
@@ -413,10 +550,7 @@ impl Report {
         versions_now: BTreeMap<String, String>,
         impact: Option<Value>,
     ) -> Report {
-        let tracks: Vec<(&'static str, &tandem_upgrade::Track)> =
-            std::iter::once(("plan", &run.forward))
-                .chain(run.rollback.iter().map(|t| ("rollback", t)))
-                .collect();
+        let tracks = tracks(run);
         // Times in the journal are the coordinators' wall clocks (ms since
         // the epoch); the timeline counts from the first start.
         let first = tracks

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tandem_image::slots::{SlotName, SlotTable};
-use tandem_upgrade::{UpgradePlan, UpgradeRun};
+use tandem_upgrade::{RolloutPolicy, UpgradePlan, UpgradeRun};
 use tandem_version::Version;
 
 use super::ConfigLink;
@@ -177,6 +177,32 @@ pub struct UpgradeRequest {
     pub rollback: bool,
 }
 
+/// The body `tandem upgrade plan|run` sends to `POST /v1/upgrade/plan`
+/// and `POST /v1/upgrade`: an [`UpgradeRequest`] and, for a rollout in
+/// waves, its knobs. A caller that sends a bare [`UpgradeRequest`] (older
+/// CLIs, the demo) is read as one without knobs: the upgrade runs as it
+/// always did, one plan for the whole cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutUpgradeRequest {
+    /// What to upgrade to, how.
+    #[serde(flatten)]
+    pub upgrade: UpgradeRequest,
+    /// Canaries, batches, the failure budget and the revert
+    /// (`--canary`, `--batch N|P%`, `--max-failed`, ...); `None`: no
+    /// rollout in waves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+}
+
+impl From<UpgradeRequest> for RolloutUpgradeRequest {
+    fn from(upgrade: UpgradeRequest) -> Self {
+        RolloutUpgradeRequest {
+            upgrade,
+            rollout: None,
+        }
+    }
+}
+
 /// `POST /v1/upgrade/plan` and `POST /v1/upgrade`: the plan (to follow,
 /// or now being followed), as text and as data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +227,13 @@ pub struct UpgradeStatus {
 pub struct AbortAnswer {
     /// What happens now, in words.
     pub abort: String,
+}
+
+/// `POST /v1/upgrade/resume`: the rollout goes on after its canaries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeAnswer {
+    /// What happens now, in words.
+    pub resume: String,
 }
 
 /// `PUT /v1/upgrade/journal`: a peer's copy of the journal was received.
@@ -322,6 +355,16 @@ mod tests {
 
         let status: UpgradeStatus = read(json!({"coordinating": false, "run": null}));
         assert!(status.run.is_none());
+        // A bare upgrade request (the demo, older CLIs) still reads, as
+        // one without a rollout in waves.
+        let bare: RolloutUpgradeRequest = read(json!({"to": "6.2.5", "catalog": "",
+            "strategy": "rolling", "batch": 2}));
+        assert!(bare.rollout.is_none());
+        assert_eq!(bare.upgrade.batch, Some(2));
+        let knobs: RolloutUpgradeRequest = read(json!({"to": "6.2.5", "catalog": "",
+            "rollout": {"batch": "10%", "canary": 1, "health_deadline": {"secs": 60, "nanos": 0},
+                "max_failed": 0, "auto_revert": true, "auto_promote": null}}));
+        assert_eq!(knobs.rollout.map(|r| r.canary), Some(1));
         let link = ConfigLinkAnswer {
             config_link: ConfigLink::Disconnected,
         };

@@ -10,8 +10,52 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Args;
 use serde::Serialize;
+use tandem_toml::parse_duration;
 use tandem_upgrade::{SimulateReport, SimulateSpec};
+
+/// The flags of `tandem upgrade simulate` (the subcommand's help is on
+/// its variant in `cli.rs`); kept here, beside what reads them.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Nodes in the fleet.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub nodes: u32,
+    /// Nodes per wave after the canaries: a count (10) or a share of
+    /// the fleet (10%).
+    #[arg(long, value_name = "N|P%", default_value = "1")]
+    pub batch: tandem_upgrade::Batch,
+    /// Nodes upgraded first, in a wave of their own.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub canary: usize,
+    /// Failed nodes tolerated; one more stops the rollout.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_failed: usize,
+    /// How long a node may take to turn healthy before it counts as
+    /// failed.
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub health_deadline: Duration,
+    /// Go on after the canaries once they stayed healthy this long,
+    /// instead of pausing for `tandem upgrade resume`.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub auto_promote: Option<Duration>,
+    /// How long a node takes to boot the new release.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub boot: Duration,
+    /// How long from its boot until a node's health check passes.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub health: Duration,
+    /// The chance that one node's upgrade fails: 0.01 or 1%.
+    #[arg(long, value_name = "P", default_value = "0", value_parser = parse_fail_rate)]
+    pub fail_rate: f64,
+    /// Seed of the simulated boot times and failures.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// Rollouts to play.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+}
 
 /// Exit code for a simulation the library refuses (too large): bad input.
 const EXIT_BAD_INPUT: u8 = 2;
