@@ -50,6 +50,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tandem_core::{EffectiveRole, Input, Node};
+use tandem_sync::fencing::Fencing;
 use tandem_sync::receiver::{Receiver, ReceiverConfig, ReceiverEvent};
 use tandem_sync::replicator::{DataSync, PeerAddr, Replicator, ReplicatorConfig};
 use tandem_sync::tls::TlsIdentity;
@@ -138,6 +139,8 @@ struct Shared {
     unreplicated: tandem_sync::unreplicated::Unreplicated,
     /// Where each replicator reports peers heard on the sync channel.
     heard: mpsc::Sender<String>,
+    /// The fencing epochs commits carry and the receiver checks.
+    fencing: Arc<Fencing>,
     /// The sync channel's keepalive: the heartbeat interval.
     keepalive: Duration,
     /// Wakes the quarantine merge (a batch was just quarantined).
@@ -218,7 +221,9 @@ impl Replication {
         let unreplicated =
             tandem_sync::unreplicated::Unreplicated::open(&state_dir.join("unreplicated"))
                 .map_err(sync_error)?;
+        let fencing = Arc::new(Fencing::default());
         let receiver = Receiver::new(ReceiverConfig {
+            fencing: fencing.clone(),
             unreplicated: Some(unreplicated.clone()),
             quarantine_dir: Some(quarantine::quarantine_dir(state_dir)),
             identity: identity.clone(),
@@ -283,6 +288,7 @@ impl Replication {
             config_changed: tokio::sync::Notify::new(),
             unreplicated,
             heard: heard_tx,
+            fencing,
             keepalive: config.cluster.interval,
             quarantine_wake: tokio::sync::Notify::new(),
             merges: Mutex::default(),
@@ -366,6 +372,9 @@ impl Replication {
         let Some(inner) = self.inner.as_mut() else {
             return;
         };
+        let (own, newest) = node.fencing_epochs(now);
+        inner.shared.fencing.set_own(own);
+        inner.shared.fencing.see(newest);
         let status = node.status(now);
         let active = status.effective_role == EffectiveRole::Active;
         inner.active = active;
@@ -677,6 +686,7 @@ fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
     config.unreplicated = Some(shared.unreplicated.clone());
     config.keepalive = Some(shared.keepalive);
     config.heard = Some(shared.heard.clone());
+    config.fencing = shared.fencing.clone();
     Replicator::start(config)
 }
 

@@ -53,6 +53,7 @@ async fn run(mode: DataSync, writers: usize, span: Duration, size: usize) -> Res
         log_dir: Some(dir.path().join("b/log")),
         unreplicated: None,
         quarantine_dir: None,
+        fencing: Default::default(),
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -64,6 +64,9 @@ pub enum Message {
     Commit {
         /// Request id, echoed in the answer.
         seq: u64,
+        /// The sender's fencing epoch (0: none; see [`crate::fencing`]).
+        #[serde(default)]
+        epoch: u64,
     },
     /// Positive answer to the request `seq`.
     Ack {
@@ -229,7 +232,7 @@ mod tests {
         write_frame(&mut wire, &put, b"\0\x01binary")
             .await
             .expect("write a put frame");
-        write_frame(&mut wire, &Message::Commit { seq: 7 }, b"")
+        write_frame(&mut wire, &Message::Commit { seq: 7, epoch: 0 }, b"")
             .await
             .expect("write a commit frame");
         write_frame(&mut wire, &Message::Ping { seq: 8 }, b"")
@@ -246,7 +249,7 @@ mod tests {
             .await
             .expect("read the second frame")
             .expect("get the second frame");
-        assert_eq!(second.message, Message::Commit { seq: 7 });
+        assert_eq!(second.message, Message::Commit { seq: 7, epoch: 0 });
         let ping = read_frame(&mut reader)
             .await
             .expect("read the ping frame")
@@ -268,7 +271,7 @@ mod tests {
         assert!(read_frame(&mut &huge[..]).await.is_err());
 
         let mut wire = Vec::new();
-        write_frame(&mut wire, &Message::Commit { seq: 1 }, b"")
+        write_frame(&mut wire, &Message::Commit { seq: 1, epoch: 0 }, b"")
             .await
             .expect("write a commit frame");
         wire.truncate(wire.len() - 1);

@@ -64,6 +64,7 @@
 #![deny(missing_docs)]
 
 pub mod cert;
+pub mod fencing;
 pub mod frame;
 pub mod liveness;
 mod peer_status;

@@ -42,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::fencing::Fencing;
 use crate::frame::{ManifestSet, Message, read_frame, write_frame};
 use crate::liveness::RateLimit;
 use crate::standby_log::StandbyLog;
@@ -89,6 +90,9 @@ pub struct ReceiverConfig {
     /// Where those files go (`STATE_DIR/quarantine`); required with
     /// `unreplicated`.
     pub quarantine_dir: Option<PathBuf>,
+    /// The newest fencing epoch this node knows: older commits are
+    /// refused ([`crate::fencing`]).
+    pub fencing: Arc<Fencing>,
 }
 
 /// How long acked operations wait in the standby log before they are put
@@ -138,6 +142,9 @@ pub struct ReceiverStatus {
     pub refused_connections: u64,
     /// Why the last one was refused.
     pub last_refused: Option<String>,
+    /// Commits refused for an older fencing epoch ([`crate::fencing`]).
+    #[serde(default)]
+    pub stale_commits: u64,
 }
 
 /// Something the agent may want to act on.
@@ -316,6 +323,7 @@ impl Receiver {
                     last_catch_up_unix_ms: None,
                     refused_connections: 0,
                     last_refused: None,
+                    stale_commits: 0,
                 }),
             }),
         })
@@ -496,28 +504,11 @@ async fn converse(shared: &Arc<Shared>, mut channel: Channel) -> Result<()> {
                 batch.push(Op::Delete { path });
                 continue;
             }
-            Message::Commit { seq } => {
+            Message::Commit { seq, epoch } => {
                 let ops = std::mem::take(&mut batch);
-                let files = ops.len() as u64;
-                let bytes = ops.iter().map(Op::bytes).sum::<u64>();
-                match store_batch(shared, ops, bytes).await {
-                    Ok(()) => {
-                        let mut status = shared.status();
-                        status.batches_applied += 1;
-                        status.last_applied_unix_ms = Some(unix_ms(SystemTime::now()));
-                        if let Some(progress) = status.progress.as_mut() {
-                            progress.files_done += files;
-                            progress.bytes_done += bytes;
-                        }
-                        Message::Ack { seq }
-                    }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "refused a batch");
-                        Message::Nack {
-                            seq,
-                            error: e.to_string(),
-                        }
-                    }
+                match shared.config.fencing.stale(epoch) {
+                    Some(newest) => refuse_stale(shared, &peer, seq, epoch, newest),
+                    None => commit(shared, &peer, seq, ops).await,
                 }
             }
             Message::ManifestRequest { seq, set } => {
@@ -741,5 +732,43 @@ async fn materialize_when_due(shared: Arc<Shared>) {
             tracing::error!(error = %e, "cannot put the standby log into the data dir; retrying");
             shared.log_wake.notify_one();
         }
+    }
+}
+
+/// Makes a batch durable and answers it.
+async fn commit(shared: &Arc<Shared>, peer: &str, seq: u64, ops: Vec<Op>) -> Message {
+    let files = ops.len() as u64;
+    let bytes = ops.iter().map(Op::bytes).sum::<u64>();
+    match store_batch(shared, ops, bytes).await {
+        Ok(()) => {
+            let mut status = shared.status();
+            status.batches_applied += 1;
+            status.last_applied_unix_ms = Some(unix_ms(SystemTime::now()));
+            if let Some(progress) = status.progress.as_mut() {
+                progress.files_done += files;
+                progress.bytes_done += bytes;
+            }
+            Message::Ack { seq }
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "refused a batch");
+            Message::Nack {
+                seq,
+                error: e.to_string(),
+            }
+        }
+    }
+}
+
+/// Answers a commit stamped with an older fencing epoch than this node
+/// knows: its sender no longer holds the service ([`crate::fencing`]).
+fn refuse_stale(shared: &Shared, peer: &str, seq: u64, epoch: u64, newest: u64) -> Message {
+    shared.status().stale_commits += 1;
+    tracing::warn!(%peer, epoch, newest, "refused a commit from an older epoch: its sender no longer holds the service");
+    Message::Nack {
+        seq,
+        error: format!(
+            "stale fencing epoch {epoch}: this node knows epoch {newest}, so the sender no longer holds the service"
+        ),
     }
 }

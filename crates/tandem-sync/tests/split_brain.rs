@@ -139,6 +139,7 @@ impl Standby {
             log_dir: Some(cluster.node(node).join("sync-log")),
             unreplicated: quarantine.then(|| cluster.record(node)),
             quarantine_dir: quarantine.then(|| cluster.quarantine(node)),
+            fencing: Default::default(),
         })
         .expect("create the receiver");
         let listener = TcpListener::bind(addr).await.expect("bind the receiver");
@@ -457,6 +458,7 @@ async fn a_receiver_with_a_record_needs_a_quarantine_dir() {
         log_dir: None,
         unreplicated: Some(cluster.record("node-b")),
         quarantine_dir: None,
+        fencing: Default::default(),
     })
     .unwrap_err();
     assert!(error.to_string().contains("quarantine_dir"), "{error}");

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tandem_sync::fencing::Fencing;
 use tandem_sync::frame::{Message, read_frame, write_frame};
 use tandem_sync::receiver::{Receiver, ReceiverConfig, ReceiverEvent, StandbyState};
 use tandem_sync::replicator::{
@@ -79,6 +80,7 @@ fn receiver_config(
         log_dir: Some(cluster.path().join(node).join("sync-log")),
         unreplicated: None,
         quarantine_dir: None,
+        fencing: Default::default(),
     }
 }
 
@@ -395,7 +397,7 @@ async fn a_path_escaping_the_data_dir_is_refused() {
             write_frame(&mut channel.stream, &put, b"pwned")
                 .await
                 .expect("write an evil put");
-            write_frame(&mut channel.stream, &Message::Commit { seq }, b"")
+            write_frame(&mut channel.stream, &Message::Commit { seq, epoch: 0 }, b"")
                 .await
                 .expect("write a commit");
             channel.stream.flush().await.expect("flush the stream");
@@ -427,6 +429,82 @@ async fn a_path_escaping_the_data_dir_is_refused() {
             .await
             .unwrap_err();
         assert!(matches!(error, Error::BadPath { .. }), "{error}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_commit_stamped_with_an_older_epoch_is_refused_and_counted() {
+    bounded(async {
+        let cluster = Cluster::new();
+        let (events_tx, _events) = mpsc::channel(64);
+        // The standby knows epoch 7: another node took the service over.
+        let fencing = Arc::new(Fencing::default());
+        fencing.see(7);
+        let mut config = receiver_config(&cluster, "node-b", &["node-a"], events_tx);
+        config.fencing = fencing.clone();
+        let receiver = Receiver::new(config).expect("create the receiver");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("read the receiver's address");
+        let serving = receiver.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        let mut channel = tls::connect(
+            &cluster.identity("node-a"),
+            addr,
+            "node-b",
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect to the standby");
+        // A paused active that served under epoch 5 wakes and commits.
+        for (seq, epoch, file) in [(1, 5, "spool/stale"), (2, 7, "spool/current")] {
+            let put = Message::Put {
+                path: file.into(),
+                mode: 0o644,
+            };
+            write_frame(&mut channel.stream, &put, b"mail")
+                .await
+                .expect("write a put");
+            write_frame(&mut channel.stream, &Message::Commit { seq, epoch }, b"")
+                .await
+                .expect("write a commit");
+            channel.stream.flush().await.expect("flush the stream");
+            let answer = read_frame(&mut channel.stream)
+                .await
+                .expect("read the answer")
+                .expect("get an answer frame");
+            match (epoch, answer.message) {
+                (5, Message::Nack { seq: s, error }) => {
+                    assert_eq!(s, seq);
+                    assert!(error.contains("stale fencing epoch 5"), "{error}");
+                }
+                (7, Message::Ack { seq: s }) => assert_eq!(s, seq),
+                (_, other) => panic!("epoch {epoch}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(receiver.status().stale_commits, 1);
+        // The current batch reaches the data dir (through the standby log);
+        // the stale one never does.
+        let names = || -> Vec<String> {
+            manifest(&cluster, "node-b")
+                .iter()
+                .map(|e| e.path.clone())
+                .collect()
+        };
+        for _ in 0..100 {
+            if names().iter().any(|p| p.contains("current")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let files = names();
+        assert!(files.iter().any(|p| p.contains("current")), "{files:?}");
+        assert!(
+            files.iter().all(|p| !p.contains("stale")),
+            "the stale batch reached the data: {files:?}"
+        );
     })
     .await
 }

@@ -88,6 +88,16 @@ impl Node {
                 .is_some_and(|k| self.is_mine(k))
     }
 
+    /// The fencing epochs of the first group (the sync channel carries one
+    /// data set per node): the one this node serves under (0: none) and
+    /// the newest it knows (0: none). Both 0 with peers.
+    pub fn fencing_epochs(&self, now: Millis) -> (u64, u64) {
+        let Some(view) = self.store.leaders.first() else {
+            return (0, 0);
+        };
+        (self.own_epoch(0, now).unwrap_or(0), view.highest_epoch)
+    }
+
     /// Whether `key` was written by this run of this node.
     fn is_mine(&self, key: &LeaderKey) -> bool {
         key.node == self.config.name && Some(key.session) == self.store.session

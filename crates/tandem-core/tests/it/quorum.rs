@@ -125,6 +125,11 @@ fn time_until_serving(sim: &mut Sim, watch: &mut Watch, who: &str, within: Durat
 #[test]
 fn a_partition_between_peers_leaves_the_key_holder_alone_serving() {
     let (mut sim, mut watch) = settled(&["a", "b"]);
+    // The sync channel's epochs: a serves under the key's, b knows it.
+    let epoch = sim.store().and_then(|s| s.leader(G)).map(|(_, e)| e);
+    let epochs = |sim: &Sim, n: &str| sim.node(n).map(|n| n.fencing_epochs(sim.now));
+    assert_eq!(epochs(&sim, "a"), epoch.map(|e| (e, e)));
+    assert_eq!(epochs(&sim, "b"), epoch.map(|e| (0, e)));
     // The peers lose each other but both still reach the store: with
     // peers alone, b would serve after the hold time.
     sim.isolate("a");

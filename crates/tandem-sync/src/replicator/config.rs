@@ -6,11 +6,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::fencing::Fencing;
 use crate::tls::TlsIdentity;
 use crate::unreplicated::Unreplicated;
 
@@ -109,6 +111,8 @@ pub struct ReplicatorConfig {
     /// over the authenticated channel. At most one per standby per
     /// `keepalive` (1 s without), dropped when full: never waited for.
     pub heard: Option<mpsc::Sender<String>>,
+    /// The epoch each commit carries ([`crate::fencing`]).
+    pub fencing: Arc<Fencing>,
 }
 
 impl ReplicatorConfig {
@@ -128,6 +132,7 @@ impl ReplicatorConfig {
             unreplicated: None,
             keepalive: None,
             heard: None,
+            fencing: Arc::default(),
         }
     }
 }

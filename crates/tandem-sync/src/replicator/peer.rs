@@ -428,7 +428,11 @@ pub(super) async fn send_batch(
         }
     }
     *seq += 1;
-    request(shared, channel, *seq, &Message::Commit { seq: *seq }, b"").await?;
+    let commit = Message::Commit {
+        seq: *seq,
+        epoch: shared.config.fencing.own(),
+    };
+    request(shared, channel, *seq, &commit, b"").await?;
     let mut inner = peer.lock();
     inner.round_trips += 1;
     inner.last_ack = Some(SystemTime::now());
