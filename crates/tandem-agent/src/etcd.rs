@@ -115,12 +115,11 @@ pub async fn start(
     }
     let mut client = Client::connect(&settings.endpoints, Some(options))
         .await
-        .map_err(|e| fail(format!("cannot connect: {e} (check [etcd] endpoints, and that etcd runs and is reachable from here)")))?;
-    client.status().await.map_err(|e| {
-        fail(format!(
-            "does not answer: {e} (is a quorum of its members up?)"
-        ))
-    })?;
+        .map_err(|e| fail(format!("cannot connect: {e} ({})", hint(&e))))?;
+    client
+        .status()
+        .await
+        .map_err(|e| fail(format!("does not answer: {e} ({})", hint(&e))))?;
     let (news_tx, news) = mpsc::channel(64);
     let (requests, requests_rx) = mpsc::unbounded_channel();
     let (lease_tx, lease_rx) = watch::channel(None);
@@ -144,6 +143,16 @@ pub async fn start(
     ));
     tokio::spawn(serve_requests(client, keys, lease_rx, requests_rx, news_tx));
     Ok(StoreLink { news, requests })
+}
+
+/// What to check, for an error at start.
+fn hint(e: &etcd_client::Error) -> &'static str {
+    let text = e.to_string().to_ascii_lowercase();
+    if text.contains("tls") || text.contains("certificate") {
+        "check [etcd] ca, cert and key, and use https:// only where etcd serves TLS"
+    } else {
+        "check [etcd] endpoints, that etcd runs and is reachable from here, and that a quorum of its members is up"
+    }
 }
 
 fn tls(settings: &EtcdSettings) -> Result<Option<etcd_client::TlsOptions>, String> {

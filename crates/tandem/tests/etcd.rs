@@ -417,3 +417,38 @@ fn failsafe_keeps_the_active_through_an_etcd_outage_while_its_peer_answers() {
     });
     assert!(epoch(&rt) >= before);
 }
+
+#[test]
+fn wrong_tls_stops_the_agent_with_its_endpoints_named() {
+    if !etcd_or_skip("wrong TLS") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let etcd = LocalEtcd::start(&dir.path().join("etcd"), 1).expect("start etcd");
+    // etcd speaks plain HTTP here; the agent is told to use TLS with a CA
+    // that is not a certificate at all.
+    let endpoint = etcd.endpoints().remove(0).replace("http://", "https://");
+    let spec = ClusterSpec {
+        exe: Some(EXE.into()),
+        etcd: vec![endpoint.clone()],
+        ..ClusterSpec::new(&["alpha", "beta"], vec!["true".into()])
+    };
+    let cluster = LocalCluster::create(&spec).expect("create the cluster");
+    let config = &cluster.nodes[0].config;
+    let ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&ca, "this is not a certificate\n").expect("write the CA file");
+    let mut text = std::fs::read_to_string(config).expect("read the config");
+    // [etcd] is the config's last table.
+    text.push_str(&format!("ca = {:?}\n", ca.display().to_string()));
+    std::fs::write(config, text).expect("write the config");
+    let out = std::process::Command::new(EXE)
+        .arg("agent")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(stderr.contains(&endpoint), "names the endpoint: {stderr}");
+    assert!(stderr.contains("[etcd] ca"), "says what to check: {stderr}");
+}
