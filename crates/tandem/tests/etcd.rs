@@ -91,6 +91,16 @@ fn the_holder_serves_under_an_epoch_and_a_crash_is_taken_over_at_once() {
     let alpha = rt.block_on(cluster.status(0)).expect("alpha answers");
     let epoch = alpha.node.groups.first().and_then(|g| g.epoch);
     assert!(epoch.is_some(), "alpha holds the key: {alpha:?}");
+    let (code, table, err) = cluster.cli(1, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    let note = format!(
+        "alpha: holds group 0 under etcd epoch {}",
+        epoch.unwrap_or(0)
+    );
+    assert!(
+        table.contains(&note),
+        "the status says who holds the key: {table}"
+    );
 
     // Both crash-detection connections are up once a few heartbeats went
     // by; a kill before that is seen only by the heartbeat timeout.

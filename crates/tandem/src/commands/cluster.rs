@@ -213,6 +213,33 @@ fn table(cluster: &ClusterReport) -> String {
     out
 }
 
+/// `coordination = "etcd"`: the epoch a node serves under, and what its
+/// fencing did (never a silent change of role).
+fn coordination_notes(report: &StatusReport, notes: &mut Vec<String>) {
+    let name = &report.node.node;
+    for group in &report.node.groups {
+        if let Some(epoch) = group.epoch {
+            notes.push(format!(
+                "{name}: holds group {} under etcd epoch {epoch}",
+                group.group.0
+            ));
+        }
+    }
+    let counters = &report.node.counters;
+    if counters.self_fenced > 0 {
+        notes.push(format!(
+            "{name}: stood down {} time(s) because its etcd session ran out or the leader key moved (see its log: session-expired, leader-moved)",
+            counters.self_fenced
+        ));
+    }
+    if counters.stale_epochs > 0 {
+        notes.push(format!(
+            "{name}: ignored {} claim(s) made under an older etcd epoch",
+            counters.stale_epochs
+        ));
+    }
+}
+
 /// What a node's report has to say beyond its row: unsigned images, a key
 /// mismatch, quarantined data, config sync, rejected datagrams.
 fn node_notes(report: &StatusReport, notes: &mut Vec<String>) {
@@ -243,6 +270,7 @@ fn node_notes(report: &StatusReport, notes: &mut Vec<String>) {
         }
         config_sync_notes(name, &sync.config, notes);
     }
+    coordination_notes(report, notes);
     let rejected = &report.node.counters.rejected;
     for (reason, hint) in [
         (
