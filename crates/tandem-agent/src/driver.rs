@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use crate::api::{CommandOutcome, CommandReply, ListenerAction};
 use crate::config::{AgentConfig, ModeName};
 use crate::crash_link::PeerLinkEvent;
-use crate::etcd::{StoreLink, StoreNews};
+use crate::etcd::{MemberState, StoreLink, StoreNews};
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks, LinkEvent};
 use crate::monitor::Verdict;
@@ -393,6 +393,17 @@ impl Agent {
         // (409, a 4xx to the client) while the outputs still run — a
         // window as long as the step's fsync'd persist on a busy disk.
         self.replication.after_step(&self.node, self.clock.now());
+        if self.config.etcd.is_some() {
+            let data = serde_json::to_value(self.node.data_state()).ok();
+            self.store.set_member(MemberState {
+                role: self.node.effective_role(self.clock.now()).to_string(),
+                data: data
+                    .as_ref()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
         for output in &outputs {
             self.execute(output).await;
         }

@@ -11,8 +11,8 @@
 //!   lease expired) is [`StoreNews::Lost`], and a new lease is granted.
 //! - **Keys** under the prefix: `leader/GROUP` (JSON `{node, session}`,
 //!   attached to the holder's lease; its mod revision is the group's
-//!   fencing epoch) and `members/NODE` (this node's name and version, on
-//!   its lease).
+//!   fencing epoch) and `members/NODE` (this node's name, version, role and
+//!   data state, on its lease, rewritten when one of them changes).
 //! - **Take over:** a transaction that writes `leader/GROUP` only if it
 //!   does not exist (`create_revision == 0`), else reads it. With `evict`
 //!   and the key held by that node (its death is proven, or it handed the
@@ -70,6 +70,17 @@ pub struct StoreLink {
     pub news: mpsc::Receiver<StoreNews>,
     /// What the core asks.
     pub requests: mpsc::UnboundedSender<StoreRequest>,
+    /// What `members/NODE` says of this node.
+    pub member: watch::Sender<MemberState>,
+}
+
+/// This node as its `members/NODE` key shows it (Patroni's member keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MemberState {
+    /// Its effective role.
+    pub role: String,
+    /// Where its replicated data stands (`in-sync`, `behind`, ...).
+    pub data: String,
 }
 
 impl StoreLink {
@@ -77,7 +88,21 @@ impl StoreLink {
     pub fn none() -> StoreLink {
         let (_, news) = mpsc::channel(1);
         let (requests, _) = mpsc::unbounded_channel();
-        StoreLink { news, requests }
+        let (member, _) = watch::channel(MemberState::default());
+        StoreLink {
+            news,
+            requests,
+            member,
+        }
+    }
+
+    /// Records this node's role and data state for its member key.
+    pub fn set_member(&self, state: MemberState) {
+        self.member.send_if_modified(|now| {
+            let changed = *now != state;
+            *now = state;
+            changed
+        });
     }
 }
 
@@ -127,10 +152,16 @@ pub async fn start(
         prefix: settings.prefix.clone(),
         node: node.to_owned(),
     };
-    tokio::spawn(keep_session(
+    let (member, member_rx) = watch::channel(MemberState::default());
+    tokio::spawn(publish_member(
         client.clone(),
         keys.clone(),
         version.to_owned(),
+        lease_rx.clone(),
+        member_rx,
+    ));
+    tokio::spawn(keep_session(
+        client.clone(),
         settings.ttl,
         news_tx.clone(),
         lease_tx,
@@ -142,7 +173,11 @@ pub async fn start(
         news_tx.clone(),
     ));
     tokio::spawn(serve_requests(client, keys, lease_rx, requests_rx, news_tx));
-    Ok(StoreLink { news, requests })
+    Ok(StoreLink {
+        news,
+        requests,
+        member,
+    })
 }
 
 /// What to check, for an error at start.
@@ -227,8 +262,6 @@ fn revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {
 /// Grants a lease and keeps it alive; reports each confirmed renewal.
 async fn keep_session(
     mut client: Client,
-    keys: Keys,
-    version: String,
     ttl: Duration,
     news: mpsc::Sender<StoreNews>,
     lease: watch::Sender<Option<i64>>,
@@ -253,18 +286,6 @@ async fn keep_session(
         };
         let session = u64::try_from(id).unwrap_or(0);
         let _ = lease.send(Some(id));
-        let member =
-            serde_json::json!({ "node": keys.node, "version": version, "session": session });
-        if let Err(e) = client
-            .put(
-                keys.member(),
-                member.to_string(),
-                Some(PutOptions::new().with_lease(id)),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "etcd: cannot write this node's member key");
-        }
         let renewed = StoreNews::Renewed {
             session,
             valid_until: sent_at + ttl - margin,
@@ -313,6 +334,42 @@ async fn keep_session(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Writes `members/NODE` on the current session whenever the session or
+/// this node's role or data state changes.
+async fn publish_member(
+    mut client: Client,
+    keys: Keys,
+    version: String,
+    mut lease: watch::Receiver<Option<i64>>,
+    mut member: watch::Receiver<MemberState>,
+) {
+    loop {
+        let id = *lease.borrow_and_update();
+        let state = member.borrow_and_update().clone();
+        if let Some(id) = id {
+            let value = serde_json::json!({
+                "node": keys.node,
+                "version": version,
+                "session": u64::try_from(id).unwrap_or(0),
+                "role": state.role,
+                "data": state.data,
+            });
+            let put = client.put(
+                keys.member(),
+                value.to_string(),
+                Some(PutOptions::new().with_lease(id)),
+            );
+            if let Err(e) = put.await {
+                tracing::warn!(error = %e, "etcd: cannot write this node's member key");
+            }
+        }
+        tokio::select! {
+            changed = lease.changed() => if changed.is_err() { return },
+            changed = member.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -121,6 +121,16 @@ fn the_holder_serves_under_an_epoch_and_a_crash_is_taken_over_at_once() {
     wait("beta on the VIP", Duration::from_secs(5), || {
         vip_answer(cluster.vip).as_deref() == Some("beta")
     });
+    // Its member key follows its role (Patroni's members/NODE).
+    let endpoint = etcd.endpoints().remove(0);
+    wait(
+        "beta's member key saying active",
+        Duration::from_secs(5),
+        || {
+            etcd_get(&endpoint, "/tandem/local/members/beta")
+                .is_some_and(|v| v.contains("\"role\":\"active\""))
+        },
+    );
 
     // The primary comes back and is handed the group.
     cluster.start(0).expect("restart alpha");
