@@ -43,12 +43,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::Router;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use tandem_core::{EffectiveRole, Input, Node};
 use tandem_sync::fencing::Fencing;
 use tandem_sync::receiver::{Receiver, ReceiverConfig, ReceiverEvent};
@@ -57,15 +53,12 @@ use tandem_sync::tls::TlsIdentity;
 use tokio::sync::mpsc;
 
 use crate::Error;
-use crate::api::{
-    ApiClient, CommitBody, ErrorBody, ResyncDone, ResyncLine, ResyncProgress, SyncDetail,
-    SyncStatus,
-};
+use crate::api::{ApiClient, SyncDetail, SyncStatus};
 use crate::config::AgentConfig;
-use crate::server::error_answer;
 
 mod config_sync;
 mod quarantine;
+mod routes;
 
 use crate::config::{ConfigChangeAction, SyncSettings};
 
@@ -554,9 +547,9 @@ impl Replication {
             return Router::new();
         };
         Router::new()
-            .route("/v1/sync/commit", post(commit))
-            .route("/v1/sync/resync", post(resync))
-            .route("/v1/sync/report", get(report))
+            .route("/v1/sync/commit", post(routes::commit))
+            .route("/v1/sync/resync", post(routes::resync))
+            .route("/v1/sync/report", get(routes::report))
             .route(
                 "/v1/sync/merge/{*path}",
                 axum::routing::put(quarantine::merge)
@@ -688,109 +681,4 @@ fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
     config.heard = Some(shared.heard.clone());
     config.fencing = shared.fencing.clone();
     Replicator::start(config)
-}
-
-// ------------------------------------------------------------------ routes
-
-/// 409 naming the active node and its API, so a client can ask there.
-fn not_active(shared: &Shared) -> Response {
-    let (active, active_api) = match shared.active_peer() {
-        Some((name, api)) => (Some(name), api),
-        None => (None, None),
-    };
-    let error = match &active {
-        Some(name) => format!(
-            "{} is not the active node; {name} is (ask its API at {})",
-            shared.node,
-            active_api.map_or_else(|| "?".to_string(), |a| a.to_string())
-        ),
-        None => format!("{} is not the active node, and no node is", shared.node),
-    };
-    let body = ErrorBody {
-        error,
-        active,
-        active_api,
-    };
-    (StatusCode::CONFLICT, Json(body)).into_response()
-}
-
-/// Cluster fsync. 200 with the durability reached; 503 when `strict` and
-/// a standby did not confirm (the caller must not acknowledge: the relay
-/// answers 451); 400 for a path outside the data dir; 409 when this
-/// node is not active (a service running here must not acknowledge).
-async fn commit(State(shared): State<Arc<Shared>>, Json(request): Json<CommitBody>) -> Response {
-    let paths = request.into_paths();
-    let Some(replicator) = shared.replicator() else {
-        return not_active(&shared);
-    };
-    match replicator.commit(&paths).await {
-        Ok(durability) => Json(durability).into_response(),
-        Err(e @ tandem_sync::Error::NotReplicated { .. }) => {
-            error_answer(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        }
-        Err(e @ tandem_sync::Error::BadPath { .. }) => error_answer(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{e} (paths must be under the data dir {})",
-                shared.settings.data_dir.display()
-            ),
-        ),
-        Err(e) => error_answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// `tandem ha resync`: pushes the config files, then every data file, to
-/// every standby. The answer is a stream of JSON lines: `{"progress": ...}`
-/// after each chunk, then `{"done": [outcome per peer], "config": [...]}`.
-async fn resync(State(shared): State<Arc<Shared>>) -> Response {
-    let Some(replicator) = shared.replicator() else {
-        return not_active(&shared);
-    };
-    let (lines, mut rx) = mpsc::channel::<ResyncLine>(64);
-    let progress_lines = lines.clone();
-    tokio::spawn(async move {
-        // A resync is the operator's explicit "make them equal": held
-        // config changes go too (FortiMail's `ha resync` forces config).
-        let config_outcomes = config_sync::push(&shared, &replicator, true, true).await;
-        let progress: tandem_sync::replicator::ProgressFn = Arc::new(move |p| {
-            // A full channel only thins the progress bar; never block the
-            // transfer on a slow client.
-            let line = ResyncLine::Progress(ResyncProgress {
-                progress: p.clone(),
-            });
-            let _ = progress_lines.try_send(line);
-        });
-        let outcomes = replicator.resync(Some(progress)).await;
-        let done = ResyncLine::Done(ResyncDone {
-            done: outcomes,
-            config: config_outcomes,
-        });
-        let _ = lines.send(done).await;
-    });
-    let stream =
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|line| line.map(json_line)));
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response()
-}
-
-/// One line of the resync stream; a line that cannot be written ends the
-/// stream, which the client reports as a resync without a result.
-fn json_line(line: ResyncLine) -> Result<String, std::io::Error> {
-    let mut text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
-    text.push('\n');
-    Ok(text)
-}
-
-/// `tandem sync report`: every node's data manifest compared file by file.
-async fn report(State(shared): State<Arc<Shared>>) -> Response {
-    let Some(replicator) = shared.replicator() else {
-        return not_active(&shared);
-    };
-    match replicator.report().await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => error_answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
 }

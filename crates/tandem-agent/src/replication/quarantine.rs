@@ -32,7 +32,8 @@ use axum::response::{IntoResponse, Response};
 use tandem_sync::quarantine::{self, QuarantineBatch};
 use tandem_sync::store::{DataDir, write_atomic};
 
-use super::{Shared, not_active};
+use super::Shared;
+use super::routes::not_active;
 use crate::Error;
 use crate::api::{
     DroppedBatch, ErrorBody, MergeAnswer, MergeOutcome, MergeRefusal, QuarantineList,
