@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use crate::api::{CommandOutcome, CommandReply, ListenerAction};
 use crate::config::{AgentConfig, ModeName};
 use crate::crash_link::PeerLinkEvent;
-use crate::etcd::{MemberState, StoreLink, StoreNews};
+use crate::etcd::StoreLink;
 use crate::firmware::{BootVerdict, Firmware};
 use crate::links::{Datagram, HeartbeatLinks, LinkEvent};
 use crate::monitor::Verdict;
@@ -57,6 +57,7 @@ use crate::vip_ip::IpVip;
 use crate::{Error, vip};
 
 mod boot;
+mod coordination;
 mod observe;
 mod service;
 mod vip_claim;
@@ -153,19 +154,7 @@ pub(crate) async fn drive(
                 agent.hand_over_drained(group, to, cause).await;
             }
             Some(event) = agent.service_events.recv() => agent.service_event(event).await,
-            Some(news) = agent.store.news.recv() => {
-                let event = match news {
-                    StoreNews::Renewed { session, valid_until } => StoreEvent::SessionRenewed {
-                        session,
-                        valid_until: agent.clock.millis(valid_until),
-                    },
-                    StoreNews::Lost => StoreEvent::SessionLost,
-                    StoreNews::Leader { group, revision, holder } => {
-                        StoreEvent::Leader { group, revision, holder }
-                    }
-                };
-                agent.step(Input::Store(event)).await;
-            }
+            Some(news) = agent.store.news.recv() => agent.store_news(news).await,
             Some(verdict) = agent.boot_verdict_rx.recv() => agent.boot_verdict(verdict).await,
             () = tokio::time::sleep_until(agent.exec_after.as_ref().map_or_else(Instant::now, |(at, _)| *at)), if agent.exec_after.is_some() => {
                 if let Some((_, path)) = agent.exec_after.take() {
@@ -303,6 +292,8 @@ pub(crate) struct Agent {
     replication: Replication,
     /// `coordination = "etcd"`: the adapter's ends.
     store: StoreLink,
+    /// The standbys last published in etcd's `sync` key, and when.
+    sync_published: Option<(Vec<String>, Instant)>,
 }
 
 impl Agent {
@@ -380,6 +371,7 @@ impl Agent {
             counters: AgentCounters::default(),
             replication: wiring.replication,
             store: wiring.store,
+            sync_published: None,
         })
     }
 
@@ -394,15 +386,7 @@ impl Agent {
         // window as long as the step's fsync'd persist on a busy disk.
         self.replication.after_step(&self.node, self.clock.now());
         if self.config.etcd.is_some() {
-            let data = serde_json::to_value(self.node.data_state()).ok();
-            self.store.set_member(MemberState {
-                role: self.node.effective_role(self.clock.now()).to_string(),
-                data: data
-                    .as_ref()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
-            });
+            self.publish_to_store();
         }
         for output in &outputs {
             self.execute(output).await;
@@ -657,6 +641,20 @@ impl Agent {
             tracing::warn!(caller, %may_lose, "forced takeover with data not in sync");
             outputs = self.step(input).await;
             warning = Some(format!("forced with data not in sync: may lose {may_lose}"));
+        }
+        // etcd's `sync` key does not name this node (the active went on
+        // without it): the operator's force lets it take over anyway.
+        if force && takeover && !forwarded && self.node.held_back_by_sync() {
+            tracing::warn!(
+                caller,
+                "forced takeover by a standby etcd's sync key does not name"
+            );
+            outputs.extend(self.step(Input::Store(StoreEvent::WaiveSync)).await);
+            let lost = "forced past etcd's sync key: the last active acknowledged mail after this node fell out of sync, which this node lacks until that node returns (its unreplicated record is merged back then)";
+            warning = Some(match warning {
+                Some(w) => format!("{w}; {lost}"),
+                None => lost.to_string(),
+            });
         }
         // With no peer serving, accepting the data is itself the takeover;
         // the command would only be refused as "already active".

@@ -27,6 +27,10 @@
 //! Every etcd call is bounded by the TTL, so a dead or partitioned etcd
 //! shows up as renewals that do not come back, which is what fences.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -35,6 +39,7 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 use tandem_core::{GroupId, LeaderKey, StoreRequest};
+use tandem_sync::replicator::DegradeGate;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -53,6 +58,14 @@ pub enum StoreNews {
     },
     /// The lease is gone (expired or revoked).
     Lost,
+    /// The `sync` key, as of `revision`: the leader and the standbys in
+    /// sync with it (`None`: no key).
+    Sync {
+        /// The store revision of this report.
+        revision: u64,
+        /// Its members.
+        members: Option<Vec<String>>,
+    },
     /// A leader key, as of `revision`.
     Leader {
         /// The group.
@@ -72,6 +85,8 @@ pub struct StoreLink {
     pub requests: mpsc::UnboundedSender<StoreRequest>,
     /// What `members/NODE` says of this node.
     pub member: watch::Sender<MemberState>,
+    /// The `sync` key, written while this node serves (`None` without etcd).
+    pub sync_key: Option<Arc<SyncKey>>,
 }
 
 /// This node as its `members/NODE` key shows it (Patroni's member keys).
@@ -93,6 +108,7 @@ impl StoreLink {
             news,
             requests,
             member,
+            sync_key: None,
         }
     }
 
@@ -172,11 +188,19 @@ pub async fn start(
         groups,
         news_tx.clone(),
     ));
+    let sync_key = Arc::new(SyncKey {
+        client: client.clone(),
+        keys: keys.clone(),
+        lease: lease_rx.clone(),
+        written: tokio::sync::Mutex::new(None),
+        drops: AtomicU64::new(0),
+    });
     tokio::spawn(serve_requests(client, keys, lease_rx, requests_rx, news_tx));
     Ok(StoreLink {
         news,
         requests,
         member,
+        sync_key: Some(sync_key),
     })
 }
 
@@ -223,6 +247,12 @@ impl Keys {
     }
     fn member(&self) -> String {
         format!("{}/members/{}", self.prefix, self.node)
+    }
+    fn sync(&self) -> String {
+        format!("{}/sync", self.prefix)
+    }
+    fn all(&self) -> String {
+        format!("{}/", self.prefix)
     }
     fn group_of(&self, key: &[u8]) -> Option<GroupId> {
         let key = std::str::from_utf8(key).ok()?;
@@ -400,9 +430,21 @@ async fn read_then_watch(
     news: &mpsc::Sender<StoreNews>,
 ) -> Result<(), etcd_client::Error> {
     let read = client
-        .get(keys.leaders(), Some(GetOptions::new().with_prefix()))
+        .get(keys.all(), Some(GetOptions::new().with_prefix()))
         .await?;
     let at = revision(read.header());
+    let sync = read
+        .kvs()
+        .iter()
+        .find(|kv| kv.key() == keys.sync().as_bytes())
+        .map(sync_members);
+    let report = StoreNews::Sync {
+        revision: at,
+        members: sync,
+    };
+    if news.send(report).await.is_err() {
+        return Ok(());
+    }
     for group in groups {
         let holder = read
             .kvs()
@@ -421,13 +463,26 @@ async fn read_then_watch(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(i64::try_from(at + 1).unwrap_or(i64::MAX));
-    let mut stream = client.watch(keys.leaders(), Some(options)).await?;
+    let mut stream = client.watch(keys.all(), Some(options)).await?;
     while let Some(answer) = stream.message().await? {
         if answer.canceled() {
             break;
         }
         for event in answer.events() {
             let Some(kv) = event.kv() else { continue };
+            if kv.key() == keys.sync().as_bytes() {
+                let report = StoreNews::Sync {
+                    revision: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                    members: match event.event_type() {
+                        EventType::Put => Some(sync_members(kv)),
+                        EventType::Delete => None,
+                    },
+                };
+                if news.send(report).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
             let Some(group) = keys.group_of(kv.key()) else {
                 continue;
             };
@@ -602,4 +657,117 @@ async fn release(
         revision: revision(answer.header()),
         holder: current(&answer).as_ref().map(holder_of),
     })
+}
+
+/// The `sync` key's value: `{"members": [...]}`. A value tandem cannot
+/// read names nobody, so no standby takes over on its strength.
+fn sync_members(kv: &KeyValue) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct SyncValue {
+        members: Vec<String>,
+    }
+    serde_json::from_slice::<SyncValue>(kv.value())
+        .map(|v| v.members)
+        .unwrap_or_default()
+}
+
+/// The `sync` key (Patroni's `/sync`), written by the node that serves:
+/// itself and the standbys in sync with it. With `data_sync = "semi"` only
+/// the nodes it names may take the service over, so a standby is taken
+/// out of it before a commit is acknowledged without it.
+pub struct SyncKey {
+    client: Client,
+    keys: Keys,
+    lease: watch::Receiver<Option<i64>>,
+    /// What this node last wrote; every write holds the lock.
+    written: tokio::sync::Mutex<Option<Vec<String>>>,
+    /// Standbys dropped so far: a publication sampled before a drop is
+    /// stale and skipped.
+    drops: AtomicU64,
+}
+
+impl std::fmt::Debug for SyncKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncKey")
+            .field("key", &self.keys.sync())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncKey {
+    /// How many drops happened so far; sample it before the in-sync set.
+    pub fn drops(&self) -> u64 {
+        self.drops.load(Ordering::SeqCst)
+    }
+
+    /// Writes this node and `standbys` (in sync as of `drops_seen`), unless
+    /// a drop came since or nothing changed.
+    pub async fn publish(&self, mut standbys: Vec<String>, drops_seen: u64) {
+        let mut written = self.written.lock().await;
+        if self.drops() != drops_seen {
+            return;
+        }
+        standbys.sort();
+        let members: Vec<String> = std::iter::once(self.keys.node.clone())
+            .chain(standbys)
+            .collect();
+        if written.as_ref() == Some(&members) {
+            return;
+        }
+        match self.write(&members).await {
+            Ok(()) => *written = Some(members),
+            Err(e) => tracing::warn!(error = %e, "etcd: cannot write the sync key"),
+        }
+    }
+
+    /// The key, written only while this session holds group 0's leader key.
+    async fn write(&self, members: &[String]) -> Result<(), String> {
+        let Some(lease) = *self.lease.borrow() else {
+            return Err("no etcd session".into());
+        };
+        let value = serde_json::json!({ "members": members }).to_string();
+        let txn = Txn::new()
+            .when([Compare::value(
+                self.keys.leader(GroupId(0)),
+                CompareOp::Equal,
+                own_value(&self.keys, lease),
+            )])
+            .and_then([TxnOp::put(self.keys.sync(), value, None)]);
+        let mut client = self.client.clone();
+        match client.txn(txn).await {
+            Ok(answer) if answer.succeeded() => Ok(()),
+            Ok(_) => Err("this node does not hold the leader key".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl DegradeGate for SyncKey {
+    fn drop_standbys(
+        &self,
+        standbys: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let mut written = self.written.lock().await;
+            self.drops.fetch_add(1, Ordering::SeqCst);
+            let members: Vec<String> = match written.as_ref() {
+                Some(members) => members
+                    .iter()
+                    .filter(|m| !standbys.contains(m))
+                    .cloned()
+                    .collect(),
+                None => vec![self.keys.node.clone()],
+            };
+            if written.as_ref() == Some(&members) {
+                return Ok(());
+            }
+            self.write(&members).await?;
+            tracing::warn!(
+                ?standbys,
+                "etcd: standbys out of the sync key: they may not take over until caught up"
+            );
+            *written = Some(members);
+            Ok(())
+        })
+    }
 }

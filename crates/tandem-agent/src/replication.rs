@@ -48,7 +48,9 @@ use axum::routing::{get, post};
 use tandem_core::{EffectiveRole, Input, Node};
 use tandem_sync::fencing::Fencing;
 use tandem_sync::receiver::{Receiver, ReceiverConfig, ReceiverEvent};
-use tandem_sync::replicator::{DataSync, PeerAddr, Replicator, ReplicatorConfig};
+use tandem_sync::replicator::{
+    DataSync, DegradeGate, PeerAddr, PeerState, Replicator, ReplicatorConfig,
+};
 use tandem_sync::tls::TlsIdentity;
 use tokio::sync::mpsc;
 
@@ -134,6 +136,8 @@ struct Shared {
     heard: mpsc::Sender<String>,
     /// The fencing epochs commits carry and the receiver checks.
     fencing: Arc<Fencing>,
+    /// etcd's `sync` key, asked before a degraded commit is acknowledged.
+    degrade_gate: Option<Arc<dyn DegradeGate>>,
     /// The sync channel's keepalive: the heartbeat interval.
     keepalive: Duration,
     /// Wakes the quarantine merge (a batch was just quarantined).
@@ -196,7 +200,10 @@ fn config_disconnected(shared: &Shared) -> bool {
 impl Replication {
     /// With `[sync]`: loads this node's certificates and serves the
     /// receiver on `node.sync`. Without: a no-op.
-    pub async fn start(config: &AgentConfig) -> Result<Replication, Error> {
+    pub async fn start(
+        config: &AgentConfig,
+        degrade_gate: Option<Arc<dyn DegradeGate>>,
+    ) -> Result<Replication, Error> {
         let Some(settings) = config.sync.clone() else {
             return Ok(Replication { inner: None });
         };
@@ -282,6 +289,7 @@ impl Replication {
             unreplicated,
             heard: heard_tx,
             fencing,
+            degrade_gate,
             keepalive: config.cluster.interval,
             quarantine_wake: tokio::sync::Notify::new(),
             merges: Mutex::default(),
@@ -512,6 +520,21 @@ impl Replication {
         ]
     }
 
+    /// The standbys in sync with this node's replicator (`None` while it
+    /// does not replicate).
+    pub fn in_sync_standbys(&self) -> Option<Vec<String>> {
+        let state = self.inner.as_ref()?.shared.state();
+        let status = state.replicator.as_ref()?.status();
+        Some(
+            status
+                .peers
+                .into_iter()
+                .filter(|p| p.state == PeerState::InSync)
+                .map(|p| p.name)
+                .collect(),
+        )
+    }
+
     /// The `sync` part of `/v1/status`.
     pub fn status(&self) -> SyncStatus {
         let Some(inner) = &self.inner else {
@@ -680,5 +703,6 @@ fn start_replicator(shared: &Shared) -> Result<Replicator, tandem_sync::Error> {
     config.keepalive = Some(shared.keepalive);
     config.heard = Some(shared.heard.clone());
     config.fencing = shared.fencing.clone();
+    config.degrade_gate = shared.degrade_gate.clone();
     Replicator::start(config)
 }

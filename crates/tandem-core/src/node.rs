@@ -180,6 +180,8 @@ impl Node {
         let store = StoreView {
             valid_until: None,
             session: None,
+            sync: (0, None),
+            sync_waived: false,
             leaders: vec![Default::default(); groups.len()],
         };
         let mut node = Node {

@@ -69,7 +69,7 @@ mod keepalive;
 mod peer;
 mod status;
 
-pub use config::{DataSync, PeerAddr, ReplicatorConfig, SyncMode};
+pub use config::{DataSync, DegradeGate, PeerAddr, ReplicatorConfig, SyncMode};
 pub use group_commit::{Durability, DurabilityLevel};
 pub use status::{PeerOutcome, PeerState, PeerStatus, ReplicatorStatus};
 

@@ -10,7 +10,8 @@ use tandem_sync::fencing::Fencing;
 use tandem_sync::frame::{Message, read_frame, write_frame};
 use tandem_sync::receiver::{Receiver, ReceiverConfig, ReceiverEvent, StandbyState};
 use tandem_sync::replicator::{
-    DataSync, DurabilityLevel, PeerAddr, PeerState, Replicator, ReplicatorConfig, SyncMode,
+    DataSync, DegradeGate, DurabilityLevel, PeerAddr, PeerState, Replicator, ReplicatorConfig,
+    SyncMode,
 };
 use tandem_sync::store::DataDir;
 use tandem_sync::tls::{self, TlsIdentity};
@@ -715,6 +716,67 @@ async fn a_stalled_standby_is_marked_out_of_sync_with_degrade() {
         let durability = replicator.commit(&[path]).await.expect("commit a message");
         assert_eq!(durability.level, DurabilityLevel::Degraded);
         assert_eq!(replicator.status().peers[0].out_of_sync_events, 1);
+    })
+    .await
+}
+
+/// Records the standbys it is asked to drop; refuses when told to.
+#[derive(Debug, Default)]
+struct RecordingGate {
+    dropped: Mutex<Vec<Vec<String>>>,
+    refuse: bool,
+}
+
+impl DegradeGate for RecordingGate {
+    fn drop_standbys(
+        &self,
+        standbys: Vec<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(standbys);
+            if self.refuse {
+                Err("etcd did not answer".into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_degraded_semi_commit_drops_the_standby_first_or_fails() {
+    bounded(async {
+        for refuse in [false, true] {
+            let cluster = Cluster::new();
+            let addr = stalling_standby(&cluster).await;
+            let gate = Arc::new(RecordingGate {
+                refuse,
+                ..RecordingGate::default()
+            });
+            let mut config = replicator_config(&cluster, addr);
+            config.sync_timeout = Duration::from_millis(300);
+            config.sync_mode = SyncMode::Degrade;
+            config.degrade_gate = Some(gate.clone());
+            let replicator = Replicator::start(config).expect("start the replicator");
+            replicator.wait_all_in_sync().await;
+            let path = write(&cluster, "node-a", "queue/m1", b"x");
+            let answer = replicator.commit(&[path]).await;
+            // The gate was asked before the commit returned, either way.
+            let dropped = gate
+                .dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            assert_eq!(dropped, [vec!["node-b".to_string()]], "refuse {refuse}");
+            match (refuse, answer) {
+                (false, Ok(d)) => assert_eq!(d.level, DurabilityLevel::Degraded),
+                (true, Err(Error::NotReplicated { .. })) => {}
+                (_, other) => panic!("refuse {refuse}: {other:?}"),
+            }
+        }
     })
     .await
 }

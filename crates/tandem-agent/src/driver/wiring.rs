@@ -83,7 +83,11 @@ impl Wiring {
             .collect();
         // With [sync], the TLS sync channel owns the sync port and is the
         // crash detector (see crate::replication).
-        let replication = Replication::start(config).await?;
+        let gate = store
+            .sync_key
+            .clone()
+            .map(|key| key as Arc<dyn tandem_sync::replicator::DegradeGate>);
+        let replication = Replication::start(config, gate).await?;
         if !replication.enabled() {
             crash_link::start(config.node.sync, identity, sync_peers, peer_tx).await?;
         }
@@ -173,7 +177,7 @@ impl Wiring {
             supervisor: supervisor::simulated(service_tx),
             verdicts: ports.verdicts,
             serving: Arc::new(AtomicBool::new(false)),
-            replication: Replication::start(config).await?,
+            replication: Replication::start(config, None).await?,
             store: StoreLink::none(),
         })
     }

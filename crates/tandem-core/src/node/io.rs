@@ -149,6 +149,19 @@ pub enum StoreEvent {
         /// The holder and its epoch; `None` when the key is absent.
         holder: Option<LeaderKey>,
     },
+    /// What the `sync` key says, as of store revision `revision`: with
+    /// replicated data (`semi`), only these nodes may take a group over
+    /// (Patroni's `/sync`). `None`: no key yet, nothing restricted.
+    Sync {
+        /// The store revision of this report.
+        revision: u64,
+        /// The leader that wrote it and the standbys in sync with it.
+        members: Option<Vec<String>>,
+    },
+    /// The operator forced a takeover (`failover active --force`): this
+    /// node may take over though the `sync` key does not name it, until it
+    /// serves.
+    WaiveSync,
 }
 
 /// A group's leader key: who holds it, under which session, and under

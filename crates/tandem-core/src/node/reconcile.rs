@@ -150,6 +150,8 @@ impl Node {
             g.last_active = Some(self.config.name.clone());
             g.yielded_to = None;
             g.yield_guard_until = None;
+            // A forced takeover is spent once it took effect.
+            self.store.sync_waived = false;
         } else {
             g.grace_until = None;
             g.handover = None;

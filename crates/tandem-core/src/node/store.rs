@@ -42,6 +42,11 @@ pub(super) struct StoreView {
     /// Per group (indexed like `Node::groups`): the leader key as last
     /// reported, and the revision of that report.
     pub(super) leaders: Vec<LeaderView>,
+    /// The `sync` key's members and the revision of that report.
+    pub(super) sync: (u64, Option<Vec<String>>),
+    /// `failover active --force`: the `sync` key does not hold this node
+    /// back until it serves.
+    pub(super) sync_waived: bool,
 }
 
 /// One group's leader key, as far as this node knows.
@@ -138,6 +143,9 @@ impl Node {
         if self.store.valid_until.is_none_or(|t| now >= t) {
             return false;
         }
+        if !self.named_in_sync() {
+            return false;
+        }
         let holder = self.store.leaders[gi]
             .holder
             .as_ref()
@@ -170,6 +178,24 @@ impl Node {
     /// Failsafe mode: every configured peer is alive over the links.
     fn failsafe_covers(&self) -> bool {
         self.config.failsafe && !self.peers.is_empty() && self.peers.values().all(|p| p.alive)
+    }
+
+    /// Whether etcd's `sync` key keeps this node from taking over (with
+    /// replicated data: it is not named, and no takeover was forced).
+    pub fn held_back_by_sync(&self) -> bool {
+        !self.named_in_sync()
+    }
+
+    /// With replicated data, whether the `sync` key lets this node take
+    /// over: it names it (or does not exist yet), or the operator forced it.
+    fn named_in_sync(&self) -> bool {
+        if !self.config.replicated_data || self.store.sync_waived {
+            return true;
+        }
+        match &self.store.sync.1 {
+            Some(members) => members.contains(&self.config.name),
+            None => true,
+        }
     }
 
     /// `peer` is lost, and not by silence: its connection closed or it
@@ -217,6 +243,12 @@ impl Node {
                 revision,
                 holder,
             } => self.on_leader(cx, group, revision, holder),
+            StoreEvent::Sync { revision, members } => {
+                if revision >= self.store.sync.0 {
+                    self.store.sync = (revision, members);
+                }
+            }
+            StoreEvent::WaiveSync => self.store.sync_waived = true,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tandem_core::sim::{Sim, SimStore};
-use tandem_core::{ConfiguredRole, Coordination, GroupId, NodeConfig};
+use tandem_core::{ConfiguredRole, Coordination, GroupId, Input, NodeConfig, StoreEvent};
 
 const G: GroupId = GroupId(0);
 
@@ -394,4 +394,40 @@ proptest! {
     ) {
         run_faults(&["a", "b", "c"], true, seed, &faults)?;
     }
+}
+
+#[test]
+fn with_replicated_data_only_a_standby_named_in_sync_takes_over_unless_forced() {
+    let mut configs = store_configs(&["a", "b"], true);
+    for c in &mut configs {
+        c.replicated_data = true;
+    }
+    let mut sim = Sim::new(configs, 7)
+        .expect("start the pair")
+        .with_store(SimStore::new());
+    let mut watch = Watch::default();
+    watch.run(&mut sim, Duration::from_secs(2));
+    // b is caught up by a, then falls behind: a took it out of `sync`
+    // before acknowledging a commit without it.
+    sim.input("b", Input::DataSync { in_sync: true });
+    watch.run(&mut sim, Duration::from_secs(1));
+    assert_eq!(serving(&sim), ["a"]);
+    let sync = |members: &[&str]| {
+        Input::Store(StoreEvent::Sync {
+            revision: u64::MAX / 2,
+            members: Some(members.iter().map(|m| m.to_string()).collect()),
+        })
+    };
+    sim.input("b", sync(&["a"]));
+    sim.crash("a");
+    watch.run(&mut sim, Duration::from_secs(5));
+    assert!(
+        serving(&sim).is_empty(),
+        "b took over without the data a acknowledged alone: {:?}",
+        serving(&sim)
+    );
+    // The operator forces it, accepting what may be lost.
+    sim.input("b", Input::Store(StoreEvent::WaiveSync));
+    time_until_serving(&mut sim, &mut watch, "b", Duration::from_secs(5));
+    watch.assert_safe();
 }

@@ -3,8 +3,10 @@
 //! machinery because the agent's config loader reads these types too and
 //! has no business with the tasks.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +76,19 @@ pub struct PeerAddr {
     pub addr: SocketAddr,
 }
 
+/// Asked before a `semi` commit is acknowledged without some standbys
+/// (`degrade`). Under `coordination = "etcd"` the agent removes them from
+/// the etcd `sync` key first, so that none of them can take the service
+/// over with this commit missing (Patroni's `/sync`).
+pub trait DegradeGate: Send + Sync + std::fmt::Debug {
+    /// Removes `standbys` from those allowed to take over; an error fails
+    /// the commit instead, as `strict` would.
+    fn drop_standbys(
+        &self,
+        standbys: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
 /// How the replicator is set up; [`ReplicatorConfig::new`] gives defaults.
 #[derive(Debug, Clone)]
 pub struct ReplicatorConfig {
@@ -113,6 +128,8 @@ pub struct ReplicatorConfig {
     pub heard: Option<mpsc::Sender<String>>,
     /// The epoch each commit carries ([`crate::fencing`]).
     pub fencing: Arc<Fencing>,
+    /// Asked before a degraded `semi` commit is acknowledged.
+    pub degrade_gate: Option<Arc<dyn DegradeGate>>,
 }
 
 impl ReplicatorConfig {
@@ -133,6 +150,7 @@ impl ReplicatorConfig {
             keepalive: None,
             heard: None,
             fencing: Arc::default(),
+            degrade_gate: None,
         }
     }
 }

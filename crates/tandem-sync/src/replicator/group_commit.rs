@@ -171,6 +171,23 @@ async fn run_batch(
     // of them could delete the files. A strict semi commit fails instead.
     let acked_anyway =
         shared.config.sync_mode == SyncMode::Degrade || shared.config.data_sync == DataSync::Async;
+    // A semi commit acknowledged without a standby: that standby must first
+    // lose its right to take over (etcd's `sync` key), or the commit fails.
+    if let Some(gate) = shared.config.degrade_gate.as_ref().filter(|_| {
+        !missing.is_empty()
+            && shared.config.data_sync == DataSync::Semi
+            && shared.config.sync_mode == SyncMode::Degrade
+    }) {
+        let standbys = missing.iter().map(|(peer, _)| peer.clone()).collect();
+        if let Err(e) = gate.drop_standbys(standbys).await {
+            tracing::error!(error = %e, "cannot take the lagging standbys out of etcd's sync key: the commit fails");
+            let mut missing = missing;
+            for (_, why) in &mut missing {
+                why.push_str(&format!("; and it stays allowed to take over: {e}"));
+            }
+            return Err(BatchFailure::NotReplicated(missing));
+        }
+    }
     if let Some(record) = shared.config.unreplicated.as_ref().filter(|_| acked_anyway) {
         let peers = missing.iter().map(|(peer, _)| peer.clone()).collect();
         if let Err(e) = record_missed(record, &ops, peers).await {
