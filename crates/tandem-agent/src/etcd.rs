@@ -334,7 +334,7 @@ async fn keep_session(
                 keeper.keep_alive().await?;
                 answers.message().await
             };
-            match tokio::time::timeout(ttl - margin, answer).await {
+            let expired = match tokio::time::timeout(ttl - margin, answer).await {
                 Ok(Ok(Some(a))) if a.ttl() > 0 => {
                     let renewed = StoreNews::Renewed {
                         session,
@@ -343,26 +343,40 @@ async fn keep_session(
                     if news.send(renewed).await.is_err() {
                         return;
                     }
+                    false
                 }
-                Ok(Ok(Some(_))) => {
-                    tracing::warn!(
-                        session,
-                        "etcd: the session lease expired; starting a new one"
-                    );
-                    let _ = lease.send(None);
-                    let _ = news.send(StoreNews::Lost).await;
-                    break;
-                }
+                Ok(Ok(Some(_))) => true,
                 Ok(Ok(None) | Err(_)) | Err(_) => {
-                    // The stream broke or etcd is silent: open a new
-                    // stream for the same lease; no renewal is reported
-                    // meanwhile, so the core fences when its time runs out.
+                    // The stream broke or etcd is silent. Ask whether the
+                    // lease still exists (after a partition it may have
+                    // expired: every renewal on it then fails with "lease
+                    // not found"), else open a new stream for it; no renewal
+                    // is reported meanwhile, so the core fences when its
+                    // time runs out.
                     tracing::warn!(session, "etcd: no answer to a session renewal");
-                    match client.lease_keep_alive(id).await {
-                        Ok((k, a)) => (keeper, answers) = (k, a),
-                        Err(e) => tracing::warn!(error = %e, "etcd: cannot renew the session"),
+                    match client.lease_time_to_live(id, None).await {
+                        Ok(left) if left.ttl() < 0 => true,
+                        Err(e) if e.to_string().contains("lease not found") => true,
+                        _ => {
+                            match client.lease_keep_alive(id).await {
+                                Ok((k, a)) => (keeper, answers) = (k, a),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "etcd: cannot renew the session")
+                                }
+                            }
+                            false
+                        }
                     }
                 }
+            };
+            if expired {
+                tracing::warn!(
+                    session,
+                    "etcd: the session lease expired; starting a new one"
+                );
+                let _ = lease.send(None);
+                let _ = news.send(StoreNews::Lost).await;
+                break;
             }
         }
     }
