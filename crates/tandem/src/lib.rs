@@ -20,3 +20,4 @@ pub mod commands;
 pub mod localcluster;
 pub mod localetcd;
 pub mod logging;
+pub mod netns;

@@ -20,6 +20,14 @@
 //! the VIP: a hung agent's service keeps serving, which only the lease's
 //! end and the agent's wake-up can stop.
 //!
+//! With `--coordination etcd` a fourth fault follows, `partition`: the
+//! active is cut from its peer and from etcd, in network namespaces (a
+//! pair in `ip` VIP mode and an etcd witness; see [`super::bench_partition`],
+//! which also defines its `failed_connects`, `dual_active_ms` and `lost`).
+//! It needs root and `ip netns`; without them its row says `skipped` and
+//! why, and the other faults still run. Target: `dual_active_ms` 0 and
+//! `lost` 0.
+//!
 //! The gap is from the fault to the first connect answered by the new
 //! active; failed connects are probes that failed after the fault. Figures
 //! are printed, never asserted: these machines are shared and noisy.
@@ -46,10 +54,13 @@ use tandem_agent::api::{CommandOutcome, CommandRequest};
 
 /// One probe's outcome.
 #[derive(Clone)]
-struct Probe {
-    started: Instant,
-    finished: Instant,
-    answered_by: Option<String>,
+pub(super) struct Probe {
+    /// When the connect began.
+    pub(super) started: Instant,
+    /// When it was answered, failed or timed out.
+    pub(super) finished: Instant,
+    /// The name the service answered with; `None` when it failed.
+    pub(super) answered_by: Option<String>,
 }
 
 /// The figures for one fault.
@@ -63,6 +74,52 @@ pub struct FaultResult {
     failed_connects: u64,
     /// The longest time, over the runs, during which both nodes answered.
     dual_active_ms: f64,
+    /// `partition` only: answers given by the cut-off active after its
+    /// peer had taken over, over all runs (see `bench_partition`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost: Option<u64>,
+    /// `partition` only: heals after which the cut-off node's agent had to
+    /// be restarted to serve again (its etcd session did not recover).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<u64>,
+}
+
+impl FaultResult {
+    /// The figures of `runs` runs of `fault`, from each run's gap.
+    fn new(
+        fault: &'static str,
+        mut gaps: Vec<f64>,
+        failed_connects: u64,
+        dual_active_ms: f64,
+    ) -> Self {
+        gaps.sort_by(f64::total_cmp);
+        FaultResult {
+            fault,
+            runs: gaps.len(),
+            p50_ms: round(percentile(&gaps, 50)),
+            p99_ms: round(percentile(&gaps, 99)),
+            max_ms: round(gaps.last().copied().unwrap_or(0.0)),
+            failed_connects,
+            dual_active_ms: round(dual_active_ms),
+            lost: None,
+            restarts: None,
+        }
+    }
+}
+
+/// One row of the report: a fault's figures, or why it did not run.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum FaultRow {
+    /// The fault ran `runs` times.
+    Measured(FaultResult),
+    /// The fault could not run here (the partition without root).
+    Skipped {
+        /// The fault's name.
+        fault: &'static str,
+        /// Why it did not run.
+        skipped: String,
+    },
 }
 
 /// The whole report, in the exact JSON shape.
@@ -72,15 +129,15 @@ pub struct FailoverReport {
     interval_ms: u64,
     lost_threshold: u32,
     agent_idle_rss_kib: u64,
-    results: Vec<FaultResult>,
+    results: Vec<FaultRow>,
 }
 
-const INTERVAL_MS: u64 = 200;
-const LOST_THRESHOLD: u32 = 3;
+pub(super) const INTERVAL_MS: u64 = 200;
+pub(super) const LOST_THRESHOLD: u32 = 3;
 const PROBE_EVERY: Duration = Duration::from_millis(2);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 /// How long a run may take before the takeover counts as failed.
-const RUN_LIMIT: Duration = Duration::from_secs(5);
+pub(super) const RUN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Runs the benchmark and prints the report.
 pub async fn failover(
@@ -155,15 +212,40 @@ pub async fn failover(
                 }
             }
         }
-        gaps.sort_by(f64::total_cmp);
-        results.push(FaultResult {
-            fault,
-            runs,
-            p50_ms: round(percentile(&gaps, 50)),
-            p99_ms: round(percentile(&gaps, 99)),
-            max_ms: round(gaps.last().copied().unwrap_or(0.0)),
-            failed_connects: failed,
-            dual_active_ms: round(dual),
+        results.push(FaultRow::Measured(FaultResult::new(
+            fault, gaps, failed, dual,
+        )));
+    }
+    // The loopback pair and its etcd are done: free their CPU for the
+    // partition's own pair.
+    drop(cluster);
+    drop(etcd);
+    if coordination == CoordinationArg::Etcd {
+        let partition =
+            tokio::task::spawn_blocking(move || super::bench_partition::run(runs, &exe, json))
+                .await
+                .context("the partition benchmark's thread failed")??;
+        results.push(match partition {
+            Ok(figures) => {
+                let mut row = FaultResult::new(
+                    "partition",
+                    figures.gaps,
+                    figures.failed_connects,
+                    figures.dual_active_ms,
+                );
+                row.lost = Some(figures.lost);
+                row.restarts = Some(figures.restarts);
+                FaultRow::Measured(row)
+            }
+            Err(reason) => {
+                if !json {
+                    eprintln!("partition skipped: {reason}");
+                }
+                FaultRow::Skipped {
+                    fault: "partition",
+                    skipped: reason,
+                }
+            }
         });
     }
     let report = FailoverReport {
@@ -177,18 +259,48 @@ pub async fn failover(
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "failover on loopback, coordination {}, interval {INTERVAL_MS} ms, lost_threshold {LOST_THRESHOLD}, idle agent RSS {rss} KiB",
+            "failover on loopback (partition: in network namespaces), coordination {}, interval {INTERVAL_MS} ms, lost_threshold {LOST_THRESHOLD}, idle agent RSS {rss} KiB",
             report.coordination
         );
         println!(
-            "{:<8} {:>4} {:>9} {:>9} {:>9} {:>15} {:>14}",
-            "fault", "runs", "p50 ms", "p99 ms", "max ms", "failed connects", "dual active ms"
+            "{:<9} {:>4} {:>9} {:>9} {:>9} {:>15} {:>14} {:>5}",
+            "fault",
+            "runs",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "failed connects",
+            "dual active ms",
+            "lost"
         );
-        for r in &report.results {
-            println!(
-                "{:<8} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>15} {:>14.1}",
-                r.fault, r.runs, r.p50_ms, r.p99_ms, r.max_ms, r.failed_connects, r.dual_active_ms
-            );
+        for row in &report.results {
+            match row {
+                FaultRow::Measured(r) => println!(
+                    "{:<9} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>15} {:>14.1} {:>5}",
+                    r.fault,
+                    r.runs,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms,
+                    r.failed_connects,
+                    r.dual_active_ms,
+                    r.lost.map_or("-".to_string(), |n| n.to_string())
+                ),
+                FaultRow::Skipped { fault, skipped } => {
+                    println!("{fault:<9} skipped: {skipped}");
+                }
+            }
+        }
+        for row in &report.results {
+            if let FaultRow::Measured(r) = row
+                && let Some(restarts) = r.restarts.filter(|n| *n > 0)
+            {
+                println!(
+                    "{}: after {restarts} of {} heals the cut-off node's agent was restarted: its etcd session did not recover",
+                    r.fault,
+                    r.runs.saturating_sub(1)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -262,7 +374,14 @@ async fn measure(cluster: &mut LocalCluster, fault: &str) -> anyhow::Result<(f64
     ))
 }
 
-async fn probe_loop(vip: SocketAddr, probes: Arc<Mutex<Vec<Probe>>>, running: Arc<AtomicBool>) {
+/// Connects to `vip` every [`PROBE_EVERY`] (each probe its own task, with
+/// [`PROBE_TIMEOUT`]) and records each outcome, until `running` turns
+/// false or [`RUN_LIMIT`] and a second have passed.
+pub(super) async fn probe_loop(
+    vip: SocketAddr,
+    probes: Arc<Mutex<Vec<Probe>>>,
+    running: Arc<AtomicBool>,
+) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     let mut tasks = tokio::task::JoinSet::new();
     // Bounded: a run never probes longer than its limit plus the tail.
@@ -307,7 +426,7 @@ fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
 }
 
-fn random_below(n: u64) -> u64 {
+pub(super) fn random_below(n: u64) -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom(2) writes at most 8 bytes into bytes.
     unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 8, 0) };

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod backup;
 pub mod bench;
+pub mod bench_partition;
 pub mod bench_sync;
 pub mod cert;
 pub mod cluster;
