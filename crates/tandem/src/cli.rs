@@ -698,11 +698,13 @@ pub enum BenchCommand {
     /// tandem's relay against postfix, same load and next hop, in one run.
     Relay(tandem_mta::cli::BenchRelayArgs),
 
-    /// Failover gaps of a local pair on loopback: crash, hang, planned.
+    /// Failover gaps of a local pair on loopback: crash, hang, planned
+    /// (and with --coordination etcd, a partition in network namespaces).
     ///
     /// Probes the VIP every 2 ms and injects each fault --runs times into
-    /// the active agent; prints p50/p99/max gap and failed connects per
-    /// fault, and the idle agent's RSS.
+    /// the active agent; prints p50/p99/max gap, failed connects and the
+    /// time both nodes answered per fault, and the idle agent's RSS. The
+    /// partition needs root, and is skipped with the reason without it.
     Failover {
         /// Runs per fault.
         #[arg(long, default_value_t = 10)]
