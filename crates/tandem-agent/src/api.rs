@@ -18,5 +18,5 @@
 mod client;
 mod types;
 
-pub use client::ApiClient;
+pub use client::{ApiClient, EPOCH_HEADER};
 pub use types::*;

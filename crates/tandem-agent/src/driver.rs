@@ -292,6 +292,8 @@ pub(crate) struct Agent {
     replication: Replication,
     /// `coordination = "etcd"`: the adapter's ends.
     store: StoreLink,
+    /// The fencing epochs the sync channel and the API stamp and check.
+    fencing: Arc<tandem_sync::fencing::Fencing>,
     /// The standbys last published in etcd's `sync` key, and when.
     sync_published: Option<(Vec<String>, Instant)>,
 }
@@ -372,6 +374,7 @@ impl Agent {
             replication: wiring.replication,
             store: wiring.store,
             sync_published: None,
+            fencing: wiring.fencing,
         })
     }
 
@@ -386,6 +389,9 @@ impl Agent {
         // window as long as the step's fsync'd persist on a busy disk.
         self.replication.after_step(&self.node, self.clock.now());
         if self.config.etcd.is_some() {
+            let (own, newest) = self.node.fencing_epochs(self.clock.now());
+            self.fencing.set_own(own);
+            self.fencing.see(newest);
             self.publish_to_store();
         }
         for output in &outputs {

@@ -156,11 +156,11 @@ pub async fn start(
     }
     let mut client = Client::connect(&settings.endpoints, Some(options))
         .await
-        .map_err(|e| fail(format!("cannot connect: {e} ({})", hint(&e))))?;
+        .map_err(|e| fail(format!("cannot connect: {e} ({})", hint(&e, settings))))?;
     client
         .status()
         .await
-        .map_err(|e| fail(format!("does not answer: {e} ({})", hint(&e))))?;
+        .map_err(|e| fail(format!("does not answer: {e} ({})", hint(&e, settings))))?;
     let (news_tx, news) = mpsc::channel(64);
     let (requests, requests_rx) = mpsc::unbounded_channel();
     let (lease_tx, lease_rx) = watch::channel(None);
@@ -204,11 +204,17 @@ pub async fn start(
     })
 }
 
-/// What to check, for an error at start.
-fn hint(e: &etcd_client::Error) -> &'static str {
+/// What to check, for an error at start: with TLS in play (an https://
+/// endpoint, or a CA or certificate given), its settings first.
+fn hint(e: &etcd_client::Error, settings: &EtcdSettings) -> &'static str {
     let text = e.to_string().to_ascii_lowercase();
-    if text.contains("tls") || text.contains("certificate") {
-        "check [etcd] ca, cert and key, and use https:// only where etcd serves TLS"
+    let tls = text.contains("tls")
+        || text.contains("certificate")
+        || settings.ca.is_some()
+        || settings.cert.is_some()
+        || settings.endpoints.iter().any(|e| e.starts_with("https://"));
+    if tls {
+        "check [etcd] ca, cert and key, and use https:// only where etcd serves TLS; then that etcd runs and a quorum of its members is up"
     } else {
         "check [etcd] endpoints, that etcd runs and is reachable from here, and that a quorum of its members is up"
     }

@@ -203,6 +203,7 @@ impl Replication {
     pub async fn start(
         config: &AgentConfig,
         degrade_gate: Option<Arc<dyn DegradeGate>>,
+        fencing: Arc<Fencing>,
     ) -> Result<Replication, Error> {
         let Some(settings) = config.sync.clone() else {
             return Ok(Replication { inner: None });
@@ -221,7 +222,6 @@ impl Replication {
         let unreplicated =
             tandem_sync::unreplicated::Unreplicated::open(&state_dir.join("unreplicated"))
                 .map_err(sync_error)?;
-        let fencing = Arc::new(Fencing::default());
         let receiver = Receiver::new(ReceiverConfig {
             fencing: fencing.clone(),
             unreplicated: Some(unreplicated.clone()),
@@ -283,7 +283,8 @@ impl Replication {
             // stall on it.
             api: ApiClient::new(config.node.api, config.secrets.api_token.clone())?
                 .with_timeout(Duration::from_secs(2))
-                .on_behalf_of(format!("agent {}", config.node.name)),
+                .on_behalf_of(format!("agent {}", config.node.name))
+                .with_fencing(fencing.clone()),
             config_sync: Mutex::default(),
             config_changed: tokio::sync::Notify::new(),
             unreplicated,
@@ -373,9 +374,6 @@ impl Replication {
         let Some(inner) = self.inner.as_mut() else {
             return;
         };
-        let (own, newest) = node.fencing_epochs(now);
-        inner.shared.fencing.set_own(own);
-        inner.shared.fencing.see(newest);
         let status = node.status(now);
         let active = status.effective_role == EffectiveRole::Active;
         inner.active = active;

@@ -51,6 +51,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 use tandem_core::Command;
+use tandem_sync::fencing::Fencing;
 use tokio::sync::{mpsc, oneshot};
 
 use tandem_image::slots::SlotName;
@@ -59,9 +60,10 @@ use tandem_upgrade::UpgradeRun;
 use crate::Error;
 use crate::api::{
     AbortAnswer, ApiClient, BootAnswer, BootRequest, ClusterNode, ClusterReport, CommandOutcome,
-    CommandReply, CommandRequest, ConfigLinkRequest, ErrorBody, InstallRequest, ListenerAction,
-    ListenerRequest, NodeName, PlanAnswer, ReplicaAnswer, RestoreRequest, ResumeAnswer,
-    RollbackAnswer, RolloutUpgradeRequest, StatusReport, UnreachableNode, UpgradeStatus,
+    CommandReply, CommandRequest, ConfigLinkRequest, EPOCH_HEADER, ErrorBody, InstallRequest,
+    ListenerAction, ListenerRequest, NodeName, PlanAnswer, ReplicaAnswer, RestoreRequest,
+    ResumeAnswer, RollbackAnswer, RolloutUpgradeRequest, StatusReport, UnreachableNode,
+    UpgradeStatus,
 };
 use crate::backup;
 use crate::firmware::Firmware;
@@ -153,6 +155,9 @@ pub struct ApiSetup {
     pub node: String,
     /// Routes other modules serve (data sync).
     pub extra_routes: Router,
+    /// The node's fencing epochs: its writes carry its own, and writes
+    /// stamped older than the newest it knows are refused.
+    pub fencing: Arc<Fencing>,
 }
 
 /// Binds the API and serves it until the process ends.
@@ -168,6 +173,7 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         config_file,
         node,
         extra_routes,
+        fencing,
     } = setup;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -178,7 +184,9 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         })?;
     // A peer slower than this is reported unreachable rather than holding
     // up `tandem status` for the whole cluster.
-    let client = ApiClient::new(addr, token.clone())?.with_timeout(Duration::from_secs(2));
+    let client = ApiClient::new(addr, token.clone())?
+        .with_timeout(Duration::from_secs(2))
+        .with_fencing(fencing.clone());
     let token_check = Arc::new(token.clone());
     let state = ApiState {
         driver,
@@ -217,6 +225,7 @@ pub async fn serve(setup: ApiSetup) -> Result<(), Error> {
         .merge(extra_routes)
         // Every route above needs the token; /metrics (below) does not:
         // Prometheus scrapes it without credentials.
+        .layer(middleware::from_fn_with_state(fencing, refuse_stale_writes))
         .layer(middleware::from_fn_with_state(token_check, require_token));
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -249,6 +258,34 @@ pub(crate) fn token_ok(token: &str, headers: &HeaderMap) -> bool {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     })
+}
+
+/// A write another agent stamped with an older fencing epoch than this
+/// node knows comes from a node that no longer holds the service (a paused
+/// active that woke): 409, counted.
+async fn refuse_stale_writes(
+    State(fencing): State<Arc<Fencing>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let epoch = request
+        .headers()
+        .get(EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(epoch) = epoch
+        && let Some(newest) = fencing.stale(epoch)
+    {
+        let refused = fencing.refuse_write();
+        tracing::warn!(epoch, newest, refused, path = %request.uri().path(), "refused a write from an older epoch");
+        return error_answer(
+            StatusCode::CONFLICT,
+            format!(
+                "stale fencing epoch {epoch}: this node knows epoch {newest}, so the sender no longer holds the service"
+            ),
+        );
+    }
+    next.run(request).await
 }
 
 /// The API's one gate: 401 without the right bearer token.

@@ -119,13 +119,15 @@ impl Upgrades {
         state_dir: &Path,
         nodes: Vec<(String, SocketAddr)>,
         token: String,
+        fencing: Arc<tandem_sync::fencing::Fencing>,
     ) -> Result<Upgrades, Error> {
         let (_, me) = nodes.first().ok_or_else(|| {
             Error::State("an upgrade needs this node's API address (a bug: report it)".into())
         })?;
         let client = ApiClient::new(*me, token)?
             .with_timeout(ACTION_TIMEOUT)
-            .on_behalf_of("upgrade-coordinator");
+            .on_behalf_of("upgrade-coordinator")
+            .with_fencing(fencing);
         let path = state_dir.join("upgrade.json");
         let journal = match std::fs::read(&path) {
             Ok(bytes) => Some(

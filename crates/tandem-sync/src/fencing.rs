@@ -1,7 +1,7 @@
-//! Fencing epochs on the sync channel (`coordination = "etcd"`): the
-//! active stamps each commit with the epoch it serves under, and a
-//! receiver refuses a commit stamped older than the newest epoch its node
-//! knows. A paused active that wakes after another node took the service
+//! Fencing epochs on the sync channel and the agents' API (`coordination =
+//! "etcd"`): the active stamps each commit, and each write one agent makes
+//! to another, with the epoch it serves under, and a receiver refuses one
+//! stamped older than the newest epoch its node knows. A paused active that wakes after another node took the service
 //! over can then not write into a standby of the new active, whatever
 //! its replicator still had in flight.
 //!
@@ -17,6 +17,8 @@ pub struct Fencing {
     own: AtomicU64,
     /// The newest epoch this node knows of (older commits are refused).
     newest: AtomicU64,
+    /// API writes refused for an older epoch.
+    stale_writes: AtomicU64,
 }
 
 impl Fencing {
@@ -33,6 +35,16 @@ impl Fencing {
     /// The epoch to stamp on a commit.
     pub fn own(&self) -> u64 {
         self.own.load(Ordering::Relaxed)
+    }
+
+    /// Counts an API write refused for its older epoch; the new total.
+    pub fn refuse_write(&self) -> u64 {
+        self.stale_writes.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// API writes refused so far for an older epoch.
+    pub fn stale_writes(&self) -> u64 {
+        self.stale_writes.load(Ordering::Relaxed)
     }
 
     /// `Some(newest)` when a commit stamped `epoch` is stale.

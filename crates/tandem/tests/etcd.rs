@@ -119,6 +119,40 @@ fn the_holder_serves_under_an_epoch_and_a_crash_is_taken_over_at_once() {
         rt.block_on(cluster.status(1))
             .is_some_and(|s| s.node.counters.heartbeats_received >= 3)
     });
+    // A write stamped with an older epoch (a paused active that woke) is
+    // refused by every agent; the current epoch passes.
+    let write = |epoch: u64| {
+        let request =
+            tandem_agent::api::CommandRequest::here(tandem_core::Command::HaPreempt(true));
+        rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("http://{}/v1/command", cluster.nodes[1].api))
+                .bearer_auth(cluster.token())
+                .header(tandem_agent::api::EPOCH_HEADER, epoch)
+                .json(&request)
+                .send()
+                .await
+                .expect("post a command to beta")
+        })
+    };
+    let current = epoch.unwrap_or(0);
+    let stale = write(current - 1);
+    assert_eq!(stale.status().as_u16(), 409);
+    let body = rt.block_on(stale.text()).unwrap_or_default();
+    assert!(body.contains("stale fencing epoch"), "{body}");
+    assert_eq!(write(current).status().as_u16(), 200);
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://{}/metrics", cluster.nodes[1].api))
+            .await
+            .expect("get beta's metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    });
+    assert!(
+        metrics.contains("tandem_stale_writes_total{node=\"beta\"} 1"),
+        "the refusal is counted: {metrics}"
+    );
     cluster.kill(0);
     let took = wait("beta active", Duration::from_secs(10), || {
         role(&rt, &cluster, 1) == Some(EffectiveRole::Active)

@@ -6,11 +6,13 @@
 //! [`super::types`] on both ends.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tandem_sync::fencing::Fencing;
 
 use super::types::{
     ClusterReport, CommandReply, CommandRequest, CommitRequest, ErrorBody, ListenerRequest,
@@ -31,7 +33,13 @@ pub struct ApiClient {
     user: String,
     timeout: Duration,
     http: reqwest::Client,
+    /// This agent's fencing epochs: its writes carry its own (agents only).
+    fencing: Option<Arc<Fencing>>,
 }
+
+/// The header an agent's writes carry its fencing epoch in; a receiver
+/// that knows a newer epoch refuses the write (409).
+pub const EPOCH_HEADER: &str = "tandem-epoch";
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,12 +62,20 @@ impl ApiClient {
             user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
             timeout: DEFAULT_TIMEOUT,
             http,
+            fencing: None,
         })
     }
 
     /// The same, with calls bounded by `timeout` instead.
     pub fn with_timeout(mut self, timeout: Duration) -> ApiClient {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same, stamping every write with this agent's fencing epoch
+    /// (`coordination = "etcd"`; nothing while it holds none).
+    pub fn with_fencing(mut self, fencing: Arc<Fencing>) -> ApiClient {
+        self.fencing = Some(fencing);
         self
     }
 
@@ -85,11 +101,21 @@ impl ApiClient {
     /// A request with the token, the caller and the timeout set, for
     /// answers read as a stream (resync progress).
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
+        let epoch = self
+            .fencing
+            .as_ref()
+            .map(|f| f.own())
+            .filter(|e| *e > 0 && method != Method::GET);
+        let request = self
+            .http
             .request(method, format!("http://{}{path}", self.addr))
             .bearer_auth(&self.token)
             .header("x-tandem-user", &self.user)
-            .timeout(self.timeout)
+            .timeout(self.timeout);
+        match epoch {
+            Some(epoch) => request.header(EPOCH_HEADER, epoch),
+            None => request,
+        }
     }
 
     /// GET `path`; any non-2xx answer is an error.

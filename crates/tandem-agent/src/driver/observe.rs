@@ -163,6 +163,30 @@ impl Agent {
                 })
                 .collect(),
         );
+        for (name, help, value) in [
+            (
+                "tandem_self_fenced_total",
+                "Times this node stood down for etcd (its session ran out, or the leader key moved).",
+                status.counters.self_fenced,
+            ),
+            (
+                "tandem_stale_epochs_total",
+                "Active claims and etcd answers ignored for an older fencing epoch.",
+                status.counters.stale_epochs,
+            ),
+            (
+                "tandem_stale_writes_total",
+                "API writes from other agents refused for an older fencing epoch.",
+                self.fencing.stale_writes(),
+            ),
+        ] {
+            metric(
+                help,
+                "counter",
+                name,
+                vec![(String::new(), value.to_string())],
+            );
+        }
         for (name, kind, help, value) in self.replication.metrics() {
             metric(help, kind, name, vec![(String::new(), value.to_string())]);
         }

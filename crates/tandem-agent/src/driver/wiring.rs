@@ -22,6 +22,7 @@ use crate::replication::Replication;
 use crate::server::{self, ApiRequest};
 use crate::supervisor::{self, ServiceEvent, SupervisorHandle};
 use crate::upgrade::Upgrades;
+use tandem_sync::fencing::Fencing;
 
 /// What the loop reads from and acts through.
 pub(super) struct Wiring {
@@ -35,6 +36,8 @@ pub(super) struct Wiring {
     pub serving: Arc<AtomicBool>,
     pub replication: Replication,
     pub store: StoreLink,
+    /// The node's fencing epochs, shared by the sync channel and the API.
+    pub fencing: Arc<Fencing>,
 }
 
 /// A simulated node's ends of the simulated network: where its datagrams
@@ -87,7 +90,8 @@ impl Wiring {
             .sync_key
             .clone()
             .map(|key| key as Arc<dyn tandem_sync::replicator::DegradeGate>);
-        let replication = Replication::start(config, gate).await?;
+        let fencing = Arc::new(Fencing::default());
+        let replication = Replication::start(config, gate, fencing.clone()).await?;
         if !replication.enabled() {
             crash_link::start(config.node.sync, identity, sync_peers, peer_tx).await?;
         }
@@ -103,6 +107,7 @@ impl Wiring {
                 .chain(config.peers.iter().map(|p| (p.name.clone(), p.api)))
                 .collect(),
             config.secrets.api_token.clone(),
+            fencing.clone(),
         )?;
         server::serve(server::ApiSetup {
             addr: config.node.api,
@@ -115,6 +120,7 @@ impl Wiring {
             config_file: config.origin.clone(),
             node: config.node.name.clone(),
             extra_routes: replication.router(),
+            fencing: fencing.clone(),
         })
         .await?;
         let (service_tx, service_events) = mpsc::channel(64);
@@ -161,6 +167,7 @@ impl Wiring {
             serving,
             replication,
             store,
+            fencing,
         })
     }
 
@@ -177,8 +184,9 @@ impl Wiring {
             supervisor: supervisor::simulated(service_tx),
             verdicts: ports.verdicts,
             serving: Arc::new(AtomicBool::new(false)),
-            replication: Replication::start(config, None).await?,
+            replication: Replication::start(config, None, Arc::default()).await?,
             store: StoreLink::none(),
+            fencing: Arc::default(),
         })
     }
 }
