@@ -568,6 +568,9 @@ enum EtcdFault {
     Kill,
     /// SIGSTOP of the active agent (its relay runs on, but cannot commit).
     Stop,
+    /// etcd itself dies: the active stands down, nobody serves until etcd
+    /// returns.
+    EtcdDown,
 }
 
 /// A relay pair with `coordination = "etcd"` takes `fault` in the middle of
@@ -581,7 +584,7 @@ fn under_etcd_nothing_acknowledged_is_lost(fault: EtcdFault) {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    let etcd = tandem::localetcd::LocalEtcd::start(dir.path(), 1).expect("start etcd");
+    let mut etcd = tandem::localetcd::LocalEtcd::start(dir.path(), 1).expect("start etcd");
     let rt = runtime();
     let next_hop = free_addr();
     let script =
@@ -608,10 +611,17 @@ fn under_etcd_nothing_acknowledged_is_lost(fault: EtcdFault) {
         match fault {
             EtcdFault::Kill => cluster.kill(0),
             EtcdFault::Stop => cluster.signal(0, libc::SIGSTOP),
+            EtcdFault::EtcdDown => etcd.kill(0),
         }
-        wait_until("beta active", Duration::from_secs(10), || {
-            role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
-        });
+        if fault == EtcdFault::EtcdDown {
+            wait_until("nobody active", Duration::from_secs(10), || {
+                (0..2).all(|i| role(&rt, &cluster, i) != Some(EffectiveRole::Active))
+            });
+        } else {
+            wait_until("beta active", Duration::from_secs(10), || {
+                role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
+            });
+        }
         let took = at.elapsed();
         (
             clients
@@ -621,7 +631,7 @@ fn under_etcd_nothing_acknowledged_is_lost(fault: EtcdFault) {
         )
     });
     println!(
-        "{fault:?}: beta active after {} ms; acknowledged {} of {}",
+        "{fault:?}: took over or stood down after {} ms; acknowledged {} of {}",
         took.as_millis(),
         load_report.acknowledged,
         load_report.sent
@@ -630,6 +640,11 @@ fn under_etcd_nothing_acknowledged_is_lost(fault: EtcdFault) {
     match fault {
         EtcdFault::Kill => cluster.start(0).expect("restart alpha"),
         EtcdFault::Stop => cluster.signal(0, libc::SIGCONT),
+        EtcdFault::EtcdDown => {
+            etcd.restart(0).expect("restart etcd");
+            etcd.wait_all_healthy(Duration::from_secs(20))
+                .expect("etcd healthy again");
+        }
     }
     // alpha comes back standby, is caught up, and (preemption) is handed
     // the service again.
@@ -737,4 +752,9 @@ fn etcd_value(endpoint: &str, key: &str) -> Option<String> {
         .ok()?;
     let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !value.is_empty()).then_some(value)
+}
+
+#[test]
+fn under_etcd_an_etcd_outage_loses_no_acknowledged_message() {
+    under_etcd_nothing_acknowledged_is_lost(EtcdFault::EtcdDown);
 }
