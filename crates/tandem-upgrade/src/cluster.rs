@@ -196,6 +196,33 @@ impl ClusterState {
 }
 
 impl NodeState {
+    /// A healthy node in sync, accepting, connected to cluster config, with
+    /// no group, no image file and no other slot: the usual starting point,
+    /// changed where a node differs.
+    pub fn new(
+        name: impl Into<String>,
+        configured: ConfiguredRole,
+        effective: EffectiveRole,
+        priority: u8,
+        running: Version,
+    ) -> NodeState {
+        NodeState {
+            name: name.into(),
+            configured,
+            effective,
+            priority,
+            running,
+            healthy: true,
+            in_sync: true,
+            preempt: false,
+            groups: vec![],
+            images: vec![],
+            other_slot: None,
+            listener: Listener::Accepting,
+            config_link: ConfigLink::Connected,
+        }
+    }
+
     /// Whether the node has a verified image file for `version`.
     pub fn image(&self, version: &Version) -> Option<ImageFile> {
         self.images.iter().copied().find(|i| i.version == *version)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tandem_core::{ConfiguredRole, EffectiveRole, Mode};
 use tandem_image::slots::{SlotName, SlotState};
-use tandem_upgrade::cluster::{ConfigLink, ImageFile, Listener, SlotStatus, SlotView};
+use tandem_upgrade::cluster::{ImageFile, Listener, SlotStatus, SlotView};
 use tandem_upgrade::{ClusterState, NodeState};
 use tandem_version::Version;
 
@@ -149,29 +149,26 @@ impl Upgrades {
 
 /// A node that does not answer: `off`, on the release last seen cluster-wide.
 fn unreachable_node(name: &str, like: Option<&NodeState>) -> NodeState {
+    let running = like.map_or_else(
+        || Version {
+            major: 0,
+            minor: 0,
+            maint: 0,
+            build: None,
+            spelling: tandem_version::Spelling::Dotted { v_prefix: false },
+        },
+        |n| n.running,
+    );
     NodeState {
-        name: name.to_string(),
-        configured: ConfiguredRole::Secondary,
-        effective: EffectiveRole::Off,
-        priority: 0,
-        running: like.map_or_else(
-            || Version {
-                major: 0,
-                minor: 0,
-                maint: 0,
-                build: None,
-                spelling: tandem_version::Spelling::Dotted { v_prefix: false },
-            },
-            |n| n.running,
-        ),
         healthy: false,
         in_sync: false,
-        preempt: false,
-        groups: vec![],
-        images: vec![],
-        other_slot: None,
-        listener: Listener::Accepting,
-        config_link: ConfigLink::Connected,
+        ..NodeState::new(
+            name,
+            ConfiguredRole::Secondary,
+            EffectiveRole::Off,
+            0,
+            running,
+        )
     }
 }
 

@@ -22,7 +22,7 @@ use tandem_version::{Spelling, Version};
 
 use super::rollout::{FleetAction, FleetObservation, FleetRollout};
 use super::{RolloutPolicy, WaveKind, millis, plan_waves};
-use crate::cluster::{ClusterState, ConfigLink, Listener, NodeState};
+use crate::cluster::{ClusterState, NodeState};
 use crate::error::PlanError;
 
 /// The most node upgrades (`nodes × runs`) one simulation plays: about
@@ -89,25 +89,17 @@ pub fn relay_fleet(nodes: usize) -> ClusterState {
     let nodes = (1..=nodes)
         .map(|i| {
             let primary = i == 1;
-            NodeState {
-                name: format!("relay-{i:0width$}"),
-                configured: if primary {
+            NodeState::new(
+                format!("relay-{i:0width$}"),
+                if primary {
                     ConfiguredRole::Primary
                 } else {
                     ConfiguredRole::Secondary
                 },
-                effective: EffectiveRole::Active,
-                priority: if primary { 200 } else { 100 },
+                EffectiveRole::Active,
+                if primary { 200 } else { 100 },
                 running,
-                healthy: true,
-                in_sync: true,
-                preempt: false,
-                groups: vec![],
-                images: vec![],
-                other_slot: None,
-                listener: Listener::Accepting,
-                config_link: ConfigLink::Connected,
-            }
+            )
         })
         .collect();
     ClusterState {
