@@ -571,6 +571,11 @@ enum EtcdFault {
     /// etcd itself dies: the active stands down, nobody serves until etcd
     /// returns.
     EtcdDown,
+    /// One of three etcd members dies: nothing changes.
+    OneOfThreeMembers,
+    /// Two of three etcd members die: the active stands down until they
+    /// return.
+    TwoOfThreeMembers,
 }
 
 /// A relay pair with `coordination = "etcd"` takes `fault` in the middle of
@@ -584,7 +589,11 @@ fn under_etcd_nothing_acknowledged_is_lost(fault: EtcdFault) {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    let mut etcd = tandem::localetcd::LocalEtcd::start(dir.path(), 1).expect("start etcd");
+    let members = match fault {
+        EtcdFault::OneOfThreeMembers | EtcdFault::TwoOfThreeMembers => 3,
+        _ => 1,
+    };
+    let mut etcd = tandem::localetcd::LocalEtcd::start(dir.path(), members).expect("start etcd");
     let rt = runtime();
     let next_hop = free_addr();
     let script =
@@ -612,15 +621,30 @@ fn under_etcd_nothing_acknowledged_is_lost(fault: EtcdFault) {
             EtcdFault::Kill => cluster.kill(0),
             EtcdFault::Stop => cluster.signal(0, libc::SIGSTOP),
             EtcdFault::EtcdDown => etcd.kill(0),
+            EtcdFault::OneOfThreeMembers => etcd.kill(2),
+            EtcdFault::TwoOfThreeMembers => {
+                etcd.kill(1);
+                etcd.kill(2);
+            }
         }
-        if fault == EtcdFault::EtcdDown {
-            wait_until("nobody active", Duration::from_secs(10), || {
-                (0..2).all(|i| role(&rt, &cluster, i) != Some(EffectiveRole::Active))
-            });
-        } else {
-            wait_until("beta active", Duration::from_secs(10), || {
-                role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
-            });
+        match fault {
+            EtcdFault::EtcdDown | EtcdFault::TwoOfThreeMembers => {
+                wait_until("nobody active", Duration::from_secs(10), || {
+                    (0..2).all(|i| role(&rt, &cluster, i) != Some(EffectiveRole::Active))
+                });
+            }
+            EtcdFault::OneOfThreeMembers => {
+                // A quorum is left: alpha keeps the service throughout.
+                for _ in 0..20 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    assert_eq!(role(&rt, &cluster, 0), Some(EffectiveRole::Active));
+                }
+            }
+            EtcdFault::Kill | EtcdFault::Stop => {
+                wait_until("beta active", Duration::from_secs(10), || {
+                    role(&rt, &cluster, 1) == Some(EffectiveRole::Active)
+                });
+            }
         }
         let took = at.elapsed();
         (
@@ -642,6 +666,13 @@ fn under_etcd_nothing_acknowledged_is_lost(fault: EtcdFault) {
         EtcdFault::Stop => cluster.signal(0, libc::SIGCONT),
         EtcdFault::EtcdDown => {
             etcd.restart(0).expect("restart etcd");
+            etcd.wait_all_healthy(Duration::from_secs(20))
+                .expect("etcd healthy again");
+        }
+        EtcdFault::OneOfThreeMembers => {}
+        EtcdFault::TwoOfThreeMembers => {
+            etcd.restart(1).expect("restart member 1");
+            etcd.restart(2).expect("restart member 2");
             etcd.wait_all_healthy(Duration::from_secs(20))
                 .expect("etcd healthy again");
         }
@@ -757,4 +788,14 @@ fn etcd_value(endpoint: &str, key: &str) -> Option<String> {
 #[test]
 fn under_etcd_an_etcd_outage_loses_no_acknowledged_message() {
     under_etcd_nothing_acknowledged_is_lost(EtcdFault::EtcdDown);
+}
+
+#[test]
+fn under_etcd_losing_one_of_three_members_changes_nothing_and_loses_nothing() {
+    under_etcd_nothing_acknowledged_is_lost(EtcdFault::OneOfThreeMembers);
+}
+
+#[test]
+fn under_etcd_losing_two_of_three_members_stops_the_service_and_loses_nothing() {
+    under_etcd_nothing_acknowledged_is_lost(EtcdFault::TwoOfThreeMembers);
 }
