@@ -148,6 +148,57 @@ impl LocalEtcd {
         self.spawn(i)
     }
 
+    /// The value at `key`, if any (for tests that look at what the agents
+    /// wrote).
+    pub async fn value(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut client = self.client().await?;
+        let answer = client.get(key, None).await?;
+        Ok(answer
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Writes `value` at `key`, as an operator with etcdctl would.
+    pub async fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.client().await?.put(key, value, None).await?;
+        Ok(())
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        self.client().await?.delete(key, None).await?;
+        Ok(())
+    }
+
+    /// A running member that is not etcd's leader: losing it pauses no
+    /// write (losing the leader does, for an election).
+    pub async fn follower(&self) -> anyhow::Result<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.process.is_none() {
+                continue;
+            }
+            let mut client = etcd_client::Client::connect([format!("http://{}", m.client)], None)
+                .await
+                .with_context(|| format!("cannot connect to etcd member {}", m.name))?;
+            let status = client.status().await?;
+            let member = status.header().map(|h| h.member_id());
+            if member.is_some_and(|id| id != status.leader()) {
+                return Ok(i);
+            }
+        }
+        bail!("no running etcd member is a follower")
+    }
+
+    async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        etcd_client::Client::connect(self.endpoints(), Some(options))
+            .await
+            .with_context(|| format!("cannot connect to etcd at {}", self.endpoints().join(", ")))
+    }
+
     /// Waits until every running member is healthy again.
     pub fn wait_all_healthy(&self, within: Duration) -> anyhow::Result<()> {
         for (i, m) in self.members.iter().enumerate() {

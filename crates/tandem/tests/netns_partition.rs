@@ -43,7 +43,7 @@ use serde_json::Value;
 use tandem::netns;
 use tandem_mta::Listen;
 use tandem_mta::client::Client;
-use tandem_mta::sink::Sink;
+use tandem_mta::sink::{Sink, SinkReport};
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
 const TOKEN: &str = "netns-partition-test-token-0123456789";
@@ -425,6 +425,42 @@ fn send_from(ns: &str, tag: &str, within: Duration) -> Sent {
     })
 }
 
+/// The next hop, a counting sink in `c`, with the runtime it runs on.
+struct NextHop {
+    sink: Sink,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl NextHop {
+    /// Binds the sink at `NEXT_HOP` inside `c`.
+    fn up(lab: &Lab) -> NextHop {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("build the runtime");
+        let listener = in_netns(&lab.ns("c"), || {
+            std::net::TcpListener::bind(NEXT_HOP).expect("bind the sink")
+        });
+        let sink = rt
+            .block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))
+            .expect("start the sink");
+        NextHop { sink, _rt: rt }
+    }
+
+    /// Waits (60 s at most) until every id in `acked` arrived; the report
+    /// then, and how long it took.
+    fn wait_for(&self, acked: &[String]) -> (SinkReport, Duration) {
+        let started = Instant::now();
+        let mut report = self.sink.report(Some(acked));
+        while report.missing != Some(0) && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(200));
+            report = self.sink.report(Some(acked));
+        }
+        (report, started.elapsed())
+    }
+}
+
 fn queued(dir: &Path, node: &str) -> usize {
     std::fs::read_dir(dir.join("data").join(node).join("spool").join("queue"))
         .map(|d| d.count())
@@ -655,28 +691,12 @@ fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
     }
 
     // The next hop comes up in `c`: every acknowledged id must arrive.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build the runtime");
-    let listener = in_netns(&lab.ns("c"), || {
-        std::net::TcpListener::bind(NEXT_HOP).expect("bind the sink")
-    });
-    let sink = rt
-        .block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))
-        .expect("start the sink");
+    let next_hop = NextHop::up(&lab);
     println!("{} next hop up on {NEXT_HOP}", at());
-    let started = Instant::now();
-    let mut report = sink.report(Some(&acked));
-    while report.missing != Some(0) && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(200));
-        report = sink.report(Some(&acked));
-    }
-    let delivery = started.elapsed();
+    let (_, delivery) = next_hop.wait_for(&acked);
     // A moment more for late duplicates.
     std::thread::sleep(Duration::from_secs(2));
-    report = sink.report(Some(&acked));
+    let report = next_hop.sink.report(Some(&acked));
     let missing = report.missing.unwrap_or(u64::MAX);
     let lost_from = |sent: &Sent| {
         sent.acked
@@ -732,8 +752,7 @@ fn a_healed_partition_keeps_the_losers_acknowledged_mail() {
         loser + 1,
         winner + 1
     );
-    drop(sink);
-    drop(rt);
+    drop(next_hop);
     println!("{} done", at());
 }
 
@@ -838,23 +857,7 @@ fn an_isolated_active_stands_down_before_its_peer_serves_and_loses_nothing_under
     );
 
     // The next hop comes up in `c`: every acknowledged id must arrive.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build the runtime");
-    let listener = in_netns(&lab.ns("c"), || {
-        std::net::TcpListener::bind(NEXT_HOP).expect("bind the sink")
-    });
-    let sink = rt
-        .block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))
-        .expect("start the sink");
-    let started = Instant::now();
-    let mut report = sink.report(Some(&acked));
-    while report.missing != Some(0) && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(200));
-        report = sink.report(Some(&acked));
-    }
+    let (report, _) = NextHop::up(&lab).wait_for(&acked);
     println!(
         "{} acknowledged {}  delivered {}  duplicates {}  lost {}",
         at(),
@@ -869,8 +872,6 @@ fn an_isolated_active_stands_down_before_its_peer_serves_and_loses_nothing_under
         "acknowledged but never delivered (lost): {:?}",
         report.missing_ids
     );
-    drop(sink);
-    drop(rt);
 }
 
 /// The other half of issue 16's partitions: the *standby* is cut from the
@@ -935,24 +936,6 @@ fn an_isolated_standby_changes_nothing_under_etcd() {
     wait_until("n2 back in sync", Duration::from_secs(30), || {
         peer_states(&lab.status(0)) == ["in-sync"]
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build the runtime");
-    let listener = in_netns(&lab.ns("c"), || {
-        std::net::TcpListener::bind(NEXT_HOP).expect("bind the sink")
-    });
-    let sink = rt
-        .block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))
-        .expect("start the sink");
-    let started = Instant::now();
-    let mut report = sink.report(Some(&sent.acked));
-    while report.missing != Some(0) && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(200));
-        report = sink.report(Some(&sent.acked));
-    }
+    let (report, _) = NextHop::up(&lab).wait_for(&sent.acked);
     assert_eq!(report.missing, Some(0), "lost: {:?}", report.missing_ids);
-    drop(sink);
-    drop(rt);
 }
