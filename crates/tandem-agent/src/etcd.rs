@@ -24,8 +24,13 @@
 //!   write is reported as held by nobody tandem knows, so nobody serves
 //!   until an operator removes it, and the log says how.
 //!
-//! Every etcd call is bounded by the TTL, so a dead or partitioned etcd
-//! shows up as renewals that do not come back, which is what fences.
+//! Every etcd call is bounded (the client's own timeout did not end a call
+//! to a member stopped with SIGSTOP: `tandem chaos`, seed 1, held a
+//! takeover for 35 s), so a dead or partitioned etcd shows up as renewals
+//! that do not come back, which is what fences, and a member that goes
+//! silent is left for another: a renewal stream, a request or a watch
+//! that hears nothing is opened again, and the client may place it on
+//! another member.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +40,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use tandem_core::{GroupId, LeaderKey, StoreRequest};
@@ -45,6 +50,15 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::config::EtcdSettings;
+
+mod leader;
+
+use leader::own_value;
+
+/// How long a write of the `sync` key may take: a degraded commit waits
+/// on it, and a standby that cannot be dropped from `sync` in time keeps
+/// the commit failing rather than acknowledged without it.
+const WRITE_LIMIT: Duration = Duration::from_secs(1);
 
 /// What etcd said, for the driver to hand to the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +201,7 @@ pub async fn start(
         keys.clone(),
         groups,
         news_tx.clone(),
+        settings.ttl,
     ));
     let sync_key = Arc::new(SyncKey {
         client: client.clone(),
@@ -195,7 +210,14 @@ pub async fn start(
         written: tokio::sync::Mutex::new(None),
         drops: AtomicU64::new(0),
     });
-    tokio::spawn(serve_requests(client, keys, lease_rx, requests_rx, news_tx));
+    tokio::spawn(leader::serve_requests(
+        client,
+        keys,
+        lease_rx,
+        requests_rx,
+        news_tx,
+        settings.ttl / 2,
+    ));
     Ok(StoreLink {
         news,
         requests,
@@ -306,13 +328,20 @@ async fn keep_session(
     // when etcd pauses (a new leader being elected).
     let every = ttl / 8;
     let margin = ttl / 4;
+    // How long one call may go unanswered before the next is tried: two
+    // renewal intervals, so that a silent member leaves time to renew
+    // through another before the session's good time (TTL − margin) ends.
+    let patience = every * 2;
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     loop {
         if news.is_closed() {
             return;
         }
         let sent_at = Instant::now();
-        let id = match client.lease_grant(ttl_secs, None).await {
+        let id = match tokio::time::timeout(patience, client.lease_grant(ttl_secs, None))
+            .await
+            .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("no answer".into())))
+        {
             Ok(granted) => granted.id(),
             Err(e) => {
                 tracing::warn!(error = %e, "etcd: cannot grant a session lease; retrying");
@@ -330,17 +359,23 @@ async fn keep_session(
             return;
         }
         tracing::info!(session, "etcd session started");
-        let Ok((mut keeper, mut answers)) = client.lease_keep_alive(id).await else {
+        let Ok(Ok((mut keeper, mut answers))) =
+            tokio::time::timeout(patience, client.lease_keep_alive(id)).await
+        else {
             continue;
         };
+        let mut again_at_once = false;
         loop {
-            tokio::time::sleep(every).await;
+            if !again_at_once {
+                tokio::time::sleep(every).await;
+            }
             let sent_at = Instant::now();
             let answer = async {
                 keeper.keep_alive().await?;
                 answers.message().await
             };
-            let expired = match tokio::time::timeout(ttl - margin, answer).await {
+            again_at_once = false;
+            let expired = match tokio::time::timeout(patience, answer).await {
                 Ok(Ok(Some(a))) if a.ttl() > 0 => {
                     let renewed = StoreNews::Renewed {
                         session,
@@ -353,21 +388,31 @@ async fn keep_session(
                 }
                 Ok(Ok(Some(_))) => true,
                 Ok(Ok(None) | Err(_)) | Err(_) => {
-                    // The stream broke or etcd is silent. Ask whether the
-                    // lease still exists (after a partition it may have
-                    // expired: every renewal on it then fails with "lease
-                    // not found"), else open a new stream for it; no renewal
-                    // is reported meanwhile, so the core fences when its
-                    // time runs out.
+                    // The stream broke, or its member went silent (stopped,
+                    // or cut off, with the connection still open). Ask
+                    // whether the lease still exists (after a partition it
+                    // may have expired: every renewal on it then fails with
+                    // "lease not found"), else open a new stream, which the
+                    // client may place on another member, and renew on it
+                    // at once. No renewal is reported meanwhile, so the core
+                    // fences when its time runs out.
                     tracing::warn!(session, "etcd: no answer to a session renewal");
-                    match client.lease_time_to_live(id, None).await {
-                        Ok(left) if left.ttl() < 0 => true,
-                        Err(e) if e.to_string().contains("lease not found") => true,
+                    let left = tokio::time::timeout(patience, client.lease_time_to_live(id, None));
+                    match left.await {
+                        Ok(Ok(left)) if left.ttl() < 0 => true,
+                        Ok(Err(e)) if e.to_string().contains("lease not found") => true,
                         _ => {
-                            match client.lease_keep_alive(id).await {
-                                Ok((k, a)) => (keeper, answers) = (k, a),
-                                Err(e) => {
+                            match tokio::time::timeout(patience, client.lease_keep_alive(id)).await
+                            {
+                                Ok(Ok((k, a))) => {
+                                    (keeper, answers) = (k, a);
+                                    again_at_once = true;
+                                }
+                                Ok(Err(e)) => {
                                     tracing::warn!(error = %e, "etcd: cannot renew the session")
+                                }
+                                Err(_) => {
+                                    tracing::warn!("etcd: cannot renew the session: no answer")
                                 }
                             }
                             false
@@ -413,8 +458,12 @@ async fn publish_member(
                 value.to_string(),
                 Some(PutOptions::new().with_lease(id)),
             );
-            if let Err(e) = put.await {
-                tracing::warn!(error = %e, "etcd: cannot write this node's member key");
+            match tokio::time::timeout(WRITE_LIMIT, put).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "etcd: cannot write this node's member key")
+                }
+                Err(_) => tracing::warn!("etcd: cannot write this node's member key: no answer"),
             }
         }
         tokio::select! {
@@ -431,12 +480,13 @@ async fn watch_leaders(
     keys: Keys,
     groups: Vec<GroupId>,
     news: mpsc::Sender<StoreNews>,
+    quiet: Duration,
 ) {
     loop {
         if news.is_closed() {
             return;
         }
-        if let Err(e) = read_then_watch(&mut client, &keys, &groups, &news).await {
+        if let Err(e) = read_then_watch(&mut client, &keys, &groups, &news, quiet).await {
             tracing::warn!(error = %e, "etcd: the leader watch ended; reading again");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -448,10 +498,15 @@ async fn read_then_watch(
     keys: &Keys,
     groups: &[GroupId],
     news: &mpsc::Sender<StoreNews>,
-) -> Result<(), etcd_client::Error> {
-    let read = client
-        .get(keys.all(), Some(GetOptions::new().with_prefix()))
-        .await?;
+    quiet: Duration,
+) -> Result<(), String> {
+    let read = tokio::time::timeout(
+        quiet,
+        client.get(keys.all(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| format!("no answer to a read within {quiet:?}"))?
+    .map_err(|e| e.to_string())?;
     let at = revision(read.header());
     let sync = read
         .kvs()
@@ -483,8 +538,17 @@ async fn read_then_watch(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(i64::try_from(at + 1).unwrap_or(i64::MAX));
-    let mut stream = client.watch(keys.all(), Some(options)).await?;
-    while let Some(answer) = stream.message().await? {
+    let mut stream = tokio::time::timeout(quiet, client.watch(keys.all(), Some(options)))
+        .await
+        .map_err(|_| format!("no answer to a watch within {quiet:?}"))?
+        .map_err(|e| e.to_string())?;
+    // A member that goes silent (stopped, or cut off with its connection
+    // open) ends no stream: after `quiet` without news, read again (and
+    // watch anew, perhaps through another member) rather than trust it.
+    while let Ok(answer) = tokio::time::timeout(quiet, stream.message()).await {
+        let Some(answer) = answer.map_err(|e| e.to_string())? else {
+            break;
+        };
         if answer.canceled() {
             break;
         }
@@ -521,162 +585,6 @@ async fn read_then_watch(
         }
     }
     Ok(())
-}
-
-/// Carries out the core's requests, one at a time, and reports the leader
-/// key each one leaves.
-async fn serve_requests(
-    mut client: Client,
-    keys: Keys,
-    lease: watch::Receiver<Option<i64>>,
-    mut requests: mpsc::UnboundedReceiver<StoreRequest>,
-    news: mpsc::Sender<StoreNews>,
-) {
-    while let Some(request) = requests.recv().await {
-        let Some(id) = *lease.borrow() else {
-            tracing::warn!(
-                ?request,
-                "etcd: no session yet; the request waits for the next one"
-            );
-            continue;
-        };
-        let result = match &request {
-            StoreRequest::Acquire { group, evict } => {
-                acquire(&mut client, &keys, id, *group, evict.as_deref()).await
-            }
-            StoreRequest::Release { group } => release(&mut client, &keys, id, *group).await,
-        };
-        match result {
-            Ok(report) => {
-                if news.send(report).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => tracing::warn!(?request, error = %e, "etcd: request failed"),
-        }
-    }
-}
-
-fn own_value(keys: &Keys, lease: i64) -> String {
-    serde_json::json!({ "node": keys.node, "session": u64::try_from(lease).unwrap_or(0) })
-        .to_string()
-}
-
-/// Create-if-absent; when `evict` holds the key, take it over from that
-/// very version of it (compare-and-swap on its mod revision), so that a
-/// newer write by anyone makes the swap fail rather than be overwritten.
-async fn acquire(
-    client: &mut Client,
-    keys: &Keys,
-    lease: i64,
-    group: GroupId,
-    evict: Option<&str>,
-) -> Result<StoreNews, etcd_client::Error> {
-    let (first, seen) = create_if_absent(client, keys, lease, group).await?;
-    let StoreNews::Leader {
-        holder: Some(holder),
-        ..
-    } = &first
-    else {
-        return Ok(first);
-    };
-    let own = u64::try_from(lease).unwrap_or(0);
-    if Some(holder.node.as_str()) != evict || holder.session == own || holder.session == 0 {
-        return Ok(first);
-    }
-    tracing::info!(group = group.0, ?holder, "etcd: taking the leader key over");
-    let key = keys.leader(group);
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
-        .and_then([TxnOp::put(
-            key.clone(),
-            own_value(keys, lease),
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key, None)]);
-    Ok(leader_after(client.txn(txn).await?, keys, lease, group))
-}
-
-/// One create-if-absent transaction: the key as it leaves it, and the mod
-/// revision it had when it was already there.
-async fn create_if_absent(
-    client: &mut Client,
-    keys: &Keys,
-    lease: i64,
-    group: GroupId,
-) -> Result<(StoreNews, i64), etcd_client::Error> {
-    let key = keys.leader(group);
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.clone(),
-            own_value(keys, lease),
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key, None)]);
-    let answer = client.txn(txn).await?;
-    let seen = current(&answer).map_or(0, |kv| kv.mod_revision());
-    Ok((leader_after(answer, keys, lease, group), seen))
-}
-
-/// The key a transaction found, when its comparison failed.
-fn current(answer: &etcd_client::TxnResponse) -> Option<KeyValue> {
-    if answer.succeeded() {
-        return None;
-    }
-    answer.op_responses().into_iter().find_map(|r| match r {
-        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-        _ => None,
-    })
-}
-
-/// The leader key as a write-or-read transaction leaves it: ours at the
-/// transaction's revision when it succeeded, else what it read.
-fn leader_after(
-    answer: etcd_client::TxnResponse,
-    keys: &Keys,
-    lease: i64,
-    group: GroupId,
-) -> StoreNews {
-    let at = revision(answer.header());
-    let holder = if answer.succeeded() {
-        Some(LeaderKey {
-            node: keys.node.clone(),
-            session: u64::try_from(lease).unwrap_or(0),
-            epoch: at,
-        })
-    } else {
-        current(&answer).as_ref().map(holder_of)
-    };
-    StoreNews::Leader {
-        group,
-        revision: at,
-        holder,
-    }
-}
-
-/// Deletes the leader key if this session wrote it.
-async fn release(
-    client: &mut Client,
-    keys: &Keys,
-    lease: i64,
-    group: GroupId,
-) -> Result<StoreNews, etcd_client::Error> {
-    let key = keys.leader(group);
-    let txn = Txn::new()
-        .when([Compare::value(
-            key.clone(),
-            CompareOp::Equal,
-            own_value(keys, lease),
-        )])
-        .and_then([TxnOp::delete(key.clone(), None)])
-        .or_else([TxnOp::get(key, None)]);
-    let answer = client.txn(txn).await?;
-    Ok(StoreNews::Leader {
-        group,
-        revision: revision(answer.header()),
-        holder: current(&answer).as_ref().map(holder_of),
-    })
 }
 
 /// The `sync` key's value: `{"members": [...]}`. A value tandem cannot
@@ -754,10 +662,12 @@ impl SyncKey {
             )])
             .and_then([TxnOp::put(self.keys.sync(), value, None)]);
         let mut client = self.client.clone();
-        match client.txn(txn).await {
-            Ok(answer) if answer.succeeded() => Ok(()),
-            Ok(_) => Err("this node does not hold the leader key".into()),
-            Err(e) => Err(e.to_string()),
+        // Bounded like every call: a commit waits on this write.
+        match tokio::time::timeout(WRITE_LIMIT, client.txn(txn)).await {
+            Ok(Ok(answer)) if answer.succeeded() => Ok(()),
+            Ok(Ok(_)) => Err("this node does not hold the leader key".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("etcd did not answer within {WRITE_LIMIT:?}")),
         }
     }
 }

@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// TOML file with limits, timeouts and delivery tuning.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The name in the greeting and Received: headers (the config's
+    /// `hostname` otherwise); under tandem, `$TANDEM_NODE` tells clients
+    /// which node answered.
+    #[arg(long)]
+    pub hostname: Option<String>,
 }
 
 /// `load` arguments.
@@ -168,10 +173,13 @@ const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 /// after its node stopped being active.
 async fn serve(a: ServeArgs, json: bool, hook: Arc<dyn CommitHook>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let config = match &a.config {
+    let mut config = match &a.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    if let Some(hostname) = &a.hostname {
+        config.hostname = hostname.clone();
+    }
     let listen = match crate::activation::inherited_listeners()? {
         Some(ls) => Listen::Inherited(ls),
         None => Listen::Bind(a.listen.clone()),

@@ -61,6 +61,8 @@ pub struct Client {
     reply_timeout: Duration,
     /// The last transaction failed half-way: send RSET before the next one.
     needs_rset: bool,
+    /// The server's 220 line (its text names the host).
+    greeting: String,
 }
 
 impl Client {
@@ -88,11 +90,13 @@ impl Client {
             pipelining: false,
             reply_timeout,
             needs_rset: false,
+            greeting: String::new(),
         };
         let greeting = c.read_reply().await?;
         if greeting.code != 220 {
             return Err(c.reply_error(greeting));
         }
+        c.greeting = greeting.text;
         c.send_line(&format!("EHLO {helo}")).await?;
         let ehlo = c.read_reply().await?;
         if ehlo.is_ok() {
@@ -108,6 +112,12 @@ impl Client {
             }
         }
         Ok(c)
+    }
+
+    /// The text of the server's greeting; its first word is the host that
+    /// answered (a relay under tandem names its node there).
+    pub fn greeting(&self) -> &str {
+        &self.greeting
     }
 
     /// The server's address.

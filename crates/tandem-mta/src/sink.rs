@@ -132,6 +132,15 @@ impl Sink {
         &self.control
     }
 
+    /// How many copies of each id arrived so far.
+    pub fn copies(&self) -> HashMap<String, u32> {
+        self.handler
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Counts so far, checked against `expect` if given.
     pub fn report(&self, expect: Option<&[String]>) -> SinkReport {
         let seen = self.handler.seen.lock().unwrap_or_else(|p| p.into_inner());

@@ -129,6 +129,13 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
 
+    /// A seeded fault campaign: a local cluster under mail load, faults
+    /// injected one after another, every operation recorded, and checkers
+    /// that judge the history (nothing acknowledged lost, never two
+    /// actives under etcd, a settled cluster after the heal). Exit 1 on a
+    /// violation.
+    Chaos(crate::commands::chaos::ChaosArgs),
+
     /// Build, sign and verify firmware images (the service's releases).
     #[command(subcommand)]
     Image(ImageCommand),

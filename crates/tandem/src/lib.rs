@@ -15,6 +15,7 @@
 //! answer is "no" (no upgrade path, a failed check), 2 bad invocation or
 //! unreadable input.
 
+pub mod chaos;
 pub mod cli;
 pub mod commands;
 pub mod localcluster;

@@ -142,6 +142,22 @@ impl LocalEtcd {
         }
     }
 
+    /// Sends `signal` to member `i` (SIGSTOP cuts it off without closing
+    /// its connections, as a partition would; SIGCONT undoes it).
+    pub fn signal(&self, i: usize, signal: libc::c_int) {
+        if let Some(child) = &self.members[i].process {
+            // SAFETY: kill(2) on a pid this process spawned and still owns.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// How many members it has.
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
     /// Starts member `i` again on its data directory.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i);

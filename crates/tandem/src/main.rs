@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         Command::Ha(command) => block_on(commands::cluster::ha(command, json)),
         Command::Failover(command) => block_on(commands::cluster::failover(command, json)),
         Command::Demo(args) => block_on(commands::demo::run(args, json)),
+        Command::Chaos(args) => commands::chaos::run(args, json),
         Command::Backup(command) => block_on(commands::backup::run(command, json)),
         Command::Upgrade(command) => block_on(commands::upgrade::run(command, json)),
         Command::Listener(command) => block_on(commands::cluster::listener(command, json)),

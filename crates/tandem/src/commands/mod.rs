@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_partition;
 pub mod bench_sync;
 pub mod cert;
+pub mod chaos;
 pub mod cluster;
 pub mod completions;
 pub mod demo;
