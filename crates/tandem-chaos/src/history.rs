@@ -114,8 +114,9 @@ pub enum Event {
     Heal,
     /// The cluster as a whole, seen after the final heal.
     Cluster {
-        /// For each group, the nodes that called themselves active.
-        actives: BTreeMap<u8, Vec<String>>,
+        /// For each group (its number, as a string: JSON keys are
+        /// strings), the nodes that called themselves active.
+        actives: BTreeMap<String, Vec<String>>,
         /// Every node answered and every standby is in sync.
         in_sync: bool,
         /// The sync report found no difference between nodes.
@@ -227,6 +228,15 @@ mod tests {
             },
         );
         h.push(9, Event::Heal);
+        // A map inside a flattened event: its keys must read back too.
+        h.push(
+            10,
+            Event::Cluster {
+                actives: BTreeMap::from([("0".into(), vec!["alpha".into()])]),
+                in_sync: true,
+                report_clean: true,
+            },
+        );
         let mut bytes = Vec::new();
         h.write(&mut bytes).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();

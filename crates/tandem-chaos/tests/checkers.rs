@@ -51,7 +51,10 @@ fn fault(h: &mut History, t: u64, kind: &str, target: &str, phase: Phase) {
 }
 
 fn settled(h: &mut History, t: u64, actives: &[&str], in_sync: bool) {
-    let actives = BTreeMap::from([(0, actives.iter().map(|a| a.to_string()).collect())]);
+    let actives = BTreeMap::from([(
+        "0".to_string(),
+        actives.iter().map(|a| a.to_string()).collect(),
+    )]);
     h.push(
         t,
         Event::Cluster {

@@ -129,7 +129,7 @@ fn record_deliveries(sink: &Sink, counted: &mut HashMap<String, u32>, rec: &Reco
 /// whether every node answered with the active's replicator holding
 /// every standby in sync, and whether the sync report is clean.
 pub async fn cluster(nodes: &[Watched], report_clean: bool) -> Event {
-    let mut actives: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+    let mut actives: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut answered = 0;
     let mut in_sync = true;
     for n in nodes {
@@ -138,7 +138,7 @@ pub async fn cluster(nodes: &[Watched], report_clean: bool) -> Event {
         };
         answered += 1;
         for g in &s.node.groups {
-            let list = actives.entry(g.group.0).or_default();
+            let list = actives.entry(g.group.0.to_string()).or_default();
             if g.role == EffectiveRole::Active {
                 list.push(n.name.clone());
             }
