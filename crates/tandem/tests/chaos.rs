@@ -3,10 +3,9 @@
 //! command), judged by the checkers; its recorded history judged again
 //! from the file alone; and the command's refusals.
 //!
-//! The etcd campaign leaves out `etcd-pause-one`: a stopped etcd member
-//! can still leave a 3-node cluster without an active for longer than the
-//! convergence bound (found by this very command; see the session note),
-//! and a known failure would only hide new ones here.
+//! The etcd campaign draws from every kind; its seed draws, among others,
+//! `etcd-pause-one`, which before every etcd call was bounded left the
+//! cluster without an active for 35 s (found by this very command).
 
 use std::process::Command;
 
@@ -14,9 +13,6 @@ use serde_json::Value;
 use tandem_chaos::{History, Settings, judge};
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
-
-/// Every kind but `etcd-pause-one` (see the module doc).
-const ETCD_FAULTS: &str = "kill-agent,kill-service,sigstop-agent,restart-mid-catch-up,switchover,config-push,etcd-kill-one,etcd-kill-two,etcd-kill-all";
 
 fn campaign(args: &[&str], history: &std::path::Path) -> (i32, Value, String) {
     let out = Command::new(EXE)
@@ -69,8 +65,6 @@ fn a_short_campaign_under_etcd_keeps_every_promise() {
             "40s",
             "--seed",
             "2",
-            "--faults",
-            ETCD_FAULTS,
         ],
         &history,
     );
@@ -80,7 +74,10 @@ fn a_short_campaign_under_etcd_keeps_every_promise() {
     assert_eq!(s["lost"], 0);
     assert_eq!(s["dual_active_ms"], 0);
     assert!(s["acknowledged"].as_u64().unwrap_or(0) > 100, "{s}");
-    assert!(s["faults"].as_object().is_some_and(|f| f.len() >= 3), "{s}");
+    let faults = s["faults"].as_object().cloned().unwrap_or_default();
+    assert!(faults.len() >= 3, "{s}");
+    // The fault behind the bounded etcd calls is among those drawn.
+    assert!(faults.contains_key("etcd-pause-one"), "{s}");
     judged_again(&history, &s);
 }
 
