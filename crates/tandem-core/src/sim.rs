@@ -44,6 +44,10 @@ pub struct SimNode {
     pub vips: BTreeSet<GroupId>,
     /// Service running.
     pub service: bool,
+    /// Groups whose listener is suspended for a planned handover (the
+    /// agent drains the service first, and the old active takes no new
+    /// client until it releases, or resumes if the handover fails).
+    pub suspended: BTreeSet<GroupId>,
     /// Last persisted state.
     pub persisted: Option<PersistentState>,
     /// When its agent's timer fires next (`Node::next_deadline` after its
@@ -98,6 +102,7 @@ impl Sim {
                     hung: false,
                     vips: BTreeSet::new(),
                     service: false,
+                    suspended: BTreeSet::new(),
                     persisted: None,
                     wake: Millis::ZERO,
                     config: c,
@@ -174,10 +179,17 @@ impl Sim {
                 }
                 Output::ReleaseVip { group } => {
                     n.vips.remove(group);
+                    n.suspended.remove(group);
                 }
                 Output::StartService => n.service = true,
                 Output::StopService => n.service = false,
                 Output::Persist(p) => n.persisted = Some(*p),
+                Output::Event(crate::Event::HandoverStarted { group, .. }) => {
+                    n.suspended.insert(*group);
+                }
+                Output::Event(crate::Event::HandoverFailed { group, .. }) => {
+                    n.suspended.remove(group);
+                }
                 Output::Event(_) | Output::Refused { .. } => {}
                 Output::Store(request) => requests.push(request.clone()),
                 Output::DrainForHandover { group, to, cause } => {
@@ -334,6 +346,7 @@ impl Sim {
                 // Whatever it held, the OS frees when the process dies
                 // (bind mode) — PR_SET_PDEATHSIG stops the service.
                 n.vips.clear();
+                n.suspended.clear();
                 n.service = false;
                 n.config.peers.clone()
             }
@@ -387,6 +400,7 @@ impl Sim {
             n.hung = false;
             n.wake = now;
             n.vips.clear();
+            n.suspended.clear();
             n.service = false;
         }
         self.store_restarted(name);

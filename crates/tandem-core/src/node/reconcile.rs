@@ -283,6 +283,7 @@ impl Node {
         for gi in 0..self.groups.len() {
             self.decide(cx, gi);
         }
+        self.release_idle_keys(cx);
 
         let serve = self.groups.iter().any(|g| g.active);
         if serve != self.serving {
@@ -458,6 +459,16 @@ impl Node {
                 if let Some(group) = id {
                     cx.emit(Event::HandoverFailed { group, to: h.to });
                 }
+                // Under a store the target may hold the key by now (its
+                // heartbeats did not reach this node): the handover's
+                // exemption is over, so the key decides before this node
+                // takes clients again (the sim campaign, seed 4181).
+                if self.store_coordinated() {
+                    self.fence(cx);
+                    if !self.groups[gi].active {
+                        return;
+                    }
+                }
             }
         }
         let in_grace = self.groups[gi].grace_until.is_some_and(|t| t > now);
@@ -533,6 +544,11 @@ impl Node {
                         .as_ref()
                         .is_some_and(|h| h.preempt == PreemptState::Ready)
             })
+            // Under a store with replicated data, only to a peer the
+            // `sync` key names (tandem chaos, partition-active, seed 1: the
+            // primary back from a partition was handed the group before
+            // the key named it again, and nobody served).
+            .filter(|(n, _)| !self.store_coordinated() || self.sync_names(n))
             .filter_map(|(n, p)| self.peer_rank(gi, n, p))
             .filter(|r| *r > me)
             .max()

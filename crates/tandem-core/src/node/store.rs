@@ -186,6 +186,20 @@ impl Node {
         !self.named_in_sync()
     }
 
+    /// With replicated data, whether the `sync` key as this node last read
+    /// it lets `peer` take over: it names it, or does not exist yet. An
+    /// active hands a group over (preemption) only to such a peer: one the
+    /// key does not name could not take it, and nobody would serve.
+    pub(super) fn sync_names(&self, peer: &str) -> bool {
+        if !self.config.replicated_data {
+            return true;
+        }
+        match &self.store.sync.1 {
+            Some(members) => members.iter().any(|m| m == peer),
+            None => true,
+        }
+    }
+
     /// With replicated data, whether the `sync` key lets this node take
     /// over: it names it (or does not exist yet), or the operator forced it.
     fn named_in_sync(&self) -> bool {
@@ -371,6 +385,23 @@ impl Node {
             let reason = moved.unwrap_or(Reason::SessionExpired);
             self.counters.self_fenced += 1;
             self.set_active(cx, gi, false, reason);
+        }
+    }
+
+    /// Releases every key this node holds for a group it does not serve:
+    /// its session came back (same lease) after it fenced itself, or it
+    /// stood back for a better-ranked peer after the grant. A live holder
+    /// keeps its key until its lease ends, so an idle one would keep every
+    /// other node from serving while it waits for them (found by the sim
+    /// campaign, `tests/it/campaign.rs`: nobody served after the heal).
+    pub(super) fn release_idle_keys(&mut self, cx: &mut Ctx) {
+        if !self.store_coordinated() {
+            return;
+        }
+        for gi in 0..self.groups.len() {
+            if !self.groups[gi].active && self.holds_lease(gi, cx.now) {
+                self.release_key(cx, gi);
+            }
         }
     }
 

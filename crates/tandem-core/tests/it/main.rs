@@ -1,5 +1,7 @@
 //! tandem-core's integration tests, one binary `it` (link once, run fast).
 
+/// Seeded fault campaigns on the sim, judged by tandem-chaos (issue 17).
+mod campaign;
 /// Helpers shared by the modules below.
 mod common;
 /// Replicated data across faults: never active while behind.

@@ -431,3 +431,47 @@ fn with_replicated_data_only_a_standby_named_in_sync_takes_over_unless_forced() 
     time_until_serving(&mut sim, &mut watch, "b", Duration::from_secs(5));
     watch.assert_safe();
 }
+
+#[test]
+fn a_returning_primary_is_handed_the_group_only_once_the_sync_key_names_it() {
+    let mut configs = store_configs(&["a", "b"], true);
+    for c in &mut configs {
+        c.replicated_data = true;
+    }
+    let mut sim = Sim::new(configs, 11)
+        .expect("start the pair")
+        .with_store(SimStore::new());
+    let mut watch = Watch::default();
+    sim.input("b", Input::DataSync { in_sync: true });
+    watch.run(&mut sim, Duration::from_secs(2));
+    assert_eq!(serving(&sim), ["a"]);
+    let sync = |members: &[&str]| {
+        Input::Store(StoreEvent::Sync {
+            revision: u64::MAX / 2,
+            members: Some(members.iter().map(|m| m.to_string()).collect()),
+        })
+    };
+    // a crashes; b takes over and names only itself in `sync`.
+    sim.crash("a");
+    time_until_serving(&mut sim, &mut watch, "b", Duration::from_secs(5));
+    for n in ["a", "b"] {
+        sim.input(n, sync(&["b"]));
+    }
+    // a comes back and catches up; until `sync` names it, b keeps the
+    // group (a could not take it: handing it over would leave nobody).
+    sim.restart("a");
+    sim.input("b", sync(&["b"]));
+    sim.input("a", Input::DataSync { in_sync: true });
+    watch.run(&mut sim, Duration::from_secs(5));
+    assert_eq!(
+        serving(&sim),
+        ["b"],
+        "b handed the group to a before `sync` named a"
+    );
+    // b names a in `sync`: the preemption goes ahead, and a serves.
+    for n in ["a", "b"] {
+        sim.input(n, sync(&["b", "a"]));
+    }
+    time_until_serving(&mut sim, &mut watch, "a", Duration::from_secs(10));
+    watch.assert_safe();
+}
