@@ -36,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::localcluster::{ClusterSpec, LocalCluster};
 use crate::localetcd::LocalEtcd;
+use crate::netns::{Lab, WITNESS, WITNESS_ADDRESS};
 use faults::{Ground, Kind, Needs, Rng};
 use observer::Watched;
 use record::Recorder;
@@ -78,6 +79,8 @@ pub struct Options {
     pub exe: PathBuf,
     /// Where agent logs go; a temporary directory (removed) when `None`.
     pub log_dir: Option<PathBuf>,
+    /// Stay on loopback even where network namespaces could be made.
+    pub loopback: bool,
 }
 
 /// A campaign's result.
@@ -96,7 +99,11 @@ pub type LeftOut = (String, String);
 /// Kinds that need what this ground does not have, and why; kinds for
 /// which no code exists yet are listed too, so the report is honest
 /// about what was not tried.
-fn choose_kinds(opts: &Options) -> anyhow::Result<(Vec<Kind>, Vec<LeftOut>)> {
+fn choose_kinds(
+    opts: &Options,
+    netns: Result<(), String>,
+    netem: Result<(), String>,
+) -> anyhow::Result<(Vec<Kind>, Vec<LeftOut>)> {
     let asked: Vec<Kind> = if opts.faults.is_empty() {
         faults::ALL.to_vec()
     } else {
@@ -105,30 +112,20 @@ fn choose_kinds(opts: &Options) -> anyhow::Result<(Vec<Kind>, Vec<LeftOut>)> {
     let mut left_out = Vec::new();
     let mut kinds = Vec::new();
     for k in asked {
-        if k.needs() == Needs::Etcd && opts.coordination != Coordination::Etcd {
-            if !opts.faults.is_empty() {
-                bail!("fault {} needs --coordination etcd", k.name());
-            }
-            left_out.push((k.name().to_owned(), "needs --coordination etcd".to_owned()));
-        } else {
-            kinds.push(k);
+        let missing = match k.needs() {
+            Needs::Nothing => None,
+            Needs::Etcd => (opts.coordination != Coordination::Etcd)
+                .then(|| "needs --coordination etcd".to_owned()),
+            Needs::Netns => netns.clone().err(),
+            Needs::Netem => netns.clone().and(netem.clone()).err(),
+        };
+        match missing {
+            Some(why) if !opts.faults.is_empty() => bail!("fault {} {why}", k.name()),
+            Some(why) => left_out.push((k.name().to_owned(), why)),
+            None => kinds.push(k),
         }
     }
-    for k in [
-        "partition-active",
-        "partition-standby",
-        "partition-minority",
-        "partition-majority",
-        "partition-one-way",
-        "link-flap",
-        "netem-loss",
-        "netem-delay",
-        "netem-reorder",
-        "sync-byte-flip",
-        "etcd-isolate",
-        "disk-full",
-        "upgrade",
-    ] {
+    for k in ["sync-byte-flip", "etcd-isolate", "disk-full", "upgrade"] {
         left_out.push((k.to_owned(), "not implemented yet".to_owned()));
     }
     if kinds.is_empty() {
@@ -138,18 +135,47 @@ fn choose_kinds(opts: &Options) -> anyhow::Result<(Vec<Kind>, Vec<LeftOut>)> {
 }
 
 /// Runs a campaign; `progress` hears of each fault as it starts.
-pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<Report> {
-    if opts.nodes < 2 {
-        bail!("a campaign needs at least 2 nodes, not {}", opts.nodes);
+///
+/// As root (and unless `loopback`), the cluster runs in network
+/// namespaces made for it: each node in its own, etcd, the clients and
+/// the sink in `c`. The campaign itself then runs on a thread moved into
+/// `c`, so that everything it starts is born there.
+pub fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Report> {
+    if !(2..=crate::netns::MAX_NODES).contains(&opts.nodes) {
+        bail!(
+            "a campaign has 2 to {} nodes, not {}",
+            crate::netns::MAX_NODES,
+            opts.nodes
+        );
     }
-    let (kinds, left_out) = choose_kinds(opts)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let netns = match (opts.loopback, crate::netns::unavailable()) {
+        (true, _) => Err("needs network namespaces (not with --loopback)".to_owned()),
+        (false, Some(why)) => Err(format!("needs network namespaces: {why}")),
+        (false, None) => Ok(()),
+    };
+    let mut lab = match netns {
+        Ok(()) => Some(Lab::with_nodes("ch", opts.nodes)?),
+        Err(_) => None,
+    };
+    let netem = lab.as_ref().map_or(Ok(()), netem_works);
+    let (kinds, left_out) = choose_kinds(opts, netns, netem)?;
     let work = tempdir("tandem-chaos")?;
-    let result = campaign(opts, &kinds, &rt, &work, progress);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(lab) = &lab {
+                crate::netns::enter(&lab.ns(WITNESS))?;
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            campaign(opts, &kinds, &rt, lab.as_mut(), &work, progress)
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    drop(lab);
     let _ = std::fs::remove_dir_all(&work);
     let (history, settings) = result?;
     Ok(Report {
@@ -157,6 +183,21 @@ pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<Report> {
         history,
         left_out,
     })
+}
+
+/// Whether `tc netem` works here (the `sch_netem` module), tried on the
+/// lab's `c` and undone at once.
+fn netem_works(lab: &Lab) -> Result<(), String> {
+    lab.tc(
+        WITNESS,
+        &[
+            "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms",
+        ],
+    )
+    .map_err(|e| format!("needs tc netem (the sch_netem module): {e:#}"))?;
+    lab.tc(WITNESS, &["qdisc", "del", "dev", "eth0", "root"])
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn tempdir(prefix: &str) -> anyhow::Result<PathBuf> {
@@ -172,15 +213,25 @@ fn campaign(
     opts: &Options,
     kinds: &[Kind],
     rt: &tokio::runtime::Runtime,
+    mut lab: Option<&mut Lab>,
     work: &std::path::Path,
-    progress: &dyn Fn(&str),
+    progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<(History, Settings)> {
+    // In namespaces this thread is in `c`: etcd and the sink live there.
+    let host = if lab.is_some() {
+        WITNESS_ADDRESS.to_string()
+    } else {
+        "127.0.0.1".to_owned()
+    };
     let mut etcd = match opts.coordination {
-        Coordination::Etcd => Some(LocalEtcd::start(&work.join("etcd"), 3)?),
+        Coordination::Etcd => Some(LocalEtcd::start_on(&work.join("etcd"), 3, &host)?),
         Coordination::Peers => None,
     };
-    let sink = Arc::new(rt.block_on(Sink::bind(Listen::Bind(vec!["127.0.0.1:0".parse()?]), 0))?);
-    let next_hop = rt.block_on(sink.local_addr());
+    let listener = std::net::TcpListener::bind((host.as_str(), 0))
+        .with_context(|| format!("cannot bind the sink on {host}"))?;
+    listener.set_nonblocking(true)?;
+    let next_hop = listener.local_addr()?;
+    let sink = Arc::new(rt.block_on(Sink::bind(Listen::Inherited(vec![listener]), 0))?);
     let log_dir = opts.log_dir.clone().unwrap_or_else(|| work.join("logs"));
     std::fs::create_dir_all(&log_dir)?;
     let names: Vec<String> = (1..=opts.nodes).map(|i| format!("n{i}")).collect();
@@ -194,6 +245,10 @@ fn campaign(
         log_dir: Some(log_dir.clone()),
         exe: Some(opts.exe.clone()),
         etcd: etcd.as_ref().map(LocalEtcd::endpoints).unwrap_or_default(),
+        netns: lab
+            .as_ref()
+            .map(|lab| lab.node_names().iter().map(|n| lab.ns(n)).collect())
+            .unwrap_or_default(),
         ..ClusterSpec::new(&names, vec!["sh".into(), "-c".into(), script])
     };
     let mut cluster = LocalCluster::create(&spec)?;
@@ -214,7 +269,8 @@ fn campaign(
     let (stop_watch, watch_stop) = watch::channel(false);
     let observers = {
         let _guard = rt.enter();
-        observer::start(&watched, sink.clone(), &rec, &watch_stop)
+        let netns: Vec<Option<String>> = cluster.nodes.iter().map(|n| n.netns.clone()).collect();
+        observer::start(&watched, &netns, sink.clone(), &rec, &watch_stop)
     };
     let pace = Duration::from_millis(20);
     let load = client::Load {
@@ -246,6 +302,7 @@ fn campaign(
             etcd: etcd.as_mut(),
             rt,
             rec: &rec,
+            lab: lab.as_deref_mut(),
         };
         ground.inject(kind, &mut rng)?;
         std::thread::sleep(rng.between(RECOVERY.0, RECOVERY.1));
@@ -274,7 +331,7 @@ fn campaign(
     wait_for_deliveries(&rec, &sink);
     let _ = stop_watch.send(true);
     for o in observers {
-        let _ = rt.block_on(o);
+        let _ = o.join();
     }
     for (i, w) in watched.iter().enumerate() {
         let status = rt.block_on(cluster.status(i));

@@ -52,6 +52,12 @@ pub struct ClusterSpec {
     pub config_only: bool,
     /// `coordination = "etcd"` with these client URLs; peers when empty.
     pub etcd: Vec<String>,
+    /// One network namespace per node (a [`crate::netns::Lab`]'s `nN`,
+    /// by full name), or none for loopback. In namespaces node N has the
+    /// lab's address `198.18.0.N` with fixed ports, the VIP is
+    /// [`crate::netns::VIP_ADDRESS`] in `ip` mode on `eth0`, and agents
+    /// and CLI calls run inside the node's namespace.
+    pub netns: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -73,6 +79,7 @@ impl ClusterSpec {
             vip: None,
             config_only: false,
             etcd: Vec::new(),
+            netns: Vec::new(),
         }
     }
 }
@@ -87,6 +94,8 @@ pub struct LocalNode {
     pub api: SocketAddr,
     /// Its heartbeat link address (UDP).
     pub link: SocketAddr,
+    /// Its network namespace, if it has one.
+    pub netns: Option<String>,
     process: Option<Child>,
 }
 
@@ -166,9 +175,18 @@ impl LocalCluster {
         let token = random_token();
         write_private(&dir.join("api.token"), &token)?;
         write_private(&dir.join("cluster.key"), &random_token())?;
+        let in_netns = !spec.netns.is_empty();
+        if in_netns && spec.netns.len() != spec.nodes.len() {
+            bail!(
+                "{} namespaces for {} nodes",
+                spec.netns.len(),
+                spec.nodes.len()
+            );
+        }
         let vips = (0..spec.groups.max(1))
             .map(|g| match (g, spec.vip) {
                 (0, Some(vip)) => Ok(vip),
+                (0, None) if in_netns => Ok(SocketAddr::from((crate::netns::VIP_ADDRESS, 2525))),
                 _ => free_port("127.0.0.1").map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -195,6 +213,16 @@ impl LocalCluster {
         }
         let mut ports = Vec::new();
         for i in 0..spec.nodes.len() {
+            if in_netns {
+                // A namespace of its own: nothing else there takes ports.
+                ports.push(Ports {
+                    ip: crate::netns::node_address(i as u8 + 1).to_string(),
+                    link: 7501,
+                    sync: 7601,
+                    api: 7401,
+                });
+                continue;
+            }
             let ip = format!("127.0.0.{}", i + 2);
             ports.push(Ports {
                 link: free_port(&ip)?,
@@ -257,8 +285,16 @@ impl LocalCluster {
                 }
                 text.push('\n');
             }
+            let vip_mode = if in_netns {
+                format!(
+                    "mode = \"ip\"\ninterface = \"eth0\"\naddress = \"{}/24\"",
+                    crate::netns::VIP_ADDRESS
+                )
+            } else {
+                "mode = \"bind\"".to_owned()
+            };
             text.push_str(&format!(
-                "[vip]\nmode = \"bind\"\nlisten = [{}]\n\n[service]\ncommand = [{}]\ngrace = \"10s\"\n{}\n",
+                "[vip]\n{vip_mode}\nlisten = [{}]\n\n[service]\ncommand = [{}]\ngrace = \"10s\"\n{}\n",
                 vips.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", "),
                 quote(&spec.service),
                 spec.extra_toml
@@ -271,6 +307,7 @@ impl LocalCluster {
                 config,
                 api: format!("{}:{}", me.ip, me.api).parse()?,
                 link: format!("{}:{}", me.ip, me.link).parse()?,
+                netns: spec.netns.get(i).cloned(),
                 process: None,
             });
         }
@@ -323,10 +360,11 @@ impl LocalCluster {
     /// Starts node `i`'s agent with extra environment (fault injection in
     /// tests).
     pub fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
-        let node = &mut self.nodes[i];
-        if node.process.is_some() {
+        if self.nodes[i].process.is_some() {
             return Ok(());
         }
+        let mut command = self.command(i);
+        let node = &mut self.nodes[i];
         let log = match &self.log_dir {
             // Appended to: a node restarted after a kill keeps the log of
             // its first life, which is what explains the kill's effects.
@@ -338,7 +376,7 @@ impl LocalCluster {
             ),
             None => Stdio::null(),
         };
-        let child = Command::new(&self.exe)
+        let child = command
             .arg("-v")
             .arg("--log-format")
             .arg("json")
@@ -354,6 +392,20 @@ impl LocalCluster {
             .with_context(|| format!("cannot start the agent of {}", node.name))?;
         node.process = Some(child);
         Ok(())
+    }
+
+    /// The tandem binary, to be run as node `i` would: inside its
+    /// namespace (`ip netns exec` execs it, so the child's pid is
+    /// tandem's), or as it is on loopback.
+    fn command(&self, i: usize) -> Command {
+        match &self.nodes[i].netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(&self.exe);
+                command
+            }
+            None => Command::new(&self.exe),
+        }
     }
 
     /// Starts every node.
@@ -412,7 +464,8 @@ impl LocalCluster {
     /// Runs `tandem ARGS` against node `i`'s API, as an operator would;
     /// returns the exit code, stdout and stderr.
     pub fn cli(&self, i: usize, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(&self.exe)
+        let out = self
+            .command(i)
             .args(args)
             .arg("--api")
             .arg(self.nodes[i].api.to_string())

@@ -44,6 +44,12 @@ impl LocalEtcd {
     /// Starts `members` members under `dir` and waits until each answers
     /// its health check.
     pub fn start(dir: &Path, members: usize) -> anyhow::Result<LocalEtcd> {
+        LocalEtcd::start_on(dir, members, "127.0.0.1")
+    }
+
+    /// [`LocalEtcd::start`] on address `ip` (one of this network
+    /// namespace's, e.g. a lab's `c`), each member on ports of its own.
+    pub fn start_on(dir: &Path, members: usize, ip: &str) -> anyhow::Result<LocalEtcd> {
         let Some(binary) = LocalEtcd::binary() else {
             bail!("no `etcd` binary on PATH: install Debian's etcd-server");
         };
@@ -52,8 +58,8 @@ impl LocalEtcd {
         for i in 0..members {
             let name = format!("etcd{i}");
             list.push(Member {
-                client: format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?,
-                peer: format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?,
+                client: format!("{ip}:{}", free_port(ip)?).parse()?,
+                peer: format!("{ip}:{}", free_port(ip)?).parse()?,
                 data_dir: dir.join(&name),
                 log: dir.join(format!("{name}.log")),
                 name,

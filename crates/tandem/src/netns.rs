@@ -48,12 +48,8 @@ use anyhow::{Context, bail};
 
 use crate::localetcd::LocalEtcd;
 
-/// The namespaces with an address on the bridge, and their addresses.
-const HOSTS: [(&str, Ipv4Addr); 3] = [
-    ("n1", Ipv4Addr::new(198, 18, 0, 1)),
-    ("n2", Ipv4Addr::new(198, 18, 0, 2)),
-    (WITNESS, WITNESS_ADDRESS),
-];
+/// At most this many nodes (n1 .. n9) beside `c`.
+pub const MAX_NODES: usize = 9;
 
 /// The namespace outside the pair: the etcd witness, a next hop, clients.
 pub const WITNESS: &str = "c";
@@ -86,6 +82,23 @@ pub fn unavailable() -> Option<String> {
     ip(&["netns", "list"])
         .err()
         .map(|e| format!("ip netns unavailable: {e:#}"))
+}
+
+/// Moves the calling thread into network namespace `ns` (a name under
+/// `/run/netns`), for good: threads and processes it starts later are
+/// born there too.
+pub fn enter(ns: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("cannot open {path}: is namespace {ns} still there?"))?;
+    // SAFETY: setns(2) with a namespace fd we hold open; it moves only
+    // this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        bail!("cannot enter {path} (setns: {error}); it needs root");
+    }
+    Ok(())
 }
 
 /// Runs `f` on a thread moved into network namespace `ns` (a name under
@@ -124,6 +137,8 @@ pub struct Lab {
     blackholes: Vec<(String, String)>,
     /// The etcd witness in `c`, while it runs.
     etcd: Option<Child>,
+    /// How many nodes (n1 .. nN).
+    nodes: usize,
 }
 
 impl Lab {
@@ -135,6 +150,15 @@ impl Lab {
     /// retransmissions (seconds) instead of the default 15 (minutes), so a
     /// cut shows within a test's time.
     pub fn new(tag: &str) -> anyhow::Result<Lab> {
+        Lab::with_nodes(tag, 2)
+    }
+
+    /// [`Lab::new`] with `nodes` nodes, n1 .. nN (at most [`MAX_NODES`]),
+    /// beside `c`.
+    pub fn with_nodes(tag: &str, nodes: usize) -> anyhow::Result<Lab> {
+        if !(1..=MAX_NODES).contains(&nodes) {
+            bail!("a lab has 1 to {MAX_NODES} nodes, not {nodes}");
+        }
         if let Some(reason) = unavailable() {
             bail!(reason);
         }
@@ -149,12 +173,18 @@ impl Lab {
             made: Vec::new(),
             blackholes: Vec::new(),
             etcd: None,
+            nodes,
         };
         let bridge = lab.ns("br");
         lab.add_namespace(&bridge)?;
         ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
-        for (name, address) in HOSTS {
+        let mut hosts: Vec<(String, Ipv4Addr)> = (1..=nodes)
+            .map(|n| (format!("n{n}"), node_address(n as u8)))
+            .collect();
+        hosts.push((WITNESS.to_owned(), WITNESS_ADDRESS));
+        for (name, address) in &hosts {
+            let name = name.as_str();
             let ns = lab.ns(name);
             lab.add_namespace(&ns)?;
             // The bridge's end of the cable; at most 15 characters.
@@ -190,8 +220,8 @@ impl Lab {
         }
         // /proc/sys/net is the namespace's own, and `sh` is everywhere
         // `sysctl` may not be.
-        for node in ["n1", "n2"] {
-            let ns = lab.ns(node);
+        for n in 1..=nodes {
+            let ns = lab.ns(&format!("n{n}"));
             let retries = "/proc/sys/net/ipv4/tcp_retries2";
             ip(&[
                 "netns",
@@ -231,6 +261,43 @@ impl Lab {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.ns(name)]).arg(program);
         command
+    }
+
+    /// How many nodes it has.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// The address of namespace `name` (`nN` or `c`) on the bridge.
+    pub fn address(&self, name: &str) -> anyhow::Result<Ipv4Addr> {
+        if name == WITNESS {
+            return Ok(WITNESS_ADDRESS);
+        }
+        match name.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if (1..=self.nodes).contains(&n) => Ok(node_address(n as u8)),
+            _ => bail!("no namespace {name} in the lab (n1 .. n{}, c)", self.nodes),
+        }
+    }
+
+    /// Drops what `from` sends to `to`, and nothing the other way (a
+    /// one-way failure: `to`'s datagrams still arrive, TCP to `to` breaks).
+    pub fn cut_one_way(&mut self, from: &str, to: &str) -> anyhow::Result<()> {
+        let address = self.address(to)?;
+        self.blackhole(from, &format!("{address}/32"))
+    }
+
+    /// Cuts `a` and `b` (`nN` or `c`) from each other, both ways.
+    pub fn cut(&mut self, a: &str, b: &str) -> anyhow::Result<()> {
+        self.cut_one_way(a, b)?;
+        self.cut_one_way(b, a)
+    }
+
+    /// Runs `tc ARGS` inside namespace `name` (netem faults on its `eth0`).
+    pub fn tc(&self, name: &str, args: &[&str]) -> anyhow::Result<String> {
+        let ns = self.ns(name);
+        let mut all = vec!["netns", "exec", ns.as_str(), "tc"];
+        all.extend_from_slice(args);
+        ip(&all)
     }
 
     /// Cuts n1 and n2 from each other; `c` keeps reaching both.
@@ -319,6 +386,11 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// Every node namespace's name (`n1` .. `nN`).
+    pub fn node_names(&self) -> Vec<String> {
+        (1..=self.nodes).map(|n| format!("n{n}")).collect()
     }
 
     /// Removes the routes, ignoring failures (for drop).

@@ -17,6 +17,7 @@ use tandem_core::EffectiveRole;
 use super::record::Recorder;
 use crate::localcluster::LocalCluster;
 use crate::localetcd::LocalEtcd;
+use crate::netns::{Lab, WITNESS};
 
 /// What a fault kind needs from the ground it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,10 @@ pub enum Needs {
     Nothing,
     /// `coordination = "etcd"`.
     Etcd,
+    /// Network namespaces (root).
+    Netns,
+    /// Network namespaces and the kernel's `sch_netem`.
+    Netem,
 }
 
 /// A kind of fault.
@@ -51,10 +56,34 @@ pub enum Kind {
     EtcdKillAll,
     /// One etcd member stopped (SIGSTOP): silent, as if cut off.
     EtcdPauseOne,
+    /// The active cut from every node and from `c` (etcd, clients, the
+    /// next hop).
+    PartitionActive,
+    /// A standby cut from every node and from `c`.
+    PartitionStandby,
+    /// The active and the fewest others it takes to be a minority, cut
+    /// from the rest and from `c`.
+    PartitionMinority,
+    /// A minority of standbys cut from the rest (the active among them)
+    /// and from `c`: the active keeps the majority.
+    PartitionMajority,
+    /// What the active sends to the standbys is dropped; what they send
+    /// arrives.
+    PartitionOneWay,
+    /// The link between the active and a standby cut and healed every
+    /// 300 ms.
+    LinkFlap,
+    /// 30 % of the active's packets dropped (`tc netem`).
+    NetemLoss,
+    /// The active's packets delayed 100 ms ± 50 ms.
+    NetemDelay,
+    /// The active's packets delayed 20 ms, a quarter of them sent at once
+    /// (reordered).
+    NetemReorder,
 }
 
 /// Every kind, in the order `--faults` lists them.
-pub const ALL: [Kind; 10] = [
+pub const ALL: [Kind; 19] = [
     Kind::KillAgent,
     Kind::KillService,
     Kind::StopAgent,
@@ -65,6 +94,15 @@ pub const ALL: [Kind; 10] = [
     Kind::EtcdKillTwo,
     Kind::EtcdKillAll,
     Kind::EtcdPauseOne,
+    Kind::PartitionActive,
+    Kind::PartitionStandby,
+    Kind::PartitionMinority,
+    Kind::PartitionMajority,
+    Kind::PartitionOneWay,
+    Kind::LinkFlap,
+    Kind::NetemLoss,
+    Kind::NetemDelay,
+    Kind::NetemReorder,
 ];
 
 impl Kind {
@@ -81,6 +119,15 @@ impl Kind {
             Kind::EtcdKillTwo => "etcd-kill-two",
             Kind::EtcdKillAll => "etcd-kill-all",
             Kind::EtcdPauseOne => "etcd-pause-one",
+            Kind::PartitionActive => "partition-active",
+            Kind::PartitionStandby => "partition-standby",
+            Kind::PartitionMinority => "partition-minority",
+            Kind::PartitionMajority => "partition-majority",
+            Kind::PartitionOneWay => "partition-one-way",
+            Kind::LinkFlap => "link-flap",
+            Kind::NetemLoss => "netem-loss",
+            Kind::NetemDelay => "netem-delay",
+            Kind::NetemReorder => "netem-reorder",
         }
     }
 
@@ -101,6 +148,13 @@ impl Kind {
             Kind::EtcdKillOne | Kind::EtcdKillTwo | Kind::EtcdKillAll | Kind::EtcdPauseOne => {
                 Needs::Etcd
             }
+            Kind::PartitionActive
+            | Kind::PartitionStandby
+            | Kind::PartitionMinority
+            | Kind::PartitionMajority
+            | Kind::PartitionOneWay
+            | Kind::LinkFlap => Needs::Netns,
+            Kind::NetemLoss | Kind::NetemDelay | Kind::NetemReorder => Needs::Netem,
             _ => Needs::Nothing,
         }
     }
@@ -148,6 +202,8 @@ pub struct Ground<'a> {
     pub rt: &'a tokio::runtime::Runtime,
     /// The history.
     pub rec: &'a Recorder,
+    /// The namespaces, when the cluster runs in them.
+    pub lab: Option<&'a mut Lab>,
 }
 
 /// How long a fault is held, at least and at most.
@@ -259,8 +315,115 @@ impl Ground<'_> {
             Kind::EtcdKillOne | Kind::EtcdKillTwo | Kind::EtcdKillAll | Kind::EtcdPauseOne => {
                 self.etcd_fault(kind, rng, hold)?;
             }
+            _ => self.network_fault(kind, rng, hold)?,
         }
         Ok(())
+    }
+
+    /// The sides of a partition: (the side cut off, the rest), as node
+    /// names, the side cut off losing `c` too.
+    fn sides(&self, kind: Kind, rng: &mut Rng) -> (Vec<String>, Vec<String>) {
+        let n = self.cluster.nodes.len();
+        let active = self.pick(rng, true);
+        let minority = ((n - 1) / 2).max(1);
+        let mut order: Vec<usize> = (0..n).filter(|&i| i != active).collect();
+        // A seeded shuffle of the others.
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let cut: Vec<usize> = match kind {
+            Kind::PartitionActive => vec![active],
+            Kind::PartitionStandby => order.iter().take(1).copied().collect(),
+            Kind::PartitionMinority => std::iter::once(active)
+                .chain(order.iter().take(minority - 1).copied())
+                .collect(),
+            _ => order.iter().take(minority.min(n - 1)).copied().collect(),
+        };
+        let names = |keep: bool| -> Vec<String> {
+            (0..n)
+                .filter(|i| cut.contains(i) != keep)
+                .map(|i| self.name(i))
+                .collect()
+        };
+        (names(false), names(true))
+    }
+
+    fn network_fault(&mut self, kind: Kind, rng: &mut Rng, hold: Duration) -> anyhow::Result<()> {
+        if self.lab.is_none() {
+            bail!("{} needs network namespaces", kind.name());
+        }
+        let active = self.pick(rng, true);
+        let standby = self.pick(rng, false);
+        let (active, standby) = (self.name(active), self.name(standby));
+        let target = match kind {
+            Kind::PartitionActive
+            | Kind::PartitionStandby
+            | Kind::PartitionMinority
+            | Kind::PartitionMajority => self.sides(kind, rng).0.join(","),
+            Kind::LinkFlap => format!("{active}-{standby}"),
+            _ => active.clone(),
+        };
+        let others: Vec<String> = (0..self.cluster.nodes.len())
+            .map(|i| self.name(i))
+            .filter(|n| !target.split(',').any(|t| t == n))
+            .collect();
+        let Some(lab) = self.lab.as_deref_mut() else {
+            return Ok(());
+        };
+        let rec = self.rec;
+        let mark = |phase| {
+            rec.push(Event::Fault {
+                kind: kind.name().into(),
+                target: target.clone(),
+                phase,
+            })
+        };
+        let netem: &[&str] = match kind {
+            Kind::NetemLoss => &["loss", "30%"],
+            Kind::NetemDelay => &["delay", "100ms", "50ms"],
+            Kind::NetemReorder => &["delay", "20ms", "reorder", "25%", "50%"],
+            _ => &[],
+        };
+        mark(Phase::Start);
+        let result = (|| -> anyhow::Result<()> {
+            match kind {
+                Kind::PartitionOneWay => {
+                    for o in &others {
+                        lab.cut_one_way(&active, o)?;
+                    }
+                    std::thread::sleep(hold);
+                }
+                Kind::LinkFlap => {
+                    let until = std::time::Instant::now() + hold;
+                    while std::time::Instant::now() < until {
+                        lab.cut(&active, &standby)?;
+                        std::thread::sleep(Duration::from_millis(300));
+                        lab.heal()?;
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                }
+                Kind::NetemLoss | Kind::NetemDelay | Kind::NetemReorder => {
+                    let mut args = vec!["qdisc", "add", "dev", "eth0", "root", "netem"];
+                    args.extend_from_slice(netem);
+                    lab.tc(&active, &args)?;
+                    std::thread::sleep(hold);
+                    lab.tc(&active, &["qdisc", "del", "dev", "eth0", "root"])?;
+                }
+                _ => {
+                    for t in target.split(',') {
+                        for o in &others {
+                            lab.cut(t, o)?;
+                        }
+                        lab.cut(t, WITNESS)?;
+                    }
+                    std::thread::sleep(hold);
+                }
+            }
+            Ok(())
+        })();
+        lab.heal()?;
+        mark(Phase::End);
+        result
     }
 
     fn etcd_fault(&mut self, kind: Kind, rng: &mut Rng, hold: Duration) -> anyhow::Result<()> {

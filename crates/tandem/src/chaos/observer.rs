@@ -18,7 +18,6 @@ use tandem_core::EffectiveRole;
 use tandem_mta::sink::Sink;
 use tandem_sync::replicator::PeerState;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::record::Recorder;
 
@@ -74,34 +73,42 @@ pub fn roles(name: &str, status: Option<&StatusReport>) -> Vec<Event> {
         .collect()
 }
 
-/// Starts one poller per node and the sink's counter.
+/// Starts one poller per node and the sink's counter, each on a thread of
+/// its own; with `netns`, each node's poller lives in that node's
+/// namespace (`netns[i]`), so that a node cut off from the rest is still
+/// seen, and seen serving if it does.
 pub fn start(
     nodes: &[Watched],
+    netns: &[Option<String>],
     sink: Arc<Sink>,
     rec: &Recorder,
     stop: &watch::Receiver<bool>,
-) -> Vec<JoinHandle<()>> {
-    let mut tasks: Vec<JoinHandle<()>> = nodes
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads: Vec<std::thread::JoinHandle<()>> = nodes
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, n)| {
             let (n, rec, stop) = (n.clone(), rec.clone(), stop.clone());
-            tokio::spawn(async move {
-                let api = n.api.clone().with_timeout(ANSWER_TIMEOUT);
-                let mut tick = tokio::time::interval(PERIOD);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                while !*stop.borrow() {
-                    tick.tick().await;
-                    let asked = rec.now_ms();
-                    let status = api.status().await.ok();
-                    for e in roles(&n.name, status.as_ref()) {
-                        rec.push_at(asked, e);
-                    }
+            let ns = netns.get(i).cloned().flatten();
+            std::thread::spawn(move || {
+                if let Some(ns) = &ns
+                    && let Err(e) = crate::netns::enter(ns)
+                {
+                    tracing::error!(error = %e, "chaos: the observer of {} cannot run", n.name);
+                    return;
                 }
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(poll(n, rec, stop));
             })
         })
         .collect();
     let (rec, stop) = (rec.clone(), stop.clone());
-    tasks.push(tokio::spawn(async move {
+    threads.push(std::thread::spawn(move || {
         let mut counted: HashMap<String, u32> = HashMap::new();
         loop {
             let done = *stop.borrow();
@@ -109,10 +116,25 @@ pub fn start(
             if done {
                 break;
             }
-            tokio::time::sleep(SINK_PERIOD).await;
+            std::thread::sleep(SINK_PERIOD);
         }
     }));
-    tasks
+    threads
+}
+
+/// Asks node `n` for its status every [`PERIOD`] until `stop`.
+async fn poll(n: Watched, rec: Recorder, stop: watch::Receiver<bool>) {
+    let api = n.api.clone().with_timeout(ANSWER_TIMEOUT);
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        let asked = rec.now_ms();
+        let status = api.status().await.ok();
+        for e in roles(&n.name, status.as_ref()) {
+            rec.push_at(asked, e);
+        }
+    }
 }
 
 /// An [`Event::Delivered`] for each copy the sink got since `counted`.

@@ -172,6 +172,7 @@ pub async fn failover(
         config_only: false,
         vip: None,
         etcd: etcd.as_ref().map(LocalEtcd::endpoints).unwrap_or_default(),
+        netns: Vec::new(),
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.start_all()?;

@@ -49,6 +49,10 @@ pub struct ChaosArgs {
     /// Keep the agents' logs in DIR (removed with the cluster otherwise).
     #[arg(long, value_name = "DIR")]
     pub logs: Option<PathBuf>,
+    /// Stay on loopback even as root (no network namespaces: the
+    /// partition and netem faults are left out).
+    #[arg(long)]
+    pub loopback: bool,
 }
 
 /// Runs the campaign and prints its report.
@@ -70,6 +74,7 @@ pub fn run(args: ChaosArgs, json: bool) -> anyhow::Result<ExitCode> {
         faults,
         exe: std::env::current_exe().context("cannot find the tandem binary")?,
         log_dir: args.logs.clone(),
+        loopback: args.loopback,
     };
     if !json {
         eprintln!(

@@ -245,6 +245,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         config_only: mode == "config-only",
         vip: args.listen,
         etcd: etcd.as_ref().map(LocalEtcd::endpoints).unwrap_or_default(),
+        netns: Vec::new(),
     };
     let mut cluster = LocalCluster::create(&spec)?;
     if data_sync == "semi" {
