@@ -3,9 +3,13 @@
 //! command), judged by the checkers; its recorded history judged again
 //! from the file alone; and the command's refusals.
 //!
-//! The etcd campaign draws from every kind; its seed draws, among others,
-//! `etcd-pause-one`, which before every etcd call was bounded left the
-//! cluster without an active for 35 s (found by this very command).
+//! As root (CI) the campaigns run in network namespaces, the etcd one
+//! with every kind but `tc netem`'s (whether the kernel has `sch_netem`
+//! varies between machines, and would change what the seed draws). Its
+//! seed draws, among others, `etcd-pause-one`, which before every etcd
+//! call was bounded left the cluster without an active for 35 s (found by
+//! this very command), and in namespaces a one-way partition and a link
+//! flap. Elsewhere the partitions are left out, and said so.
 
 use std::process::Command;
 
@@ -13,6 +17,21 @@ use serde_json::Value;
 use tandem_chaos::{History, Settings, judge};
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+
+/// Every kind but netem's (see the module doc); the partitions are left
+/// out by themselves where namespaces cannot be made.
+fn etcd_faults() -> String {
+    tandem::chaos::faults::ALL
+        .iter()
+        .filter(|k| !k.name().starts_with("netem-"))
+        .filter(|k| {
+            tandem::netns::unavailable().is_none()
+                || k.needs() != tandem::chaos::faults::Needs::Netns
+        })
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 fn campaign(args: &[&str], history: &std::path::Path) -> (i32, Value, String) {
     let out = Command::new(EXE)
@@ -55,6 +74,7 @@ fn a_short_campaign_under_etcd_keeps_every_promise() {
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let history = dir.path().join("history.jsonl");
+    let faults = etcd_faults();
     let (code, s, stderr) = campaign(
         &[
             "--nodes",
@@ -65,6 +85,8 @@ fn a_short_campaign_under_etcd_keeps_every_promise() {
             "40s",
             "--seed",
             "2",
+            "--faults",
+            &faults,
         ],
         &history,
     );
