@@ -13,18 +13,21 @@
 //! - [`check`]: the six checkers (lost, dual active, convergence,
 //!   upgrades, logs, availability);
 //! - [`summary`]: one run's figures and violations, as `tandem chaos
-//!   --json` prints them.
+//!   --json` prints them;
+//! - [`rng`]: the seeded generator both campaigns draw their faults from.
 //!
 //! Nothing here does I/O but [`history::History::read`] and
 //! [`history::History::write`], which take any reader or writer.
 
 pub mod check;
 pub mod history;
+pub mod rng;
 pub mod summary;
 
 pub use check::{Checker, Violation};
 pub use history::UpgradePhase;
 pub use history::{Entry, Event, History, Outcome, Phase};
+pub use rng::SplitMix;
 pub use summary::{FaultFigures, Settings, Summary, judge};
 
 /// What can go wrong reading or writing a history.

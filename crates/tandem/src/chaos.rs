@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use crate::localcluster::{ClusterSpec, LocalCluster};
 use crate::localetcd::LocalEtcd;
 use crate::netns::{Lab, WITNESS, WITNESS_ADDRESS};
-use faults::{Ground, Kind, Needs, Rng};
+use faults::{Ground, Kind, Needs};
 use observer::Watched;
 use record::Recorder;
 
@@ -286,12 +286,12 @@ fn campaign(
         client::start(load, rec.clone(), clients_stop)
     };
 
-    let mut rng = Rng::new(opts.seed);
+    let mut rng = tandem_chaos::SplitMix::new(opts.seed);
     let until = Instant::now() + opts.duration;
     // Let the clients find the service before the first fault.
     std::thread::sleep(Duration::from_secs(1));
     while Instant::now() < until {
-        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        let kind = kinds[rng.range(0, kinds.len() as u64) as usize];
         progress(&format!(
             "{:>6.1} s  {}",
             rec.now_ms() as f64 / 1000.0,

@@ -1,8 +1,33 @@
-//! Shared helpers: pair configurations and output filters.
+//! Shared helpers: pair and cluster configurations and output filters.
 
 use std::time::Duration;
 use tandem_core::sim::Sim;
-use tandem_core::{ConfiguredRole, Event, NodeConfig, Output};
+use tandem_core::{ConfiguredRole, Coordination, Event, NodeConfig, Output};
+
+/// A cluster of `names`: the first primary, the others secondaries in
+/// falling priority (200, 190, ...), each a peer of every other.
+pub fn ranked_configs(
+    names: &[&str],
+    coordination: Coordination,
+    preempt: bool,
+) -> Vec<NodeConfig> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let peers: Vec<&str> = names.iter().copied().filter(|n| n != name).collect();
+            let role = if i == 0 {
+                ConfiguredRole::Primary
+            } else {
+                ConfiguredRole::Secondary
+            };
+            let mut c = NodeConfig::new(name, role, 200 - i as u8 * 10, &peers);
+            c.coordination = coordination;
+            c.preempt = preempt;
+            c
+        })
+        .collect()
+}
 
 /// The seeds' pair: `a` primary (priority 200), `b` secondary (100).
 pub fn pair_configs() -> Vec<NodeConfig> {

@@ -15,22 +15,7 @@ use tandem_core::{ConfiguredRole, Coordination, GroupId, Input, NodeConfig, Stor
 const G: GroupId = GroupId(0);
 
 fn store_configs(names: &[&str], preempt: bool) -> Vec<NodeConfig> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let peers: Vec<&str> = names.iter().copied().filter(|n| n != name).collect();
-            let role = if i == 0 {
-                ConfiguredRole::Primary
-            } else {
-                ConfiguredRole::Secondary
-            };
-            let mut c = NodeConfig::new(name, role, 200 - i as u8 * 10, &peers);
-            c.coordination = Coordination::Store;
-            c.preempt = preempt;
-            c
-        })
-        .collect()
+    super::common::ranked_configs(names, Coordination::Store, preempt)
 }
 
 fn cluster(names: &[&str], preempt: bool, seed: u64) -> Sim {

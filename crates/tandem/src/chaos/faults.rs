@@ -4,14 +4,14 @@
 //! Each fault is recorded as a start and an end ([`Event::Fault`]); the
 //! nemesis injects one at a time, holds it for a seeded while, removes it
 //! and leaves the cluster a moment to recover before the next. Which kind,
-//! which target and how long all come from the campaign's seeded [`Rng`],
+//! which target and how long all come from the campaign's seeded [`SplitMix`],
 //! so a seed names the same sequence of faults again (the cluster's
 //! answers, being real processes, are not replayed).
 
 use std::time::Duration;
 
 use anyhow::bail;
-use tandem_chaos::{Event, Phase};
+use tandem_chaos::{Event, Phase, SplitMix};
 use tandem_core::EffectiveRole;
 
 use super::record::Recorder;
@@ -160,38 +160,6 @@ impl Kind {
     }
 }
 
-/// A small seeded generator (splitmix64): the campaign's only source of
-/// choices, so that a seed replays the same faults.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next number.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number below `n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-
-    /// A duration between `lo` and `hi`.
-    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let span = hi.saturating_sub(lo).as_millis() as u64;
-        lo + Duration::from_millis(self.below(span + 1))
-    }
-}
-
 /// What the nemesis acts on.
 pub struct Ground<'a> {
     /// The cluster.
@@ -232,12 +200,12 @@ impl Ground<'_> {
 
     /// The active (or, with none, any node) when `want_active`; else a
     /// node other than the active.
-    fn pick(&self, rng: &mut Rng, want_active: bool) -> usize {
+    fn pick(&self, rng: &mut SplitMix, want_active: bool) -> usize {
         let n = self.cluster.nodes.len();
         match self.active() {
             Some(a) if want_active => a,
-            Some(a) => (a + 1 + rng.below(n as u64 - 1) as usize) % n,
-            None => rng.below(n as u64) as usize,
+            Some(a) => (a + 1 + rng.range(0, n as u64 - 1) as usize) % n,
+            None => rng.range(0, n as u64) as usize,
         }
     }
 
@@ -246,11 +214,11 @@ impl Ground<'_> {
     }
 
     /// Injects one fault of `kind`, holds it, removes it.
-    pub fn inject(&mut self, kind: Kind, rng: &mut Rng) -> anyhow::Result<()> {
+    pub fn inject(&mut self, kind: Kind, rng: &mut SplitMix) -> anyhow::Result<()> {
         let hold = rng.between(HOLD.0, HOLD.1);
         match kind {
             Kind::KillAgent | Kind::StopAgent => {
-                let at_active = rng.below(2) == 0;
+                let at_active = rng.range(0, 2) == 0;
                 let i = self.pick(rng, at_active);
                 let target = self.name(i);
                 self.fault(kind, &target, Phase::Start);
@@ -296,20 +264,17 @@ impl Ground<'_> {
                 self.cluster.start(i)?;
                 self.fault(kind, &target, Phase::End);
             }
-            Kind::Switchover => {
-                let i = self.pick(rng, false);
+            Kind::Switchover | Kind::ConfigPush => {
+                // An operation, not a fault: run during whatever else goes
+                // on. A refusal (a standby not in sync yet) is an answer too.
+                let (at_active, args): (bool, &[&str]) = match kind {
+                    Kind::Switchover => (false, &["failover", "active"]),
+                    _ => (true, &["config", "push"]),
+                };
+                let i = self.pick(rng, at_active);
                 let target = self.name(i);
                 self.fault(kind, &target, Phase::Start);
-                // A refusal (the standby is not in sync yet) is an answer
-                // too: the operation ran during whatever else went on.
-                let _ = self.cluster.cli(i, &["failover", "active"]);
-                self.fault(kind, &target, Phase::End);
-            }
-            Kind::ConfigPush => {
-                let i = self.pick(rng, true);
-                let target = self.name(i);
-                self.fault(kind, &target, Phase::Start);
-                let _ = self.cluster.cli(i, &["config", "push"]);
+                let _ = self.cluster.cli(i, args);
                 self.fault(kind, &target, Phase::End);
             }
             Kind::EtcdKillOne | Kind::EtcdKillTwo | Kind::EtcdKillAll | Kind::EtcdPauseOne => {
@@ -322,14 +287,14 @@ impl Ground<'_> {
 
     /// The sides of a partition: (the side cut off, the rest), as node
     /// names, the side cut off losing `c` too.
-    fn sides(&self, kind: Kind, rng: &mut Rng) -> (Vec<String>, Vec<String>) {
+    fn sides(&self, kind: Kind, rng: &mut SplitMix) -> (Vec<String>, Vec<String>) {
         let n = self.cluster.nodes.len();
         let active = self.pick(rng, true);
         let minority = ((n - 1) / 2).max(1);
         let mut order: Vec<usize> = (0..n).filter(|&i| i != active).collect();
         // A seeded shuffle of the others.
         for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
+            order.swap(i, rng.range(0, i as u64 + 1) as usize);
         }
         let cut: Vec<usize> = match kind {
             Kind::PartitionActive => vec![active],
@@ -348,7 +313,12 @@ impl Ground<'_> {
         (names(false), names(true))
     }
 
-    fn network_fault(&mut self, kind: Kind, rng: &mut Rng, hold: Duration) -> anyhow::Result<()> {
+    fn network_fault(
+        &mut self,
+        kind: Kind,
+        rng: &mut SplitMix,
+        hold: Duration,
+    ) -> anyhow::Result<()> {
         if self.lab.is_none() {
             bail!("{} needs network namespaces", kind.name());
         }
@@ -426,12 +396,12 @@ impl Ground<'_> {
         result
     }
 
-    fn etcd_fault(&mut self, kind: Kind, rng: &mut Rng, hold: Duration) -> anyhow::Result<()> {
+    fn etcd_fault(&mut self, kind: Kind, rng: &mut SplitMix, hold: Duration) -> anyhow::Result<()> {
         let Some(etcd) = self.etcd.as_deref_mut() else {
             bail!("{} needs coordination = etcd", kind.name());
         };
         let members = etcd.members();
-        let first = rng.below(members as u64) as usize;
+        let first = rng.range(0, members as u64) as usize;
         let hit: Vec<usize> = match kind {
             Kind::EtcdKillTwo => vec![first, (first + 1) % members],
             Kind::EtcdKillAll => (0..members).collect(),

@@ -3,42 +3,7 @@
 //! the seed alone is the whole recipe. Nothing here touches the sim: a
 //! plan can be printed, compared and replayed.
 
-/// SplitMix64: tiny, well mixed even for consecutive seeds (1, 2, 3...
-/// give unrelated streams), and no dependency.
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> SplitMix {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi` (`lo` when the range is empty).
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.next_u64() % (hi - lo)
-    }
-
-    /// An index below `n` (0 when `n` is 0).
-    pub fn index(&mut self, n: usize) -> usize {
-        self.range(0, n as u64) as usize
-    }
-
-    /// True `permille` times in a thousand.
-    pub fn chance(&mut self, permille: u64) -> bool {
-        self.range(0, 1000) < permille
-    }
-}
+pub use tandem_chaos::SplitMix;
 
 /// How the nodes decide who serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

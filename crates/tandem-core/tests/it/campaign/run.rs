@@ -37,24 +37,11 @@ const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 /// The cluster of a plan: the first node primary, the others secondaries
 /// in falling priority, preemption on (so restarts provoke handovers).
 fn configs(plan: &Plan) -> Vec<NodeConfig> {
-    let names = &NAMES[..plan.nodes];
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let peers: Vec<&str> = names.iter().copied().filter(|n| n != name).collect();
-            let role = if i == 0 {
-                ConfiguredRole::Primary
-            } else {
-                ConfiguredRole::Secondary
-            };
-            let mut c = NodeConfig::new(name, role, 200 - i as u8 * 10, &peers);
-            if plan.mode == Mode::Store {
-                c.coordination = Coordination::Store;
-            }
-            c
-        })
-        .collect()
+    let coordination = match plan.mode {
+        Mode::Store => Coordination::Store,
+        Mode::Peers => Coordination::Peers,
+    };
+    crate::common::ranked_configs(&NAMES[..plan.nodes], coordination, true)
 }
 
 /// A fault in force, with the nodes it was resolved to when it started.
