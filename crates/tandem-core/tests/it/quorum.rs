@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tandem_core::sim::{Sim, SimStore};
-use tandem_core::{ConfiguredRole, Coordination, GroupId, Input, NodeConfig, StoreEvent};
+use tandem_core::{Coordination, GroupId, Input, NodeConfig, StoreEvent};
 
 const G: GroupId = GroupId(0);
 

@@ -15,9 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tandem_chaos::{Event, History, Outcome, Phase};
 use tandem_core::sim::{Sim, SimStore};
-use tandem_core::{
-    Command, ConfiguredRole, Coordination, EffectiveRole, GroupId, Millis, NodeConfig, Output,
-};
+use tandem_core::{Command, Coordination, EffectiveRole, GroupId, Millis, NodeConfig, Output};
 
 use super::plan::{Kind, Mode, Plan, SplitMix, Target};
 
