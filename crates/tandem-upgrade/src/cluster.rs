@@ -115,6 +115,18 @@ pub enum ConfigLink {
 }
 
 impl ClusterState {
+    /// A config-only cluster (ESA clusters, FortiMail config-only) of
+    /// `nodes`, in sync: every node serves and only configuration is
+    /// shared, so it has no failover groups.
+    pub fn config_only(nodes: Vec<NodeState>) -> ClusterState {
+        ClusterState {
+            mode: Mode::ConfigOnly,
+            groups: vec![],
+            nodes,
+            sync_clean: Some(true),
+        }
+    }
+
     /// The node called `name`, if there is one.
     pub fn node(&self, name: &str) -> Option<&NodeState> {
         self.nodes.iter().find(|n| n.name == name)

@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use tandem_core::{ConfiguredRole, EffectiveRole, Mode};
+use tandem_core::{ConfiguredRole, EffectiveRole};
 use tandem_version::{Spelling, Version};
 
 use super::rollout::{FleetAction, FleetObservation, FleetRollout};
@@ -102,12 +102,7 @@ pub fn relay_fleet(nodes: usize) -> ClusterState {
             )
         })
         .collect();
-    ClusterState {
-        mode: Mode::ConfigOnly,
-        groups: vec![],
-        nodes,
-        sync_clean: Some(true),
-    }
+    ClusterState::config_only(nodes)
 }
 
 /// Plays `spec.runs` rollouts of a [`relay_fleet`] of `spec.nodes` and

@@ -81,12 +81,7 @@ fn config_only(names: &[&str]) -> ClusterState {
             config_link: ConfigLink::Connected,
         })
         .collect();
-    ClusterState {
-        mode: Mode::ConfigOnly,
-        groups: vec![],
-        nodes,
-        sync_clean: Some(true),
-    }
+    ClusterState::config_only(nodes)
 }
 
 fn policy(canary: usize, max_failed: usize, auto_revert: bool) -> RolloutPolicy {

@@ -174,16 +174,21 @@ pub struct Ground<'a> {
     pub lab: Option<&'a mut Lab>,
 }
 
+/// Records a fault's start or end.
+fn record(rec: &Recorder, kind: Kind, target: &str, phase: Phase) {
+    rec.push(Event::Fault {
+        kind: kind.name().into(),
+        target: target.into(),
+        phase,
+    });
+}
+
 /// How long a fault is held, at least and at most.
 const HOLD: (Duration, Duration) = (Duration::from_millis(1000), Duration::from_millis(4000));
 
 impl Ground<'_> {
     fn fault(&self, kind: Kind, target: &str, phase: Phase) {
-        self.rec.push(Event::Fault {
-            kind: kind.name().into(),
-            target: target.into(),
-            phase,
-        });
+        record(self.rec, kind, target, phase);
     }
 
     /// The node that says it is active for group 0, if one does.
@@ -341,13 +346,7 @@ impl Ground<'_> {
             return Ok(());
         };
         let rec = self.rec;
-        let mark = |phase| {
-            rec.push(Event::Fault {
-                kind: kind.name().into(),
-                target: target.clone(),
-                phase,
-            })
-        };
+        let mark = |phase| record(rec, kind, &target, phase);
         let netem: &[&str] = match kind {
             Kind::NetemLoss => &["loss", "30%"],
             Kind::NetemDelay => &["delay", "100ms", "50ms"],
@@ -413,13 +412,7 @@ impl Ground<'_> {
             .collect::<Vec<_>>()
             .join(",");
         let rec = self.rec;
-        let mark = |phase| {
-            rec.push(Event::Fault {
-                kind: kind.name().into(),
-                target: target.clone(),
-                phase,
-            })
-        };
+        let mark = |phase| record(rec, kind, &target, phase);
         mark(Phase::Start);
         if kind == Kind::EtcdPauseOne {
             etcd.signal(first, libc::SIGSTOP);
