@@ -304,7 +304,14 @@ fn campaign(
             rec: &rec,
             lab: lab.as_deref_mut(),
         };
-        ground.inject(kind, &mut rng)?;
+        // A fault that cannot be injected is the harness's failure, not
+        // the cluster's: said, and the campaign goes on.
+        if let Err(e) = ground.inject(kind, &mut rng) {
+            progress(&format!(
+                "        {} could not be injected: {e:#}",
+                kind.name()
+            ));
+        }
         std::thread::sleep(rng.between(RECOVERY.0, RECOVERY.1));
     }
 

@@ -328,7 +328,11 @@ impl Ground<'_> {
             bail!("{} needs network namespaces", kind.name());
         }
         let active = self.pick(rng, true);
-        let standby = self.pick(rng, false);
+        let mut standby = self.pick(rng, false);
+        if standby == active {
+            // No node says it is active: any other node will do.
+            standby = (active + 1) % self.cluster.nodes.len();
+        }
         let (active, standby) = (self.name(active), self.name(standby));
         let target = match kind {
             Kind::PartitionActive
