@@ -209,8 +209,8 @@ impl Ground<'_> {
         let n = self.cluster.nodes.len();
         match self.active() {
             Some(a) if want_active => a,
-            Some(a) => (a + 1 + rng.range(0, n as u64 - 1) as usize) % n,
-            None => rng.range(0, n as u64) as usize,
+            Some(a) => (a + 1 + rng.index(n - 1)) % n,
+            None => rng.index(n),
         }
     }
 
@@ -223,7 +223,7 @@ impl Ground<'_> {
         let hold = rng.between(HOLD.0, HOLD.1);
         match kind {
             Kind::KillAgent | Kind::StopAgent => {
-                let at_active = rng.range(0, 2) == 0;
+                let at_active = rng.index(2) == 0;
                 let i = self.pick(rng, at_active);
                 let target = self.name(i);
                 self.fault(kind, &target, Phase::Start);
@@ -299,7 +299,7 @@ impl Ground<'_> {
         let mut order: Vec<usize> = (0..n).filter(|&i| i != active).collect();
         // A seeded shuffle of the others.
         for i in (1..order.len()).rev() {
-            order.swap(i, rng.range(0, i as u64 + 1) as usize);
+            order.swap(i, rng.index(i + 1));
         }
         let cut: Vec<usize> = match kind {
             Kind::PartitionActive => vec![active],
@@ -404,7 +404,7 @@ impl Ground<'_> {
             bail!("{} needs coordination = etcd", kind.name());
         };
         let members = etcd.members();
-        let first = rng.range(0, members as u64) as usize;
+        let first = rng.index(members);
         let hit: Vec<usize> = match kind {
             Kind::EtcdKillTwo => vec![first, (first + 1) % members],
             Kind::EtcdKillAll => (0..members).collect(),
