@@ -22,6 +22,8 @@ struct Member {
     peer: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
+    /// The network namespace it runs in, if not this process's.
+    netns: Option<String>,
     process: Option<Child>,
 }
 
@@ -50,22 +52,39 @@ impl LocalEtcd {
     /// [`LocalEtcd::start`] on address `ip` (one of this network
     /// namespace's, e.g. a lab's `c`), each member on ports of its own.
     pub fn start_on(dir: &Path, members: usize, ip: &str) -> anyhow::Result<LocalEtcd> {
+        let here = vec![(None, ip.to_owned()); members];
+        LocalEtcd::start_placed(dir, &here)
+    }
+
+    /// A member for each `(namespace, address)`: run inside that network
+    /// namespace (its ports 2379 and 2380, the namespace's own) or, with
+    /// none, in this one on free ports of the address.
+    pub fn start_placed(
+        dir: &Path,
+        placement: &[(Option<String>, String)],
+    ) -> anyhow::Result<LocalEtcd> {
         let Some(binary) = LocalEtcd::binary() else {
             bail!("no `etcd` binary on PATH: install Debian's etcd-server");
         };
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut list = Vec::new();
-        for i in 0..members {
+        for (i, (netns, ip)) in placement.iter().enumerate() {
             let name = format!("etcd{i}");
+            let (client, peer) = match netns {
+                Some(_) => (2379, 2380),
+                None => (free_port(ip)?, free_port(ip)?),
+            };
             list.push(Member {
-                client: format!("{ip}:{}", free_port(ip)?).parse()?,
-                peer: format!("{ip}:{}", free_port(ip)?).parse()?,
+                client: format!("{ip}:{client}").parse()?,
+                peer: format!("{ip}:{peer}").parse()?,
                 data_dir: dir.join(&name),
                 log: dir.join(format!("{name}.log")),
+                netns: netns.clone(),
                 name,
                 process: None,
             });
         }
+        let members = list.len();
         let initial_cluster = list
             .iter()
             .map(|m| format!("{}=http://{}", m.name, m.peer))
@@ -99,7 +118,16 @@ impl LocalEtcd {
             .with_context(|| format!("cannot create {}", m.log.display()))?;
         let client = format!("http://{}", m.client);
         let peer = format!("http://{}", m.peer);
-        let child = Command::new(&self.binary)
+        let mut command = match &m.netns {
+            // `ip netns exec` execs etcd: the child's pid is etcd's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &client])

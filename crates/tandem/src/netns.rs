@@ -72,6 +72,11 @@ pub fn node_address(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, n)
 }
 
+/// Store host `e`'s address (e1 is 198.18.0.21).
+pub fn store_address(e: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 20 + e)
+}
+
 /// Why a lab cannot be built here, if it cannot: not root, or no working
 /// `ip netns`. [`Lab::new`] asks this first.
 pub fn unavailable() -> Option<String> {
@@ -139,6 +144,8 @@ pub struct Lab {
     etcd: Option<Child>,
     /// How many nodes (n1 .. nN).
     nodes: usize,
+    /// How many store hosts (e1 .. eS), each an etcd member's own.
+    stores: usize,
 }
 
 impl Lab {
@@ -156,8 +163,17 @@ impl Lab {
     /// [`Lab::new`] with `nodes` nodes, n1 .. nN (at most [`MAX_NODES`]),
     /// beside `c`.
     pub fn with_nodes(tag: &str, nodes: usize) -> anyhow::Result<Lab> {
-        if !(1..=MAX_NODES).contains(&nodes) {
-            bail!("a lab has 1 to {MAX_NODES} nodes, not {nodes}");
+        Lab::with_hosts(tag, nodes, 0)
+    }
+
+    /// [`Lab::with_nodes`] plus `stores` namespaces e1 .. eS
+    /// ([`store_address`]), one for each etcd member, so that one member
+    /// can be cut off from the others and from the nodes.
+    pub fn with_hosts(tag: &str, nodes: usize, stores: usize) -> anyhow::Result<Lab> {
+        if !(1..=MAX_NODES).contains(&nodes) || stores > MAX_NODES {
+            bail!(
+                "a lab has 1 to {MAX_NODES} nodes and at most {MAX_NODES} store hosts, not {nodes} and {stores}"
+            );
         }
         if let Some(reason) = unavailable() {
             bail!(reason);
@@ -174,6 +190,7 @@ impl Lab {
             blackholes: Vec::new(),
             etcd: None,
             nodes,
+            stores,
         };
         let bridge = lab.ns("br");
         lab.add_namespace(&bridge)?;
@@ -183,6 +200,7 @@ impl Lab {
             .map(|n| (format!("n{n}"), node_address(n as u8)))
             .collect();
         hosts.push((WITNESS.to_owned(), WITNESS_ADDRESS));
+        hosts.extend((1..=stores).map(|e| (format!("e{e}"), store_address(e as u8))));
         for (name, address) in &hosts {
             let name = name.as_str();
             let ns = lab.ns(name);
@@ -273,9 +291,18 @@ impl Lab {
         if name == WITNESS {
             return Ok(WITNESS_ADDRESS);
         }
-        match name.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) if (1..=self.nodes).contains(&n) => Ok(node_address(n as u8)),
-            _ => bail!("no namespace {name} in the lab (n1 .. n{}, c)", self.nodes),
+        let number = |prefix| {
+            name.strip_prefix(prefix)
+                .and_then(|n: &str| n.parse::<usize>().ok())
+        };
+        match (number('n'), number('e')) {
+            (Some(n), _) if (1..=self.nodes).contains(&n) => Ok(node_address(n as u8)),
+            (_, Some(e)) if (1..=self.stores).contains(&e) => Ok(store_address(e as u8)),
+            _ => bail!(
+                "no namespace {name} in the lab (n1 .. n{}, e1 .. e{}, c)",
+                self.nodes,
+                self.stores
+            ),
         }
     }
 
@@ -391,6 +418,11 @@ impl Lab {
     /// Every node namespace's name (`n1` .. `nN`).
     pub fn node_names(&self) -> Vec<String> {
         (1..=self.nodes).map(|n| format!("n{n}")).collect()
+    }
+
+    /// Every store host's name (`e1` .. `eS`).
+    pub fn store_names(&self) -> Vec<String> {
+        (1..=self.stores).map(|e| format!("e{e}")).collect()
     }
 
     /// Removes the routes, ignoring failures (for drop).

@@ -25,8 +25,9 @@ fn etcd_faults() -> String {
         .iter()
         .filter(|k| !k.name().starts_with("netem-"))
         .filter(|k| {
+            use tandem::chaos::faults::Needs;
             tandem::netns::unavailable().is_none()
-                || k.needs() != tandem::chaos::faults::Needs::Netns
+                || !matches!(k.needs(), Needs::Netns | Needs::EtcdNetns)
         })
         .map(|k| k.name())
         .collect::<Vec<_>>()

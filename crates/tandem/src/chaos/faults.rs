@@ -30,6 +30,8 @@ pub enum Needs {
     Netns,
     /// Network namespaces and the kernel's `sch_netem`.
     Netem,
+    /// Network namespaces and `coordination = "etcd"`.
+    EtcdNetns,
 }
 
 /// A kind of fault.
@@ -56,6 +58,9 @@ pub enum Kind {
     EtcdKillAll,
     /// One etcd member stopped (SIGSTOP): silent, as if cut off.
     EtcdPauseOne,
+    /// One etcd member cut off by the network from the other members, the
+    /// nodes and `c`.
+    EtcdIsolateOne,
     /// The active cut from every node and from `c` (etcd, clients, the
     /// next hop).
     PartitionActive,
@@ -83,7 +88,7 @@ pub enum Kind {
 }
 
 /// Every kind, in the order `--faults` lists them.
-pub const ALL: [Kind; 19] = [
+pub const ALL: [Kind; 20] = [
     Kind::KillAgent,
     Kind::KillService,
     Kind::StopAgent,
@@ -103,6 +108,7 @@ pub const ALL: [Kind; 19] = [
     Kind::NetemLoss,
     Kind::NetemDelay,
     Kind::NetemReorder,
+    Kind::EtcdIsolateOne,
 ];
 
 impl Kind {
@@ -128,6 +134,7 @@ impl Kind {
             Kind::NetemLoss => "netem-loss",
             Kind::NetemDelay => "netem-delay",
             Kind::NetemReorder => "netem-reorder",
+            Kind::EtcdIsolateOne => "etcd-isolate-one",
         }
     }
 
@@ -155,6 +162,7 @@ impl Kind {
             | Kind::PartitionOneWay
             | Kind::LinkFlap => Needs::Netns,
             Kind::NetemLoss | Kind::NetemDelay | Kind::NetemReorder => Needs::Netem,
+            Kind::EtcdIsolateOne => Needs::EtcdNetns,
             _ => Needs::Nothing,
         }
     }
@@ -334,12 +342,21 @@ impl Ground<'_> {
             standby = (active + 1) % self.cluster.nodes.len();
         }
         let (active, standby) = (self.name(active), self.name(standby));
+        let stores = self
+            .lab
+            .as_deref()
+            .map(Lab::store_names)
+            .unwrap_or_default();
+        if kind == Kind::EtcdIsolateOne && stores.is_empty() {
+            bail!("etcd-isolate-one needs etcd members in namespaces of their own");
+        }
         let target = match kind {
             Kind::PartitionActive
             | Kind::PartitionStandby
             | Kind::PartitionMinority
             | Kind::PartitionMajority => self.sides(kind, rng).0.join(","),
             Kind::LinkFlap => format!("{active}-{standby}"),
+            Kind::EtcdIsolateOne => stores[rng.index(stores.len())].clone(),
             _ => active.clone(),
         };
         let others: Vec<String> = (0..self.cluster.nodes.len())
@@ -383,11 +400,14 @@ impl Ground<'_> {
                     lab.tc(&active, &["qdisc", "del", "dev", "eth0", "root"])?;
                 }
                 _ => {
+                    // The side cut off loses `c` and etcd too; an etcd
+                    // member cut off loses everyone.
+                    let mut outside = vec![WITNESS.to_owned()];
+                    outside.extend(lab.store_names().into_iter().filter(|e| *e != target));
                     for t in target.split(',') {
-                        for o in &others {
+                        for o in others.iter().chain(&outside) {
                             lab.cut(t, o)?;
                         }
-                        lab.cut(t, WITNESS)?;
                     }
                     std::thread::sleep(hold);
                 }
