@@ -11,7 +11,8 @@
 //! - [`observer`]: every node's status every 50 ms, asked from inside its
 //!   own namespace, and the sink's counts;
 //! - [`faults`]: the nemesis, one seeded fault at a time;
-//! - [`record`]: the one clock and history they all write to.
+//! - [`record`]: the one clock and history they all write to;
+//! - [`disk`]: the spools on small filesystems, for `disk-full` (root).
 //!
 //! After the last fault the campaign heals: the clients stop, the cluster
 //! must settle (one active, every standby in sync, a clean sync report)
@@ -19,12 +20,12 @@
 //! logs are read for panics, the history is judged, and the cluster and
 //! etcd are stopped and removed: nothing outlives the command.
 //!
-//! A byte-flipping proxy on the sync channel, a full disk and an upgrade
-//! during the campaign are not
-//! implemented yet; the report lists them, with every kind this ground
-//! cannot run, as left out, and why.
+//! A byte-flipping proxy on the sync channel and an upgrade during the
+//! campaign are not implemented yet; the report lists them, with every
+//! kind this ground cannot run, as left out, and why.
 
 pub mod client;
+pub mod disk;
 pub mod faults;
 pub mod observer;
 pub mod record;
@@ -125,6 +126,9 @@ fn choose_kinds(
                 .then(|| "needs --coordination etcd".to_owned()),
             Needs::Netns => netns.clone().err(),
             Needs::Netem => netns.clone().and(netem.clone()).err(),
+            // SAFETY: geteuid has no preconditions.
+            Needs::Root => (unsafe { libc::geteuid() } != 0)
+                .then(|| "needs root (it mounts a small filesystem for each spool)".to_owned()),
             Needs::EtcdNetns => match opts.coordination {
                 Coordination::Etcd => netns.clone().err(),
                 Coordination::Peers => Some("needs --coordination etcd".to_owned()),
@@ -136,7 +140,7 @@ fn choose_kinds(
             None => kinds.push(k),
         }
     }
-    for k in ["sync-byte-flip", "disk-full", "upgrade"] {
+    for k in ["sync-byte-flip", "upgrade"] {
         left_out.push((k.to_owned(), "not implemented yet".to_owned()));
     }
     if kinds.is_empty() {
@@ -288,6 +292,12 @@ fn campaign(
     };
     let mut cluster = LocalCluster::create(&spec)?;
     cluster.enable_sync("data_sync = \"semi\"")?;
+    let spools = if kinds.contains(&Kind::DiskFull) {
+        let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        Some(disk::Spools::mount(&cluster.dir, &names)?)
+    } else {
+        None
+    };
     cluster.start_all()?;
     rt.block_on(cluster.wait_for_active(0, Duration::from_secs(60)))?;
 
@@ -335,6 +345,7 @@ fn campaign(
             rt,
             rec: &rec,
             lab: lab.as_deref_mut(),
+            spools: spools.as_ref(),
         };
         // A fault that cannot be injected is the harness's failure, not
         // the cluster's: said, and the campaign goes on.
@@ -388,7 +399,12 @@ fn campaign(
             reason,
         });
     }
+    // The agents stop first, then the spools are unmounted, then what is
+    // left of the cluster's directory goes.
+    let dir = cluster.dir.clone();
     drop(cluster);
+    drop(spools);
+    let _ = std::fs::remove_dir_all(dir);
     drop(etcd.take());
     let settings = Settings {
         seed: opts.seed,

@@ -14,6 +14,7 @@ use anyhow::bail;
 use tandem_chaos::{Event, Phase, SplitMix};
 use tandem_core::EffectiveRole;
 
+use super::disk::Spools;
 use super::record::Recorder;
 use crate::localcluster::LocalCluster;
 use crate::localetcd::LocalEtcd;
@@ -32,6 +33,8 @@ pub enum Needs {
     Netem,
     /// Network namespaces and `coordination = "etcd"`.
     EtcdNetns,
+    /// Root (mounts).
+    Root,
 }
 
 /// A kind of fault.
@@ -61,6 +64,8 @@ pub enum Kind {
     /// One etcd member cut off by the network from the other members, the
     /// nodes and `c`.
     EtcdIsolateOne,
+    /// The active's spool filesystem filled up.
+    DiskFull,
     /// The active cut from every node and from `c` (etcd, clients, the
     /// next hop).
     PartitionActive,
@@ -88,7 +93,7 @@ pub enum Kind {
 }
 
 /// Every kind, in the order `--faults` lists them.
-pub const ALL: [Kind; 20] = [
+pub const ALL: [Kind; 21] = [
     Kind::KillAgent,
     Kind::KillService,
     Kind::StopAgent,
@@ -109,6 +114,7 @@ pub const ALL: [Kind; 20] = [
     Kind::NetemDelay,
     Kind::NetemReorder,
     Kind::EtcdIsolateOne,
+    Kind::DiskFull,
 ];
 
 impl Kind {
@@ -135,6 +141,7 @@ impl Kind {
             Kind::NetemDelay => "netem-delay",
             Kind::NetemReorder => "netem-reorder",
             Kind::EtcdIsolateOne => "etcd-isolate-one",
+            Kind::DiskFull => "disk-full",
         }
     }
 
@@ -163,6 +170,7 @@ impl Kind {
             | Kind::LinkFlap => Needs::Netns,
             Kind::NetemLoss | Kind::NetemDelay | Kind::NetemReorder => Needs::Netem,
             Kind::EtcdIsolateOne => Needs::EtcdNetns,
+            Kind::DiskFull => Needs::Root,
             _ => Needs::Nothing,
         }
     }
@@ -180,6 +188,8 @@ pub struct Ground<'a> {
     pub rec: &'a Recorder,
     /// The namespaces, when the cluster runs in them.
     pub lab: Option<&'a mut Lab>,
+    /// The nodes' spool filesystems, when `disk-full` may be drawn.
+    pub spools: Option<&'a Spools>,
 }
 
 /// Records a fault's start or end.
@@ -292,6 +302,19 @@ impl Ground<'_> {
             }
             Kind::EtcdKillOne | Kind::EtcdKillTwo | Kind::EtcdKillAll | Kind::EtcdPauseOne => {
                 self.etcd_fault(kind, rng, hold)?;
+            }
+            Kind::DiskFull => {
+                let Some(spools) = self.spools else {
+                    bail!("disk-full needs the spools on filesystems of their own (root)");
+                };
+                let i = self.pick(rng, true);
+                let target = self.name(i);
+                self.fault(kind, &target, Phase::Start);
+                let filled = spools.fill(i);
+                std::thread::sleep(hold);
+                spools.drain(i);
+                self.fault(kind, &target, Phase::End);
+                filled?;
             }
             _ => self.network_fault(kind, rng, hold)?,
         }
