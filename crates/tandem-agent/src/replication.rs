@@ -610,11 +610,20 @@ impl Inner {
                 tracing::info!(%peer, "data in sync with the active");
                 self.tell_core(true);
             }
-            ReceiverEvent::Closed { peer, error } => {
+            ReceiverEvent::Closed {
+                peer,
+                error,
+                peer_hung_up,
+            } => {
                 // The data state stays what it was: in sync means every
                 // acknowledged commit is here.
-                tracing::info!(%peer, error = ?error, "sync connection closed");
-                self.queue.push_back(Input::PeerConnectionClosed { peer });
+                tracing::info!(%peer, error = ?error, peer_hung_up, "sync connection closed");
+                // Only the peer's own hang-up may be its process dying;
+                // this end giving up on a corrupt stream is no proof, and
+                // the heartbeats decide as for any silence.
+                if peer_hung_up {
+                    self.queue.push_back(Input::PeerConnectionClosed { peer });
+                }
             }
             ReceiverEvent::Refused { from, reason } => {
                 tracing::warn!(%from, %reason, "sync connection refused");

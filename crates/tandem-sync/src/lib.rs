@@ -240,6 +240,26 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the peer's end closed the connection: an end of stream
+    /// (with or without TLS's `close_notify`) or a reset, which is what
+    /// the kernel does when the peer's process dies. A corrupt record, a
+    /// protocol error or a timeout is this end's decision to hang up and
+    /// says nothing about the peer's process (`tandem chaos`,
+    /// `sync-byte-flip`: taking it for a death moved the service away
+    /// from a live active).
+    pub fn peer_hung_up(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        match self {
+            Error::Network { source, .. } => matches!(
+                source.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn describe_failures(failures: &[(String, String)]) -> String {
     failures
         .iter()
@@ -318,4 +338,37 @@ pub(crate) async fn blocking<T: Send + 'static>(
             path: PathBuf::new(),
             source: std::io::Error::other(format!("file task failed: {e}")),
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn network(kind: ErrorKind) -> Error {
+        Error::Network {
+            peer: "b".into(),
+            source: IoError::new(kind, "x"),
+        }
+    }
+
+    #[test]
+    fn only_the_peer_closing_its_end_counts_as_it_hanging_up() {
+        for kind in [
+            ErrorKind::UnexpectedEof,
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert!(network(kind).peer_hung_up(), "{kind:?}");
+        }
+        // A corrupt TLS record (rustls reports InvalidData), a timeout.
+        for kind in [ErrorKind::InvalidData, ErrorKind::TimedOut] {
+            assert!(!network(kind).peer_hung_up(), "{kind:?}");
+        }
+        let protocol = Error::Protocol {
+            peer: "b".into(),
+            reason: "bad frame".into(),
+        };
+        assert!(!protocol.peer_hung_up());
+    }
 }

@@ -155,12 +155,16 @@ pub enum ReceiverEvent {
         /// Its node name.
         peer: String,
     },
-    /// Its connection closed: the peer process is gone or the link is cut.
+    /// Its connection ended.
     Closed {
         /// Its node name.
         peer: String,
         /// The error, if it was not a clean close.
         error: Option<String>,
+        /// The peer's end closed it (see [`crate::Error::peer_hung_up`]):
+        /// its process may be gone. Otherwise this end hung up (a corrupt
+        /// record, a protocol error), which proves nothing about the peer.
+        peer_hung_up: bool,
     },
     /// A connection was refused.
     Refused {
@@ -455,11 +459,18 @@ async fn connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
             status.progress = None;
         }
     }
+    let peer_hung_up = result.as_ref().err().is_none_or(Error::peer_hung_up);
     let error = result.err().map(|e| e.to_string());
     if let Some(error) = &error {
-        tracing::warn!(%peer, %error, "sync connection ended");
+        tracing::warn!(%peer, %error, peer_hung_up, "sync connection ended");
     }
-    shared.event(ReceiverEvent::Closed { peer, error }).await;
+    shared
+        .event(ReceiverEvent::Closed {
+            peer,
+            error,
+            peer_hung_up,
+        })
+        .await;
 }
 
 /// Reads requests and answers them until the active hangs up, or this node

@@ -382,12 +382,20 @@ async fn a_serving_receiver_refuses_replication_and_ends_what_is_open() {
         standby.receiver.set_serving(true);
         let error = standby
             .event(|e| match e {
-                ReceiverEvent::Closed { peer, error } if peer == "node-a" => Some(error),
+                ReceiverEvent::Closed {
+                    peer,
+                    error,
+                    peer_hung_up,
+                } if peer == "node-a" => Some((error, peer_hung_up)),
                 _ => None,
             })
             .await;
+        let (error, peer_hung_up) = error;
         let error = error.unwrap_or_default();
         assert!(error.contains("node-b is active"), "{error}");
+        // This end hung up, for a reason of its own: no proof that the
+        // peer's process is gone.
+        assert!(!peer_hung_up, "{error}");
         replicator
             .wait_for(|s| s.peers[0].state != PeerState::InSync)
             .await;

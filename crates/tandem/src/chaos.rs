@@ -12,7 +12,9 @@
 //!   own namespace, and the sink's counts;
 //! - [`faults`]: the nemesis, one seeded fault at a time;
 //! - [`record`]: the one clock and history they all write to;
-//! - [`disk`]: the spools on small filesystems, for `disk-full` (root).
+//! - [`disk`]: the spools on small filesystems, for `disk-full` (root);
+//! - [`proxy`]: a proxy on each node's way to each peer's sync port, for
+//!   `sync-byte-flip`.
 //!
 //! After the last fault the campaign heals: the clients stop, the cluster
 //! must settle (one active, every standby in sync, a clean sync report)
@@ -20,14 +22,14 @@
 //! logs are read for panics, the history is judged, and the cluster and
 //! etcd are stopped and removed: nothing outlives the command.
 //!
-//! A byte-flipping proxy on the sync channel and an upgrade during the
-//! campaign are not implemented yet; the report lists them, with every
-//! kind this ground cannot run, as left out, and why.
+//! An upgrade during the campaign is not implemented yet; the report
+//! lists it, with every kind this ground cannot run, as left out, and why.
 
 pub mod client;
 pub mod disk;
 pub mod faults;
 pub mod observer;
+pub mod proxy;
 pub mod record;
 
 use std::path::PathBuf;
@@ -140,9 +142,7 @@ fn choose_kinds(
             None => kinds.push(k),
         }
     }
-    for k in ["sync-byte-flip", "upgrade"] {
-        left_out.push((k.to_owned(), "not implemented yet".to_owned()));
-    }
+    left_out.push(("upgrade".to_owned(), "not implemented yet".to_owned()));
     if kinds.is_empty() {
         bail!("no fault kind can run here");
     }
@@ -298,6 +298,12 @@ fn campaign(
     } else {
         None
     };
+    let (stop_proxies, proxies_stop) = watch::channel(false);
+    let proxies = if kinds.contains(&Kind::SyncByteFlip) {
+        sync_proxies(&cluster, proxies_stop)?
+    } else {
+        Vec::new()
+    };
     cluster.start_all()?;
     rt.block_on(cluster.wait_for_active(0, Duration::from_secs(60)))?;
 
@@ -346,6 +352,7 @@ fn campaign(
             rec: &rec,
             lab: lab.as_deref_mut(),
             spools: spools.as_ref(),
+            proxies: &proxies,
         };
         // A fault that cannot be injected is the harness's failure, not
         // the cluster's: said, and the campaign goes on.
@@ -403,6 +410,7 @@ fn campaign(
     // left of the cluster's directory goes.
     let dir = cluster.dir.clone();
     drop(cluster);
+    let _ = stop_proxies.send(true);
     drop(spools);
     let _ = std::fs::remove_dir_all(dir);
     drop(etcd.take());
@@ -417,6 +425,32 @@ fn campaign(
         tail_ms: TAIL.as_millis() as u64,
     };
     Ok((rec.snapshot(), settings))
+}
+
+/// A proxy on each node's way to each peer's sync port, listening on the
+/// node's own address (in its namespace, when it has one), and the
+/// configs pointed at them; before the agents start.
+fn sync_proxies(
+    cluster: &LocalCluster,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<proxy::Proxy>> {
+    let mut all = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let ip = node.sync.ip();
+        let mut routes = Vec::new();
+        for (j, peer) in cluster.nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+            let port = match node.netns {
+                // A namespace of its own: fixed ports are free there.
+                Some(_) => 7700 + j as u16,
+                None => crate::localcluster::free_port(&ip.to_string())?,
+            };
+            let listen = std::net::SocketAddr::new(ip, port);
+            cluster.route_peer_sync(i, j, listen)?;
+            routes.push((i, j, listen, peer.sync));
+        }
+        all.extend(proxy::start(routes, node.netns.clone(), stop.clone())?);
+    }
+    Ok(all)
 }
 
 /// Waits until every acknowledged id has reached the sink, or

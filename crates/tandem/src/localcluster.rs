@@ -94,6 +94,8 @@ pub struct LocalNode {
     pub api: SocketAddr,
     /// Its heartbeat link address (UDP).
     pub link: SocketAddr,
+    /// Its sync (and crash-detection) address, where its peers connect.
+    pub sync: SocketAddr,
     /// Its network namespace, if it has one.
     pub netns: Option<String>,
     process: Option<Child>,
@@ -306,6 +308,7 @@ impl LocalCluster {
                 name: name.clone(),
                 config,
                 api: format!("{}:{}", me.ip, me.api).parse()?,
+                sync: format!("{}:{}", me.ip, me.sync).parse()?,
                 link: format!("{}:{}", me.ip, me.link).parse()?,
                 netns: spec.netns.get(i).cloned(),
                 process: None,
@@ -344,6 +347,25 @@ impl LocalCluster {
             ));
             std::fs::write(&node.config, text)?;
         }
+        Ok(())
+    }
+
+    /// Makes node `i` reach peer `j`'s sync port at `via` (a proxy in
+    /// between) instead of directly; before the agents start.
+    pub fn route_peer_sync(&self, i: usize, j: usize, via: SocketAddr) -> anyhow::Result<()> {
+        let path = &self.nodes[i].config;
+        let text = std::fs::read_to_string(path)?;
+        // Node i's own `sync` is its own address: only the peer entry
+        // names j's.
+        let from = format!("sync = \"{}\"", self.nodes[j].sync);
+        if !text.contains(&from) {
+            bail!(
+                "{} names no peer sync address {}",
+                path.display(),
+                self.nodes[j].sync
+            );
+        }
+        std::fs::write(path, text.replace(&from, &format!("sync = \"{via}\"")))?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use tandem_chaos::{Event, Phase, SplitMix};
 use tandem_core::EffectiveRole;
 
 use super::disk::Spools;
+use super::proxy::Proxy;
 use super::record::Recorder;
 use crate::localcluster::LocalCluster;
 use crate::localetcd::LocalEtcd;
@@ -66,6 +67,9 @@ pub enum Kind {
     EtcdIsolateOne,
     /// The active's spool filesystem filled up.
     DiskFull,
+    /// One bit flipped in what the active sends each standby on the sync
+    /// channel.
+    SyncByteFlip,
     /// The active cut from every node and from `c` (etcd, clients, the
     /// next hop).
     PartitionActive,
@@ -93,7 +97,7 @@ pub enum Kind {
 }
 
 /// Every kind, in the order `--faults` lists them.
-pub const ALL: [Kind; 21] = [
+pub const ALL: [Kind; 22] = [
     Kind::KillAgent,
     Kind::KillService,
     Kind::StopAgent,
@@ -115,6 +119,7 @@ pub const ALL: [Kind; 21] = [
     Kind::NetemReorder,
     Kind::EtcdIsolateOne,
     Kind::DiskFull,
+    Kind::SyncByteFlip,
 ];
 
 impl Kind {
@@ -142,6 +147,7 @@ impl Kind {
             Kind::NetemReorder => "netem-reorder",
             Kind::EtcdIsolateOne => "etcd-isolate-one",
             Kind::DiskFull => "disk-full",
+            Kind::SyncByteFlip => "sync-byte-flip",
         }
     }
 
@@ -190,6 +196,8 @@ pub struct Ground<'a> {
     pub lab: Option<&'a mut Lab>,
     /// The nodes' spool filesystems, when `disk-full` may be drawn.
     pub spools: Option<&'a Spools>,
+    /// The proxies on the sync channel, when `sync-byte-flip` may be drawn.
+    pub proxies: &'a [Proxy],
 }
 
 /// Records a fault's start or end.
@@ -302,6 +310,20 @@ impl Ground<'_> {
             }
             Kind::EtcdKillOne | Kind::EtcdKillTwo | Kind::EtcdKillAll | Kind::EtcdPauseOne => {
                 self.etcd_fault(kind, rng, hold)?;
+            }
+            Kind::SyncByteFlip => {
+                if self.proxies.is_empty() {
+                    bail!("sync-byte-flip needs the proxies on the sync channel");
+                }
+                let i = self.pick(rng, true);
+                let target = self.name(i);
+                self.fault(kind, &target, Phase::Start);
+                self.proxies
+                    .iter()
+                    .filter(|p| p.from == i)
+                    .for_each(Proxy::arm);
+                std::thread::sleep(hold);
+                self.fault(kind, &target, Phase::End);
             }
             Kind::DiskFull => {
                 let Some(spools) = self.spools else {
