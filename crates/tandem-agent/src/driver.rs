@@ -131,14 +131,26 @@ pub(crate) async fn drive(
     let mut watchdog_at = Instant::now();
     let config_changes = agent.replication.config_changes();
 
+    // A tick at least every interval, whatever else wakes the loop: the
+    // core drops deadlines already past, so its next deadline, asked
+    // again at every wake-up, could land `interval` ahead each time, and
+    // an API poll faster than that (every 50 ms under `tandem chaos`)
+    // starved the timer; an active cut off from everything served on
+    // 2 s past its lease.
+    let interval = agent.node.config().interval;
+    let mut last_tick = Instant::now();
     loop {
         let deadline = agent
             .clock
-            .instant(agent.node.next_deadline(agent.clock.now()));
+            .instant(agent.node.next_deadline(agent.clock.now()))
+            .min(last_tick + interval);
         let recover_at = agent.recover_at;
         tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep_until(deadline) => { agent.step(Input::Tick).await; }
+            () = tokio::time::sleep_until(deadline) => {
+                last_tick = Instant::now();
+                agent.step(Input::Tick).await;
+            }
             Some(event) = agent.inbox.recv() => match event {
                 LinkEvent::Datagram(datagram) => agent.receive(datagram).await,
                 LinkEvent::Rejected { link, reason, claimed_sender, count } => {
