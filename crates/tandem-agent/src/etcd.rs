@@ -338,13 +338,16 @@ async fn keep_session(
             return;
         }
         let sent_at = Instant::now();
-        let id = match tokio::time::timeout(patience, client.lease_grant(ttl_secs, None))
-            .await
-            .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("no answer".into())))
-        {
-            Ok(granted) => granted.id(),
-            Err(e) => {
+        let granted = tokio::time::timeout(patience, client.lease_grant(ttl_secs, None)).await;
+        let id = match granted {
+            Ok(Ok(granted)) => granted.id(),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "etcd: cannot grant a session lease; retrying");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("etcd: no answer to a session lease grant; retrying");
                 tokio::time::sleep(every).await;
                 continue;
             }
